@@ -1,0 +1,280 @@
+"""Checkpoint files: sniff, load safely, unwrap, and write atomically.
+
+Loading never runs code from the file: torch files go through ``torch.load(weights_only=True)`` and
+safetensors through the safetensors library.  Torch is imported only inside the functions that need
+tensors; :func:`sniff_format` and :func:`read_safetensors_header` work without it.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .errors import BadInput
+
+__all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
+           "unwrap", "save_checkpoint", "check_destination", "WRAPPER_KEYS", "STRIP_PREFIXES"]
+
+# Containers that hold the state dict, in the order they are preferred.
+WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict", "net")
+EMA_KEYS = ("ema_state_dict", "state_dict_ema", "model_ema", "ema")
+# Prefixes that training frameworks add to every key (DataParallel/DDP, Lightning-style wrappers).
+STRIP_PREFIXES = ("module.", "model.")
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                      "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                      "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the unwrapped tensors plus how they were found."""
+
+    path: str
+    file_format: str  # 'torch-zip', 'torch-legacy' or 'safetensors'
+    state_dict: Dict[str, Any]
+    wrapper: Optional[str] = None  # key of the container the state dict came from
+    stripped_prefix: str = ""  # e.g. 'module.'
+    extras: Dict[str, Any] = field(default_factory=dict)  # other top-level entries (meta, ...)
+    metadata: Dict[str, str] = field(default_factory=dict)  # safetensors header metadata
+
+
+def _check_readable(path: str) -> int:
+    if not os.path.exists(path):
+        raise BadInput(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise BadInput(f"{path}: is a directory, not a checkpoint file")
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ({exc.strerror})") from None
+    if size == 0:
+        raise BadInput(f"{path}: empty file")
+    return size
+
+
+def sniff_format(path: str) -> str:
+    """'torch-zip', 'torch-legacy' or 'safetensors', from the bytes, not the extension."""
+    size = _check_readable(path)
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:4] == b"PK\x03\x04":
+        return "torch-zip"
+    if len(head) >= 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= min(_MAX_HEADER, size - 8) and head[8:9] == b"{":
+            return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol 2+: torch's legacy (non-zip) format
+        return "torch-legacy"
+    raise BadInput(f"{path}: not a PyTorch or safetensors checkpoint (unrecognised file contents)")
+
+
+def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]],
+                                                 Dict[str, str]]:
+    """({key: (dtype, shape)}, metadata) of a safetensors file, without torch or the payload."""
+    size = _check_readable(path)
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise BadInput(f"{path}: truncated safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(_MAX_HEADER, size - 8):
+            raise BadInput(f"{path}: corrupt safetensors header (length {n} exceeds the file)")
+        try:
+            header = json.loads(fh.read(n).decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInput(f"{path}: corrupt safetensors header ({exc.__class__.__name__})") from None
+    if not isinstance(header, dict):
+        raise BadInput(f"{path}: corrupt safetensors header (not a JSON object)")
+    meta = header.pop("__metadata__", None) or {}
+    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    payload = size - 8 - n
+    for key, info in header.items():
+        try:
+            dtype = SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"].lower())
+            shape = tuple(int(d) for d in info["shape"])
+            start, end = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise BadInput(f"{path}: corrupt safetensors header (entry {key!r})") from None
+        if not 0 <= start <= end <= payload:
+            raise BadInput(f"{path}: corrupt safetensors header ({key!r} lies outside the file)")
+        out[key] = (dtype, shape)
+    return out, {str(k): str(v) for k, v in meta.items()}
+
+
+def _torch_load(path: str, fmt: str) -> Any:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "torch-zip"))
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        glob = _refused_global(msg)
+        if glob:
+            raise BadInput(f"{path}: refused to load: the file needs the Python global {glob}, "
+                           f"which weights-only loading does not allow",
+                           hint="if you trust this file, pass --trust-file") from None
+        raise BadInput(f"{path}: not a loadable checkpoint ({_first_line(msg)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
+            IndexError, TypeError, UnicodeDecodeError, struct.error) as exc:
+        reason = _first_line(str(exc)) or exc.__class__.__name__
+        if "zip archive" in reason or "central directory" in reason or isinstance(exc, EOFError):
+            reason = "truncated or corrupt file: " + reason
+        raise BadInput(f"{path}: cannot load checkpoint ({reason})") from None
+
+
+def _first_line(msg: str) -> str:
+    line = next((ln.strip() for ln in msg.splitlines() if ln.strip()), "")
+    return line[:200]
+
+
+def _refused_global(msg: str) -> Optional[str]:
+    import re
+
+    m = re.search(r"(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([A-Za-z_][\w.]*)", msg)
+    return m.group(1) if m else None
+
+
+def _is_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def unwrap(obj: Any, *, ema: bool = False, path: str = "checkpoint"
+           ) -> Tuple[Dict[str, Any], Optional[str], Dict[str, Any]]:
+    """(state_dict, wrapper key or None, other top-level entries) of a loaded object."""
+    if not isinstance(obj, Mapping):
+        raise BadInput(f"{path}: holds a {type(obj).__name__}, not a state dict")
+    if ema:
+        for key in EMA_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                return dict(obj[key]), key, {k: v for k, v in obj.items() if k != key}
+        raise BadInput(f"{path}: --ema given but the file has no EMA weights "
+                       f"(looked for {', '.join(EMA_KEYS)})")
+    if obj and all(_is_tensor(v) for v in obj.values()):
+        return dict(obj), None, {}
+    for key in WRAPPER_KEYS:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and any(_is_tensor(v) for v in inner.values()):
+            return dict(inner), key, {k: v for k, v in obj.items() if k != key}
+    tensors = {k: v for k, v in obj.items() if _is_tensor(v)}
+    if tensors:
+        return tensors, None, {k: v for k, v in obj.items() if not _is_tensor(v)}
+    raise BadInput(f"{path}: no tensors found (top-level keys: "
+                   f"{', '.join(map(str, list(obj)[:8]))})")
+
+
+def strip_prefix(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
+    """Remove a ``module.``/``model.`` prefix carried by every key (DDP, Lightning)."""
+    stripped = ""
+    while sd:
+        for p in STRIP_PREFIXES:
+            if all(isinstance(k, str) and k.startswith(p) for k in sd):
+                sd = {k[len(p):]: v for k, v in sd.items()}
+                stripped += p
+                break
+        else:
+            break
+    return sd, stripped
+
+
+def load_checkpoint(path: str, *, ema: bool = False) -> Checkpoint:
+    """Load any supported checkpoint file safely and unwrap it to a flat state dict."""
+    fmt = sniff_format(path)
+    metadata: Dict[str, str] = {}
+    if fmt == "safetensors":
+        read_safetensors_header(path)  # clear errors for corrupt headers before the library's
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, safe_open
+
+        try:
+            obj: Any = load_file(path, device="cpu")
+            with safe_open(path, framework="pt") as fh:
+                metadata = dict(fh.metadata() or {})
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise BadInput(f"{path}: corrupt safetensors file ({_first_line(str(exc))})") from None
+    else:
+        obj = _torch_load(path, fmt)
+    sd, wrapper, extras = unwrap(obj, ema=ema, path=path)
+    if not all(isinstance(k, str) for k in sd):
+        raise BadInput(f"{path}: state dict keys must be strings")
+    sd, stripped = strip_prefix(sd)
+    return Checkpoint(path=path, file_format=fmt, state_dict=sd, wrapper=wrapper,
+                      stripped_prefix=stripped, extras=extras, metadata=metadata)
+
+
+def check_destination(dst: str, *, force: bool = False, src: Optional[str] = None) -> None:
+    """Refuse a DST that would lose data, before any work is done."""
+    if src is not None and os.path.exists(dst) and os.path.samefile(src, dst):
+        raise BadInput(f"{dst}: destination is the source file; choose another path")
+    if os.path.isdir(dst):
+        raise BadInput(f"{dst}: is a directory; give a file path ending in .pth or .safetensors")
+    if os.path.exists(dst) and not force:
+        raise BadInput(f"{dst}: already exists", hint="pass --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise BadInput(f"{dst}: directory {parent} does not exist")
+
+
+def output_format(dst: str) -> str:
+    return "safetensors" if dst.lower().endswith(".safetensors") else "torch"
+
+
+def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = False,
+                    container: Optional[Dict[str, Any]] = None,
+                    metadata: Optional[Dict[str, str]] = None) -> int:
+    """Write ``state_dict`` to ``dst`` atomically (temp file in the same folder, then rename).
+
+    ``.safetensors`` gets ``metadata`` in its header.  For torch files, ``container`` (e.g.
+    mmpretrain's ``{'meta': ...}``) is written around the state dict as ``{'state_dict': ...}``;
+    without it the file is a bare state dict.  Returns the size written in bytes.
+    """
+    check_destination(dst, force=force)
+    parent = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    try:
+        if output_format(dst) == "safetensors":
+            from safetensors.torch import save_file
+
+            tensors = {k: v.contiguous() for k, v in state_dict.items()}
+            save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
+        else:
+            import torch
+
+            obj: Any = dict(state_dict)
+            if container is not None:
+                obj = dict(container)
+                obj["state_dict"] = dict(state_dict)
+            torch.save(obj, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give DST the usual permissions
+        os.replace(tmp, dst)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if exc.errno == errno.ENOSPC:
+            raise BadInput(f"{dst}: no space left on device; nothing was written") from None
+        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return os.path.getsize(dst)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

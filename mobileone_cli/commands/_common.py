@@ -1,0 +1,38 @@
+"""Options and helpers shared by the commands (no torch at import time)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import click
+
+from ..arch import ArchSpec, get_arch
+from ..errors import BadInput
+
+
+def resolve_arch(name: Optional[str], num_classes: Optional[int] = None) -> Optional[ArchSpec]:
+    """``--arch`` value -> ArchSpec, or None for 'auto' / not given (detect from the file)."""
+    if name is None or name.lower() == "auto":
+        return None
+    try:
+        return get_arch(name, num_classes)
+    except KeyError as exc:
+        raise BadInput(str(exc.args[0])) from None
+
+
+def arch_option(required: bool = False, default: Optional[str] = None):
+    return click.option("--arch", "arch_name", default=default, required=required,
+                        metavar="s0..s4|auto",
+                        help="MobileOne variant; 'auto' (default) detects it from tensor shapes.")
+
+
+def bn_eps_option():
+    return click.option("--bn-eps", type=float, default=1e-5, show_default=True,
+                        help="BatchNorm eps used by the training run (not stored in checkpoints).")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1000.0
+    return f"{n:.1f} GB"

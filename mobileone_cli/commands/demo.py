@@ -1,0 +1,43 @@
+"""``mobileone demo``: the whole job on a synthetic Apple s0 checkpoint, no download."""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional
+
+import click
+
+
+@click.command(help="Synthesize an Apple-layout unfused s0 checkpoint (random weights and random "
+                    "BatchNorm statistics), convert it, verify it and show the summary.")
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
+              help="Keep the files in this folder (default: a temporary folder, removed after).")
+@click.option("--arch", "arch_name", default="s0", show_default=True, metavar="s0..s4")
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo(folder: Optional[str], arch_name: str, seed: int) -> int:
+    from ..checkpoint import save_checkpoint
+    from ..convert import convert_file
+    from ..render import console, render_convert
+    from ..synthetic import random_state_dict
+    from ._common import resolve_arch
+
+    arch = resolve_arch(arch_name)
+    out = console()
+
+    def run(where: str) -> None:
+        src = os.path.join(where, f"mobileone_{arch.name}_unfused.pth.tar")
+        dst = os.path.join(where, f"mobileone_{arch.name}.pth")
+        save_checkpoint(src, random_state_dict(arch, seed=seed), force=True)
+        out.print(f"synthesized {src} (Apple layout, train form, random weights and BN stats)")
+        result = convert_file(src, dst, force=True)
+        render_convert(result, title="mobileone demo")
+        out.print(f"[bold green]OK[/]: deploy checkpoint matches the train model "
+                  f"(max rel diff {result.metrics.max_rel:.2e})")
+
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+        run(folder)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mobileone-demo-") as tmp:
+            run(tmp)
+    return 0

@@ -1,0 +1,158 @@
+"""``convert``: load, detect, fuse, remap, check, write.  The command line is a thin shell on it."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from . import __version__
+from .arch import ArchSpec
+from .checkpoint import check_destination, load_checkpoint, output_format, save_checkpoint
+from .detect import Detection, detect_layout, tensor_info
+from .errors import BadInput, VerificationFailed
+from .fusion import DEFAULT_EPS
+from .layouts import get_layout, param_count, schema
+
+__all__ = ["ConvertResult", "convert_file", "convert_state_dict", "check_finite"]
+
+
+@dataclass
+class ConvertResult:
+    src: str
+    dst: Optional[str]
+    detection: Detection
+    layout_out: str
+    form_out: str
+    keys_in: int
+    keys_out: int
+    params_in: int
+    params_out: int
+    size_in: int = 0
+    size_out: int = 0
+    metrics: Any = None  # verify.Metrics, when checked
+    passthrough: int = 0  # keys outside the MobileOne copied unchanged
+    notes: List[str] = field(default_factory=list)
+    state_dict: Optional[Dict[str, Any]] = None  # the output, for API users
+
+
+def check_finite(state_dict: Dict[str, Any], keys, where: str) -> None:
+    """Refuse NaN/Inf anywhere in the MobileOne's tensors (a diverged run)."""
+    import torch
+
+    for k in keys:
+        t = state_dict[k]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise BadInput(f"{where}: {k} holds {bad} NaN/Inf value(s); the checkpoint is not usable",
+                           hint="a diverged training run? pick an earlier checkpoint")
+
+
+def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str] = None,
+                       fuse: bool = True, eps: float = DEFAULT_EPS, dtype=None,
+                       consume: bool = False) -> Dict[str, Any]:
+    """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
+    other key copied through in its original position."""
+    from .fusion import fuse_state_dict
+    from .layouts import remap
+
+    layout_out = layout_out or det.layout
+    pfx = det.prefix
+    ours = {e.key for e in det.entries()}
+    first_ours = next(k for k in sd if k.startswith(pfx) and k[len(pfx):] in ours)
+    order = list(sd)
+    mob = {k[len(pfx):]: sd[k] for k in order if k.startswith(pfx) and k[len(pfx):] in ours}
+    if consume:
+        for k in list(sd):
+            if k.startswith(pfx) and k[len(pfx):] in ours:
+                del sd[k]
+    form = det.form
+    if fuse and form == "train":
+        mob = fuse_state_dict(mob, det.arch, eps=eps, dtype=dtype, layout=det.layout,
+                              consume=consume)
+        form = "deploy"
+    elif dtype is not None:
+        mob = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in mob.items()}
+    mob = remap(mob, det.arch, det.layout, layout_out, form)
+    out: Dict[str, Any] = {}
+    for k in order:
+        if k == first_ours:
+            out.update((pfx + mk, mv) for mk, mv in mob.items())
+        elif not (k.startswith(pfx) and k[len(pfx):] in ours):
+            out[k] = sd[k] if not consume else sd.pop(k)
+    return out
+
+
+def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -> Optional[dict]:
+    """mmpretrain loaders expect {'meta', 'state_dict'}; Apple and timm files are bare dicts."""
+    if layout != "mmpretrain":
+        return None
+    meta = dict(extras.get("meta") or {}) if isinstance(extras.get("meta"), dict) else {}
+    meta.update({"mobileone_cli": __version__, "arch": det.arch.name, "form": form})
+    return {"meta": meta}
+
+
+def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = None,
+                 layout_out: Optional[str] = None, fuse: bool = True, eps: float = DEFAULT_EPS,
+                 force: bool = False, verify: bool = True, prefix: Optional[str] = None,
+                 ema: bool = False, dtype=None, rtol: Optional[float] = None,
+                 seed: int = 0, input_size=(224, 224)) -> ConvertResult:
+    """Convert one checkpoint file; with ``dst=None`` nothing is written (dry run)."""
+    if dst is not None:
+        check_destination(dst, force=force, src=src)
+        get_layout(layout_out or "apple")
+    ck = load_checkpoint(src, ema=ema)
+    sd = ck.state_dict
+    det = detect_layout(tensor_info(sd), prefix=prefix, where=src)
+    if arch is not None and not arch.same_backbone(det.arch, det.form == "deploy"):
+        raise BadInput(f"{src}: holds a MobileOne {det.arch.name}, not {arch.name} as --arch says",
+                       hint="drop --arch to use the detected variant")
+    if arch is not None and det.form == "deploy":
+        det.arch = arch.with_classes(det.arch.num_classes)
+    layout_out = layout_out or det.layout
+    ours = [det.prefix + e.key for e in det.entries()]
+    check_finite(sd, ours, src)
+    entries_in = det.entries()
+    fusing = fuse and det.form == "train"
+    form_out = "deploy" if fusing else det.form
+    notes = []
+    if det.form == "deploy":
+        notes.append("input is already deploy-form: remapped without re-fusing")
+    elif not fuse:
+        notes.append("--no-fuse: train form remapped without fusing")
+    if ck.stripped_prefix:
+        notes.append(f"stripped key prefix {ck.stripped_prefix!r}")
+    if ck.wrapper:
+        notes.append(f"state dict taken from the {ck.wrapper!r} entry")
+
+    keep_train = verify and fusing
+    out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
+                             consume=not keep_train)
+    result = ConvertResult(
+        src=src, dst=dst, detection=det, layout_out=layout_out, form_out=form_out,
+        keys_in=len(entries_in) + len(det.extra_keys), keys_out=len(out),
+        params_in=param_count(entries_in),
+        params_out=param_count(schema(det.arch, layout_out, form_out)),
+        size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes)
+
+    if keep_train:
+        from .verify import DEFAULT_RTOL, check_equivalence
+
+        train_sd = {e.key: sd[det.prefix + e.key] for e in det.entries()}
+        dep = {e.key: out[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
+        result.metrics = check_equivalence(train_sd, dep, det.arch, layout=det.layout,
+                                           deploy_layout=layout_out, bn_eps=eps, seed=seed,
+                                           input_size=input_size)
+        tol = DEFAULT_RTOL if rtol is None else rtol
+        if dtype is None and not result.metrics.within(tol):
+            raise VerificationFailed(
+                f"{src}: fused model differs from the train model (max rel diff "
+                f"{result.metrics.max_rel:.3g} > {tol:g}); nothing was written")
+    if dst is not None:
+        meta = {"format": "pt", "mobileone_cli": __version__, "arch": det.arch.name,
+                "layout": layout_out, "form": form_out, "num_classes": str(det.arch.num_classes),
+                "bn_eps": repr(eps)}
+        result.size_out = save_checkpoint(
+            dst, out, force=force, container=_container(layout_out, det, form_out, ck.extras),
+            metadata=meta if output_format(dst) == "safetensors" else None)
+    result.state_dict = out
+    return result
