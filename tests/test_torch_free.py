@@ -1,0 +1,41 @@
+"""Issue 7: the paths that touch no tensor never import torch (a behaviour, not a timing)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import sys
+from mobileone_cli.cli import main
+try:
+    main({args!r})
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+print("TORCH_LOADED" if "torch" in sys.modules else "TORCH_FREE", code)
+"""
+
+
+def run_probe(args):
+    out = subprocess.run([sys.executable, "-c", PROBE.format(args=list(args))],
+                         capture_output=True, text=True, timeout=120)
+    last = out.stdout.strip().splitlines()[-1]
+    return last.split()[0], int(last.split()[1] or 0), out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["convert", "--help"]])
+def test_help_does_not_import_torch(args):
+    state, code, out = run_probe(args)
+    assert code == 0, out.stderr
+    assert state == "TORCH_FREE", out.stdout
+
+
+def test_probe_detects_torch_when_it_is_imported(write_ckpt, tmp_path):
+    """The probe itself can fail: a real conversion does load torch."""
+    src = write_ckpt("s1")
+    state, code, out = run_probe(["convert", "--no-verify", src, str(tmp_path / "o.pth")])
+    assert code == 0, out.stderr
+    assert state == "TORCH_LOADED"
