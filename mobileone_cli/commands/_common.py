@@ -9,8 +9,18 @@ from ..arch import ArchSpec, get_arch
 from ..errors import BadInput
 
 
-def resolve_arch(name: Optional[str], num_classes: Optional[int] = None) -> Optional[ArchSpec]:
-    """``--arch`` value -> ArchSpec, or None for 'auto' / not given (detect from the file)."""
+def resolve_arch(name: Optional[str], num_classes: Optional[int] = None,
+                 config: Optional[str] = None) -> Optional[ArchSpec]:
+    """``--arch`` value or ``--config`` file -> ArchSpec, or None for 'auto' / not given
+    (detect from the file)."""
+    if config is not None:
+        if name is not None and name.lower() != "auto":
+            raise BadInput("give --arch or --config, not both",
+                           hint="a config can start from a built-in: arch: {base: s0, ...}")
+        from ..config import load_config
+
+        spec = load_config(config)
+        return spec if num_classes is None else spec.with_classes(num_classes)
     if name is None or name.lower() == "auto":
         return None
     try:
@@ -23,6 +33,18 @@ def arch_option(required: bool = False, default: Optional[str] = None):
     return click.option("--arch", "arch_name", default=default, required=required,
                         metavar="s0..s4|auto",
                         help="MobileOne variant; 'auto' (default) detects it from tensor shapes.")
+
+
+def config_option():
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                        metavar="FILE",
+                        help="YAML model config (mmpretrain-style model dict, or a built-in with "
+                             "overrides; see examples/). Replaces --arch.")
+
+
+def arch_source(config: Optional[str]) -> str:
+    """How messages name the origin of the expected architecture (see config.expect_arch)."""
+    return f"--config {config}" if config else "--arch"
 
 
 def bn_eps_option():
