@@ -366,8 +366,9 @@ def _build(f: _Fields, kwargs: Dict[str, Any], base: str) -> ArchSpec:
 def arch_differences(expected: ArchSpec, found: ArchSpec, *, ignore_branches: bool = False,
                      compare_head: bool = False) -> List[str]:
     """'field: expected X, checkpoint has Y' for every backbone field that differs."""
-    names = ["stem_channels", "widths", "blocks", "conv_branches", "se_blocks", "kernel_size",
-             "in_channels", "se_ratio", "stem_conv_branches"]
+    # Every field ArchSpec.same_backbone compares: all but the name, the head and eps.
+    names = [fl.name for fl in dataclasses.fields(ArchSpec)
+             if fl.name not in ("name", "num_classes", "bn_eps")]
     if ignore_branches:
         names = [n for n in names if n not in ("conv_branches", "stem_conv_branches")]
     if compare_head:

@@ -95,19 +95,24 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
                  layout_out: Optional[str] = None, fuse: bool = True, eps: float = DEFAULT_EPS,
                  force: bool = False, verify: bool = True, prefix: Optional[str] = None,
                  ema: bool = False, dtype=None, rtol: Optional[float] = None,
-                 seed: int = 0, input_size=(224, 224)) -> ConvertResult:
-    """Convert one checkpoint file; with ``dst=None`` nothing is written (dry run)."""
+                 seed: int = 0, input_size=(224, 224),
+                 arch_source: Optional[str] = None) -> ConvertResult:
+    """Convert one checkpoint file; with ``dst=None`` nothing is written (dry run).
+
+    ``arch_source`` says where ``arch`` came from ('--config FILE'); a config also fixes the head.
+    """
     if dst is not None:
         check_destination(dst, force=force, src=src)
         get_layout(layout_out or "apple")
     ck = load_checkpoint(src, ema=ema)
     sd = ck.state_dict
     det = detect_layout(tensor_info(sd), prefix=prefix, where=src)
-    if arch is not None and not arch.same_backbone(det.arch, det.form == "deploy"):
-        raise BadInput(f"{src}: holds a MobileOne {det.arch.name}, not {arch.name} as --arch says",
-                       hint="drop --arch to use the detected variant")
-    if arch is not None and det.form == "deploy":
-        det.arch = arch.with_classes(det.arch.num_classes)
+    if arch is not None:
+        from .config import expect_arch
+
+        det.arch = expect_arch(arch, det.arch, det.form, where=src,
+                               source=arch_source or "--arch",
+                               compare_head=arch_source is not None)
     layout_out = layout_out or det.layout
     ours = [det.prefix + e.key for e in det.entries()]
     check_finite(sd, ours, src)
