@@ -11,10 +11,13 @@ import json
 import os
 import struct
 import tempfile
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from .errors import BadInput
+from .pickle_guard import refuse_code_globals
+from .sanity import check_tensor_storage
 
 __all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
            "unwrap", "save_checkpoint", "check_destination", "WRAPPER_KEYS", "STRIP_PREFIXES"]
@@ -41,6 +44,8 @@ class Checkpoint:
     stripped_prefix: str = ""  # e.g. 'module.'
     extras: Dict[str, Any] = field(default_factory=dict)  # other top-level entries (meta, ...)
     metadata: Dict[str, str] = field(default_factory=dict)  # safetensors header metadata
+    stubbed: List[str] = field(default_factory=list)  # foreign globals loaded as placeholders
+    trusted: bool = False  # loaded with weights_only=False (--trust-file)
 
 
 def _check_readable(path: str) -> int:
@@ -93,6 +98,8 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, 
     if not isinstance(header, dict):
         raise BadInput(f"{path}: corrupt safetensors header (not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
+    if not isinstance(meta, dict):
+        raise BadInput(f"{path}: corrupt safetensors header (__metadata__ is not a JSON object)")
     out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
     payload = size - 8 - n
     for key, info in header.items():
@@ -108,13 +115,20 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, 
     return out, {str(k): str(v) for k, v in meta.items()}
 
 
-def _torch_load(path: str, fmt: str) -> Any:
+def _torch_load(path: str, fmt: str, trust: bool = False) -> Tuple[Any, List[str]]:
+    """(object, globals replaced by placeholders); only ``trust`` lets the pickle run code."""
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=(fmt == "torch-zip"))
+        if trust:
+            return _trusted_load(path, fmt), []
+        from .safeload import load_with_stubs
+
+        obj, stubbed = load_with_stubs(path, mmap=(fmt == "torch-zip"))
+        refuse_code_globals(stubbed, path)  # placeholders are inert, but such a file is an attack
+        return obj, stubbed
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         glob = _refused_global(msg)
@@ -122,13 +136,43 @@ def _torch_load(path: str, fmt: str) -> Any:
             raise BadInput(f"{path}: refused to load: the file needs the Python global {glob}, "
                            f"which weights-only loading does not allow",
                            hint="if you trust this file, pass --trust-file") from None
+        detail = _weights_only_detail(msg)
+        if detail:
+            raise BadInput(f"{path}: weights-only loading failed, even with placeholders for "
+                           f"foreign objects ({detail})",
+                           hint="if you trust this file, pass --trust-file") from None
         raise BadInput(f"{path}: not a loadable checkpoint ({_first_line(msg)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
-            IndexError, TypeError, UnicodeDecodeError, struct.error) as exc:
+            IndexError, TypeError, UnicodeDecodeError, struct.error, ImportError) as exc:
         reason = _first_line(str(exc)) or exc.__class__.__name__
         if "zip archive" in reason or "central directory" in reason or isinstance(exc, EOFError):
             reason = "truncated or corrupt file: " + reason
         raise BadInput(f"{path}: cannot load checkpoint ({reason})") from None
+
+
+def _trusted_load(path: str, fmt: str) -> Any:
+    """--trust-file: plain unpickling, which may run code from the file (the user opted in)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=(fmt == "torch-zip"))
+    except (pickle.UnpicklingError, ImportError, AttributeError) as exc:
+        raise BadInput(f"{path}: cannot load checkpoint even with --trust-file "
+                       f"({_first_line(str(exc)) or exc.__class__.__name__})") from None
+
+
+def _weights_only_detail(msg: str) -> Optional[str]:
+    """The line of torch's weights-only refusal that says what was refused."""
+    if "Weights only load failed" not in msg:
+        return None
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("WeightsUnpickler error"):
+            rest = ln.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest[:200]
+    return None
 
 
 def _first_line(msg: str) -> str:
@@ -140,7 +184,9 @@ def _refused_global(msg: str) -> Optional[str]:
     import re
 
     m = re.search(r"(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([A-Za-z_][\w.]*)", msg)
-    return m.group(1) if m else None
+    if not m:
+        return None
+    return m.group(1) if "." in m.group(1) else f"builtins.{m.group(1)}"  # torch drops builtins.
 
 
 def _is_tensor(x: Any) -> bool:
@@ -187,10 +233,11 @@ def strip_prefix(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
     return sd, stripped
 
 
-def load_checkpoint(path: str, *, ema: bool = False) -> Checkpoint:
+def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Checkpoint:
     """Load any supported checkpoint file safely and unwrap it to a flat state dict."""
     fmt = sniff_format(path)
     metadata: Dict[str, str] = {}
+    stubbed: List[str] = []
     if fmt == "safetensors":
         read_safetensors_header(path)  # clear errors for corrupt headers before the library's
         from safetensors import SafetensorError
@@ -203,13 +250,17 @@ def load_checkpoint(path: str, *, ema: bool = False) -> Checkpoint:
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BadInput(f"{path}: corrupt safetensors file ({_first_line(str(exc))})") from None
     else:
-        obj = _torch_load(path, fmt)
+        with warnings.catch_warnings():  # torch's deprecation chatter is not for our users
+            warnings.simplefilter("ignore")
+            obj, stubbed = _torch_load(path, fmt, trust)
     sd, wrapper, extras = unwrap(obj, ema=ema, path=path)
     if not all(isinstance(k, str) for k in sd):
         raise BadInput(f"{path}: state dict keys must be strings")
     sd, stripped = strip_prefix(sd)
+    check_tensor_storage(sd, path)
     return Checkpoint(path=path, file_format=fmt, state_dict=sd, wrapper=wrapper,
-                      stripped_prefix=stripped, extras=extras, metadata=metadata)
+                      stripped_prefix=stripped, extras=extras, metadata=metadata,
+                      stubbed=stubbed, trusted=trust and fmt != "safetensors")
 
 
 def check_destination(dst: str, *, force: bool = False, src: Optional[str] = None) -> None:
@@ -240,13 +291,18 @@ def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = Fa
     """
     check_destination(dst, force=force)
     parent = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=parent)
-    os.close(fd)
+    _check_free_space(dst, parent, state_dict)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=parent)
+        os.close(fd)
+    except OSError as exc:
+        raise BadInput(f"{dst}: cannot create a file in {parent} ({exc.strerror or exc}); "
+                       f"nothing was written") from None
     try:
         if output_format(dst) == "safetensors":
             from safetensors.torch import save_file
 
-            tensors = {k: v.contiguous() for k, v in state_dict.items()}
+            tensors = _safetensors_ready(state_dict, dst)
             save_file(tensors, tmp, metadata={k: str(v) for k, v in (metadata or {}).items()})
         else:
             import torch
@@ -256,6 +312,7 @@ def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = Fa
                 obj = dict(container)
                 obj["state_dict"] = dict(state_dict)
             torch.save(obj, tmp)
+        _check_written(tmp, dst)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         umask = os.umask(0)
@@ -267,6 +324,11 @@ def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = Fa
         if exc.errno == errno.ENOSPC:
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None
         raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
+    except Exception as exc:
+        _remove_quietly(tmp)
+        if not _is_writer_error(exc):
+            raise
+        raise _write_failure(dst, parent, exc) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -278,3 +340,79 @@ def _remove_quietly(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _tensor_bytes(state_dict: Mapping[str, Any]) -> int:
+    return sum(int(v.numel()) * v.element_size() for v in state_dict.values()
+               if hasattr(v, "element_size") and hasattr(v, "numel"))
+
+
+def _check_free_space(dst: str, parent: str, state_dict: Mapping[str, Any]) -> None:
+    """Refuse before writing when the tensors cannot fit: a full disk is a clear error."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return  # unknown: the write itself will tell
+    need = _tensor_bytes(state_dict)
+    if need > free:
+        raise BadInput(f"{dst}: not enough free space ({need / 1e6:.1f} MB needed, "
+                       f"{free / 1e6:.1f} MB free in {parent}); nothing was written")
+
+
+def _safetensors_ready(state_dict: Mapping[str, Any], dst: str) -> Dict[str, Any]:
+    """Tensors safetensors accepts: contiguous, no shared memory; other values are refused."""
+    import torch
+
+    out: Dict[str, Any] = {}
+    seen = set()
+    for k, v in state_dict.items():
+        if not isinstance(v, torch.Tensor):
+            raise BadInput(f"{dst}: {k} is not a tensor ({type(v).__name__}), and a .safetensors file holds "
+                           f"only tensors", hint="write a .pth file instead")
+        v = v.contiguous()
+        ptr = (v.untyped_storage().data_ptr(), v.device.type) if v.numel() else None
+        if ptr in seen:
+            v = v.clone()  # tied or viewed tensors: safetensors stores each one separately
+        elif ptr is not None:
+            seen.add(ptr)
+        out[k] = v
+    return out
+
+
+def _is_writer_error(exc: BaseException) -> bool:
+    """torch's zip writer raises RuntimeError and safetensors SafetensorError for I/O failures."""
+    return isinstance(exc, RuntimeError) or type(exc).__name__ == "SafetensorError"
+
+
+def _write_failure(dst: str, parent: str, exc: BaseException) -> BadInput:
+    import shutil
+
+    msg = str(exc)
+    full = "No space left" in msg or "os error 28" in msg
+    if not full:
+        try:
+            full = shutil.disk_usage(parent).free < (1 << 20)
+        except OSError:
+            pass
+    if full:
+        return BadInput(f"{dst}: no space left on device; nothing was written")
+    return BadInput(f"{dst}: cannot write ({_first_line(msg) or type(exc).__name__}); "
+                    f"nothing was written")
+
+
+def _check_written(tmp: str, dst: str) -> None:
+    """Read back the structure of the file just written: a silently short write is refused."""
+    import zipfile
+
+    try:
+        if sniff_format(tmp) == "safetensors":
+            read_safetensors_header(tmp)  # every tensor's bytes lie inside the file
+        else:
+            with zipfile.ZipFile(tmp) as zf:  # the central directory is the last thing written
+                zf.infolist()
+    except (BadInput, zipfile.BadZipFile, OSError, ValueError) as exc:
+        reason = exc.message if isinstance(exc, BadInput) else str(exc)
+        raise OSError(errno.EIO, f"the written file does not read back: "
+                                 f"{reason.replace(tmp, 'temp file')}") from None
