@@ -5,7 +5,16 @@ from typing import Optional
 
 import click
 
+from ..errors import BadInput
 from ._common import arch_option, arch_source, bn_eps_option, config_option, resolve_arch
+
+
+def generic_only(**given: Optional[str]) -> None:
+    """--generic fuses blocks where they stand: options about a whole MobileOne do not apply."""
+    for name, value in given.items():
+        if value is not None and not (name == "arch" and value.lower() == "auto"):
+            raise BadInput(f"--{name} does not apply with --generic (blocks are fused in place, "
+                           f"under their own names)")
 
 
 @click.command(help="Fuse a MobileOne train checkpoint into a deploy checkpoint (and/or remap "
@@ -20,11 +29,33 @@ from ._common import arch_option, arch_source, bn_eps_option, config_option, res
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--generic", is_flag=True,
+              help="Fuse every MobileOne-style block of ANY network (FastViT, MobileCLIP, your "
+                   "own) found by key names; all other keys pass through unchanged.")
+@click.option("--groups", type=click.IntRange(min=1), default=None,
+              help="With --generic: groups of blocks that hold only an identity BatchNorm "
+                   "(default: depthwise).")
+@click.option("--norm-kernel", default=None, metavar="K|HxW",
+              help="With --generic: kernel of blocks without a conv branch (default: their "
+                   "sibling's, else 1x1).")
 def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[str],
             bn_eps: float, layout_out: Optional[str], force: bool, no_verify: bool,
-            as_json: bool) -> int:
+            as_json: bool, generic: bool, groups: Optional[int],
+            norm_kernel: Optional[str]) -> int:
     from ..convert import convert_file
     from ..render import convert_to_dict, print_json, render_convert
+
+    if generic:
+        from ..generic import convert_generic_file, parse_kernel
+        from ..render_generic import generic_to_dict, render_generic
+
+        generic_only(arch=arch_name, config=config_path, to=layout_out)
+        result = convert_generic_file(src, dst, eps=bn_eps, force=force, verify=not no_verify,
+                                      groups=groups, norm_kernel=parse_kernel(norm_kernel))
+        print_json(generic_to_dict(result)) if as_json else render_generic(result)
+        return 0
+    if groups is not None or norm_kernel is not None:
+        raise BadInput("--groups and --norm-kernel only apply with --generic")
 
     result = convert_file(src, dst, arch=resolve_arch(arch_name, config=config_path),
                           arch_source=config_path and arch_source(config_path),
