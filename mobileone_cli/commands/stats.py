@@ -1,0 +1,97 @@
+"""``mobileone stats [CKPT] [--arch sN]``: exact params and MACs/FLOPs, train vs deploy.
+
+Torch is imported only by ``--bench`` and by reading a torch (non-safetensors) checkpoint.
+"""
+from __future__ import annotations
+
+from typing import List, Optional
+
+import click
+
+from ._common import resolve_arch
+
+
+def join_input_size(args: List[str]) -> List[str]:
+    """Let ``--input-size H W`` take two numbers: rewrite it as ``--input-size HxW``."""
+    out: List[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if (a == "--input-size" and i + 2 < len(args) and args[i + 1].isdigit()
+                and args[i + 2].isdigit()):
+            out += [a, f"{args[i + 1]}x{args[i + 2]}"]
+            i += 3
+            continue
+        if a == "--":
+            out += args[i:]
+            break
+        out.append(a)
+        i += 1
+    return out
+
+
+class StatsCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        return super().parse_args(ctx, join_input_size(list(args)))
+
+
+@click.command(cls=StatsCommand,
+               help="Exact parameter and MAC counts of a MobileOne, train form and deploy form "
+                    "side by side, per stage and in total, computed from the architecture (no "
+                    "forward pass). Give a checkpoint CKPT (architecture, classes and form are "
+                    "detected; its real tensors are summed too) or --arch sN.")
+@click.argument("ckpt", required=False, type=click.Path(dir_okay=True))
+@click.option("--arch", "arch_name", default=None, metavar="s0..s4",
+              help="Built-in variant (needed without CKPT; with CKPT it must match the file).")
+@click.option("--num-classes", type=click.IntRange(min=0), default=None,
+              help="Head size for --arch (default 1000; 0 = no head).")
+@click.option("--input-size", "input_size", default="224", show_default=True, metavar="H [W]",
+              help="Input height and width in pixels (one number for a square image).")
+@click.option("--convention", type=click.Choice(["macs", "flops", "mmpretrain"]),
+              default="macs", show_default=True,
+              help="Unit of the per-part compute columns: MACs; FLOPs = 2 x MACs "
+                   "(torch.utils.flop_counter); mmpretrain's fvcore-style count (backbone + "
+                   "pooling, head excluded). --json always gives all three.")
+@click.option("--bench", is_flag=True,
+              help="Also measure CPU latency and peak memory of both forms on this machine.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batch size for --bench.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads for --bench (default: torch's default).")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Timed forward passes per form for --bench (the median is reported).")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Untimed forward passes per form before timing, for --bench.")
+@click.option("--trust-file", is_flag=True,
+              help="Load a torch CKPT with full unpickling, which can run code from the file. "
+                   "Only for files you trust; the default is weights-only loading.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def stats(ckpt: Optional[str], arch_name: Optional[str], num_classes: Optional[int],
+          input_size: str, convention: str, bench: bool, batch: int, threads: Optional[int],
+          runs: int, warmup: int, trust_file: bool, as_json: bool) -> int:
+    from ..errors import BadInput
+    from ..stats import bench_report, report_to_dict, stats_for_arch, stats_for_checkpoint
+
+    if ckpt is None and arch_name is None:
+        raise BadInput("give a checkpoint file or --arch", hint="e.g. mobileone stats --arch s2")
+    if ckpt is not None and num_classes is not None:
+        raise BadInput("--num-classes applies to --arch only; a checkpoint's head size is read "
+                       "from the file")
+    arch = resolve_arch(arch_name, num_classes)
+    if ckpt is None and arch is None:
+        raise BadInput("--arch auto needs a checkpoint file")
+    if ckpt is None:
+        report = stats_for_arch(arch, input_size)
+    else:
+        report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file)
+    if bench:
+        bench_report(report, batch=batch, threads=threads, runs=runs, warmup=warmup)
+    if as_json:
+        from ..render import print_json
+
+        print_json(report_to_dict(report))
+    else:
+        from ..render_stats import render_stats
+
+        render_stats(report, convention=convention)
+    return 0
