@@ -21,7 +21,7 @@ from .arch import ArchSpec, BlockSpec
 from .errors import BadInput
 from .layouts import get_layout
 
-__all__ = ["BatchNormStats", "fuse_bn", "fuse_branches", "fuse_block", "fuse_state_dict",
+__all__ = ["BatchNormStats", "bn_scale_shift", "fuse_bn", "fuse_branches", "fuse_block", "fuse_state_dict",
            "identity_kernel", "DEFAULT_EPS"]
 
 DEFAULT_EPS = 1e-5
@@ -42,9 +42,9 @@ def _pair(k: KernelSize) -> Tuple[int, int]:
     return (k, k) if isinstance(k, int) else (int(k[0]), int(k[1]))
 
 
-def fuse_bn(kernel: torch.Tensor, bn: BatchNormStats, eps: float = DEFAULT_EPS,
-            where: str = "") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm into the conv kernel before it; float64 in, float64 out."""
+def bn_scale_shift(bn: BatchNormStats, eps: float = DEFAULT_EPS,
+                   where: str = "") -> Tuple[torch.Tensor, torch.Tensor]:
+    """(t, b') of an eval-mode BatchNorm in float64: BN(y) = t * y + b' per channel."""
     var = bn.running_var.to(torch.float64)
     if bool(torch.any(var < 0)):
         raise BadInput(f"{where or 'a BatchNorm'}: running_var has negative entries "
@@ -56,7 +56,14 @@ def fuse_bn(kernel: torch.Tensor, bn: BatchNormStats, eps: float = DEFAULT_EPS,
     gamma = bn.weight.to(torch.float64) if bn.weight is not None else torch.ones_like(std)
     beta = bn.bias.to(torch.float64) if bn.bias is not None else torch.zeros_like(std)
     t = gamma / std
-    return kernel * t.reshape(-1, 1, 1, 1), beta - bn.running_mean.to(torch.float64) * t
+    return t, beta - bn.running_mean.to(torch.float64) * t
+
+
+def fuse_bn(kernel: torch.Tensor, bn: BatchNormStats, eps: float = DEFAULT_EPS,
+            where: str = "") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Fold an eval-mode BatchNorm into the conv kernel before it; float64 out."""
+    t, shift = bn_scale_shift(bn, eps, where)
+    return kernel.to(torch.float64) * t.reshape(-1, 1, 1, 1), shift
 
 
 def identity_kernel(channels: int, groups: int, kernel_size: KernelSize) -> torch.Tensor:
@@ -79,36 +86,59 @@ def _pad_to(kernel: torch.Tensor, kernel_size: Tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.pad(kernel, [pw, kw - w - pw, ph, kh - h - ph])
 
 
+# Output channels are fused in slices of about this many kernel elements, so the float64 working
+# set of even the largest block (s4 stage4.1, 2048 x 2048) stays a few MiB.
+CHUNK_ELEMENTS = 1 << 18
+
+
 def fuse_branches(convs: Sequence[Tuple[torch.Tensor, BatchNormStats]],
                   scale: Optional[Tuple[torch.Tensor, BatchNormStats]],
                   identity: Optional[BatchNormStats],
                   *, kernel_size: KernelSize, groups: int, in_channels: int,
-                  eps: float = DEFAULT_EPS, where: str = "") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Sum of all branches of one block as a single (kernel, bias), in float64.
+                  eps: float = DEFAULT_EPS, where: str = "",
+                  dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Sum of all branches of one block as a single (kernel, bias).
 
     ``convs`` are the k conv+BN branches, ``scale`` the 1x1 conv+BN branch and ``identity`` the
     bare BatchNorm skip.  Any of them may be absent (FastViT's RepMixer norm has no conv branch).
+    All arithmetic is float64; the result is rounded once to ``dtype`` (default: float64).
     """
-    ks = _pair(kernel_size)
-    kernel: Optional[torch.Tensor] = None
-    bias: Optional[torch.Tensor] = None
-
-    def add(k: torch.Tensor, b: torch.Tensor) -> None:
-        nonlocal kernel, bias
-        kernel = k if kernel is None else kernel + k
-        bias = b if bias is None else bias + b
-
+    kh, kw = _pair(kernel_size)
+    weighted = []  # (kernel, t) of the conv and scale branches
+    shifts = []
     for n, (w, bn) in enumerate(convs):
-        add(*fuse_bn(w.to(torch.float64), bn, eps, f"{where} conv branch {n}"))
+        t, b = bn_scale_shift(bn, eps, f"{where} conv branch {n}")
+        weighted.append((w, t))
+        shifts.append(b)
     if scale is not None:
-        w, bn = scale
-        add(*fuse_bn(_pad_to(w.to(torch.float64), ks), bn, eps, f"{where} scale branch"))
+        t, b = bn_scale_shift(scale[1], eps, f"{where} scale branch")
+        weighted.append((scale[0], t))
+        shifts.append(b)
+    t_id = None
     if identity is not None:
-        add(*fuse_bn(identity_kernel(in_channels, groups, ks), identity, eps,
-                     f"{where} identity branch"))
-    if kernel is None or bias is None:
+        t_id, b = bn_scale_shift(identity, eps, f"{where} identity branch")
+        shifts.append(b)
+    if not shifts:
         raise BadInput(f"{where}: a block without any branch cannot be fused")
-    return kernel, bias
+    out_channels = shifts[0].shape[0]
+    per_group = in_channels // groups
+    bias = shifts[0].clone()
+    for b in shifts[1:]:
+        bias += b
+    out_dtype = dtype or torch.float64
+    kernel = torch.empty(out_channels, per_group, kh, kw, dtype=out_dtype)
+    rows = max(1, CHUNK_ELEMENTS // max(1, per_group * kh * kw))
+    for lo in range(0, out_channels, rows):
+        hi = min(out_channels, lo + rows)
+        acc = torch.zeros(hi - lo, per_group, kh, kw, dtype=torch.float64)
+        for w, t in weighted:
+            part = _pad_to(w[lo:hi].to(torch.float64), (kh, kw))
+            acc.addcmul_(part, t[lo:hi].reshape(-1, 1, 1, 1))
+        if t_id is not None:
+            idx = torch.arange(lo, hi)
+            acc[idx - lo, idx % per_group, kh // 2, kw // 2] += t_id[lo:hi]
+        kernel[lo:hi] = acc
+    return kernel, bias.to(out_dtype)
 
 
 def _bn_from(sd: MutableMapping[str, torch.Tensor], prefix: str, pop: bool) -> BatchNormStats:
@@ -145,7 +175,7 @@ def fuse_block(sd: MutableMapping[str, torch.Tensor], block: BlockSpec, *, eps: 
                           torch.float32)
     kernel, bias = fuse_branches(convs, scale, identity, kernel_size=block.kernel_size,
                                  groups=block.groups, in_channels=block.in_channels, eps=eps,
-                                 where=block.name)
+                                 where=block.name, dtype=out_dtype)
     out: Dict[str, torch.Tensor] = {}
     if block.has_se:
         for part in ("se_reduce", "se_expand"):
@@ -153,8 +183,8 @@ def fuse_block(sd: MutableMapping[str, torch.Tensor], block: BlockSpec, *, eps: 
                 key = f"{path}.{lay.part(part)}.{leaf}"
                 t = get(key)
                 out[key] = t if dtype is None or t.dtype == dtype else t.to(dtype)
-    out[f"{path}.{lay.part('reparam')}.weight"] = kernel.to(out_dtype)
-    out[f"{path}.{lay.part('reparam')}.bias"] = bias.to(out_dtype)
+    out[f"{path}.{lay.part('reparam')}.weight"] = kernel
+    out[f"{path}.{lay.part('reparam')}.bias"] = bias
     return out
 
 
