@@ -13,7 +13,9 @@ writes models::
 An ``arch`` mapping takes our ArchSpec names (``widths``, ``blocks``, ``conv_branches``,
 ``se_blocks``, ``stem_channels``, ``kernel_size``, ``num_classes``, ...), mmpretrain's names where
 they map cleanly (``num_blocks``, ``width_factor`` (x 64/128/256/512), ``num_conv_branches``,
-``num_se_blocks``) and ``base: sN`` to start from a built-in and override fields.  Every problem
+``num_se_blocks``) and ``base: sN`` to start from a built-in and override fields.  Without
+``stem_channels`` the stem is min(64, first width), mmpretrain's rule; ``conv_branches`` may be
+one number for every stage; ``se_blocks`` defaults to none.  Every problem
 is reported as one line naming the field (``model.backbone.arch.widths``) and what is wrong.
 
 This module never imports torch.
@@ -288,6 +290,9 @@ def _arch_mapping(f: _Fields, value: Any, field: str) -> Tuple[Dict[str, Any], O
         elif ours in FLOAT_FIELDS:
             kwargs[ours] = f.number(raw, sub)
     n = len(kwargs["widths"])
+    if "stem_channels" not in kwargs and kwargs["widths"]:
+        # mmpretrain's rule min(64, int(64 * width_factor[0])), written for widths.
+        kwargs["stem_channels"] = min(64, kwargs["widths"][0])
     if isinstance(kwargs.get("conv_branches"), int):
         kwargs["conv_branches"] = (kwargs["conv_branches"],) * n
     if kwargs.get("se_blocks") is None:
