@@ -86,15 +86,36 @@ def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -
     """mmpretrain loaders expect {'meta', 'state_dict'}; Apple and timm files are bare dicts."""
     if layout != "mmpretrain":
         return None
-    meta = dict(extras.get("meta") or {}) if isinstance(extras.get("meta"), dict) else {}
+    from .safeload import plain_data
+
+    # Placeholders (foreign objects never loaded) become strings: the output stays weights-only.
+    meta = plain_data(dict(extras["meta"])) if isinstance(extras.get("meta"), dict) else {}
     meta.update({"mobileone_cli": __version__, "arch": det.arch.name, "form": form})
     return {"meta": meta}
+
+
+def _loading_notes(ck, det: Detection, layout_out: str) -> List[str]:
+    """What the user should know about how the file was read (placeholders, trust, root)."""
+    notes = []
+    if ck.stubbed:
+        names = ", ".join(ck.stubbed[:4]) + (f" and {len(ck.stubbed) - 4} more"
+                                             if len(ck.stubbed) > 4 else "")
+        notes.append(f"loaded without running code: {len(ck.stubbed)} foreign global(s) read as "
+                     f"inert placeholders ({names})")
+    if ck.trusted:
+        notes.append("--trust-file: the file was unpickled with weights_only=False")
+    if det.implied_root:
+        keep = "kept without it" if layout_out == "mmpretrain" else "not needed"
+        notes.append(f"mmpretrain backbone saved without its {det.implied_root!r} root ({keep} "
+                     f"in the output)")
+    return notes
 
 
 def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = None,
                  layout_out: Optional[str] = None, fuse: bool = True, eps: float = DEFAULT_EPS,
                  force: bool = False, verify: bool = True, prefix: Optional[str] = None,
-                 ema: bool = False, dtype=None, rtol: Optional[float] = None,
+                 ema: bool = False, trust: bool = False, dtype=None,
+                 rtol: Optional[float] = None,
                  seed: int = 0, input_size=(224, 224),
                  arch_source: Optional[str] = None) -> ConvertResult:
     """Convert one checkpoint file; with ``dst=None`` nothing is written (dry run).
@@ -104,9 +125,11 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
     if dst is not None:
         check_destination(dst, force=force, src=src)
         get_layout(layout_out or "apple")
-    ck = load_checkpoint(src, ema=ema)
+    ck = load_checkpoint(src, ema=ema, trust=trust)
     sd = ck.state_dict
     det = detect_layout(tensor_info(sd), prefix=prefix, where=src)
+    if det.implied_root:  # an mmpretrain backbone saved alone: work on the layout's full names
+        sd = {det.implied_root + k: v for k, v in sd.items()}
     if arch is not None:
         from .config import expect_arch
 
@@ -128,6 +151,7 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
         notes.append(f"stripped key prefix {ck.stripped_prefix!r}")
     if ck.wrapper:
         notes.append(f"state dict taken from the {ck.wrapper!r} entry")
+    notes += _loading_notes(ck, det, layout_out)
 
     keep_train = verify and fusing
     out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
@@ -152,6 +176,9 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
             raise VerificationFailed(
                 f"{src}: fused model differs from the train model (max rel diff "
                 f"{result.metrics.max_rel:.3g} > {tol:g}); nothing was written")
+    if det.implied_root:
+        root = det.implied_root
+        out = {(k[len(root):] if k.startswith(root) else k): v for k, v in out.items()}
     if dst is not None:
         meta = {"format": "pt", "mobileone_cli": __version__, "arch": det.arch.name,
                 "layout": layout_out, "form": form_out, "num_classes": str(det.arch.num_classes),

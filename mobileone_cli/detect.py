@@ -15,7 +15,7 @@ from .arch import ArchSpec, match_builtin
 from .errors import BadInput
 from .layouts import LAYOUTS, Layout, TensorEntry, get_layout, schema
 
-__all__ = ["Detection", "detect_layout", "find_candidates", "TensorInfo"]
+__all__ = ["Detection", "detect_layout", "find_candidates", "implied_root", "TensorInfo"]
 
 # key -> (dtype name, shape); dtype names as torch prints them without 'torch.' ('float32').
 TensorInfo = Tuple[str, Tuple[int, ...]]
@@ -30,6 +30,9 @@ class Detection:
     prefix: str = ""  # text before the layout's own keys ('backbone.', 'encoder.')
     extra_keys: List[str] = field(default_factory=list)  # keys that are not this MobileOne's
     dtype: str = "float32"
+    # The layout's leading module path that the file lacks: 'backbone.' for an mmpretrain
+    # backbone saved on its own (keys 'stage0.branch_conv_list...').  Entries keep the root.
+    implied_root: str = ""
 
     @property
     def arch_name(self) -> str:
@@ -43,6 +46,8 @@ class Detection:
         return schema(self.arch, self.layout, self.form)
 
     def full_key(self, key: str) -> str:
+        if self.implied_root and key.startswith(self.implied_root):
+            key = key[len(self.implied_root):]
         return self.prefix + key
 
 
@@ -64,6 +69,17 @@ def find_candidates(keys: Sequence[str]) -> List[Tuple[str, str]]:
     # ('backbone.stage0.…' is both mmpretrain with no prefix and Apple under 'backbone.').
     # Prefer the layout that explains the keys with the shortest prefix.
     return found
+
+
+def implied_root(keys: Sequence[str]) -> str:
+    """'backbone.' when ``keys`` hold an mmpretrain MobileOne backbone without its root module
+    (``model.backbone.state_dict()``); '' otherwise.  Only a bare (unprefixed) stem counts."""
+    lay = LAYOUTS["mmpretrain"]
+    root = lay.stem.rpartition(".")[0] + "." if "." in lay.stem else ""
+    if not root:
+        return ""
+    bare = {m[len(root):] for m in _markers(lay)}
+    return root if any(k in bare for k in keys) else ""
 
 
 def _block_form(sub: Mapping[str, TensorInfo], lay: Layout, path: str) -> Optional[str]:
@@ -216,6 +232,13 @@ def detect_layout(tensors: Mapping[str, TensorInfo], *, layout: Optional[str] = 
     if prefix is not None:
         p = prefix if prefix == "" or prefix.endswith(".") else prefix + "."
         cands = [c for c in cands if c[1] == p]
+    root = implied_root(keys) if not cands and not prefix else ""
+    if root and (layout is None or get_layout(layout).name == "mmpretrain"):
+        det = detect_layout({root + k: v for k, v in tensors.items()}, layout="mmpretrain",
+                            prefix="", where=where)
+        det.implied_root = root
+        det.extra_keys = [k[len(root):] if k.startswith(root) else k for k in det.extra_keys]
+        return det
     if not cands:
         sample = _few(sorted(keys)[:50], 3) if keys else "none"
         want = "; ".join(f"{n}: {_markers(lay)[0]}" for n, lay in LAYOUTS.items())

@@ -47,6 +47,19 @@ def arch_source(config: Optional[str]) -> str:
     return f"--config {config}" if config else "--arch"
 
 
+def trust_file_option():
+    return click.option("--trust-file", is_flag=True,
+                        help="Unpickle SRC with weights_only=False, which can RUN CODE stored in "
+                             "the file. Only for files you trust; without it, objects that "
+                             "weights-only loading refuses are read as inert placeholders.")
+
+
+def warn_trusted(path: str) -> None:
+    """The --trust-file opt-in is always said out loud, on stderr."""
+    click.echo(f"warning: --trust-file: {path} is unpickled with weights_only=False; code stored "
+               f"in the file can run", err=True)
+
+
 def bn_eps_option():
     return click.option("--bn-eps", type=float, default=1e-5, show_default=True,
                         help="BatchNorm eps used by the training run (not stored in checkpoints).")

@@ -7,6 +7,7 @@ import click
 
 from ..errors import BadInput
 from ._common import arch_option, arch_source, bn_eps_option, config_option, resolve_arch
+from ._common import trust_file_option, warn_trusted
 
 
 def generic_only(**given: Optional[str]) -> None:
@@ -26,6 +27,14 @@ def generic_only(**given: Optional[str]) -> None:
 @bn_eps_option()
 @click.option("--to", "layout_out", type=click.Choice(["apple", "mmpretrain", "timm"]),
               default=None, help="Key layout of DST (default: the layout of SRC).")
+@click.option("--no-fuse", is_flag=True,
+              help="Keep the train form: only remap the keys to --to's layout.")
+@click.option("--prefix", default=None, metavar="PFX",
+              help="Convert the MobileOne under this key prefix (e.g. 'backbone.'); every other "
+                   "key is copied unchanged. Default: found automatically when there is one.")
+@click.option("--ema", is_flag=True,
+              help="Convert the EMA weights (ema_state_dict, ...) instead of the state_dict.")
+@trust_file_option()
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -41,10 +50,15 @@ def generic_only(**given: Optional[str]) -> None:
 def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[str],
             bn_eps: float, layout_out: Optional[str], force: bool, no_verify: bool,
             as_json: bool, generic: bool, groups: Optional[int],
-            norm_kernel: Optional[str]) -> int:
+            norm_kernel: Optional[str], no_fuse: bool = False, prefix: Optional[str] = None,
+            ema: bool = False, trust_file: bool = False) -> int:
     from ..convert import convert_file
     from ..render import convert_to_dict, print_json, render_convert
 
+    if generic and (no_fuse or prefix is not None or ema or trust_file):
+        raise BadInput("--no-fuse, --prefix, --ema and --trust-file do not apply with --generic")
+    if trust_file:
+        warn_trusted(src)
     if generic:
         from ..generic import convert_generic_file, parse_kernel
         from ..render_generic import generic_to_dict, render_generic
@@ -59,7 +73,8 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
 
     result = convert_file(src, dst, arch=resolve_arch(arch_name, config=config_path),
                           arch_source=config_path and arch_source(config_path),
-                          layout_out=layout_out, eps=bn_eps, force=force, verify=not no_verify)
+                          layout_out=layout_out, eps=bn_eps, force=force, verify=not no_verify,
+                          fuse=not no_fuse, prefix=prefix, ema=ema, trust=trust_file)
     if as_json:
         print_json(convert_to_dict(result))
     else:
