@@ -540,8 +540,8 @@ class GenericResult:
 def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, force: bool = False,
                          verify: bool = True, groups: Optional[int] = None,
                          norm_kernel: Optional[Kernel] = None, ema: bool = False,
-                         rtol: Optional[float] = None, seed: int = 0,
-                         load_kwargs: Optional[Dict[str, Any]] = None) -> GenericResult:
+                         trust: bool = False, rtol: Optional[float] = None,
+                         seed: int = 0) -> GenericResult:
     """``convert --generic``: fuse every MobileOne-style block of any checkpoint file.
 
     Keys keep their names (a ``module.``/``model.`` prefix stripped on loading is put back), an
@@ -553,7 +553,7 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
 
     if dst is not None:
         check_destination(dst, force=force, src=src)
-    ck = load_checkpoint(src, ema=ema, **(load_kwargs or {}))
+    ck = load_checkpoint(src, ema=ema, trust=trust)
     try:
         out, report = fuse_generic(ck.state_dict, eps=eps, groups=groups,
                                    norm_kernel=norm_kernel)
@@ -574,14 +574,22 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
         result.notes.append(f"kept the key prefix {ck.stripped_prefix!r}")
     if ck.wrapper:
         result.notes.append(f"state dict taken from the {ck.wrapper!r} entry")
+    if ck.stubbed:
+        result.notes.append(f"loaded without running code: {len(ck.stubbed)} foreign global(s) "
+                            f"read as inert placeholders")
+    if ck.trusted:
+        result.notes.append("--trust-file: the file was unpickled with weights_only=False")
     if report.already_fused:
         result.notes.append(f"{len(report.already_fused)} block(s) were already fused and passed "
                             f"through")
     if dst is not None:
         container = None
         if ck.wrapper == "state_dict" and output_format(dst) != "safetensors":
+            from .safeload import plain_data
+
+            # Placeholders (foreign objects never loaded) become strings: output stays weights-only.
             meta = ck.extras.get("meta")
-            container = {"meta": meta} if isinstance(meta, dict) else {}
+            container = {"meta": plain_data(dict(meta))} if isinstance(meta, dict) else {}
         metadata = dict(ck.metadata)
         metadata.update({"format": "pt", "mobileone_cli": __version__, "form": "deploy",
                          "fused_blocks": str(len(report.blocks)), "bn_eps": repr(eps)})

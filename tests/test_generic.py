@@ -358,6 +358,22 @@ def test_safetensors_wrappers_and_prefixes_keep_keys(fastvit, run_cli, tmp_path)
         assert rel_diff(fastvit(x), deploy.eval()(x)) < 1e-5
 
 
+def test_generic_ema_weights(fastvit, run_cli, tmp_path):
+    """--ema fuses the EMA copy: the result drives a deploy net equal to the EMA train net."""
+    ema_net = randomize(FastVitLike(), seed=21)
+    src, dst = str(tmp_path / "e.pth"), str(tmp_path / "e_fused.pth")
+    torch.save({"state_dict": fastvit.state_dict(), "ema_state_dict": ema_net.state_dict()}, src)
+    run_json(run_cli, src, dst, "--ema")
+    deploy = FastVitLike(deploy=True)
+    deploy.load_state_dict(torch.load(dst, weights_only=True), strict=True)
+    x = images(seed=8)
+    with torch.no_grad():
+        assert rel_diff(ema_net(x), deploy.eval()(x)) < 1e-5
+        assert rel_diff(fastvit(x), deploy(x)) > 1e-2  # and not the other weights
+    res = run_cli("convert", "--generic", src, str(tmp_path / "x.pth"), "--prefix", "a.")
+    assert res.exit_code == 2 and "do not apply with --generic" in res.stderr
+
+
 def test_generic_on_a_mobileone_matches_the_mobileone_converter(run_cli, tmp_path):
     """A MobileOne is a network of MobileOne blocks: both routes give the same tensors."""
     from mobileone_cli.config import load_config

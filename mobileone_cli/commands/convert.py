@@ -55,8 +55,8 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
     from ..convert import convert_file
     from ..render import convert_to_dict, print_json, render_convert
 
-    if generic and (no_fuse or prefix is not None or ema or trust_file):
-        raise BadInput("--no-fuse, --prefix, --ema and --trust-file do not apply with --generic")
+    if generic and (no_fuse or prefix is not None):
+        raise BadInput("--no-fuse and --prefix do not apply with --generic")
     if trust_file:
         warn_trusted(src)
     if generic:
@@ -65,7 +65,8 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
 
         generic_only(arch=arch_name, config=config_path, to=layout_out)
         result = convert_generic_file(src, dst, eps=bn_eps, force=force, verify=not no_verify,
-                                      groups=groups, norm_kernel=parse_kernel(norm_kernel))
+                                      groups=groups, norm_kernel=parse_kernel(norm_kernel),
+                                      ema=ema, trust=trust_file)
         print_json(generic_to_dict(result)) if as_json else render_generic(result)
         return 0
     if groups is not None or norm_kernel is not None:
