@@ -1,6 +1,7 @@
 """``convert``: load, detect, fuse, remap, check, write.  The command line is a thin shell on it."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -12,6 +13,7 @@ from .detect import Detection, detect_layout, tensor_info
 from .errors import BadInput, VerificationFailed
 from .fusion import DEFAULT_EPS
 from .layouts import get_layout, param_count, schema
+from .sanity import check_bn_eps, check_fused_finite, preflight
 
 __all__ = ["ConvertResult", "convert_file", "convert_state_dict", "check_finite"]
 
@@ -122,6 +124,7 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
 
     ``arch_source`` says where ``arch`` came from ('--config FILE'); a config also fixes the head.
     """
+    eps = check_bn_eps(eps)
     if dst is not None:
         check_destination(dst, force=force, src=src)
         get_layout(layout_out or "apple")
@@ -152,10 +155,13 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
     if ck.wrapper:
         notes.append(f"state dict taken from the {ck.wrapper!r} entry")
     notes += _loading_notes(ck, det, layout_out)
+    notes += preflight(sd, det, eps, src)  # mixed dtypes, variances, NaN outside the MobileOne
 
     keep_train = verify and fusing
     out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
                              consume=not keep_train)
+    check_fused_finite(out, [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)],
+                       src)
     result = ConvertResult(
         src=src, dst=dst, detection=det, layout_out=layout_out, form_out=form_out,
         keys_in=len(entries_in) + len(det.extra_keys), keys_out=len(out),
@@ -171,6 +177,10 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
         result.metrics = check_equivalence(train_sd, dep, det.arch, layout=det.layout,
                                            deploy_layout=layout_out, bn_eps=eps, seed=seed,
                                            input_size=input_size)
+        if not math.isfinite(result.metrics.scale):
+            raise BadInput(f"{src}: the train model itself outputs NaN/Inf on the check images "
+                           f"(weights too large?); nothing was written",
+                           hint="a diverged training run or a corrupt file?")
         tol = DEFAULT_RTOL if rtol is None else rtol
         if dtype is None and not result.metrics.within(tol):
             raise VerificationFailed(

@@ -125,6 +125,9 @@ def _infer_arch(sub: Mapping[str, TensorInfo], lay: Layout, where: str) -> Tuple
     if len(stem_w) != 4:
         raise BadInput(f"{where}: the stem weight of the {lay.name} layout is not a 4-d conv kernel")
     stem_channels, in_channels, kernel_size = stem_w[0], stem_w[1], stem_w[2]
+    if min(stem_w) <= 0 or kernel_size % 2 == 0:
+        raise BadInput(f"{where}: the stem kernel has shape {list(stem_w)}; a MobileOne stem "
+                       f"needs non-empty channels and an odd kernel size")
     stem_k = _count_indexed(sub, f"{stem_block}.{lay.conv_list}.") or 1
 
     widths, blocks, kbr, se_blocks = [], [], [], []
@@ -143,6 +146,8 @@ def _infer_arch(sub: Mapping[str, TensorInfo], lay: Layout, where: str) -> Tuple
         last = weight_shape(paths[-1])
         if len(last) != 4:
             raise BadInput(f"{where}: block {paths[-1]} has no conv weight")
+        if last[0] <= 0:
+            raise BadInput(f"{where}: block {paths[-1]} has {last[0]} output channels")
         widths.append(last[0])
         blocks.append(n_blocks // 2)
         kbr.append(_count_indexed(sub, f"{paths[0]}.{lay.conv_list}.") or 1)

@@ -47,6 +47,12 @@ def arch_source(config: Optional[str]) -> str:
     return f"--config {config}" if config else "--arch"
 
 
+def _valid_bn_eps(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    from ..sanity import check_bn_eps  # torch-free
+
+    return check_bn_eps(value)
+
+
 def trust_file_option():
     return click.option("--trust-file", is_flag=True,
                         help="Unpickle SRC with weights_only=False, which can RUN CODE stored in "
@@ -62,6 +68,7 @@ def warn_trusted(path: str) -> None:
 
 def bn_eps_option():
     return click.option("--bn-eps", type=float, default=1e-5, show_default=True,
+                        callback=_valid_bn_eps,
                         help="BatchNorm eps used by the training run (not stored in checkpoints).")
 
 
