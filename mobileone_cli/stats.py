@@ -80,7 +80,8 @@ def read_tensor_info(path: str, *, trust: bool = False
 
 
 def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
-                         input_size=DEFAULT_SIZE, *, trust: bool = False) -> StatsReport:
+                         input_size=DEFAULT_SIZE, *, trust: bool = False,
+                         arch_source: Optional[str] = None) -> StatsReport:
     """Counts of the MobileOne in ``path``: architecture, classes and form from its tensors.
 
     ``arch`` (optional) must describe the same network; for a deploy file it also says how many
@@ -91,6 +92,11 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
     det = detect_layout(tensors, where=path)
     spec = det.arch
     notes: List[str] = []
+    if arch is not None and arch_source is not None:  # --config: differences named by field
+        from .config import expect_arch
+
+        arch = expect_arch(arch, det.arch, det.form, where=path, source=arch_source,
+                           compare_head=True)
     if arch is not None:
         same = (arch.same_backbone(det.arch, ignore_branches=True) if det.form == "deploy"
                 else arch.same_backbone(det.arch))

@@ -138,6 +138,33 @@ def test_custom_config_converts_and_verifies(tmp_path, run_cli):
     assert float((ref - got).abs().max() / ref.abs().max()) < 1e-5
 
 
+def test_custom_config_stats(tmp_path, run_cli):
+    """stats --config: totals equal parameter counts of our model and torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mobileone_cli.model import MobileOne
+
+    spec = load_config(EXAMPLE)
+    res = run_cli("stats", "--config", EXAMPLE, "--input-size", "64", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["arch"] == "custom_3stage" and report["num_classes"] == 10
+    for form, deploy in (("train", False), ("deploy", True)):
+        model = MobileOne(spec, deploy=deploy).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(1, 3, 64, 64))
+        assert report[form]["total"]["params"] == sum(p.numel() for p in model.parameters())
+        assert report[form]["total"]["flops"] == counter.get_total_flops()
+    # With a checkpoint the config is checked against the file, like convert does.
+    src = str(tmp_path / "c.pth")
+    save_checkpoint(src, random_state_dict(spec, seed=5))
+    res = run_cli("stats", src, "--config", EXAMPLE, "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["arch"] == "custom_3stage"
+    res = run_cli("stats", src, "--config", os.path.join(ROOT, "examples", "s1_ten_classes.yaml"))
+    assert res.exit_code == 2 and "widths: expected" in res.stderr
+
+
 def test_six_stage_config_converts(tmp_path, run_cli):
     cfg = write(tmp_path, f"""
 backbone:

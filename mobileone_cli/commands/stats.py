@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import click
 
-from ._common import resolve_arch
+from ._common import arch_source, config_option, resolve_arch
 
 
 def join_input_size(args: List[str]) -> List[str]:
@@ -43,6 +43,7 @@ class StatsCommand(click.Command):
 @click.argument("ckpt", required=False, type=click.Path(dir_okay=True))
 @click.option("--arch", "arch_name", default=None, metavar="s0..s4",
               help="Built-in variant (needed without CKPT; with CKPT it must match the file).")
+@config_option()
 @click.option("--num-classes", type=click.IntRange(min=0), default=None,
               help="Head size for --arch (default 1000; 0 = no head).")
 @click.option("--input-size", "input_size", default="224", show_default=True, metavar="H [W]",
@@ -66,24 +67,26 @@ class StatsCommand(click.Command):
               help="Load a torch CKPT with full unpickling, which can run code from the file. "
                    "Only for files you trust; the default is weights-only loading.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def stats(ckpt: Optional[str], arch_name: Optional[str], num_classes: Optional[int],
+def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[str],
+          num_classes: Optional[int],
           input_size: str, convention: str, bench: bool, batch: int, threads: Optional[int],
           runs: int, warmup: int, trust_file: bool, as_json: bool) -> int:
     from ..errors import BadInput
     from ..stats import bench_report, report_to_dict, stats_for_arch, stats_for_checkpoint
 
-    if ckpt is None and arch_name is None:
+    if ckpt is None and arch_name is None and config_path is None:
         raise BadInput("give a checkpoint file or --arch", hint="e.g. mobileone stats --arch s2")
     if ckpt is not None and num_classes is not None:
         raise BadInput("--num-classes applies to --arch only; a checkpoint's head size is read "
                        "from the file")
-    arch = resolve_arch(arch_name, num_classes)
+    arch = resolve_arch(arch_name, num_classes, config=config_path)
     if ckpt is None and arch is None:
         raise BadInput("--arch auto needs a checkpoint file")
     if ckpt is None:
         report = stats_for_arch(arch, input_size)
     else:
-        report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file)
+        report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file,
+                                      arch_source=config_path and arch_source(config_path))
     if bench:
         bench_report(report, batch=batch, threads=threads, runs=runs, warmup=warmup)
     if as_json:
