@@ -521,6 +521,17 @@ def test_cli_refusals_write_nothing(run_cli, tmp_path):
     assert run_cli("convert", "--generic", src, dst, "--force").exit_code == 0
 
 
+def test_plain_output_names_every_fused_block(run_cli, tmp_path):
+    src, dst = str(tmp_path / "s.pth"), str(tmp_path / "d.pth")
+    sd = _bare(prefix="enc.a.")
+    sd.update(_bare(prefix="enc.norm.", branches=0, scale=False))
+    torch.save(sd, src)
+    res = run_cli("convert", "--generic", src, dst)
+    assert res.exit_code == 0, res.output
+    assert "enc.a" in res.stdout and "enc.norm" in res.stdout
+    assert "kernel 3x3 from sibling enc.a" in res.stdout and "fused blocks" in res.stdout
+
+
 def test_parse_kernel():
     assert parse_kernel("3") == (3, 3) and parse_kernel("1x11") == (1, 11)
     assert parse_kernel("1,5") == (1, 5) and parse_kernel(None) is None
