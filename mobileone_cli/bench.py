@@ -2,12 +2,17 @@
 
 Each form runs in its own fresh Python process (``python -m mobileone_cli.bench``), so that one
 form's allocator caches, thread pools and warm-up cannot flatter the other, and so that the memory
-figure is the process's own.  Memory is the resident set size (RSS) read from ``/proc/self``:
-after the model and the input exist, the peak-RSS mark is reset (``/proc/self/clear_refs``) and the
-peak reached during the warm-up and timed forward passes, minus the RSS before them, is the memory
-the forward passes needed (activations, im2col buffers, allocator slack).  Where the mark cannot be
-reset, ``ru_maxrss`` (the lifetime peak) is used and the figure is flagged as approximate.  Python-level tools such
-as tracemalloc do not see tensor memory, which is why RSS is used.
+figure is the process's own.  Two memory figures are reported.  Peak tensor memory is exact and
+repeatable: one extra forward pass runs under a dispatch mode that tracks every op's output
+tensor from creation to release (:func:`peak_tensor_bytes`).  Peak RSS is what the OS saw,
+read from ``/proc/self``:
+after the warm-up passes (which also pay one-off costs such as lazily loaded kernels), freed heap
+is handed back to the OS (glibc ``malloc_trim``) and the kernel's peak-RSS mark is reset
+(``/proc/self/clear_refs``); the peak reached during the timed passes minus the RSS before them
+is the memory one forward pass needs (activations, scratch buffers, allocator slack).  Where the
+mark cannot be reset, ``ru_maxrss`` (the lifetime peak) is used and the figure is flagged as
+approximate; it includes allocator slack and library scratch, so at batch 1 it is noisy.
+Python-level tools such as tracemalloc do not see tensor memory.
 
 Weights are random (latency does not depend on their values); the deploy model is the fusion of
 the very same train state dict.  Importing this module does not import torch.
@@ -38,6 +43,7 @@ class FormTiming:
     max_ms: float
     rss_before: int  # bytes resident once the model and the input exist
     peak_delta: int  # bytes of peak RSS above rss_before during the forward passes
+    peak_tensors: int  # bytes of the tensors a forward pass creates that are alive at once, peak
     weight_bytes: int  # parameters + buffers of the model
     threads: int
     memory_method: str  # 'clear_refs' (peak of the passes) or 'ru_maxrss' (approximate)
@@ -60,6 +66,12 @@ class BenchResult:
 
     @property
     def memory_ratio(self) -> Optional[float]:
+        """Peak tensor memory of a forward pass, train / deploy."""
+        d = self.forms["deploy"].peak_tensors
+        return self.forms["train"].peak_tensors / d if d > 0 else None
+
+    @property
+    def rss_ratio(self) -> Optional[float]:
         d = self.forms["deploy"].peak_delta
         return self.forms["train"].peak_delta / d if d > 0 else None
 
@@ -68,8 +80,12 @@ class BenchResult:
                 "threads": self.threads, "warmup": self.warmup, "runs": self.runs,
                 "forms": {k: asdict(v) for k, v in self.forms.items()},
                 "speedup": self.speedup, "memory_ratio": self.memory_ratio,
-                "memory_measure": "peak RSS during the forward passes minus RSS before them, "
-                                  "each form in its own process"}
+                "rss_ratio": self.rss_ratio,
+                "memory_measure": {
+                    "peak_tensors": "largest total size of the tensors one forward pass has "
+                                    "alive at the same time (every op output tracked)",
+                    "peak_delta": "peak RSS during the timed passes minus RSS before them, "
+                                  "each form in its own process"}}
 
 
 def _proc_status_kb(field_name: str) -> Optional[int]:
@@ -91,6 +107,60 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def _release_free_heap() -> None:
+    """Hand memory that is freed but still mapped back to the OS (glibc ``malloc_trim``), so
+    that the forward passes must fault in the pages they use instead of silently reusing pages
+    left over from building the model; without it the RSS delta undercounts."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_tensor_bytes(model, x) -> int:
+    """Largest total size of the tensors one forward pass has alive at the same time.
+
+    Every op's output storage is counted from the moment it is created until its last Python
+    reference dies (a dispatch mode sees every op; views share their base's storage and are
+    not counted twice).  Weights and the input are not included; scratch memory inside an op
+    (e.g. a convolution's workspace) is not visible here but is in the RSS figure."""
+    import weakref
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    class Tracker(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: Dict[int, int] = {}
+            self.now = 0
+            self.peak = 0
+
+        def release(self, key: int) -> None:
+            self.now -= self.live.pop(key, 0)
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in tree_leaves(out):
+                if isinstance(t, torch.Tensor):
+                    storage = t.untyped_storage()
+                    key = storage.data_ptr()
+                    if key and key not in self.live:
+                        self.live[key] = storage.nbytes()
+                        self.now += storage.nbytes()
+                        self.peak = max(self.peak, self.now)
+                        weakref.finalize(t, self.release, key)
+            return out
+
+    with torch.inference_mode():
+        with Tracker() as tracker:
+            model(x)
+    return tracker.peak
 
 
 def _maxrss_bytes() -> int:
@@ -125,21 +195,24 @@ def measure_form(arch: ArchSpec, form: str, *, input_size: Sequence[int], batch:
                     generator=torch.Generator().manual_seed(seed))
     weight_bytes = sum(t.numel() * t.element_size()
                        for t in list(model.parameters()) + list(model.buffers()))
-    gc.collect()
-    rss_before = _proc_status_kb("VmRSS") or _maxrss_bytes()
-    method = "clear_refs" if _reset_peak() and _proc_status_kb("VmHWM") else "ru_maxrss"
     times: List[float] = []
     with torch.inference_mode():
-        for _ in range(warmup):
+        for _ in range(warmup):  # also pays one-off costs: lazy init, code pages
             model(x)
+        gc.collect()
+        _release_free_heap()
+        rss_before = _proc_status_kb("VmRSS") or _maxrss_bytes()
+        method = "clear_refs" if _reset_peak() and _proc_status_kb("VmHWM") else "ru_maxrss"
         for _ in range(runs):
             t0 = time.perf_counter()
             model(x)
             times.append((time.perf_counter() - t0) * 1000.0)
     peak = (_proc_status_kb("VmHWM") if method == "clear_refs" else None) or _maxrss_bytes()
+    peak_tensors = peak_tensor_bytes(model, x)  # after the RSS reading: it adds Python objects
     return FormTiming(form=form, times_ms=times, median_ms=statistics.median(times),
                       min_ms=min(times), max_ms=max(times), rss_before=rss_before,
-                      peak_delta=max(0, peak - rss_before), weight_bytes=weight_bytes,
+                      peak_delta=max(0, peak - rss_before), peak_tensors=peak_tensors,
+                      weight_bytes=weight_bytes,
                       threads=torch.get_num_threads(), memory_method=method)
 
 
@@ -147,8 +220,8 @@ def run_bench(arch: ArchSpec, *, input_size: Sequence[int] = (224, 224), batch: 
               threads: Optional[int] = None, warmup: int = 5, runs: int = 20,
               seed: int = 0, timeout: Optional[float] = None) -> BenchResult:
     """Measure the train form, then the deploy form, each in a fresh subprocess."""
-    if batch < 1 or runs < 1 or warmup < 0 or (threads is not None and threads < 1):
-        raise ValueError("batch, runs and threads must be >= 1 and warmup >= 0")
+    if min(batch, runs, warmup, threads or 1) < 1:
+        raise ValueError("batch, runs, warmup and threads must be >= 1")
     job = {"arch": arch.to_dict(), "input_size": [int(v) for v in input_size], "batch": batch,
            "threads": threads, "warmup": warmup, "runs": runs, "seed": seed}
     result = BenchResult(arch=arch.name, input_size=(int(input_size[0]), int(input_size[1])),

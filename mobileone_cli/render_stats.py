@@ -131,16 +131,17 @@ def _render_bench(out, b) -> None:
                      f"{b.warmup} warm-up + {b.runs} timed runs, each form in its own process"),
               header_style="bold")
     t.add_column("form", style="bold")
-    for col in ("median ms", "min ms", "max ms", "peak forward memory", "weights"):
+    for col in ("median ms", "min ms", "max ms", "peak tensors", "peak RSS +", "weights"):
         t.add_column(col, justify="right")
     for name, f in b.forms.items():
-        mem = _bytes(f.peak_delta) + ("" if f.memory_method == "clear_refs" else " (approx.)")
-        t.add_row(name, f"{f.median_ms:.2f}", f"{f.min_ms:.2f}", f"{f.max_ms:.2f}", mem,
-                  _bytes(f.weight_bytes))
+        rss = _bytes(f.peak_delta) + ("" if f.memory_method == "clear_refs" else " (approx.)")
+        t.add_row(name, f"{f.median_ms:.2f}", f"{f.min_ms:.2f}", f"{f.max_ms:.2f}",
+                  _bytes(f.peak_tensors), rss, _bytes(f.weight_bytes))
     out.print(t)
     ratio = b.memory_ratio
     out.print(f"speed-up from fusion: {b.speedup:.2f}x (median latency, train / deploy)")
     if ratio:
-        out.print(f"forward-pass peak memory: {ratio:.2f}x smaller after fusion")
-    out.print("memory = peak resident set size during the passes minus the size just before them;")
+        out.print(f"peak tensor memory of a forward pass, train / deploy: {ratio:.2f}")
+    out.print("peak tensors = op outputs alive at once in one pass (exact); peak RSS + = resident "
+              "memory the timed passes added (includes allocator and library scratch)")
     out.print("weights are random (latency does not depend on their values)")

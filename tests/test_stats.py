@@ -319,6 +319,14 @@ def test_bench_structure(run_cli):
         assert f["memory_method"] in ("clear_refs", "ru_maxrss") and f["peak_delta"] >= 0
     assert b["speedup"] == pytest.approx(b["forms"]["train"]["median_ms"]
                                          / b["forms"]["deploy"]["median_ms"])
+    # Peak tensor memory, worked out by hand for s0 at 32x32 (the stem's 48 x 16 x 16 fp32
+    # output, S = 49,152 bytes, is the largest activation; later ones are 4x smaller or less):
+    # deploy: conv output and ReLU output alive together = 2S; train: the running sum, the
+    # branch's conv output and its BN output = 3S.
+    s_bytes = 48 * 16 * 16 * 4
+    assert b["forms"]["deploy"]["peak_tensors"] == 2 * s_bytes
+    assert b["forms"]["train"]["peak_tensors"] == 3 * s_bytes
+    assert b["memory_ratio"] == pytest.approx(1.5)
     # The weights each process held: every tensor of the state dict of its form.
     for form in ("train", "deploy"):
         sd = random_state_dict(get_arch("s0"), form=form)
@@ -334,11 +342,13 @@ def test_bench_rendering(capsys):
     report.bench = BenchResult(arch="s1", input_size=(64, 64), batch=2, threads=3, warmup=1,
                                runs=2)
     for form, t in (("train", 30.0), ("deploy", 10.0)):
-        report.bench.forms[form] = FormTiming(form, [t, t], t, t, t, 1000, int(t * 1e6), 10, 3,
-                                              "clear_refs")
+        report.bench.forms[form] = FormTiming(
+            form=form, times_ms=[t, t], median_ms=t, min_ms=t, max_ms=t, rss_before=1000,
+            peak_delta=int(t * 1e6), peak_tensors=int(t * 1e5), weight_bytes=10, threads=3,
+            memory_method="clear_refs")
     render_stats(report)
     out = capsys.readouterr().out
-    assert "speed-up from fusion: 3.00x" in out and "3.00x smaller" in out
+    assert "speed-up from fusion: 3.00x" in out and "train / deploy: 3.00" in out
     assert "batch 2, 3 thread(s)" in out
 
 

@@ -61,7 +61,7 @@ class StatsCommand(click.Command):
               help="Torch CPU threads for --bench (default: torch's default).")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed forward passes per form for --bench (the median is reported).")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True,
               help="Untimed forward passes per form before timing, for --bench.")
 @click.option("--trust-file", is_flag=True,
               help="Load a torch CKPT with full unpickling, which can run code from the file. "
