@@ -142,6 +142,7 @@ def _render_bench(out, b) -> None:
     out.print(f"speed-up from fusion: {b.speedup:.2f}x (median latency, train / deploy)")
     if ratio:
         out.print(f"peak tensor memory of a forward pass, train / deploy: {ratio:.2f}")
-    out.print("peak tensors = op outputs alive at once in one pass (exact); peak RSS + = resident "
-              "memory the timed passes added (includes allocator and library scratch)")
+    out.print("peak tensors = op outputs alive at once in one pass (exact, repeatable)")
+    out.print("peak RSS + = resident memory the timed passes added (with allocator and library "
+              "scratch)")
     out.print("weights are random (latency does not depend on their values)")
