@@ -35,6 +35,8 @@ class ConvertResult:
     passthrough: int = 0  # keys outside the MobileOne copied unchanged
     notes: List[str] = field(default_factory=list)
     state_dict: Optional[Dict[str, Any]] = None  # the output, for API users
+    dtype_out: Optional[str] = None  # --dtype, as a torch dtype name
+    rounding: Any = None  # precision.Rounding: what --dtype's rounding costs, when checked
 
 
 def check_finite(state_dict: Dict[str, Any], keys, where: str) -> None:
@@ -82,6 +84,31 @@ def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Option
         elif not (k.startswith(pfx) and k[len(pfx):] in ours):
             out[k] = sd[k] if not consume else sd.pop(k)
     return out
+
+
+def _source_dtype(sd: Dict[str, Any], det: Detection):
+    """The float dtype of the MobileOne's tensors (unified by preflight)."""
+    return next(sd[det.prefix + e.key].dtype for e in det.entries() if e.kind == "param")
+
+
+def _check_rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any], *, eps: float,
+                    fuse: bool, with_train: bool, seed: int, input_size) -> None:
+    """--dtype: run the same conversion unrounded, check it (strictly, when fused: below), and
+    measure what rounding to the output dtype costs against it and against the train model."""
+    from .precision import rounding_check
+
+    det, layout_out, form_out = result.detection, result.layout_out, result.form_out
+    ref_out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps)
+    mob = [e.key for e in schema(det.arch, layout_out, form_out)]
+    train_sd = {e.key: sd[det.prefix + e.key] for e in det.entries()} if with_train else None
+    result.metrics, result.rounding = rounding_check(
+        {k: ref_out[det.prefix + k] for k in mob}, {k: out[det.prefix + k] for k in mob},
+        det.arch, form=form_out, layout=layout_out, train_sd=train_sd, train_layout=det.layout,
+        bn_eps=eps, seed=seed, input_size=input_size)
+    if math.isfinite(result.rounding.vs_fp32.scale) and not result.rounding.vs_fp32.finite:
+        raise VerificationFailed(f"{result.src}: the {result.rounding.dtype} model outputs NaN/Inf "
+                                 f"on the check images (activations overflow?); nothing was "
+                                 f"written", hint="keep the source dtype, or try --dtype bf16")
 
 
 def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -> Optional[dict]:
@@ -158,8 +185,9 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
     notes += preflight(sd, det, eps, src)  # mixed dtypes, variances, NaN outside the MobileOne
 
     keep_train = verify and fusing
+    rounding = verify and dtype is not None and dtype != _source_dtype(sd, det)
     out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
-                             consume=not keep_train)
+                             consume=not (keep_train or rounding))
     check_fused_finite(out, [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)],
                        src)
     result = ConvertResult(
@@ -168,21 +196,29 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
         params_in=param_count(entries_in),
         params_out=param_count(schema(det.arch, layout_out, form_out)),
         size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes)
+    if dtype is not None:
+        from .precision import dtype_name
+
+        result.dtype_out = dtype_name(dtype)
+    if rounding:
+        _check_rounding(result, sd, out, eps=eps, fuse=fuse, with_train=keep_train, seed=seed,
+                        input_size=input_size)
 
     if keep_train:
         from .verify import DEFAULT_RTOL, check_equivalence
 
         train_sd = {e.key: sd[det.prefix + e.key] for e in det.entries()}
         dep = {e.key: out[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
-        result.metrics = check_equivalence(train_sd, dep, det.arch, layout=det.layout,
-                                           deploy_layout=layout_out, bn_eps=eps, seed=seed,
-                                           input_size=input_size)
+        if result.metrics is None:
+            result.metrics = check_equivalence(train_sd, dep, det.arch, layout=det.layout,
+                                               deploy_layout=layout_out, bn_eps=eps, seed=seed,
+                                               input_size=input_size)
         if not math.isfinite(result.metrics.scale):
             raise BadInput(f"{src}: the train model itself outputs NaN/Inf on the check images "
                            f"(weights too large?); nothing was written",
                            hint="a diverged training run or a corrupt file?")
         tol = DEFAULT_RTOL if rtol is None else rtol
-        if dtype is None and not result.metrics.within(tol):
+        if not result.metrics.within(tol):
             raise VerificationFailed(
                 f"{src}: fused model differs from the train model (max rel diff "
                 f"{result.metrics.max_rel:.3g} > {tol:g}); nothing was written")

@@ -37,6 +37,8 @@ def convert_to_dict(r) -> Dict[str, Any]:
         "params_in": r.params_in, "params_out": r.params_out, "size_in": r.size_in,
         "size_out": r.size_out, "passthrough_keys": r.passthrough,
         "check": r.metrics.to_dict() if r.metrics is not None else None, "notes": r.notes,
+        "dtype_out": getattr(r, "dtype_out", None),
+        "rounding": r.rounding.to_dict() if getattr(r, "rounding", None) is not None else None,
     }
 
 
@@ -59,11 +61,22 @@ def render_convert(r, title: str = "mobileone convert") -> None:
     t.add_row("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")
     if r.passthrough:
         t.add_row("other keys", f"{r.passthrough:,}", "copied unchanged")
+    rounding = getattr(r, "rounding", None)
+    if getattr(r, "dtype_out", None):
+        t.add_row("dtype", d.dtype, r.dtype_out)
     if r.metrics is not None:
         m = r.metrics
-        t.add_row("check", "train (eval)", "deploy")
+        t.add_row("check", "train (eval)", "deploy" + (" before rounding" if rounding else ""))
         t.add_row("max abs diff", "", f"{m.max_abs:.3e}")
         t.add_row("max rel diff", "", fmt_rel(m.max_rel) + "  (relative to max |output|)")
+    if rounding is not None:
+        short = {"float16": "fp16", "bfloat16": "bf16"}.get(rounding.dtype, rounding.dtype)
+        t.add_row(f"{short} check", "", "rounded weights, computed in float32")
+        if rounding.vs_train is not None:
+            t.add_row("max rel diff", "vs train", fmt_rel(rounding.vs_train.max_rel))
+        t.add_row("max rel diff", "vs " + ("deploy" if rounding.vs_train is not None else
+                                           r.form_out) + " unrounded",
+                  fmt_rel(rounding.vs_fp32.max_rel) + "  (what rounding costs)")
     out = console()
     out.print(t)
     for note in r.notes:

@@ -19,8 +19,11 @@ def generic_only(**given: Optional[str]) -> None:
 
 
 @click.command(help="Fuse a MobileOne train checkpoint into a deploy checkpoint (and/or remap "
-                    "its layout). DST's extension picks the format: .safetensors or torch (.pth).")
-@click.argument("src", type=click.Path(dir_okay=True))
+                    "its layout). DST's extension picks the format: .safetensors or torch (.pth). "
+                    "Batch mode: 'convert SRC_DIR DST_DIR' or 'convert A B ... DST_DIR' converts "
+                    "every checkpoint (.pth .pth.tar .pt .bin .ckpt .safetensors) into DST_DIR "
+                    "under its own name and format, continuing past bad files.")
+@click.argument("src", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.argument("dst", type=click.Path(dir_okay=True))
 @arch_option()
 @config_option()
@@ -35,6 +38,9 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--ema", is_flag=True,
               help="Convert the EMA weights (ema_state_dict, ...) instead of the state_dict.")
 @trust_file_option()
+@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Store the output in this precision (fusion still runs in float64 and rounds "
+                   "once); the summary reports what the rounding costs. Default: SRC's dtype.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
@@ -51,14 +57,20 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
             bn_eps: float, layout_out: Optional[str], force: bool, no_verify: bool,
             as_json: bool, generic: bool, groups: Optional[int],
             norm_kernel: Optional[str], no_fuse: bool = False, prefix: Optional[str] = None,
-            ema: bool = False, trust_file: bool = False) -> int:
+            ema: bool = False, trust_file: bool = False, dtype: Optional[str] = None) -> int:
+    from ..batch import is_batch
     from ..convert import convert_file
     from ..render import convert_to_dict, print_json, render_convert
+
+    sources, src = src, src[0]  # several SRCs, or folders: batch mode into the folder DST
+    batch = is_batch(sources, dst)
+    if batch and generic:
+        raise BadInput("--generic converts one file at a time: give one SRC file and a DST file")
 
     if generic and (no_fuse or prefix is not None):
         raise BadInput("--no-fuse and --prefix do not apply with --generic")
     if trust_file:
-        warn_trusted(src)
+        warn_trusted(", ".join(sources) if batch else src)
     if generic:
         from ..generic import convert_generic_file, parse_kernel
         from ..render_generic import generic_to_dict, render_generic
@@ -72,10 +84,18 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
     if groups is not None or norm_kernel is not None:
         raise BadInput("--groups and --norm-kernel only apply with --generic")
 
-    result = convert_file(src, dst, arch=resolve_arch(arch_name, config=config_path),
-                          arch_source=config_path and arch_source(config_path),
-                          layout_out=layout_out, eps=bn_eps, force=force, verify=not no_verify,
-                          fuse=not no_fuse, prefix=prefix, ema=ema, trust=trust_file)
+    from ..precision import parse_dtype
+
+    options = dict(arch=resolve_arch(arch_name, config=config_path),
+                   arch_source=config_path and arch_source(config_path),
+                   layout_out=layout_out, eps=bn_eps, force=force, verify=not no_verify,
+                   fuse=not no_fuse, prefix=prefix, ema=ema, trust=trust_file,
+                   dtype=parse_dtype(dtype))
+    if batch:
+        from ._batch import run_batch
+
+        return run_batch(sources, dst, options, as_json)
+    result = convert_file(src, dst, **options)
     if as_json:
         print_json(convert_to_dict(result))
     else:

@@ -1,0 +1,422 @@
+"""ONNX export of a deploy MobileOne, proven by running the written file in onnxruntime.
+
+An exported graph is only as good as the runtime that executes it: after export the file is loaded
+by onnxruntime and run on seeded images at every shape it claims to accept (two batch sizes and two
+resolutions when those axes are dynamic), and its outputs are compared with our PyTorch deploy
+model.  The file is written to a temporary name and renamed only after that check passes.
+
+Two exporters exist in torch.  The ``dynamo`` one (``torch.onnx.export(dynamo=True)``, the default
+since torch 2.9, needs onnxscript) writes opset >= 18; the TorchScript one is deprecated but still
+present in torch 2.13 and can write older opsets.  ``auto`` takes dynamo when it is usable and the
+requested opset allows it, else TorchScript.  Either way the onnxruntime check decides.
+
+The reference is our deploy model run in float64 on exactly the weights in the file, and the
+tolerance adapts to the network: what PyTorch's own float32 arithmetic costs against float64 on the
+same input, times a margin, with a floor (see :func:`tolerance`).  Half precision: weights, input and
+output are float16; the reference holds the float16-rounded weights, the baseline is a float32 run
+that rounds every block's output to float16, and the total cost of float16 against the float32
+deploy model is reported alongside.  torch is imported inside the functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from .errors import BadInput, VerificationFailed
+
+__all__ = ["ExportResult", "ShapeCheck", "export_file", "export_model", "check_onnx",
+           "check_shapes", "require_onnx", "resolve_exporter", "ONNX_INSTALL_HINT",
+           "EXPORT_RTOL", "EXPORTERS", "tolerance", "emulate_fp16"]
+
+ONNX_INSTALL_HINT = ("pip install 'mobileone-cli[onnx]'  (or the plain packages: "
+                     "pip install onnx onnxruntime onnxscript)")
+EXPORTERS = ("auto", "dynamo", "torchscript")
+DYNAMO_MIN_OPSET = 18
+# Tolerance of onnxruntime against a float64 run of the same weights, relative to max |output|:
+# max(floor, factor x what PyTorch's own arithmetic costs on that input), see tolerance().
+# Measured on synthetic s0/s4 (random weights and BN statistics) at 64x64 and 96x128: onnxruntime
+# fp32 1e-6..9e-5 with PyTorch fp32 at 5e-7..5e-5 (the worse s4 seeds amplify rounding);
+# onnxruntime fp16 (CPU) 2e-4..4e-4 with emulated fp16 at 3e-4..2e-2.
+EXPORT_RTOL = {"fp32": 1e-4, "fp16": 1e-2}
+BASELINE_FACTOR = {"fp32": 10.0, "fp16": 3.0}
+MAX_SIDE = 4096
+MAX_BATCH = 1024
+
+
+@dataclass
+class ShapeCheck:
+    """onnxruntime against PyTorch at one input shape."""
+
+    batch: int
+    height: int
+    width: int
+    metrics: Any  # verify.Metrics of onnxruntime against our float64 reference
+    baseline_rel: float  # PyTorch float32 (fp16: emulated float16) against the same reference
+    tolerance: float
+    passed: bool
+    metrics_fp32: Any = None  # fp16 only: against the float32 deploy model (total cost of fp16)
+
+
+@dataclass
+class ExportResult:
+    src: str
+    dst: str
+    detection: Any  # detect.Detection
+    fused: bool  # the input was train-form and was fused on the way
+    fusion_metrics: Any  # train (eval) vs our deploy model, when fused and verified
+    exporter: str
+    opset: int
+    dtype: str
+    input_name: str
+    output_name: str
+    input_shape: List[Any]
+    output_shape: List[Any]
+    rtol: Optional[float]  # --rtol, when it replaced the adaptive tolerance
+    checks: List[ShapeCheck] = field(default_factory=list)
+    size_out: int = 0
+    notes: List[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- what is installed
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def require_onnx() -> None:
+    """Refuse early, with the exact install command, when onnx or onnxruntime is missing."""
+    missing = [p for p in ("onnx", "onnxruntime") if not _importable(p)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise BadInput(f"export needs {' and '.join(missing)}, which {verb} not installed",
+                       hint=ONNX_INSTALL_HINT)
+
+
+def _dynamo_usable() -> bool:
+    import inspect
+
+    import torch
+
+    try:
+        has_flag = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    except (TypeError, ValueError):
+        has_flag = False
+    return has_flag and _importable("onnxscript")
+
+
+def resolve_exporter(exporter: str = "auto", opset: Optional[int] = None) -> str:
+    """'dynamo' or 'torchscript' for the requested ``exporter`` and ``opset``."""
+    if exporter not in EXPORTERS:
+        raise BadInput(f"--exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    low_opset = opset is not None and opset < DYNAMO_MIN_OPSET
+    if exporter == "dynamo":
+        if not _dynamo_usable():
+            raise BadInput("--exporter dynamo needs onnxscript (and torch >= 2.5), which is not "
+                           "available", hint=ONNX_INSTALL_HINT)
+        if low_opset:
+            raise BadInput(f"--opset {opset}: the dynamo exporter writes opset "
+                           f">= {DYNAMO_MIN_OPSET}", hint="use --exporter torchscript for older "
+                           "opsets, or leave --exporter at auto")
+        return "dynamo"
+    if exporter == "torchscript":
+        return "torchscript"
+    return "dynamo" if (_dynamo_usable() and not low_opset) else "torchscript"
+
+
+# ---------------------------------------------------------------- export
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """Swallow the exporters' progress prints, warnings and log lines (kept for error messages)."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
+                contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def export_model(model, path: str, *, sample, dynamic_batch: bool, dynamic_size: bool,
+                 opset: Optional[int], exporter: str, output_name: str) -> None:
+    """Write ``model`` (eval mode) traced on ``sample`` to ``path`` as one ONNX file."""
+    import torch
+
+    out_axes: Dict[int, str] = {}
+    in_axes: Dict[int, str] = {}
+    if dynamic_batch:
+        in_axes[0] = out_axes[0] = "batch"
+    if dynamic_size:
+        in_axes.update({2: "height", 3: "width"})
+        if not model.arch.has_head:  # the feature map's size follows the input's
+            out_axes.update({2: "out_height", 3: "out_width"})
+    with _quiet() as log, torch.no_grad():
+        try:
+            if exporter == "dynamo":
+                dims = {ax: torch.export.Dim(name, min=1, max=MAX_BATCH if ax == 0 else MAX_SIDE)
+                        for ax, name in in_axes.items()}
+                torch.onnx.export(model, (sample,), path, dynamo=True, verbose=False,
+                                  input_names=["input"], output_names=[output_name],
+                                  opset_version=opset, external_data=False,
+                                  dynamic_shapes=(dims,) if dims else None)
+            else:
+                torch.onnx.export(model, (sample,), path, dynamo=False,
+                                  input_names=["input"], output_names=[output_name],
+                                  opset_version=opset if opset is not None else 17,
+                                  dynamic_axes={"input": in_axes, output_name: out_axes}
+                                  if in_axes else None, do_constant_folding=True)
+        except Exception as exc:  # the exporters raise many types; the message is what matters
+            detail = str(exc).strip().splitlines()
+            raise VerificationFailed(f"the {exporter} ONNX exporter failed: "
+                                     f"{exc.__class__.__name__}: {detail[0][:200] if detail else ''}",
+                                     hint="run with --exporter torchscript or dynamo to try the "
+                                          "other exporter") from None
+    del log
+
+
+def _graph_io(path: str) -> Tuple[int, str, str, List[Any], List[Any]]:
+    """(opset, input name, output name, input shape, output shape) read back from the file."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    onnx.checker.check_model(model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+    def shape(v) -> List[Any]:
+        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+
+    inp, out = model.graph.input[0], model.graph.output[0]
+    return opset, inp.name, out.name, shape(inp), shape(out)
+
+
+# ---------------------------------------------------------------- check
+
+
+def check_shapes(batch: Optional[int], input_size: Tuple[int, int],
+                 dynamic_size: bool) -> List[Tuple[int, int, int]]:
+    """The (batch, H, W) shapes an export is checked at: two of each dynamic axis."""
+    h, w = input_size
+    batches = [1, 3] if batch is None else [batch]
+    sizes = [(h, w), (h + 32, w + 64)] if dynamic_size else [(h, w)]
+    return [(b, hh, ww) for b in batches for hh, ww in sizes]
+
+
+def emulate_fp16(model):
+    """Round every block's output (and the logits) to float16 while computing in float32.
+
+    A model of what a runtime that keeps activations in float16 costs; the error of this model
+    against float64 sets the noise floor an fp16 export is held to.
+    """
+    from .model import DeployBlock
+
+    def to_half(module, inputs, output):
+        return output.half().float()
+
+    for m in model.modules():
+        if isinstance(m, DeployBlock) or m is getattr(model, "linear", None):
+            m.register_forward_hook(to_half)
+    return model
+
+
+def tolerance(dtype: str, baseline_rel: float, rtol: Optional[float] = None) -> float:
+    """Allowed max rel diff of onnxruntime against float64 at one shape.
+
+    ``baseline_rel`` is what PyTorch's own float32 (fp16: emulated float16) arithmetic costs against
+    float64 on the same input: an ill-conditioned network amplifies rounding, and any honest runtime
+    pays about as much.  The floor keeps well-conditioned networks from getting a needlessly tight
+    bound; ``rtol`` (--rtol) replaces the whole rule.
+    """
+    if rtol is not None:
+        return rtol
+    return max(EXPORT_RTOL[dtype], BASELINE_FACTOR[dtype] * baseline_rel)
+
+
+def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tuple[int, int, int]],
+               *, dtype: str = "fp32", seed: int = 0, rtol: Optional[float] = None
+               ) -> List[ShapeCheck]:
+    """Run ``path`` in onnxruntime (CPU) and our deploy model on the same seeded images.
+
+    ``deploy_sd`` holds the deploy weights (Apple keys) before any fp16 rounding.  The reference
+    is our model in float64 holding exactly the weights of the file (fp16: the rounded ones) on the
+    same (fp16: rounded) input; the tolerance follows from what PyTorch's own float32 (fp16:
+    emulated float16) arithmetic costs against that reference, see :func:`tolerance`.
+    """
+    import onnxruntime as ort
+    import torch
+
+    from .verify import compare_outputs, load_model, seeded_inputs
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise VerificationFailed(f"onnxruntime cannot load the exported file: "
+                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
+    input_name = sess.get_inputs()[0].name
+    fp16 = dtype == "fp16"
+    weights = {k: v.to(torch.float16).to(torch.float32) for k, v in deploy_sd.items()} if fp16 \
+        else deploy_sd
+    ref64 = load_model(weights, arch, "deploy", dtype=torch.float64)
+    probe = load_model(weights, arch, "deploy", dtype=torch.float32)
+    if fp16:
+        emulate_fp16(probe)
+    full = load_model(deploy_sd, arch, "deploy", dtype=torch.float32) if fp16 else None
+    logits = arch.has_head
+    results = []
+    for i, (b, h, w) in enumerate(shapes):
+        x = seeded_inputs(seed + i, b, (h, w), arch.in_channels, torch.float32)
+        if fp16:
+            x = x.half()
+        try:
+            got = torch.from_numpy(sess.run(None, {input_name: x.numpy()})[0])
+        except Exception as exc:
+            raise VerificationFailed(f"onnxruntime failed at input shape {[b, 3, h, w]}: "
+                                     f"{str(exc).strip().splitlines()[0][:200]}") from None
+        with torch.no_grad():
+            ref = ref64(x.to(torch.float64))
+            base = compare_outputs(ref, probe(x.float()), logits=logits)
+            vs_fp32 = compare_outputs(full(x.float()), got, logits=logits) if fp16 else None
+        if tuple(got.shape) != tuple(ref.shape):
+            raise VerificationFailed(f"onnxruntime output shape {list(got.shape)} differs from "
+                                     f"PyTorch's {list(ref.shape)} at input {[b, 3, h, w]}")
+        m = compare_outputs(ref, got, logits=logits)
+        tol = tolerance(dtype, base.max_rel, rtol)
+        results.append(ShapeCheck(batch=b, height=h, width=w, metrics=m, baseline_rel=base.max_rel,
+                                  tolerance=tol, passed=m.within(tol), metrics_fp32=vs_fp32))
+    return results
+
+
+# ---------------------------------------------------------------- the whole job
+
+
+def _check_destination(dst: str, force: bool, src: str) -> None:
+    from .checkpoint import check_destination
+
+    if os.path.isdir(dst):
+        raise BadInput(f"{dst}: is a directory; give a file path ending in .onnx")
+    check_destination(dst, force=force, src=src)
+
+
+def _validate_shape(input_size: Tuple[int, int], batch: Optional[int]) -> None:
+    h, w = input_size
+    if not (2 <= h <= MAX_SIDE and 2 <= w <= MAX_SIDE):
+        raise BadInput(f"--input-size {h} {w}: each side must be between 2 and {MAX_SIDE}")
+    if batch is not None and not 1 <= batch <= MAX_BATCH:
+        raise BadInput(f"--batch {batch}: must be between 1 and {MAX_BATCH}, or 'dynamic'")
+
+
+def export_file(src: str, dst: str, *, input_size: Tuple[int, int] = (224, 224),
+                batch: Optional[int] = None, dynamic_size: bool = True,
+                opset: Optional[int] = None, dtype: str = "fp32", exporter: str = "auto",
+                force: bool = False, verify_fusion: bool = True, seed: int = 0,
+                rtol: Optional[float] = None, **convert_options: Any) -> ExportResult:
+    """Load ``src`` (any layout, train or deploy form), fuse if needed, export, check, write.
+
+    ``batch=None`` makes the batch axis dynamic; ``dynamic_size`` the height and width axes.
+    ``convert_options`` go to :func:`convert.convert_file` (arch, eps, prefix, ema, ...), which does
+    the loading, the fusion and the train-vs-deploy check.  Nothing is written unless every check
+    passes.
+    """
+    if dtype not in EXPORT_RTOL:
+        raise BadInput(f"--dtype {dtype!r}: ONNX export supports {', '.join(EXPORT_RTOL)}")
+    _validate_shape(input_size, batch)
+    _check_destination(dst, force, src)
+    require_onnx()
+    chosen = resolve_exporter(exporter, opset)
+
+    import torch
+
+    from .convert import convert_file
+    from .layouts import schema
+    from .verify import load_model
+
+    conv = convert_file(src, None, layout_out="apple", fuse=True, verify=verify_fusion,
+                        seed=seed, input_size=tuple(input_size), **convert_options)
+    det = conv.detection
+    out = conv.state_dict or {}
+    deploy_sd = {e.key: out[det.prefix + e.key] for e in schema(det.arch, "apple", "deploy")}
+    conv.state_dict = None
+    export_net = load_model(deploy_sd, det.arch, "deploy", dtype=torch.float32)
+    if dtype == "fp16":
+        bad = [k for k, v in deploy_sd.items() if not bool(torch.isfinite(v.to(torch.float16)).all())]
+        if bad:
+            raise VerificationFailed(f"{src}: {bad[0]} does not fit in float16 (values beyond "
+                                     f"+-65504); export in fp32")
+        export_net = export_net.half()
+    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    # Trace on batch 2 when the batch is dynamic: size-1 axes get specialised by torch.export.
+    sample = torch.zeros(batch or 2, det.arch.in_channels, *input_size, dtype=torch_dtype)
+    output_name = "logits" if det.arch.has_head else "features"
+
+    parent = os.path.dirname(os.path.abspath(dst))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    notes = list(conv.notes)
+    try:
+        try:
+            export_model(export_net, tmp, sample=sample, dynamic_batch=batch is None,
+                         dynamic_size=dynamic_size, opset=opset, exporter=chosen,
+                         output_name=output_name)
+        except VerificationFailed as exc:
+            if exporter != "auto" or chosen != "dynamo":
+                raise
+            notes.append(f"dynamo exporter failed ({exc.message}); used the TorchScript one")
+            chosen = "torchscript"
+            export_model(export_net, tmp, sample=sample, dynamic_batch=batch is None,
+                         dynamic_size=dynamic_size, opset=opset, exporter=chosen,
+                         output_name=output_name)
+        got_opset, in_name, out_name, in_shape, out_shape = _graph_io(tmp)
+        if opset is not None and got_opset != opset:
+            raise BadInput(f"--opset {opset}: the {chosen} exporter wrote opset {got_opset}")
+        checks = check_onnx(tmp, deploy_sd, det.arch, check_shapes(batch, input_size, dynamic_size),
+                            dtype=dtype, seed=seed, rtol=rtol)
+        result = ExportResult(src=src, dst=dst, detection=det, fused=det.form == "train",
+                              fusion_metrics=conv.metrics, exporter=chosen, opset=got_opset,
+                              dtype=dtype, input_name=in_name, output_name=out_name,
+                              input_shape=in_shape, output_shape=out_shape, rtol=rtol,
+                              checks=checks, notes=notes)
+        failed = [c for c in checks if not c.passed]
+        if failed:
+            c = failed[0]
+            raise VerificationFailed(
+                f"{src}: onnxruntime output differs from the PyTorch deploy model at input "
+                f"{[c.batch, det.arch.in_channels, c.height, c.width]} (max rel diff "
+                f"{c.metrics.max_rel:.3g} > {c.tolerance:.3g}); nothing was written")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, dst)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    result.size_out = os.path.getsize(dst)
+    return result
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,0 +1,153 @@
+"""Rich tables for ``export`` and batch ``convert``.  Plain data in, tables out."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from .render import fmt_rel
+
+__all__ = ["render_export", "export_to_dict", "render_batch", "batch_to_dict"]
+
+
+def console():
+    """Rich console; pipes and files get a width at which the tables are not squeezed."""
+    from rich.console import Console
+
+    c = Console(highlight=False, soft_wrap=False)
+    if not c.is_terminal:
+        c = Console(highlight=False, soft_wrap=False, width=max(c.width, 110))
+    return c
+
+
+def _m(m) -> Any:
+    return m.to_dict() if m is not None else None
+
+
+def export_to_dict(r) -> Dict[str, Any]:
+    d = r.detection
+    return {
+        "src": r.src, "dst": r.dst, "arch": d.arch.name, "num_classes": d.arch.num_classes,
+        "layout_in": d.layout, "form_in": d.form, "fused": r.fused, "exporter": r.exporter,
+        "opset": r.opset, "dtype": r.dtype, "input": {"name": r.input_name, "shape": r.input_shape},
+        "output": {"name": r.output_name, "shape": r.output_shape}, "size_out": r.size_out,
+        "rtol": r.rtol, "fusion_check": _m(r.fusion_metrics),
+        "onnxruntime_checks": [
+            {"batch": c.batch, "height": c.height, "width": c.width, "passed": c.passed,
+             "tolerance": c.tolerance, "baseline_rel": c.baseline_rel,
+             "metrics": _m(c.metrics), "metrics_vs_fp32": _m(c.metrics_fp32)} for c in r.checks],
+        "notes": r.notes,
+    }
+
+
+def _dims(shape: List[Any]) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def render_export(r) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .commands._common import human_bytes
+
+    d = r.detection
+    out = console()
+    t = Table(title="mobileone export", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    t.add_row("checkpoint", f"{r.src}  ({d.layout}, {d.form} form"
+                            + (", fused here)" if r.fused else ")"))
+    t.add_row("arch", f"{d.arch.name} ({d.arch.num_classes or 'no'} classes)")
+    t.add_row("onnx", f"{r.dst}  ({human_bytes(r.size_out)}, opset {r.opset}, "
+                      f"{r.exporter} exporter, {r.dtype})")
+    t.add_row("input", escape(f"{r.input_name} {_dims(r.input_shape)}"))
+    t.add_row("output", escape(f"{r.output_name} {_dims(r.output_shape)}"))
+    if r.fusion_metrics is not None:
+        t.add_row("fusion check", f"train (eval) vs deploy: max rel diff "
+                                  f"{fmt_rel(r.fusion_metrics.max_rel)}")
+    out.print(t)
+    fp16 = r.dtype == "fp16"
+    c = Table(title="max rel diff against our deploy model in float64 (seeded images)",
+              show_header=True, header_style="bold")
+    c.add_column("input")
+    c.add_column("onnxruntime", justify="right")
+    c.add_column("PyTorch " + ("fp16 emul." if fp16 else "fp32"), justify="right")
+    c.add_column("allowed", justify="right")
+    if fp16:
+        c.add_column("vs fp32 model", justify="right")
+    c.add_column("cosine", justify="right")
+    c.add_column("top-1", justify="right")
+    c.add_column("result")
+    for ch in r.checks:
+        m = ch.metrics
+        row = [f"{ch.batch}x{d.arch.in_channels}x{ch.height}x{ch.width}", fmt_rel(m.max_rel),
+               fmt_rel(ch.baseline_rel), fmt_rel(ch.tolerance)]
+        if fp16:
+            row.append(fmt_rel(ch.metrics_fp32.max_rel))
+        row += [f"{m.cosine:.6f}", "-" if m.top1 is None else f"{100 * m.top1:.0f}%",
+                "[green]ok[/]" if ch.passed else "[red]FAIL[/]"]
+        c.add_row(*row)
+    out.print(c)
+    if r.rtol is not None:
+        out.print(f"allowed: --rtol {r.rtol:g} of max |output|")
+    else:
+        from .export import BASELINE_FACTOR, EXPORT_RTOL
+
+        base = "an fp32 run rounding each block's output to fp16" if fp16 else "PyTorch fp32"
+        out.print(f"allowed: max({EXPORT_RTOL[r.dtype]:g}, {BASELINE_FACTOR[r.dtype]:g} x the "
+                  f"error of {base}), relative to max |output|")
+    if fp16:
+        out.print("vs fp32 model: onnxruntime fp16 against the fp32 deploy model (the total cost "
+                  "of half precision)")
+    for note in r.notes:
+        out.print(f"note: {note}")
+
+
+def batch_to_dict(items) -> Dict[str, Any]:
+    from .batch import batch_exit_code
+    from .render import convert_to_dict
+
+    return {
+        "exit_code": batch_exit_code(items),
+        "converted": sum(it.status == "ok" for it in items), "failed":
+            sum(it.status != "ok" for it in items),
+        "files": [{"src": it.src, "dst": it.dst, "status": it.status, "exit_code": it.exit_code,
+                   "message": it.message, "arch": it.arch, "layout": it.layout,
+                   "max_rel": it.max_rel, "rounded_max_rel": it.rounded_rel,
+                   "summary": convert_to_dict(it.result) if it.result is not None else None}
+                  for it in items],
+    }
+
+
+def render_batch(items) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    out = console()
+    t = Table(title="mobileone convert (batch)", show_header=True, header_style="bold")
+    rounded = [it.result.dtype_out for it in items
+               if it.result is not None and it.rounded_rel is not None]
+    cols = ["file", "arch", "layout", "result", "max rel diff"]
+    if rounded:
+        cols.append(f"after {rounded[0]} rounding")
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("file", "arch", "layout", "result") else "right")
+    style = {"ok": "green", "mismatch": "red", "bad input": "yellow", "internal error": "red"}
+    for it in items:
+        row = [escape(it.src), it.arch or "-", it.layout or "-",
+               f"[{style.get(it.status, 'red')}]{escape(it.status)}[/]", fmt_rel(it.max_rel)]
+        if rounded:
+            row.append(fmt_rel(it.rounded_rel))
+        t.add_row(*row)
+    out.print(t)
+    ok = sum(it.status == "ok" for it in items)
+    out.print(f"{ok} of {len(items)} converted" + (f" into {escape(_common_dir(items))}"
+                                                    if ok else ""))
+    for it in items:
+        if it.status != "ok":
+            out.print(f"[bold]{escape(it.status)}[/]: {escape(it.message)}")
+
+
+def _common_dir(items) -> str:
+    import os
+
+    dsts = [os.path.dirname(it.dst) or "." for it in items if it.status == "ok"]
+    return os.path.commonpath(dsts) if dsts else "."
