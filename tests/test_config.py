@@ -165,6 +165,32 @@ def test_custom_config_stats(tmp_path, run_cli):
     assert res.exit_code == 2 and "widths: expected" in res.stderr
 
 
+def test_custom_config_exports_to_onnx(tmp_path, run_cli):
+    """export --config: onnxruntime's logits equal the train-form model's in eval mode."""
+    ort = pytest.importorskip("onnxruntime")
+    from mobileone_cli.model import MobileOne
+
+    spec = load_config(EXAMPLE)
+    src, dst = str(tmp_path / "c.pth"), str(tmp_path / "c.onnx")
+    train_sd = random_state_dict(spec, seed=12)
+    save_checkpoint(src, train_sd)
+    res = run_cli("export", src, dst, "--config", EXAMPLE, "--input-size", "64", "64",
+                  "--exporter", "torchscript", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["arch"] == "custom_3stage"
+    train = MobileOne(spec)
+    train.load_state_dict(train_sd, strict=True)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ref = train.eval()(x)
+    session = ort.InferenceSession(dst, providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert float((ref - got).abs().max() / ref.abs().max()) < 1e-5
+    res = run_cli("export", src, str(tmp_path / "x.onnx"), "--config",
+                  os.path.join(ROOT, "examples", "s1_ten_classes.yaml"))
+    assert res.exit_code == 2 and "blocks: expected" in res.stderr
+
+
 def test_six_stage_config_converts(tmp_path, run_cli):
     cfg = write(tmp_path, f"""
 backbone:

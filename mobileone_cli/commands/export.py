@@ -7,6 +7,7 @@ import click
 
 from ..errors import BadInput
 from ._common import arch_option, bn_eps_option, resolve_arch, trust_file_option, warn_trusted
+from ._common import arch_source, config_option
 
 
 def parse_batch(value: str) -> Optional[int]:
@@ -38,6 +39,7 @@ def parse_batch(value: str) -> Optional[int]:
               show_default=True, help="torch.onnx exporter; auto = dynamo when onnxscript is "
                                       "installed and the opset allows it.")
 @arch_option()
+@config_option()
 @bn_eps_option()
 @click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's EMA weights.")
@@ -49,7 +51,7 @@ def parse_batch(value: str) -> Optional[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: str, fixed_size: bool,
            opset: Optional[int], dtype: str, exporter: str, arch_name: Optional[str],
-           bn_eps: float, prefix: Optional[str], ema: bool, seed: int, rtol: Optional[float],
+           config_path: Optional[str], bn_eps: float, prefix: Optional[str], ema: bool, seed: int, rtol: Optional[float],
            trust_file: bool, force: bool, as_json: bool) -> int:
     from ..export import export_file
     from ..render import print_json
@@ -60,7 +62,9 @@ def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: str, fi
     result = export_file(ckpt, out, input_size=tuple(input_size), batch=parse_batch(batch_text),
                          dynamic_size=not fixed_size, opset=opset, dtype=dtype,
                          exporter=exporter, force=force, seed=seed, rtol=rtol,
-                         arch=resolve_arch(arch_name), eps=bn_eps, prefix=prefix, ema=ema,
+                         arch=resolve_arch(arch_name, config=config_path),
+                         arch_source=config_path and arch_source(config_path),
+                         eps=bn_eps, prefix=prefix, ema=ema,
                          trust=trust_file)
     if as_json:
         print_json(export_to_dict(result))
