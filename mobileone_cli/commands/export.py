@@ -51,7 +51,8 @@ def parse_batch(value: str) -> Optional[int]:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: str, fixed_size: bool,
            opset: Optional[int], dtype: str, exporter: str, arch_name: Optional[str],
-           config_path: Optional[str], bn_eps: float, prefix: Optional[str], ema: bool, seed: int, rtol: Optional[float],
+           config_path: Optional[str], bn_eps: float, prefix: Optional[str], ema: bool,
+           seed: int, rtol: Optional[float],
            trust_file: bool, force: bool, as_json: bool) -> int:
     from ..export import export_file
     from ..render import print_json
