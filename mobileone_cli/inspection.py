@@ -48,8 +48,12 @@ def describe(tensors: Mapping[str, TensorInfo], det: Detection, **file_facts: An
 
 
 def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
-                 prefix: Optional[str] = None) -> Dict[str, Any]:
-    """Detect everything about the MobileOne in ``path`` and return it as a JSON-able dict."""
+                 prefix: Optional[str] = None, arch=None,
+                 arch_source: Optional[str] = None) -> Dict[str, Any]:
+    """Detect everything about the MobileOne in ``path`` and return it as a JSON-able dict.
+
+    ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
+    network; the report then uses its name."""
     fmt = sniff_format(path)
     facts: Dict[str, Any] = {"file": path, "file_format": fmt, "size": os.path.getsize(path)}
     stubbed: List[str] = []
@@ -70,4 +74,9 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     facts.update(wrapper=wrapper, other_entries=top_level, stripped_prefix=stripped,
                  stubbed_globals=stubbed, trusted=trusted, metadata=metadata)
     det = detect_layout(tensors, prefix=prefix, where=path)
+    if arch is not None:
+        from .config import expect_arch
+
+        det.arch = expect_arch(arch, det.arch, det.form, where=path,
+                               source=arch_source or "--arch", compare_head=True)
     return describe(tensors, det, **facts)

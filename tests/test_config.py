@@ -311,6 +311,30 @@ def test_config_module_needs_no_torch():
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr
 
 
+def test_inspect_with_config_stays_torch_free(tmp_path):
+    """inspect --config of a .safetensors file: the config's name, checked, without torch."""
+    from safetensors.torch import save_file
+
+    spec = load_config(EXAMPLE)
+    path = str(tmp_path / "c.safetensors")
+    save_file(random_state_dict(spec, layout="mmpretrain", seed=3), path)
+    code = ("import sys, json; from click.testing import CliRunner; "
+            "from mobileone_cli.cli import cli; "
+            f"r = CliRunner().invoke(cli, ['inspect', {path!r}, '--config', {EXAMPLE!r}, "
+            "'--json']); assert r.exit_code == 0, r.output; d = json.loads(r.output); "
+            "assert d['variant'] == 'custom_3stage', d['variant']; "
+            "assert 'torch' not in sys.modules; print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stdout + res.stderr
+    from click.testing import CliRunner
+
+    from mobileone_cli.cli import cli
+
+    other = os.path.join(ROOT, "examples", "s1_ten_classes.yaml")
+    res = CliRunner().invoke(cli, ["inspect", path, "--config", other])
+    assert res.exit_code == 2 and "widths: expected" in res.output
+
+
 def test_max_stages_agrees_with_the_model():
     from mobileone_cli import model
 
