@@ -191,6 +191,24 @@ def test_custom_config_exports_to_onnx(tmp_path, run_cli):
     assert res.exit_code == 2 and "blocks: expected" in res.stderr
 
 
+def test_demo_with_a_config(tmp_path, run_cli):
+    from mobileone_cli.model import MobileOne
+
+    res = run_cli("demo", "--config", EXAMPLE, "--dir", str(tmp_path))
+    assert res.exit_code == 0, res.output
+    assert "custom_3stage" in res.stdout
+    spec = load_config(EXAMPLE)
+    train, deploy = MobileOne(spec), MobileOne(spec, deploy=True)
+    train.load_state_dict(torch.load(tmp_path / "mobileone_custom_3stage_unfused.pth.tar",
+                                     weights_only=True), strict=True)
+    deploy.load_state_dict(torch.load(tmp_path / "mobileone_custom_3stage.pth",
+                                      weights_only=True), strict=True)
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        ref, got = train.eval()(x), deploy.eval()(x)
+    assert float((ref - got).abs().max() / ref.abs().max()) < 1e-5
+
+
 def test_six_stage_config_converts(tmp_path, run_cli):
     cfg = write(tmp_path, f"""
 backbone:

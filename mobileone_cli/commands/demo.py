@@ -13,15 +13,18 @@ import click
 @click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
               help="Keep the files in this folder (default: a temporary folder, removed after).")
 @click.option("--arch", "arch_name", default="s0", show_default=True, metavar="s0..s4")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE", help="Synthesize the network a YAML model config describes instead "
+                                   "(see examples/).")
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(folder: Optional[str], arch_name: str, seed: int) -> int:
+def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
     from ..checkpoint import save_checkpoint
     from ..convert import convert_file
     from ..render import console, render_convert
     from ..synthetic import random_state_dict
-    from ._common import resolve_arch
+    from ._common import arch_source, resolve_arch
 
-    arch = resolve_arch(arch_name)
+    arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
     out = console()
 
     def run(where: str) -> None:
@@ -29,7 +32,8 @@ def demo(folder: Optional[str], arch_name: str, seed: int) -> int:
         dst = os.path.join(where, f"mobileone_{arch.name}.pth")
         save_checkpoint(src, random_state_dict(arch, seed=seed), force=True)
         out.print(f"synthesized {src} (Apple layout, train form, random weights and BN stats)")
-        result = convert_file(src, dst, force=True)
+        result = convert_file(src, dst, force=True, arch=arch if config_path else None,
+                              arch_source=config_path and arch_source(config_path))
         render_convert(result, title="mobileone demo")
         out.print(f"[bold green]OK[/]: deploy checkpoint matches the train model "
                   f"(max rel diff {result.metrics.max_rel:.2e})")
