@@ -8,6 +8,7 @@ Every error reaches the user as one line on stderr with a documented exit code:
 from __future__ import annotations
 
 import importlib
+import signal
 import traceback
 from typing import List, Optional
 
@@ -86,8 +87,17 @@ def cli(debug: bool) -> None:
     """
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so no temp file is left behind."""
+    raise KeyboardInterrupt
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point."""
+    try:
+        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    except (ValueError, OSError):  # not the main thread: leave the default
+        pass
     cli.main(args=argv, prog_name="mobileone")
 
 

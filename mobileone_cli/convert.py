@@ -111,6 +111,32 @@ def _check_rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, An
                                  f"written", hint="keep the source dtype, or try --dtype bf16")
 
 
+_HALF = ("torch.float16", "torch.bfloat16")
+
+
+def _check_half_source(result: ConvertResult, sd: Dict[str, Any], *, eps: float, seed: int,
+                       input_size):
+    """Metrics of a half-precision source's fusion, taken in float32 on both sides.
+
+    Half-precision arithmetic on both models would differ by its own rounding (~1e-3) and fail
+    an honest fusion; the float32 fusion against the float32 train model is exact to ~1e-6.  The
+    output keeps the source dtype (fused in float64, rounded once).
+    """
+    import torch
+
+    from .verify import check_equivalence
+
+    det, layout_out = result.detection, result.layout_out
+    fused = convert_state_dict(sd, det, layout_out=layout_out, eps=eps, dtype=torch.float32)
+    train = {e.key: sd[det.prefix + e.key].float() if sd[det.prefix + e.key].is_floating_point()
+             else sd[det.prefix + e.key] for e in det.entries()}
+    dep = {e.key: fused[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
+    result.notes.append(f"{str(_source_dtype(sd, det)).replace('torch.', '')} source: the fusion "
+                        f"is checked in float32; DST keeps the source dtype (rounded once)")
+    return check_equivalence(train, dep, det.arch, layout=det.layout, deploy_layout=layout_out,
+                             bn_eps=eps, seed=seed, input_size=input_size)
+
+
 def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -> Optional[dict]:
     """mmpretrain loaders expect {'meta', 'state_dict'}; Apple and timm files are bare dicts."""
     if layout != "mmpretrain":
@@ -209,6 +235,9 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
 
         train_sd = {e.key: sd[det.prefix + e.key] for e in det.entries()}
         dep = {e.key: out[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
+        if result.metrics is None and str(_source_dtype(sd, det)) in _HALF:
+            result.metrics = _check_half_source(result, sd, eps=eps, seed=seed,
+                                                input_size=input_size)
         if result.metrics is None:
             result.metrics = check_equivalence(train_sd, dep, det.arch, layout=det.layout,
                                                deploy_layout=layout_out, bn_eps=eps, seed=seed,

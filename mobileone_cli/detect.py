@@ -20,6 +20,7 @@ __all__ = ["Detection", "detect_layout", "find_candidates", "implied_root", "Ten
 # key -> (dtype name, shape); dtype names as torch prints them without 'torch.' ('float32').
 TensorInfo = Tuple[str, Tuple[int, ...]]
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+NOT_A_TENSOR = ", not a tensor"  # dtype suffix tensor_info gives values that are not tensors
 
 
 @dataclass
@@ -190,6 +191,8 @@ def _name_spec(spec: ArchSpec, form: str) -> ArchSpec:
 
     for name, known in builtin_archs().items():
         candidate = spec
+        if len(known.widths) != len(spec.widths):
+            continue  # another number of stages: cannot be this variant (nor borrow its k)
         if form == "deploy":
             candidate = dataclasses.replace(spec, conv_branches=known.conv_branches,
                                             stem_conv_branches=known.stem_conv_branches)
@@ -219,6 +222,8 @@ def _validate(sub: Mapping[str, TensorInfo], det: Detection, where: str) -> List
                        f"{det.arch.name}: " + "; ".join(parts))
     for k, e in expected.items():
         dtype, shape = sub[k]
+        if dtype.endswith(NOT_A_TENSOR):
+            raise BadInput(f"{where}: {det.prefix}{k} is {dtype}, expected a tensor")
         if tuple(shape) != e.shape:
             raise BadInput(f"{where}: {det.prefix}{k} has shape {list(shape)}, "
                            f"expected {list(e.shape)}")
@@ -276,6 +281,9 @@ def tensor_info(state_dict: Mapping[str, object]) -> Dict[str, TensorInfo]:
     """{key: (dtype, shape)} of a state dict of torch tensors (no torch import needed here)."""
     out: Dict[str, TensorInfo] = {}
     for k, v in state_dict.items():
+        if type(v).__module__.split(".")[0] != "torch" or not hasattr(v, "dtype"):
+            out[k] = (f"a {type(v).__name__}{NOT_A_TENSOR}", ())  # e.g. an int or a numpy array
+            continue
         dtype = str(getattr(v, "dtype", type(v).__name__)).replace("torch.", "")
         shape = tuple(getattr(v, "shape", ()))
         out[k] = (dtype, tuple(int(d) for d in shape))

@@ -12,7 +12,7 @@ from typing import Iterable, List
 
 from .errors import BadInput
 
-__all__ = ["CODE_MODULES", "DATA_BUILTINS", "is_code_global", "code_globals",
+__all__ = ["CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global", "code_globals",
            "refuse_code_globals"]
 
 # Modules whose globals run code, touch files, processes or the network, or call other callables.
@@ -41,9 +41,25 @@ def _full_name(name: str) -> str:
     return name if "." in name else f"builtins.{name}"
 
 
+def python3_name(name: str) -> str:
+    """The global an unpickler would really import for ``name``.
+
+    Pickle protocol 2 (torch.save's) writes Python 2 names that unpicklers map back:
+    ``commands.Popen`` is ``subprocess.Popen``, ``__builtin__.eval`` is ``builtins.eval``.
+    """
+    import _compat_pickle
+
+    module, _, attr = _full_name(name).rpartition(".")
+    if (module, attr) in _compat_pickle.NAME_MAPPING:
+        module, attr = _compat_pickle.NAME_MAPPING[(module, attr)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{attr}"
+
+
 def is_code_global(name: str) -> bool:
     """True for a global that can run code (or reach something that can)."""
-    full = _full_name(name)
+    full = python3_name(name)
     if full in DATA_BUILTINS:
         return False
     return any(full == m or full.startswith(m + ".") for m in CODE_MODULES)
@@ -51,7 +67,12 @@ def is_code_global(name: str) -> bool:
 
 def code_globals(names: Iterable[str]) -> List[str]:
     """The names among ``names`` that are code globals, fully qualified, in order."""
-    return [_full_name(n) for n in names if is_code_global(n)]
+    out = []
+    for n in names:
+        if is_code_global(n):
+            real = python3_name(n)
+            out.append(real if real == _full_name(n) else f"{real} (pickled as {n})")
+    return out
 
 
 def refuse_code_globals(names: Iterable[str], path: str) -> None:

@@ -43,3 +43,15 @@ def write_ckpt(tmp_path):
         return path
 
     return _write
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-n", type=int, default=None, metavar="N",
+                     help="number of mutated checkpoints for tests/test_fuzz.py "
+                          "(default: a small bounded run; env MOBILEONE_FUZZ_N works too)")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Lines tests leave in config._mobileone_summary (e.g. how many fuzz inputs were tried)."""
+    for line in getattr(config, "_mobileone_summary", []):
+        terminalreporter.write_line(line)
