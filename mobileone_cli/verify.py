@@ -378,6 +378,7 @@ def verify_state_dicts(train_sd: Mapping[str, torch.Tensor],
 
 
 def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
+                 arch: Optional[ArchSpec] = None, arch_source: Optional[str] = None,
                  bn_eps: Optional[float] = None, seed: int = 0, batch: int = 1,
                  input_size: Any = (224, 224), images_dir: Optional[str] = None,
                  device: str = "cpu", rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
@@ -394,6 +395,11 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
 
         images, names = load_images(images_dir, size)
     train = read_side(train_path, ema=ema)
+    if arch is not None:  # --config: the file must hold the configured network
+        from .config import expect_arch
+
+        train.arch = expect_arch(arch, train.arch, train.form, where=train_path,
+                                 source=arch_source or "--arch", compare_head=True)
     eps = DEFAULT_EPS if bn_eps is None else bn_eps
     if deploy_path is None:
         if train.form != "train":
@@ -406,6 +412,9 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
                       dtype=train.dtype, state_dict=fused, source=f"fused in memory (eps {eps:g})")
     else:
         deploy = read_side(deploy_path, ema=ema)
+        if arch is not None:
+            deploy.arch = expect_arch(arch, deploy.arch, deploy.form, where=deploy_path,
+                                      source=arch_source or "--arch", compare_head=True)
         pair_sides(train, deploy)
         check_finite(train.state_dict, list(train.state_dict), train_path)
     report = verify_state_dicts(

@@ -138,6 +138,28 @@ def test_custom_config_converts_and_verifies(tmp_path, run_cli):
     assert float((ref - got).abs().max() / ref.abs().max()) < 1e-5
 
 
+def test_custom_config_verify(tmp_path, run_cli):
+    """verify --config: the configured name in the report, equal files pass, a perturbed one
+    fails, a config that does not describe the files is bad input."""
+    spec = load_config(EXAMPLE)
+    src, dst = str(tmp_path / "c.pth"), str(tmp_path / "c_deploy.pth")
+    save_checkpoint(src, random_state_dict(spec, seed=7))
+    assert run_cli("convert", src, dst, "--config", EXAMPLE).exit_code == 0
+    res = run_cli("verify", src, dst, "--config", EXAMPLE, "--input-size", "64", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["passed"] and report["arch"] == "custom_3stage"
+    bad = torch.load(dst, weights_only=True)
+    bad["stage3.3.reparam_conv.bias"] = bad["stage3.3.reparam_conv.bias"] + 0.5
+    save_checkpoint(str(tmp_path / "bad.pth"), bad)
+    res = run_cli("verify", src, str(tmp_path / "bad.pth"), "--config", EXAMPLE,
+                  "--input-size", "64")
+    assert res.exit_code == 1, res.output
+    res = run_cli("verify", src, "--config", os.path.join(ROOT, "examples", "s1_ten_classes.yaml"),
+                  "--input-size", "64")
+    assert res.exit_code == 2 and "widths: expected" in res.stderr
+
+
 def test_custom_config_stats(tmp_path, run_cli):
     """stats --config: totals equal parameter counts of our model and torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode

@@ -8,6 +8,7 @@ import click
 
 from ..errors import BadInput, VerificationFailed
 from ..tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+from ._common import arch_source, config_option, resolve_arch
 from ._common import bn_eps_option
 
 
@@ -19,6 +20,7 @@ from ._common import bn_eps_option
 @click.argument("train_ckpt", type=click.Path(dir_okay=True))
 @click.argument("deploy_ckpt", type=click.Path(dir_okay=True), required=False)
 @bn_eps_option()
+@config_option()
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--batch", type=int, default=4, show_default=True, help="Number of random inputs.")
 @click.option("--input-size", default="224", show_default=True, metavar="H[xW]",
@@ -36,7 +38,8 @@ from ._common import bn_eps_option
 @click.option("--ema", is_flag=True, help="Use the EMA weights of both files.")
 @click.option("--all-blocks", is_flag=True, help="Show the error of every block.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (for CI).")
-def verify(train_ckpt: str, deploy_ckpt: Optional[str], bn_eps: float, seed: int, batch: int,
+def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[str],
+           bn_eps: float, seed: int, batch: int,
            input_size: str, images_dir: Optional[str], device: str, rtol: float, atol: float,
            reference: Optional[str], ema: bool, all_blocks: bool, as_json: bool) -> int:
     from ..render import print_json
@@ -46,7 +49,9 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], bn_eps: float, seed: int
     if deploy_ckpt is not None and deploy_ckpt.strip().isdigit() and not os.path.exists(deploy_ckpt):
         raise BadInput(f"{deploy_ckpt!r} is not a checkpoint file",
                        hint="--input-size takes one value: 224, or 224x192 for H and W")
-    report = verify_files(train_ckpt, deploy_ckpt, bn_eps=bn_eps, seed=seed, batch=batch,
+    report = verify_files(train_ckpt, deploy_ckpt, arch=resolve_arch(None, config=config_path),
+                          arch_source=config_path and arch_source(config_path),
+                          bn_eps=bn_eps, seed=seed, batch=batch,
                           input_size=input_size, images_dir=images_dir, device=device,
                           rtol=rtol, atol=atol, reference=reference, ema=ema)
     if as_json:
