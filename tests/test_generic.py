@@ -508,6 +508,7 @@ def test_cli_refusals_write_nothing(run_cli, tmp_path):
     torch.save(_bare(), src)
     for extra, msg in ((("--to", "timm"), "--to does not apply"),
                        (("--arch", "s0"), "--arch does not apply"),
+                       (("--dtype", "fp16"), "--dtype does not apply"),
                        (("--norm-kernel", "2"), "must be odd"),
                        (("--norm-kernel", "3x"), "expected K or HxW")):
         res = run_cli("convert", "--generic", src, dst, *extra)

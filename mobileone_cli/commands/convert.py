@@ -75,7 +75,7 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
         from ..generic import convert_generic_file, parse_kernel
         from ..render_generic import generic_to_dict, render_generic
 
-        generic_only(arch=arch_name, config=config_path, to=layout_out)
+        generic_only(arch=arch_name, config=config_path, to=layout_out, dtype=dtype)
         result = convert_generic_file(src, dst, eps=bn_eps, force=force, verify=not no_verify,
                                       groups=groups, norm_kernel=parse_kernel(norm_kernel),
                                       ema=ema, trust=trust_file)
