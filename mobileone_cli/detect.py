@@ -132,6 +132,7 @@ def _infer_arch(sub: Mapping[str, TensorInfo], lay: Layout, where: str) -> Tuple
     stem_k = _count_indexed(sub, f"{stem_block}.{lay.conv_list}.") or 1
 
     widths, blocks, kbr, se_blocks = [], [], [], []
+    se_shapes: List[Tuple[int, int]] = []  # (channels, reduced) of every SE found
     s = 1
     while True:
         dummy = lay.block.format(s=s, s0=s - 1, j="")
@@ -156,6 +157,10 @@ def _infer_arch(sub: Mapping[str, TensorInfo], lay: Layout, where: str) -> Tuple
         for pair in range(n_blocks // 2 - 1, -1, -1):
             if f"{paths[2 * pair + 1]}.{lay.part('se_reduce')}.weight" in sub:
                 se_pairs += 1
+                for p in paths[2 * pair: 2 * pair + 2]:
+                    shape = tuple(sub.get(f"{p}.{lay.part('se_reduce')}.weight", (None, ()))[1])
+                    if len(shape) == 4:
+                        se_shapes.append((shape[1], shape[0]))
             else:
                 break
         se_blocks.append(se_pairs)
@@ -175,8 +180,18 @@ def _infer_arch(sub: Mapping[str, TensorInfo], lay: Layout, where: str) -> Tuple
     spec = ArchSpec(name="custom", stem_channels=stem_channels, widths=tuple(widths),
                     blocks=tuple(blocks), conv_branches=tuple(kbr), se_blocks=tuple(se_blocks),
                     num_classes=num_classes, kernel_size=kernel_size, in_channels=in_channels,
-                    stem_conv_branches=stem_k)
+                    stem_conv_branches=stem_k, se_ratio=_se_ratio(se_shapes))
     return spec, form
+
+
+def _se_ratio(se_shapes: Sequence[Tuple[int, int]], default: float = 0.0625) -> float:
+    """The SE reduction ratio that explains every SE's width (int(C * ratio)); else the default,
+    and validation names the tensor that does not fit."""
+    if not se_shapes or all(int(c * default) == r for c, r in se_shapes):
+        return default
+    c, r = max(se_shapes)
+    ratio = r / c if c else default
+    return ratio if all(int(ci * ratio) == ri for ci, ri in se_shapes) else default
 
 
 def _few(items: Sequence[str], n: int = 4) -> str:

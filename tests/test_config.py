@@ -250,6 +250,34 @@ head: {{num_classes: 5}}
     assert "six" in res.stdout and "max rel diff" in res.stdout
 
 
+def test_se_ratio_from_the_config_is_detected(tmp_path, run_cli):
+    """mmpretrain's se_cfg ratio 4 (SE width C / 4): the checkpoint is detected with it too."""
+    from mobileone_cli.model import MobileOne
+
+    cfg = write(tmp_path, """
+backbone:
+  arch: {stem_channels: 16, widths: [16, 32], blocks: [1, 2], conv_branches: 1,
+         se_blocks: [0, 2]}
+  se_cfg: {ratio: 4}
+head: {num_classes: 3}
+""", "se4.yaml")
+    spec = load_config(cfg)
+    assert spec.se_ratio == 0.25
+    src, dst = str(tmp_path / "se4.pth"), str(tmp_path / "se4_d.pth")
+    train_sd = random_state_dict(spec, seed=3)
+    assert tuple(train_sd["stage2.3.se.reduce.weight"].shape) == (8, 32, 1, 1)  # 32 / 4
+    save_checkpoint(src, train_sd)
+    res = run_cli("convert", src, dst, "--config", cfg)
+    assert res.exit_code == 0, res.output
+    train, deploy = MobileOne(spec), MobileOne(spec, deploy=True)
+    train.load_state_dict(train_sd, strict=True)
+    deploy.load_state_dict(torch.load(dst, weights_only=True), strict=True)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, got = train.eval()(x), deploy.eval()(x)
+    assert float((ref - got).abs().max() / ref.abs().max()) < 1e-5
+
+
 def test_config_that_does_not_match_the_checkpoint(tmp_path, run_cli):
     spec = load_config(EXAMPLE)
     src, dst = str(tmp_path / "c.pth"), str(tmp_path / "d.pth")
