@@ -10,12 +10,10 @@ since torch 2.9, needs onnxscript) writes opset >= 18; the TorchScript one is de
 present in torch 2.13 and can write older opsets.  ``auto`` takes dynamo when it is usable and the
 requested opset allows it, else TorchScript.  Either way the onnxruntime check decides.
 
-The reference is our deploy model run in float64 on exactly the weights in the file, and the
-tolerance adapts to the network: what PyTorch's own float32 arithmetic costs against float64 on the
-same input, times a margin, with a floor (see :func:`tolerance`).  Half precision: weights, input and
-output are float16; the reference holds the float16-rounded weights, the baseline is a float32 run
-that rounds every block's output to float16, and the total cost of float16 against the float32
-deploy model is reported alongside.  torch is imported inside the functions.
+The reference is our float32 deploy model holding exactly the weights written to the file, run
+on the same seeded images.  Half precision: weights, input and output are float16; the reference
+holds the float16-rounded weights (upcast), and the total cost of float16 against the float32 deploy
+model is reported alongside.  torch is imported inside the functions.
 """
 from __future__ import annotations
 
@@ -32,19 +30,18 @@ from .errors import BadInput, VerificationFailed
 
 __all__ = ["ExportResult", "ShapeCheck", "export_file", "export_model", "check_onnx",
            "check_shapes", "require_onnx", "resolve_exporter", "ONNX_INSTALL_HINT",
-           "EXPORT_RTOL", "EXPORTERS", "tolerance", "emulate_fp16"]
+           "EXPORT_RTOL", "EXPORTERS"]
 
 ONNX_INSTALL_HINT = ("pip install 'mobileone-cli[onnx]'  (or the plain packages: "
                      "pip install onnx onnxruntime onnxscript)")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 DYNAMO_MIN_OPSET = 18
-# Tolerance of onnxruntime against a float64 run of the same weights, relative to max |output|:
-# max(floor, factor x what PyTorch's own arithmetic costs on that input), see tolerance().
-# Measured on synthetic s0/s4 (random weights and BN statistics) at 64x64 and 96x128: onnxruntime
-# fp32 1e-6..9e-5 with PyTorch fp32 at 5e-7..5e-5 (the worse s4 seeds amplify rounding);
-# onnxruntime fp16 (CPU) 2e-4..4e-4 with emulated fp16 at 3e-4..2e-2.
-EXPORT_RTOL = {"fp32": 1e-4, "fp16": 1e-2}
-BASELINE_FACTOR = {"fp32": 10.0, "fp16": 3.0}
+# onnxruntime against our PyTorch model holding the same weights, relative to max |output|.
+# Measured on synthetic s0/s4 (random weights and BN statistics) at 64x64..224x224: fp32
+# 4e-7..9e-5 (the top from an s4 whose random BN statistics amplify any rounding: PyTorch's own
+# float32 is 5e-5 off float64 there); fp16 on the CPU provider 2e-4..4e-4.  A graph that drops SE,
+# pads wrongly or changes one block's bias by 1% lands at 1e-2 and above.
+EXPORT_RTOL = {"fp32": 1e-3, "fp16": 1e-2}
 MAX_SIDE = 4096
 MAX_BATCH = 1024
 
@@ -56,8 +53,7 @@ class ShapeCheck:
     batch: int
     height: int
     width: int
-    metrics: Any  # verify.Metrics of onnxruntime against our float64 reference
-    baseline_rel: float  # PyTorch float32 (fp16: emulated float16) against the same reference
+    metrics: Any  # verify.Metrics of onnxruntime against our float32 deploy model
     tolerance: float
     passed: bool
     metrics_fp32: Any = None  # fp16 only: against the float32 deploy model (total cost of fp16)
@@ -219,51 +215,22 @@ def check_shapes(batch: Optional[int], input_size: Tuple[int, int],
     return [(b, hh, ww) for b in batches for hh, ww in sizes]
 
 
-def emulate_fp16(model):
-    """Round every block's output (and the logits) to float16 while computing in float32.
-
-    A model of what a runtime that keeps activations in float16 costs; the error of this model
-    against float64 sets the noise floor an fp16 export is held to.
-    """
-    from .model import DeployBlock
-
-    def to_half(module, inputs, output):
-        return output.half().float()
-
-    for m in model.modules():
-        if isinstance(m, DeployBlock) or m is getattr(model, "linear", None):
-            m.register_forward_hook(to_half)
-    return model
-
-
-def tolerance(dtype: str, baseline_rel: float, rtol: Optional[float] = None) -> float:
-    """Allowed max rel diff of onnxruntime against float64 at one shape.
-
-    ``baseline_rel`` is what PyTorch's own float32 (fp16: emulated float16) arithmetic costs against
-    float64 on the same input: an ill-conditioned network amplifies rounding, and any honest runtime
-    pays about as much.  The floor keeps well-conditioned networks from getting a needlessly tight
-    bound; ``rtol`` (--rtol) replaces the whole rule.
-    """
-    if rtol is not None:
-        return rtol
-    return max(EXPORT_RTOL[dtype], BASELINE_FACTOR[dtype] * baseline_rel)
-
-
 def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tuple[int, int, int]],
                *, dtype: str = "fp32", seed: int = 0, rtol: Optional[float] = None
                ) -> List[ShapeCheck]:
     """Run ``path`` in onnxruntime (CPU) and our deploy model on the same seeded images.
 
     ``deploy_sd`` holds the deploy weights (Apple keys) before any fp16 rounding.  The reference
-    is our model in float64 holding exactly the weights of the file (fp16: the rounded ones) on the
-    same (fp16: rounded) input; the tolerance follows from what PyTorch's own float32 (fp16:
-    emulated float16) arithmetic costs against that reference, see :func:`tolerance`.
+    is our float32 deploy model holding exactly the weights of the file (fp16: the rounded ones,
+    upcast) on the same (fp16: rounded) input; for fp16 the comparison with the unrounded float32
+    model, the total cost of half precision, is reported alongside.
     """
     import onnxruntime as ort
     import torch
 
     from .verify import compare_outputs, load_model, seeded_inputs
 
+    tol = EXPORT_RTOL[dtype] if rtol is None else rtol
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
@@ -273,13 +240,11 @@ def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tupl
                                  f"{str(exc).strip().splitlines()[0][:200]}") from None
     input_name = sess.get_inputs()[0].name
     fp16 = dtype == "fp16"
-    weights = {k: v.to(torch.float16).to(torch.float32) for k, v in deploy_sd.items()} if fp16 \
-        else deploy_sd
-    ref64 = load_model(weights, arch, "deploy", dtype=torch.float64)
-    probe = load_model(weights, arch, "deploy", dtype=torch.float32)
+    full = load_model(deploy_sd, arch, "deploy", dtype=torch.float32)
+    ref_model = full
     if fp16:
-        emulate_fp16(probe)
-    full = load_model(deploy_sd, arch, "deploy", dtype=torch.float32) if fp16 else None
+        ref_model = load_model({k: v.to(torch.float16) for k, v in deploy_sd.items()}, arch,
+                               "deploy", dtype=torch.float32)
     logits = arch.has_head
     results = []
     for i, (b, h, w) in enumerate(shapes):
@@ -292,16 +257,14 @@ def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tupl
             raise VerificationFailed(f"onnxruntime failed at input shape {[b, 3, h, w]}: "
                                      f"{str(exc).strip().splitlines()[0][:200]}") from None
         with torch.no_grad():
-            ref = ref64(x.to(torch.float64))
-            base = compare_outputs(ref, probe(x.float()), logits=logits)
+            ref = ref_model(x.float())
             vs_fp32 = compare_outputs(full(x.float()), got, logits=logits) if fp16 else None
         if tuple(got.shape) != tuple(ref.shape):
             raise VerificationFailed(f"onnxruntime output shape {list(got.shape)} differs from "
                                      f"PyTorch's {list(ref.shape)} at input {[b, 3, h, w]}")
         m = compare_outputs(ref, got, logits=logits)
-        tol = tolerance(dtype, base.max_rel, rtol)
-        results.append(ShapeCheck(batch=b, height=h, width=w, metrics=m, baseline_rel=base.max_rel,
-                                  tolerance=tol, passed=m.within(tol), metrics_fp32=vs_fp32))
+        results.append(ShapeCheck(batch=b, height=h, width=w, metrics=m, tolerance=tol,
+                                  passed=m.within(tol), metrics_fp32=vs_fp32))
     return results
 
 
