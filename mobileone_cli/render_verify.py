@@ -79,9 +79,10 @@ def render_verify(report, all_blocks: bool = False) -> None:
                       f"{e.scale:.4g}")
         out.print(b)
 
+    # soft_wrap: the verdict stays one line, whatever the terminal width (grep-able in CI logs)
     if report.passed:
-        out.print(f"[bold green]PASS[/]: {report.summary()}")
+        out.print(f"[bold green]PASS[/]: {report.summary()}", soft_wrap=True)
     else:
-        out.print(f"[bold red]FAIL[/]: {report.summary()}")
+        out.print(f"[bold red]FAIL[/]: {report.summary()}", soft_wrap=True)
     for note in report.notes:
-        out.print(f"note: {note}")
+        out.print(f"note: {note}", soft_wrap=True)
