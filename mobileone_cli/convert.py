@@ -211,7 +211,8 @@ def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = Non
     notes += preflight(sd, det, eps, src)  # mixed dtypes, variances, NaN outside the MobileOne
 
     keep_train = verify and fusing
-    rounding = verify and dtype is not None and dtype != _source_dtype(sd, det)
+    rounding = (verify and str(dtype) in ("torch.float16", "torch.bfloat16")
+                and dtype != _source_dtype(sd, det))  # --dtype rounds: measure what it costs
     out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
                              consume=not (keep_train or rounding))
     check_fused_finite(out, [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)],
