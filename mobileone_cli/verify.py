@@ -25,8 +25,13 @@ from .tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 __all__ = ["Metrics", "compare_outputs", "load_model", "check_equivalence", "seeded_inputs",
            "DEFAULT_RTOL", "DEFAULT_ATOL", "Side", "VerifyReport", "read_side", "pair_sides",
            "verify_state_dicts", "verify_files", "resolve_device", "parse_input_size",
-           "strict_fp32"]
+           "strict_fp32", "rounding_explains", "REFEREE_FACTOR"]
 
+# When the output differs by more than rtol but no block is wrong on its own, a float64 run of
+# the train model referees: the deploy model passes if it is no further from the exact answer than
+# rtol plus this many times the train model's OWN fp32 rounding error.  Measured ratio of the two
+# on honest fusions: 0.7 to 1.6 (s1, s4; 16 and 32 px; 4 seeds).
+REFEREE_FACTOR = 4.0
 MAX_INPUT_SIDE = 4096
 MAX_BATCH = 1024
 CHUNK = 4  # images per forward pass while block outputs are kept (bounds memory)
@@ -265,6 +270,7 @@ class VerifyReport:
     inputs: Dict[str, object] = field(default_factory=dict)
     device: str = "cpu"
     notes: List[str] = field(default_factory=list)
+    rounding_explained: bool = False  # output beyond rtol, but the fp64 referee says: rounding
 
     @property
     def output_within(self) -> bool:
@@ -272,11 +278,15 @@ class VerifyReport:
 
     @property
     def passed(self) -> bool:
-        return self.output_within and self.first_bad is None
+        return (self.output_within or self.rounding_explained) and self.first_bad is None
 
     def summary(self) -> str:
         """One line: the verdict and the number behind it."""
         tol = f"rtol {self.rtol:g}" + (f", atol {self.atol:g}" if self.atol else "")
+        if self.passed and self.rounding_explained:
+            return (f"equivalent up to fp32 rounding: max rel diff of the {self.compared} "
+                    f"{self.output.max_rel:.2e} exceeds {tol}, but every block is within it and "
+                    f"the train model's own fp32 error is of the same size (fp64 referee)")
         if self.passed:
             return (f"equivalent: max rel diff of the {self.compared} {self.output.max_rel:.2e} "
                     f"is within {tol}")
@@ -298,6 +308,7 @@ class VerifyReport:
     def _as_dict(self) -> Dict[str, object]:
         return {
             "passed": self.passed, "summary": self.summary(), "rtol": self.rtol,
+            "rounding_explained": self.rounding_explained,
             "atol": self.atol, "arch": self.arch.name, "num_classes": self.arch.num_classes,
             "train": self.train, "deploy": self.deploy, "inputs": self.inputs,
             "device": self.device, "compared": self.compared,
@@ -314,6 +325,16 @@ class VerifyReport:
             "blocks": [b.to_dict() for b in self.blocks],
             "notes": list(self.notes),
         }
+
+
+def rounding_explains(train_vs_fp64: Metrics, deploy_vs_fp64: Metrics, rtol: float,
+                      atol: float = DEFAULT_ATOL) -> bool:
+    """True when the deploy model is within rtol of the exact (fp64) answer, give or take a few
+    times the train model's own fp32 rounding error: their difference is rounding, not fusion."""
+    if not (train_vs_fp64.finite and deploy_vs_fp64.finite):
+        return False
+    bound = atol + rtol * deploy_vs_fp64.scale + REFEREE_FACTOR * train_vs_fp64.max_abs
+    return deploy_vs_fp64.max_abs <= bound
 
 
 def _finite_json(obj: Any) -> Any:
@@ -376,25 +397,32 @@ def verify_state_dicts(train_sd: Mapping[str, torch.Tensor],
             refs.append(r.cpu())
             outs.append(o.cpu())
         ref, out = torch.cat(refs), torch.cat(outs)
+        output = compare_outputs(ref, out, logits=arch.has_head)
+        blocks = tracker.results()
+        bad = first_bad_block(blocks, rtol, atol)
+        referee = (bad is None and output.finite and not output.within(rtol, atol))
         train64 = deploy_vs = None
-        if reference == "fp64":
+        if reference == "fp64" or referee:
             model64 = load_model(train_sd, arch, "train", layout=layout, bn_eps=bn_eps,
                                  device=device, dtype=torch.float64).eval()
             ref64 = _run_chunks(model64, x, device, torch.float64, chunk)
             del model64
             train64 = compare_outputs(ref64, ref, logits=arch.has_head)
             deploy_vs = compare_outputs(ref64, out, logits=arch.has_head)
-    blocks = tracker.results()
-    return VerifyReport(
+    report = VerifyReport(
         arch=arch, rtol=rtol, atol=atol,
         compared="logits" if arch.has_head else "feature map",
-        output=compare_outputs(ref, out, logits=arch.has_head),
-        blocks=blocks, stages=stage_table(blocks, rtol, atol),
-        first_bad=first_bad_block(blocks, rtol, atol),
+        output=output, blocks=blocks, stages=stage_table(blocks, rtol, atol), first_bad=bad,
         first_divergent=first_divergent(blocks, rtol, atol),
         train_vs_fp64=train64, deploy_vs_fp64=deploy_vs, device=str(device),
         inputs={"kind": "images" if images is not None else "random", "seed": seed,
                 "shape": list(x.shape)})
+    if referee:
+        report.rounding_explained = rounding_explains(train64, deploy_vs, rtol, atol)
+        if reference is None:
+            report.notes.append("the output is beyond rtol while every block is within it, so "
+                                "a float64 run of the train model was added as referee")
+    return report
 
 
 def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
