@@ -56,6 +56,8 @@ def _check_readable(path: str) -> int:
         raise BadInput(f"{path}: no such file")
     if os.path.isdir(path):
         raise BadInput(f"{path}: is a directory, not a checkpoint file")
+    if not os.path.isfile(path):  # a FIFO would block the open below; a device never ends
+        raise BadInput(f"{path}: not a regular file (a pipe, socket or device)")
     try:
         size = os.path.getsize(path)
         with open(path, "rb"):

@@ -307,7 +307,8 @@ def verify_output(src: str, dst: str, seed: Seed, what: str) -> None:
     assert err <= rtol * scale + 1e-12, f"{what}: output differs by {err:.3g} (scale {scale:.3g})"
 
 
-def run_case(run_cli, folder: str, seed: Seed, data: bytes, what: str, has_inspect: bool) -> int:
+def run_case(run_cli, folder: str, seed: Seed, data: bytes, what: str, has_inspect: bool,
+             with_verify: bool = False) -> int:
     src = os.path.join(folder, "in" + seed.suffix)
     dst = os.path.join(folder, "out" + seed.suffix)
     with open(src, "wb") as fh:
@@ -327,6 +328,16 @@ def run_case(run_cli, folder: str, seed: Seed, data: bytes, what: str, has_inspe
         ins = run_cli("inspect", src, "--json")
         assert ins.exit_code in (0, 2), f"inspect {what}: exit {ins.exit_code}\n{ins.output}"
         assert "Traceback" not in ins.output, f"inspect {what}:\n{ins.output}"
+    # `verify SRC` fuses in memory and checks against itself.  Not for whole fp16/bf16 files:
+    # verify fuses those at half precision and then reports the rounding (~4e-4) as a mismatch
+    # (exit 1); left to verify's owner, see the issue-6 report.
+    half = any(f"all float tensors -> torch.{d}" in what for d in ("float16", "bfloat16"))
+    if with_verify and seed.form == "train" and not half:
+        ver = run_cli("verify", src, "--input-size", "x".join(map(str, CHECK_SIZE)),
+                      "--batch", "1", "--json")
+        assert ver.exit_code in (0, 2), f"verify {what}: exit {ver.exit_code}\n{ver.output}"
+        assert "Traceback" not in ver.output, f"verify {what}:\n{ver.output}"
+        assert (ver.exit_code == 0) == (res.exit_code == 0), f"verify and convert disagree: {what}"
     return res.exit_code
 
 
@@ -385,6 +396,7 @@ def test_fuzz_convert(run_cli, tmp_path, request, small_check, record_property):
     base = {s: random_state_dict(s.arch, form=s.form, layout=s.layout, seed=i + 1)
             for i, s in enumerate(SEEDS)}
     has_inspect = has_command("inspect")
+    has_verify = has_command("verify")
     counts = {0: 0, 2: 0}
     kinds: Dict[str, int] = {}
     # Unmutated seeds first: each must convert and verify (a fuzz whose base fails proves little).
@@ -398,7 +410,8 @@ def test_fuzz_convert(run_cli, tmp_path, request, small_check, record_property):
         seed = SEEDS[i % len(SEEDS)]
         data, what = mutate(rng, seed, base[seed])
         code = run_case(run_cli, str(tmp_path / seed.name), seed, data,
-                        f"case {i} [{seed.name}] {what}", has_inspect)
+                        f"case {i} [{seed.name}] {what}", has_inspect,
+                        with_verify=has_verify and i % 3 == 0)
         counts[code] += 1
         kind = what.split(" ")[0]
         kinds[kind] = kinds.get(kind, 0) + 1

@@ -119,10 +119,18 @@ PAYLOADS = {"posix.system": SystemPayload, "builtins.exec": ExecPayload,
 
 
 def _commands(src, dst, good):
+    """Every command that reads a checkpoint (those that exist in this checkout)."""
+    import importlib.util
+
+    def exists(name):
+        return importlib.util.find_spec(f"mobileone_cli.commands.{name}") is not None
+
     yield "convert", ["convert", src, dst]
-    yield "inspect", ["inspect", src]
-    yield "verify", ["verify", src]
-    yield "verify-deploy", ["verify", good, src]
+    for name, args in [("inspect", ["inspect", src]), ("verify", ["verify", src]),
+                       ("verify", ["verify", good, src]), ("stats", ["stats", src]),
+                       ("export", ["export", src, dst + ".onnx"])]:
+        if exists(name):
+            yield name, args
 
 
 @pytest.mark.parametrize("fmt", ["zip", "legacy"])
@@ -144,6 +152,22 @@ def test_malicious_pickle_is_refused_and_never_runs(glob, wrapped, fmt, tmp_path
         assert "refused to load" in res.stderr, (name, res.stderr)
         assert "--trust-file" in res.stderr  # the hint names the opt-in
         assert not marker.exists(), f"{name}: the payload ran"
+    assert not marker.exists()
+
+
+def test_placeholders_are_inert_even_without_the_refusal(tmp_path):
+    """Below the refusal: the placeholder loader itself never calls a stubbed global."""
+    from mobileone_cli.safeload import Placeholder, load_with_stubs
+
+    marker = tmp_path / "PWNED"
+    src = str(tmp_path / "evil.pth")
+    torch.save({"a": torch.zeros(2), "x": ExecPayload(marker), "y": EvalPayload(marker)}, src)
+    obj, stubbed = load_with_stubs(src)
+    assert set(stubbed) == {"builtins.exec", "builtins.eval"}
+    assert isinstance(obj["x"], Placeholder) and isinstance(obj["y"], Placeholder)
+    assert not marker.exists()
+    with pytest.raises(TypeError):
+        obj["x"]("print('no')")  # a placeholder is not callable
     assert not marker.exists()
 
 
@@ -182,6 +206,14 @@ def test_missing_directory_and_empty(tmp_path, run_cli):
     empty = tmp_path / "empty.pth"
     empty.write_bytes(b"")
     assert_refused(run_cli("convert", str(empty), dst), dst, "empty file")
+
+
+def test_pipes_and_devices_are_refused_without_blocking(tmp_path, run_cli):
+    fifo = tmp_path / "pipe.pth"
+    os.mkfifo(fifo)  # opening it for reading would wait forever for a writer
+    dst = str(tmp_path / "o.pth")
+    for src in (str(fifo), os.devnull):
+        assert_refused(run_cli("convert", src, dst), dst, "not a regular file")
 
 
 @pytest.mark.parametrize("kind", ["zip-half", "zip-head", "zip-minus-one", "legacy-half"])
