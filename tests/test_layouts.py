@@ -228,6 +228,20 @@ def test_headless_detected_in_every_layout(sources):
         assert (det.layout, det.num_classes, det.arch.name) == (lay, 0, "s1")
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_half_fused_file_is_refused_naming_blocks(layout, sources):
+    from mobileone_cli.errors import BadInput
+
+    train, deploy = sources("s1")["train"], sources("s1")["deploy"]
+    mixed = {k: v for k, v in train.items() if not k.startswith("stage2.3.")}
+    mixed.update({k: v for k, v in deploy.items() if k.startswith("stage2.3.")})
+    with pytest.raises(BadInput) as exc:
+        detect_layout(tensor_info(as_layout(mixed, layout)))
+    block = {"apple": "stage2.3", "mmpretrain": "backbone.stage2.3", "timm": "stages.1.3"}[layout]
+    assert "mixes train-form and deploy-form" in exc.value.message
+    assert block in exc.value.message.split("deploy:")[1]
+
+
 # ---------------------------------------------------------------------------------------------
 # A few cells through the command line.
 
