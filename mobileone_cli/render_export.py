@@ -88,8 +88,8 @@ def render_export(r) -> None:
     out.print(f"tolerance: max rel diff <= {tol:g} of max |output|"
               + (" (--rtol)" if r.rtol is not None else ""))
     if fp16:
-        out.print("vs fp32 weights: onnxruntime fp16 against the fp32 deploy model, the total cost "
-                  "of half precision (reported, not judged)")
+        out.print("vs fp32 weights: against the unrounded fp32 deploy model (the whole cost of "
+                  "fp16; reported)")
     for note in r.notes:
         out.print(f"note: {note}")
 
