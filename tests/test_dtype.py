@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import mobileone_cli.fusion as fusion
-from mobileone_cli.arch import get_arch
+from mobileone_cli.arch import ArchSpec
 from mobileone_cli.checkpoint import load_checkpoint
 from mobileone_cli.convert import convert_file
 from mobileone_cli.fusion import fuse_state_dict
@@ -17,6 +17,10 @@ from mobileone_cli.model import MobileOne
 from mobileone_cli.synthetic import random_state_dict
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# A small MobileOne (SE in the last two stages, k=2) that detection recognises from its shapes:
+# float64 reference runs of s0 are slow; the CLI test below uses s0.
+TINY = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64), blocks=(1, 2, 1, 1),
+                conv_branches=(2, 2, 2, 2), se_blocks=(0, 0, 1, 1), num_classes=10)
 
 
 def _model(sd, arch, deploy):
@@ -37,9 +41,9 @@ def _images(size):
 
 
 def test_fp16_and_bf16_outputs_and_reported_rounding_cost(tmp_path):
-    arch = get_arch("s0")
+    arch = TINY
     sd = random_state_dict(arch, seed=31)
-    src = str(tmp_path / "s0_train.pth")
+    src = str(tmp_path / "tiny_train.pth")
     torch.save(sd, src)
     fused64 = fuse_state_dict({k: v.double() if v.is_floating_point() else v
                                for k, v in sd.items()}, arch)
@@ -48,7 +52,7 @@ def test_fp16_and_bf16_outputs_and_reported_rounding_cost(tmp_path):
         ref = _model(sd, arch, deploy=False)(x)
     errs = {}
     for name, dtype in DTYPES.items():
-        dst = str(tmp_path / f"s0_{name}.safetensors")
+        dst = str(tmp_path / f"tiny_{name}.safetensors")
         r = convert_file(src, dst, dtype=dtype, input_size=(64, 64))
         out = load_checkpoint(dst).state_dict
         assert set(out) == set(fused64)
@@ -87,11 +91,11 @@ def test_cli_dtype_summary_and_json(write_ckpt, run_cli, tmp_path):
 
 
 def test_deploy_input_rounding_is_measured_against_itself(tmp_path):
-    arch = get_arch("s0")
+    arch = TINY
     deploy = fuse_state_dict(random_state_dict(arch, seed=33), arch)
-    src = str(tmp_path / "s0_deploy.pth")
+    src = str(tmp_path / "tiny_deploy.pth")
     torch.save(deploy, src)
-    r = convert_file(src, str(tmp_path / "s0_bf16.pth"), dtype=torch.bfloat16,
+    r = convert_file(src, str(tmp_path / "tiny_bf16.pth"), dtype=torch.bfloat16,
                      input_size=(64, 64))
     assert r.rounding.vs_train is None and r.metrics is None
     out = r.state_dict
@@ -102,7 +106,7 @@ def test_deploy_input_rounding_is_measured_against_itself(tmp_path):
     assert r.rounding.vs_fp32.max_rel == pytest.approx(want, rel=0.05, abs=1e-6)
 
 
-def test_fusion_error_still_fails_with_dtype(write_ckpt, run_cli, tmp_path, monkeypatch):
+def test_fusion_error_still_fails_with_dtype(run_cli, tmp_path, monkeypatch):
     """--dtype used to skip the tolerance check; a wrong fusion must still exit 1."""
     real = fusion.fuse_state_dict
 
@@ -113,8 +117,9 @@ def test_fusion_error_still_fails_with_dtype(write_ckpt, run_cli, tmp_path, monk
         return out
 
     monkeypatch.setattr(fusion, "fuse_state_dict", broken)
-    src = write_ckpt("s0", seed=34)
-    dst = tmp_path / "s0_fp16.pth"
+    src = str(tmp_path / "tiny_train.pth")
+    torch.save(random_state_dict(TINY, seed=34), src)
+    dst = tmp_path / "tiny_fp16.pth"
     res = run_cli("convert", src, str(dst), "--dtype", "fp16")
     assert res.exit_code == 1, res.output
     assert "differs from the train model" in res.stderr
