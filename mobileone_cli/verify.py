@@ -20,6 +20,7 @@ import torch
 from .arch import ArchSpec
 from .errors import BadInput
 from .layouts import remap
+from .sanity import check_fused_finite
 from .tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "check_equivalence", "seeded_inputs",
@@ -391,6 +392,8 @@ def verify_state_dicts(train_sd: Mapping[str, torch.Tensor],
                         dtype=torch.float32).eval()
     tracker = BlockTracker(train, deploy)
     refs, outs = [], []
+    # Every block's output is held for one chunk: fewer images per chunk for large inputs.
+    chunk = max(1, min(chunk, chunk * 224 * 224 // (x.shape[2] * x.shape[3])))
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             r, o = tracker.run(x[i:i + chunk].to(device))
@@ -456,9 +459,15 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
                            hint=f"compare it with its train checkpoint: "
                                 f"mobileone verify TRAIN_CKPT {train_path}")
         check_finite(train.state_dict, list(train.state_dict), train_path)
-        fused = fuse_state_dict(dict(train.state_dict), train.arch, eps=eps, layout=train.layout)
+        # A half-precision file is fused to float32: rounding the fused weights back to half
+        # would be reported as a mismatch (~4e-4) although the fusion is exact.
+        half = any(d in train.dtype for d in ("float16", "bfloat16"))
+        fused = fuse_state_dict(dict(train.state_dict), train.arch, eps=eps, layout=train.layout,
+                                dtype=torch.float32 if half else None)
+        check_fused_finite(fused, list(fused), train_path)  # overflow is bad input, as in convert
         deploy = Side(path=None, layout=train.layout, form="deploy", arch=train.arch,
-                      dtype=train.dtype, state_dict=fused, source=f"fused in memory (eps {eps:g})")
+                      dtype="float32" if half else train.dtype, state_dict=fused,
+                      source=f"fused in memory (eps {eps:g})")
     else:
         deploy = read_side(deploy_path, ema=ema, trust=trust)
         if arch is not None:
@@ -470,6 +479,10 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
         train.state_dict, deploy.state_dict, train.arch, layout=train.layout,
         deploy_layout=deploy.layout, bn_eps=eps, seed=seed, batch=batch, input_size=size,
         images=images, device=device, rtol=rtol, atol=atol, reference=reference)
+    if not math.isfinite(report.output.scale):  # as in convert: nothing to compare against
+        raise BadInput(f"{train_path}: the train model itself outputs NaN/Inf on the check "
+                       f"inputs (weights too large?)", hint="a diverged training run or a "
+                                                            "corrupt file?")
     report.train = train.describe()
     report.deploy = deploy.describe()
     report.notes.extend(train.notes + deploy.notes)
@@ -480,11 +493,13 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
                                           "ImageNet mean/std"}
     else:
         report.inputs = {"kind": "random", "seed": seed, "shape": report.inputs["shape"]}
-    if any(d in deploy.dtype for d in ("float16", "bfloat16")):
+    half = any(d in deploy.dtype for d in ("float16", "bfloat16"))
+    if half:
         report.notes.append(f"{deploy_path} holds {deploy.dtype} weights: their rounding alone "
                             f"is ~1e-3 relative; check them with --rtol 1e-2")
-    if deploy_path is not None and not report.passed and report.first_bad is not None \
-            and report.first_bad.stage == 0 and _all_blocks_own_bad(report):
+    if deploy_path is not None and not half and not report.passed \
+            and report.first_bad is not None and report.first_bad.stage == 0 \
+            and _all_blocks_own_bad(report):
         report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
                             "file made from another checkpoint?")
     return report

@@ -239,6 +239,21 @@ def test_non_finite_train_file_is_bad_input(tmp_path, run_cli):
     assert res.exit_code == 2 and "NaN/Inf" in res.stderr and res.stdout == ""
 
 
+def test_half_precision_deploy_needs_a_looser_rtol_and_says_so(tmp_path, run_cli):
+    spec = get_arch("s1")
+    sd = random_state_dict(spec, seed=63)
+    half = {k: v.half() for k, v in fuse_state_dict(sd, spec).items()}
+    args = (save(tmp_path / "t.pth", sd), save(tmp_path / "d16.pth", half), "--input-size", "32",
+            "--batch", "2", "--json")
+    res = run_cli("verify", *args)
+    assert res.exit_code == 1
+    rep = strict_json(res.stdout)
+    assert any("--rtol 1e-2" in n for n in rep["notes"])
+    assert not any("bn-eps" in n for n in rep["notes"])  # not mistaken for a wrong eps
+    assert 1e-4 < rep["output"]["deploy_vs_train"]["max_rel"] < 1e-2
+    assert run_cli("verify", *args, "--rtol", "1e-2").exit_code == 0
+
+
 # ---------------------------------------------------------------- Apple issue 8 cannot happen
 
 
