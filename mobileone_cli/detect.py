@@ -66,9 +66,6 @@ def find_candidates(keys: Sequence[str]) -> List[Tuple[str, str]]:
                     prefix = k[: -len(marker)]
                     if (prefix == "" or prefix.endswith(".")) and (lay.name, prefix) not in found:
                         found.append((lay.name, prefix))
-    # A bare Apple/timm-style stem can also match inside another layout's path
-    # ('backbone.stage0.…' is both mmpretrain with no prefix and Apple under 'backbone.').
-    # Prefer the layout that explains the keys with the shortest prefix.
     return found
 
 
@@ -270,14 +267,12 @@ def detect_layout(tensors: Mapping[str, TensorInfo], *, layout: Optional[str] = 
         raise BadInput(f"{where}: no MobileOne found (expected a stem key such as {want}; "
                        f"found {len(keys)} keys such as {sample})")
     if len(cands) > 1:
-        # 'backbone.stage0.rbr_conv' is Apple under 'backbone.' only; mmpretrain never matches it.
-        best = min(len(p) for _, p in cands)
-        shortest = [c for c in cands if len(c[1]) == best]
-        if len(shortest) > 1:
-            raise BadInput(f"{where}: several MobileOnes found: "
-                           + ", ".join(f"{n} under {p or '(no prefix)'!r}" for n, p in cands),
-                           hint="choose one with --prefix")
-        cands = shortest
+        # No stem key matches two layouts' markers, so every candidate is another stem: another
+        # network (teacher/student, model/EMA copy).  Guessing one (say, the shortest prefix)
+        # would convert a network the user may not mean (fuzz-found): ask.
+        raise BadInput(f"{where}: several MobileOnes found: "
+                       + ", ".join(f"{n} under {p or '(no prefix)'!r}" for n, p in cands),
+                       hint="choose one with --prefix")
     lay_name, pfx = cands[0]
     lay = get_layout(lay_name)
     sub = {k[len(pfx):]: v for k, v in tensors.items() if k.startswith(pfx)}

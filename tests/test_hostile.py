@@ -63,11 +63,15 @@ def assert_refused(res, dst, *needles, code=2):
 
 
 def deploy_matches_train(train_sd, dst, arch=TINY, layout="apple", eps=1e-5):
-    """Independent check of an output: float64 train model (eval) vs the deploy file."""
+    """Independent check of an output (a file or a state dict): float64 train model (eval) vs
+    the deploy model, max abs difference relative to max |train output|."""
     from safetensors.torch import load_file
 
-    out = load_file(str(dst)) if str(dst).endswith(".safetensors") else torch.load(
-        dst, weights_only=True)
+    if isinstance(dst, dict):
+        out = dst
+    else:
+        out = load_file(str(dst)) if str(dst).endswith(".safetensors") else torch.load(
+            dst, weights_only=True)
     train = MobileOne(arch, bn_eps=eps).double().eval()
     train.load_state_dict(remap(train_sd, arch, layout, "apple", "train"), strict=True)
     deploy = MobileOne(arch, deploy=True).double().eval()
@@ -298,6 +302,24 @@ def test_resnet_state_dict(tmp_path, run_cli):
                 "fc.weight": torch.randn(1000, 512)}, src)
     dst = str(tmp_path / "o.pth")
     assert_refused(run_cli("convert", str(src), dst), dst, "no MobileOne found", "4 keys")
+
+
+def test_two_mobileones_under_different_prefixes_need_prefix(tmp_path, tiny_sd, run_cli):
+    """Never a silent pick (it used to take the shortest prefix): 'backbone.' vs 'teacher.'."""
+    sd = {**{f"backbone.{k}": v for k, v in tiny_sd.items()},
+          **{f"teacher.{k}": v for k, v in random_state_dict(TINY, seed=2).items()}}
+    src = tmp_path / "two.pth"
+    torch.save(sd, src)
+    dst = tmp_path / "o.pth"
+    assert_refused(run_cli("convert", str(src), str(dst)), str(dst), "several MobileOnes",
+                   "'backbone.'", "'teacher.'")
+    res = run_cli("convert", str(src), str(dst), "--prefix", "backbone.")
+    assert res.exit_code == 0, res.output
+    out = torch.load(dst, weights_only=True)
+    ours = {k[len("backbone."):]: v for k, v in out.items() if k.startswith("backbone.")}
+    assert deploy_matches_train(tiny_sd, ours) < 1e-6
+    assert all(torch.equal(out[f"teacher.{k}"], v)
+               for k, v in random_state_dict(TINY, seed=2).items())  # passed through
 
 
 def test_other_variant_than_arch(write_ckpt, tmp_path, run_cli):
@@ -546,6 +568,25 @@ def test_half_precision_source_is_not_a_false_mismatch(dtype, tmp_path, tiny_sd,
     assert {v.dtype for v in out.values()} == {dtype}
     # Our own measure: the stored weights are the fp64 fusion rounded once to ``dtype``.
     assert deploy_matches_train(sd, dst) < (2e-2 if dtype == torch.bfloat16 else 4e-3)
+
+
+def test_verify_agrees_with_convert_on_numeric_edge_cases(tmp_path, tiny_sd, run_cli):
+    """Half-precision files verify (fused to float32, not reported as a rounding mismatch);
+    a train model that overflows is bad input (2), not a failed verification (1)."""
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in tiny_sd.items()}
+    src = tmp_path / "half.pth"
+    torch.save(half, src)
+    res = run_cli("verify", str(src), "--input-size", "32", "--batch", "1")
+    assert res.exit_code == 0, res.output
+    huge = dict(tiny_sd)
+    g = huge["stage2.3.rbr_skip.weight"].clone()
+    g[0] = 3e38
+    huge["stage2.3.rbr_skip.weight"] = g
+    src = tmp_path / "huge.pth"
+    torch.save(huge, src)
+    for args in (["verify", str(src), "--input-size", "32", "--batch", "1"],
+                 ["convert", str(src), str(tmp_path / "o.pth")]):
+        assert_refused(run_cli(*args), str(tmp_path / "o.pth"), "NaN/Inf")
 
 
 # --------------------------------------------------------------------------- exit codes, --debug
