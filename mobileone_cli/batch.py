@@ -92,6 +92,9 @@ def plan_batch(sources: Sequence[str], dst_dir: str) -> List[Tuple[str, str]]:
                        f"not a checkpoint file name")
     pairs: List[Tuple[str, str]] = []
     for src in sources:
+        if os.path.isdir(src) and os.path.isdir(dst_dir) and os.path.samefile(src, dst_dir):
+            raise BadInput(f"{dst_dir}: DST_DIR is the source folder {src}; choose another "
+                           f"folder (outputs keep the input names)")
         if os.path.isdir(src):
             files = find_checkpoints(src, skip=dst_dir)
             if not files:

@@ -143,6 +143,7 @@ def test_single_file_into_an_existing_folder(tmp_path, run_cli):
     ("empty_dir", "no checkpoint files found"),
     ("same_name", "would both be written"),
     ("generic", "one file at a time"),
+    ("dst_is_src", "is the source folder"),
 ])
 def test_batch_refusals_exit_2_before_any_work(case, msg, tmp_path, run_cli):
     a = tmp_path / "a.pth"
@@ -156,7 +157,8 @@ def test_batch_refusals_exit_2_before_any_work(case, msg, tmp_path, run_cli):
             "empty_dir": [str(tmp_path / "empty"), str(tmp_path / "out")],
             "same_name": [str(tmp_path / "d1" / "m.pth"), str(tmp_path / "d2" / "m.pth"),
                           str(tmp_path / "out")],
-            "generic": [str(tmp_path / "d1"), str(tmp_path / "out"), "--generic"]}[case]
+            "generic": [str(tmp_path / "d1"), str(tmp_path / "out"), "--generic"],
+            "dst_is_src": [str(tmp_path / "d1"), str(tmp_path / "d1" / ".." / "d1")]}[case]
     if case == "empty_dir":
         (tmp_path / "empty").mkdir()
     res = run_cli("convert", *args)
