@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mobileone_cli.arch import ArchSpec, get_arch
+from mobileone_cli.arch import ArchSpec
 from mobileone_cli.layouts import remap
 from mobileone_cli.model import MobileOne
 from mobileone_cli.synthetic import random_state_dict
