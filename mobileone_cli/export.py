@@ -134,8 +134,9 @@ def resolve_exporter(exporter: str = "auto", opset: Optional[int] = None) -> str
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[io.StringIO]:
-    """Swallow the exporters' progress prints, warnings and log lines (kept for error messages)."""
+def _quiet() -> Iterator[None]:
+    """Swallow the exporters' progress prints, warnings and log lines: the summary says it all,
+    and a failure becomes one error line."""
     buf = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch", "torch.onnx", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
@@ -145,7 +146,7 @@ def _quiet() -> Iterator[io.StringIO]:
         with warnings.catch_warnings(), contextlib.redirect_stdout(buf), \
                 contextlib.redirect_stderr(buf):
             warnings.simplefilter("ignore")
-            yield buf
+            yield
     finally:
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
@@ -164,7 +165,7 @@ def export_model(model, path: str, *, sample, dynamic_batch: bool, dynamic_size:
         in_axes.update({2: "height", 3: "width"})
         if not model.arch.has_head:  # the feature map's size follows the input's
             out_axes.update({2: "out_height", 3: "out_width"})
-    with _quiet() as log, torch.no_grad():
+    with _quiet(), torch.no_grad():
         try:
             if exporter == "dynamo":
                 dims = {ax: torch.export.Dim(name, min=1, max=MAX_BATCH if ax == 0 else MAX_SIDE)
@@ -185,7 +186,6 @@ def export_model(model, path: str, *, sample, dynamic_batch: bool, dynamic_size:
                                      f"{exc.__class__.__name__}: {detail[0][:200] if detail else ''}",
                                      hint="run with --exporter torchscript or dynamo to try the "
                                           "other exporter") from None
-    del log
 
 
 def _graph_io(path: str) -> Tuple[int, str, str, List[Any], List[Any]]:
