@@ -138,7 +138,9 @@ def _torch_load(path: str, fmt: str, trust: bool = False) -> Tuple[Any, List[str
             return _trusted_load(path, fmt), []
         from .safeload import load_with_stubs
 
-        obj, stubbed = load_with_stubs(path, mmap=(fmt == "torch-zip"))
+        # No mmap: each tensor then owns its memory, so a conversion that consumes the state
+        # dict block by block gives memory back as it goes (issue 7: peak RSS near load+save).
+        obj, stubbed = load_with_stubs(path)
         refuse_code_globals(stubbed, path)  # placeholders are inert, but such a file is an attack
         return obj, stubbed
     except pickle.UnpicklingError as exc:
@@ -171,7 +173,7 @@ def _trusted_load(path: str, fmt: str) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=(fmt == "torch-zip"))
+        return torch.load(path, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, ImportError, AttributeError) as exc:
         raise BadInput(f"{path}: cannot load checkpoint even with --trust-file "
                        f"({_first_line(str(exc)) or exc.__class__.__name__})") from None

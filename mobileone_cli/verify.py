@@ -87,7 +87,8 @@ def load_model(state_dict: Mapping[str, torch.Tensor], arch: ArchSpec, form: str
     from .model import MobileOne
 
     apple_sd = remap(state_dict, arch, layout, "apple", form)
-    model = MobileOne(arch, deploy=(form == "deploy"), bn_eps=bn_eps)
+    with torch.device("meta"):  # no allocation, no random init: every tensor is assigned below
+        model = MobileOne(arch, deploy=(form == "deploy"), bn_eps=bn_eps)
     first = next(iter(apple_sd.values()))
     target = dtype or first.dtype
     apple_sd = {k: (v.to(device=device, dtype=target) if v.is_floating_point() else v.to(device))
