@@ -22,7 +22,12 @@ _LAZY = {
     "MobileOne": "model", "build_model": "model", "deploy_copy": "model",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "convert_file": "convert", "convert_state_dict": "convert",
-    "check_equivalence": "verify", "compare_outputs": "verify",
+    "check_equivalence": "verify", "compare_outputs": "verify", "verify_files": "verify",
+    "verify_state_dicts": "verify",
+    "inspect_file": "inspection", "stats_for_arch": "stats", "stats_for_checkpoint": "stats",
+    "arch_stats": "counting", "load_config": "config", "parse_config": "config",
+    "fuse_generic": "generic", "find_blocks": "generic", "convert_generic_file": "generic",
+    "export_file": "export", "convert_many": "batch", "plan_batch": "batch",
     "random_state_dict": "synthetic",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }

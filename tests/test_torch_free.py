@@ -39,3 +39,11 @@ def test_probe_detects_torch_when_it_is_imported(write_ckpt, tmp_path):
     state, code, out = run_probe(["convert", "--no-verify", src, str(tmp_path / "o.pth")])
     assert code == 0, out.stderr
     assert state == "TORCH_LOADED"
+
+
+def test_public_api_names_resolve_and_import_lazily():
+    """Every name in mobileone_cli.__all__ resolves; importing the package loads no torch."""
+    code = ("import sys, mobileone_cli as m; assert 'torch' not in sys.modules; "
+            "[getattr(m, n) for n in m.__all__]; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr

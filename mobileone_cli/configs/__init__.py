@@ -1,0 +1,1 @@
+"""Data files: the built-in architecture table (builtin.yaml)."""
