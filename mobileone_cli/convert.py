@@ -43,12 +43,12 @@ def check_finite(state_dict: Dict[str, Any], keys, where: str) -> None:
     """Refuse NaN/Inf anywhere in the MobileOne's tensors (a diverged run)."""
     import torch
 
-    for k in keys:
-        t = state_dict[k]
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            bad = int((~torch.isfinite(t)).sum())
-            raise BadInput(f"{where}: {k} holds {bad} NaN/Inf value(s); the checkpoint is not usable",
-                           hint="a diverged training run? pick an earlier checkpoint")
+    from .sanity import non_finite_keys
+
+    for k in non_finite_keys(state_dict, keys)[:1]:
+        bad = int((~torch.isfinite(state_dict[k])).sum())
+        raise BadInput(f"{where}: {k} holds {bad} NaN/Inf value(s); the checkpoint is not usable",
+                       hint="a diverged training run? pick an earlier checkpoint")
 
 
 def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str] = None,

@@ -53,13 +53,23 @@ def non_finite_keys(state_dict: Mapping[str, Any], keys: Iterable[str]) -> List[
     """The keys among ``keys`` whose floating-point tensor holds a NaN or an Inf."""
     import torch
 
-    bad = []
+    by_dtype: Dict[Any, List[str]] = {}
     for k in keys:
         t = state_dict.get(k)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(
-                torch.isfinite(t).all()):
-            bad.append(k)
-    return bad
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
+            by_dtype.setdefault(t.dtype, []).append(k)
+    bad = set()
+    for group in by_dtype.values():
+        # One fused max-|x| per tensor (NaN and Inf survive it): hundreds of per-tensor calls
+        # cost more than reading the numbers.
+        try:
+            norms = torch.stack(torch._foreach_norm([state_dict[k] for k in group],
+                                                    float("inf")))
+            flags = torch.isfinite(norms).tolist()
+        except (AttributeError, RuntimeError, TypeError):  # no foreach kernel for this dtype
+            flags = [bool(torch.isfinite(state_dict[k]).all()) for k in group]
+        bad.update(k for k, ok in zip(group, flags) if not ok)
+    return [k for k in keys if k in bad]
 
 
 def unify_float_dtypes(state_dict: Dict[str, Any], keys: Iterable[str]) -> List[str]:

@@ -47,3 +47,12 @@ def test_public_api_names_resolve_and_import_lazily():
             "[getattr(m, n) for n in m.__all__]; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_stats_and_safetensors_inspect_do_not_import_torch(write_ckpt):
+    """The other two torch-free paths of issue 7, through the same probe."""
+    src = write_ckpt("s4", name="s4.safetensors")
+    for args in (["stats", "--arch", "s4"], ["inspect", src], ["inspect", "--json", src]):
+        state, code, out = run_probe(args)
+        assert code == 0, out.stderr
+        assert state == "TORCH_FREE", (args, out.stdout)

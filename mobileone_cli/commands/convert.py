@@ -61,6 +61,9 @@ def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[
     from ..batch import is_batch
     from ..convert import convert_file
     from ..render import convert_to_dict, print_json, render_convert
+    from ._common import settle_heap
+
+    settle_heap()
 
     sources, src = src, src[0]  # several SRCs, or folders: batch mode into the folder DST
     batch = is_batch(sources, dst)

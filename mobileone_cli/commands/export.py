@@ -57,6 +57,9 @@ def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: str, fi
     from ..export import export_file
     from ..render import print_json
     from ..render_export import export_to_dict, render_export
+    from ._common import settle_heap
+
+    settle_heap()
 
     if trust_file:
         warn_trusted(ckpt)

@@ -49,6 +49,9 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
     from ..render import print_json
     from ..render_verify import render_verify
     from ..verify import verify_files
+    from ._common import settle_heap
+
+    settle_heap()
 
     if deploy_ckpt is not None and deploy_ckpt.strip().isdigit() and not os.path.exists(deploy_ckpt):
         raise BadInput(f"{deploy_ckpt!r} is not a checkpoint file",
