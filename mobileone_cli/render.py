@@ -5,7 +5,7 @@ import json
 import math
 from typing import Any, Dict, Optional
 
-__all__ = ["console", "render_convert", "convert_to_dict", "fmt_rel", "print_json"]
+__all__ = ["console", "render_convert", "convert_to_dict", "fmt_rel", "print_json", "short_path"]
 
 
 def console(stderr: bool = False):
@@ -20,6 +20,13 @@ def fmt_rel(x: Optional[float]) -> str:
     if math.isinf(x):
         return "inf"
     return f"{x:.2e}"
+
+
+def short_path(path: str, width: int = 28) -> str:
+    """The path as given when it fits a table column, else its file name (the user typed it)."""
+    import os
+
+    return path if len(path) <= width else os.path.basename(path)
 
 
 def print_json(data: Dict[str, Any]) -> None:
@@ -52,7 +59,7 @@ def render_convert(r, title: str = "mobileone convert") -> None:
     t.add_column("", style="bold")
     t.add_column("in")
     t.add_column("out")
-    t.add_row("file", r.src, r.dst or "(not written)")
+    t.add_row("file", short_path(r.src), short_path(r.dst) if r.dst else "(not written)")
     t.add_row("arch", f"{d.arch.name} ({d.arch.num_classes or 'no'} classes)", "")
     t.add_row("layout", d.layout + (f" under {d.prefix!r}" if d.prefix else ""), r.layout_out)
     t.add_row("form", d.form, r.form_out)
