@@ -131,8 +131,9 @@ def _check_half_source(result: ConvertResult, sd: Dict[str, Any], *, eps: float,
     train = {e.key: sd[det.prefix + e.key].float() if sd[det.prefix + e.key].is_floating_point()
              else sd[det.prefix + e.key] for e in det.entries()}
     dep = {e.key: fused[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
+    kept = (f"DST is {result.dtype_out}" if result.dtype_out else "DST keeps the source dtype")
     result.notes.append(f"{str(_source_dtype(sd, det)).replace('torch.', '')} source: the fusion "
-                        f"is checked in float32; DST keeps the source dtype (rounded once)")
+                        f"is checked in float32; {kept} (rounded once from float64)")
     return check_equivalence(train, dep, det.arch, layout=det.layout, deploy_layout=layout_out,
                              bn_eps=eps, seed=seed, input_size=input_size)
 
