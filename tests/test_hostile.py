@@ -127,7 +127,10 @@ def _commands(src, dst, good):
     import importlib.util
 
     def exists(name):
-        return importlib.util.find_spec(f"mobileone_cli.commands.{name}") is not None
+        # export refuses before reading anything when its optional extra is missing
+        needs = {"export": ("onnx", "onnxruntime")}.get(name, ())
+        return importlib.util.find_spec(f"mobileone_cli.commands.{name}") is not None and all(
+            importlib.util.find_spec(m) is not None for m in needs)
 
     yield "convert", ["convert", src, dst]
     for name, args in [("inspect", ["inspect", src]), ("verify", ["verify", src]),
