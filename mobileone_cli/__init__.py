@@ -18,7 +18,7 @@ _LAZY = {
     "read_safetensors_header": "checkpoint",
     # tensors
     "fuse_branches": "fusion", "fuse_block": "fusion", "fuse_state_dict": "fusion",
-    "fuse_bn": "fusion", "BatchNormStats": "fusion",
+    "bn_scale_shift": "fusion", "BatchNormStats": "fusion",
     "MobileOne": "model", "build_model": "model", "deploy_copy": "model",
     "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
     "convert_file": "convert", "convert_state_dict": "convert",

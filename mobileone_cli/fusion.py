@@ -21,8 +21,8 @@ from .arch import ArchSpec, BlockSpec
 from .errors import BadInput
 from .layouts import get_layout
 
-__all__ = ["BatchNormStats", "bn_scale_shift", "fuse_bn", "fuse_branches", "fuse_block", "fuse_state_dict",
-           "identity_kernel", "DEFAULT_EPS"]
+__all__ = ["BatchNormStats", "bn_scale_shift", "fuse_branches", "fuse_block", "fuse_state_dict",
+           "DEFAULT_EPS"]
 
 DEFAULT_EPS = 1e-5
 KernelSize = Union[int, Tuple[int, int]]
@@ -57,23 +57,6 @@ def bn_scale_shift(bn: BatchNormStats, eps: float = DEFAULT_EPS,
     beta = bn.bias.to(torch.float64) if bn.bias is not None else torch.zeros_like(std)
     t = gamma / std
     return t, beta - bn.running_mean.to(torch.float64) * t
-
-
-def fuse_bn(kernel: torch.Tensor, bn: BatchNormStats, eps: float = DEFAULT_EPS,
-            where: str = "") -> Tuple[torch.Tensor, torch.Tensor]:
-    """Fold an eval-mode BatchNorm into the conv kernel before it; float64 out."""
-    t, shift = bn_scale_shift(bn, eps, where)
-    return kernel.to(torch.float64) * t.reshape(-1, 1, 1, 1), shift
-
-
-def identity_kernel(channels: int, groups: int, kernel_size: KernelSize) -> torch.Tensor:
-    """The KxK kernel of a grouped conv that returns its input unchanged (float64)."""
-    kh, kw = _pair(kernel_size)
-    per_group = channels // groups
-    kernel = torch.zeros(channels, per_group, kh, kw, dtype=torch.float64)
-    idx = torch.arange(channels)
-    kernel[idx, idx % per_group, kh // 2, kw // 2] = 1.0
-    return kernel
 
 
 def _pad_to(kernel: torch.Tensor, kernel_size: Tuple[int, int]) -> torch.Tensor:

@@ -116,13 +116,6 @@ class FoundBlock:
     def kernel_text(self) -> str:
         return f"{self.kernel_size[0]}x{self.kernel_size[1]}"
 
-    @property
-    def branches_text(self) -> str:
-        parts = [f"{self.conv_branches} conv"] if self.conv_branches else []
-        parts += ["scale"] if self.has_scale else []
-        parts += ["identity"] if self.has_identity else []
-        return " + ".join(parts)
-
     def to_dict(self) -> Dict[str, Any]:
         return {"path": self.path, "naming": self.naming, "conv_branches": self.conv_branches,
                 "scale": self.has_scale, "identity": self.has_identity,
