@@ -84,42 +84,46 @@ def deploy_matches_train(train_sd, dst, arch=TINY, layout="apple", eps=1e-5):
 
 # --------------------------------------------------------------------------- 1. no code runs
 
-class SystemPayload:
-    """Unpickling this calls os.system (posix.system): it would create the marker file."""
+class Payload:
+    """Unpickling this calls ``func(*args)``, which would create the marker file.
 
-    def __init__(self, marker):
-        self.marker = marker
+    Only the call is pickled (the global and its arguments), as in a real malicious checkpoint."""
 
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-class ExecPayload:
-    def __init__(self, marker):
-        self.marker = marker
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
 
     def __reduce__(self):
-        return builtins.exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+        return self.func, self.args
 
 
-class EvalPayload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return builtins.eval, (f"open({str(self.marker)!r}, 'w').write('pwned')",)
+def _write_marker(marker):
+    return f"open({str(marker)!r}, 'w').write('pwned')"
 
 
-class PopenPayload:
-    def __init__(self, marker):
-        self.marker = marker
+PAYLOADS = {
+    "posix.system": lambda marker: Payload(os.system, f"touch {marker}"),
+    "builtins.exec": lambda marker: Payload(builtins.exec, _write_marker(marker)),
+    "builtins.eval": lambda marker: Payload(builtins.eval, _write_marker(marker)),
+    "subprocess.Popen": lambda marker: Payload(subprocess.Popen, ["touch", str(marker)]),
+}
 
-    def __reduce__(self):
-        return subprocess.Popen, (["touch", str(self.marker)],)
 
+@pytest.mark.parametrize("glob", list(PAYLOADS))
+def test_payloads_really_run_when_unguarded(glob, tmp_path):
+    """Control: each payload does create its marker under an unguarded torch.load, so the
+    'marker never appears' assertions below can fail."""
+    import time
 
-PAYLOADS = {"posix.system": SystemPayload, "builtins.exec": ExecPayload,
-            "builtins.eval": EvalPayload, "subprocess.Popen": PopenPayload}
+    marker = tmp_path / "PWNED"
+    src = str(tmp_path / "evil.pth")
+    torch.save(PAYLOADS[glob](marker), src)
+    result = torch.load(src, weights_only=False)
+    if isinstance(result, subprocess.Popen):
+        result.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
 
 
 def _commands(src, dst, good):
@@ -168,7 +172,8 @@ def test_placeholders_are_inert_even_without_the_refusal(tmp_path):
 
     marker = tmp_path / "PWNED"
     src = str(tmp_path / "evil.pth")
-    torch.save({"a": torch.zeros(2), "x": ExecPayload(marker), "y": EvalPayload(marker)}, src)
+    torch.save({"a": torch.zeros(2), "x": PAYLOADS["builtins.exec"](marker),
+                "y": PAYLOADS["builtins.eval"](marker)}, src)
     obj, stubbed = load_with_stubs(src)
     assert set(stubbed) == {"builtins.exec", "builtins.eval"}
     assert isinstance(obj["x"], Placeholder) and isinstance(obj["y"], Placeholder)
@@ -183,7 +188,7 @@ def test_plain_pickle_file_is_refused(tmp_path, run_cli):
 
     marker = tmp_path / "PWNED"
     src = tmp_path / "evil.pkl"
-    src.write_bytes(pickle.dumps(SystemPayload(marker), protocol=2))
+    src.write_bytes(pickle.dumps(PAYLOADS["posix.system"](marker), protocol=2))
     res = run_cli("convert", str(src), str(tmp_path / "o.pth"))
     assert_refused(res, str(tmp_path / "o.pth"), "posix.system")
     assert not marker.exists()
