@@ -40,8 +40,8 @@ torch.save(sd, sys.argv[2])
 MODEL_ROUTE = """
 import copy, sys, torch
 from torch import nn
-from mobileone_cli.arch import get_arch
-from mobileone_cli.model import DeployBlock, MobileOne, TrainBlock
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.models.mobileone import DeployBlock, MobileOne, TrainBlock
 
 def branch_kernel(seq_or_bn, spec):
     if isinstance(seq_or_bn, nn.BatchNorm2d):
@@ -109,9 +109,9 @@ def measure(cmd: Sequence[str], runs: int, cleanup: Sequence[str] = ()) -> Dict[
 
 MAKE = """
 import sys
-from mobileone_cli.arch import get_arch
-from mobileone_cli.checkpoint import save_checkpoint
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.io.write import save_checkpoint
+from mobileone_cli.models.synthetic import random_state_dict
 for arch, path in zip(sys.argv[1::2], sys.argv[2::2]):
     save_checkpoint(path, random_state_dict(get_arch(arch[:2]), seed=1), force=True)
 """

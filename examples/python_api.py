@@ -10,7 +10,7 @@ import tempfile
 import torch
 
 import mobileone_cli as mo
-from mobileone_cli.detect import tensor_info
+from mobileone_cli.io.detect import tensor_info
 
 
 def main(folder: str) -> None:

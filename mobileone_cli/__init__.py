@@ -8,27 +8,31 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     # architectures and layouts (no torch)
-    "ArchSpec": "arch", "BlockSpec": "arch", "get_arch": "arch", "builtin_archs": "arch",
-    "LAYOUTS": "layouts", "schema": "layouts", "key_map": "layouts", "remap": "layouts",
-    "detect_layout": "detect", "Detection": "detect",
-    "read_safetensors_header": "checkpoint",
+    "ArchSpec": "spec.arch", "BlockSpec": "spec.arch", "get_arch": "spec.arch",
+    "builtin_archs": "spec.arch", "LAYOUTS": "spec.layouts", "schema": "spec.layouts",
+    "key_map": "spec.layouts", "remap": "spec.layouts", "load_config": "spec.config",
+    "parse_config": "spec.config", "detect_layout": "io.detect", "Detection": "io.detect",
+    "read_safetensors_header": "io.read", "arch_stats": "stats.counting",
     # tensors
-    "fuse_branches": "fusion", "fuse_block": "fusion", "fuse_state_dict": "fusion",
-    "bn_scale_shift": "fusion", "BatchNormStats": "fusion",
-    "MobileOne": "model", "build_model": "model", "deploy_copy": "model",
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "convert_file": "convert", "convert_state_dict": "convert",
-    "check_equivalence": "verify", "compare_outputs": "verify", "verify_files": "verify",
-    "verify_state_dicts": "verify",
-    "inspect_file": "inspection", "stats_for_arch": "stats", "stats_for_checkpoint": "stats",
-    "arch_stats": "counting", "load_config": "config", "parse_config": "config",
-    "fuse_generic": "generic", "find_blocks": "generic", "convert_generic_file": "generic",
+    "fuse_branches": "fuse.fusion", "fuse_block": "fuse.fusion", "fuse_state_dict": "fuse.fusion",
+    "bn_scale_shift": "fuse.fusion", "BatchNormStats": "fuse.fusion",
+    "fuse_generic": "fuse.generic_fuse", "find_blocks": "fuse.generic",
+    "MobileOne": "models.mobileone", "build_model": "models.mobileone",
+    "deploy_copy": "models.mobileone", "random_state_dict": "models.synthetic",
+    "load_checkpoint": "io.read", "save_checkpoint": "io.write", "LoadOptions": "io.source",
+    "open_source": "io.source",
+    "judge": "check.harness", "Verdict": "check.harness", "compare_outputs": "check.harness",
+    "verify_files": "check.verify", "verify_state_dicts": "check.verify",
+    # the jobs
+    "ConvertOptions": "convert", "convert_file": "convert", "convert_state_dict": "convert",
+    "convert_generic_file": "convert_generic", "ExportOptions": "export",
     "export_file": "export", "convert_many": "batch", "plan_batch": "batch",
-    "random_state_dict": "synthetic",
+    "inspect_file": "inspection", "stats_for_arch": "stats.report",
+    "stats_for_checkpoint": "stats.report",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 

@@ -11,13 +11,13 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_MISMATCH, EXIT_OK, BadInput,
-                     VerificationFailed)
+from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
+                     most_serious)
+from .io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
            "convert_many", "batch_exit_code"]
 
-CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 
 
 @dataclass
@@ -52,10 +52,8 @@ class BatchItem:
     @property
     def rounded_rel(self) -> Optional[float]:
         """With --dtype: max rel diff of the rounded model (against train when fused)."""
-        r = getattr(self.result, "rounding", None) if self.result is not None else None
-        if r is None:
-            return None
-        return (r.vs_train if r.vs_train is not None else r.vs_fp32).max_rel
+        r = self.result.rounding if self.result is not None else None
+        return r.max_rel if r is not None else None
 
 
 def is_checkpoint_name(name: str) -> bool:
@@ -114,13 +112,18 @@ def plan_batch(sources: Sequence[str], dst_dir: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-def convert_many(pairs: Sequence[Tuple[str, str]], *,
+def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *,
                  on_start: Optional[Callable[[int, str], None]] = None,
                  on_done: Optional[Callable[[int, BatchItem], None]] = None,
-                 **options: Any) -> List[BatchItem]:
-    """Convert each (src, dst) with :func:`convert.convert_file` and ``options``; never stops early
-    (except on Ctrl-C).  Output folders are created as needed."""
-    from .convert import convert_file
+                 **overrides: Any) -> List[BatchItem]:
+    """Convert each (src, dst) with :func:`convert.convert_file` and ``options`` (a
+    ConvertOptions, or keyword overrides); never stops early (except on Ctrl-C).  Output folders
+    are created as needed."""
+    import dataclasses
+
+    from .convert import ConvertOptions, convert_file
+
+    options = dataclasses.replace(options or ConvertOptions(), **overrides)
 
     items: List[BatchItem] = []
     for i, (src, dst) in enumerate(pairs):
@@ -129,7 +132,7 @@ def convert_many(pairs: Sequence[Tuple[str, str]], *,
         try:
             parent = os.path.dirname(os.path.abspath(dst))
             os.makedirs(parent, exist_ok=True)
-            result = convert_file(src, dst, **options)
+            result = convert_file(src, dst, options)
             result.state_dict = None  # keep the summary, free the tensors
             item = BatchItem(src, dst, "ok", EXIT_OK, result=result)
         except VerificationFailed as exc:
@@ -156,8 +159,4 @@ def _with_hint(exc) -> str:
 
 def batch_exit_code(items: Sequence[BatchItem]) -> int:
     """0 when all converted; else the most serious failure: internal 3 > mismatch 1 > bad input 2."""
-    codes = {it.exit_code for it in items}
-    for code in (EXIT_INTERNAL, EXIT_MISMATCH, EXIT_BAD_INPUT):
-        if code in codes:
-            return code
-    return EXIT_OK
+    return most_serious(it.exit_code for it in items)

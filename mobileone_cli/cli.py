@@ -15,7 +15,8 @@ from typing import List, Optional
 import click
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_INTERNAL, MobileOneError
+from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, MobileOneError, first_line,
+                     printable)
 
 COMMANDS = {
     "convert": "Fuse and/or remap a MobileOne checkpoint (Apple, mmpretrain, timm).",
@@ -55,23 +56,24 @@ class LazyGroup(click.Group):
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {exc.message}", err=True)
+            click.echo(f"error: {printable(exc.message)}", err=True)
             if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
+                click.echo(f"hint: {printable(exc.hint)}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo("interrupted; nothing was written", err=True)
-            ctx.exit(130)
+            click.echo(f"interrupted; {_written()}", err=True)
+            ctx.exit(EXIT_INTERRUPTED)
         except MemoryError:
-            click.echo("error: out of memory", err=True)
+            click.echo("error: out of memory: the input asks for more memory than this machine "
+                       "has; nothing was written", err=True)
             ctx.exit(EXIT_BAD_INPUT)
         except Exception as exc:  # a bug: say so, never a bare traceback
             if debug:
                 traceback.print_exc()
-            click.echo(f"internal error: {exc.__class__.__name__}: {exc}".splitlines()[0][:300],
-                       err=True)
+            click.echo(printable(f"internal error: {exc.__class__.__name__}: "
+                                 f"{first_line(str(exc), 300)}"), err=True)
             click.echo("hint: this is a bug in mobileone; please report it with the output of "
                        "the same command run with --debug", err=True)
             ctx.exit(EXIT_INTERNAL)
@@ -87,18 +89,39 @@ def cli(debug: bool) -> None:
     """
 
 
+def _written() -> str:
+    """What an interrupted run leaves behind, as it happened."""
+    from .io.write import published
+
+    if not published:
+        return "nothing was written"
+    return "already written: " + ", ".join(printable(p) for p in published)
+
+
 def _terminate_as_interrupt(signum, frame) -> None:
-    """SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so no temp file is left behind."""
+    """SIGTERM/SIGHUP (kill, a CI timeout, a closed terminal) unwind like Ctrl-C, so no temp
+    file is left behind."""
     raise KeyboardInterrupt
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point."""
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
+        try:
+            if sig is not None:
+                signal.signal(sig, _terminate_as_interrupt)
+        except (ValueError, OSError):  # not the main thread: leave the default
+            pass
     try:
-        signal.signal(signal.SIGTERM, _terminate_as_interrupt)
-    except (ValueError, OSError):  # not the main thread: leave the default
-        pass
-    cli.main(args=argv, prog_name="mobileone")
+        cli.main(args=argv, prog_name="mobileone")
+    finally:
+        # The work is done (or reported): a Ctrl-C during interpreter exit must not print a
+        # traceback over the result or change the exit code.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (ValueError, OSError):
+                pass
 
 
 if __name__ == "__main__":  # pragma: no cover

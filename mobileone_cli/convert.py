@@ -1,21 +1,35 @@
-"""``convert``: load, detect, fuse, remap, check, write.  The command line is a thin shell on it."""
+"""``convert``: open, fuse, remap, check, write.  The command line is a thin shell on it."""
 from __future__ import annotations
 
-import math
+import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .arch import ArchSpec
-from .checkpoint import check_destination, load_checkpoint, output_format, save_checkpoint
-from .detect import Detection, detect_layout, tensor_info
 from .errors import BadInput, VerificationFailed
-from .fusion import DEFAULT_EPS
-from .layouts import get_layout, param_count, schema
-from .sanity import check_bn_eps, check_fused_finite, preflight
+from .io.detect import Detection
+from .io.source import LoadOptions, open_source
+from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
+from .spec.layouts import get_layout, param_count, schema
 
-__all__ = ["ConvertResult", "convert_file", "convert_state_dict", "check_finite"]
+__all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class ConvertOptions(LoadOptions):
+    """What ``convert`` does with an input (the reading options come from LoadOptions)."""
+
+    layout_out: Optional[str] = None  # default: the input's layout
+    fuse: bool = True
+    dtype: Optional[str] = None  # 'fp32', 'fp16', 'bf16' (or the torch names); None: the source's
+    verify: bool = True
+    rtol: Optional[float] = None  # None: the shared rule's tolerance (spec/tolerances.py)
+    seed: int = 0
+    input_size: Tuple[int, int] = (224, 224)
+    force: bool = False
 
 
 @dataclass
@@ -29,35 +43,42 @@ class ConvertResult:
     keys_out: int
     params_in: int
     params_out: int
+    eps: float = 1e-5
     size_in: int = 0
     size_out: int = 0
-    metrics: Any = None  # verify.Metrics, when checked
+    verdict: Any = None  # check.harness.Verdict, when checked
     passthrough: int = 0  # keys outside the MobileOne copied unchanged
     notes: List[str] = field(default_factory=list)
     state_dict: Optional[Dict[str, Any]] = None  # the output, for API users
     dtype_out: Optional[str] = None  # --dtype, as a torch dtype name
-    rounding: Any = None  # precision.Rounding: what --dtype's rounding costs, when checked
+    rounding: Any = None  # Metrics: the rounded model against the unrounded one (--dtype)
+
+    @property
+    def metrics(self):
+        """Deploy against train at the output (fp32 comparison), when checked."""
+        return self.verdict.fp32.output if self.verdict is not None else None
 
 
-def check_finite(state_dict: Dict[str, Any], keys, where: str) -> None:
-    """Refuse NaN/Inf anywhere in the MobileOne's tensors (a diverged run)."""
+def parse_dtype(name: Optional[str]):
+    """'fp16' / 'bf16' / 'fp32' (or the torch names) -> torch dtype; None stays None."""
+    if name is None:
+        return None
     import torch
 
-    from .sanity import non_finite_keys
-
-    for k in non_finite_keys(state_dict, keys)[:1]:
-        bad = int((~torch.isfinite(state_dict[k])).sum())
-        raise BadInput(f"{where}: {k} holds {bad} NaN/Inf value(s); the checkpoint is not usable",
-                       hint="a diverged training run? pick an earlier checkpoint")
+    text = str(name).lower().replace("torch.", "")
+    key = DTYPES.get(text, text)
+    if key not in DTYPES.values():
+        raise BadInput(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}")
+    return getattr(torch, key)
 
 
 def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str] = None,
-                       fuse: bool = True, eps: float = DEFAULT_EPS, dtype=None,
+                       fuse: bool = True, eps: float = 1e-5, dtype=None,
                        consume: bool = False) -> Dict[str, Any]:
     """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
     other key copied through in its original position."""
-    from .fusion import fuse_state_dict
-    from .layouts import remap
+    from .fuse.fusion import fuse_state_dict
+    from .spec.layouts import remap
 
     layout_out = layout_out or det.layout
     pfx = det.prefix
@@ -86,63 +107,11 @@ def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Option
     return out
 
 
-def _source_dtype(sd: Dict[str, Any], det: Detection):
-    """The float dtype of the MobileOne's tensors (unified by preflight)."""
-    return next(sd[det.prefix + e.key].dtype for e in det.entries() if e.kind == "param")
-
-
-def _check_rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any], *, eps: float,
-                    fuse: bool, with_train: bool, seed: int, input_size) -> None:
-    """--dtype: run the same conversion unrounded, check it (strictly, when fused: below), and
-    measure what rounding to the output dtype costs against it and against the train model."""
-    from .precision import rounding_check
-
-    det, layout_out, form_out = result.detection, result.layout_out, result.form_out
-    ref_out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps)
-    mob = [e.key for e in schema(det.arch, layout_out, form_out)]
-    train_sd = {e.key: sd[det.prefix + e.key] for e in det.entries()} if with_train else None
-    result.metrics, result.rounding = rounding_check(
-        {k: ref_out[det.prefix + k] for k in mob}, {k: out[det.prefix + k] for k in mob},
-        det.arch, form=form_out, layout=layout_out, train_sd=train_sd, train_layout=det.layout,
-        bn_eps=eps, seed=seed, input_size=input_size)
-    if math.isfinite(result.rounding.vs_fp32.scale) and not result.rounding.vs_fp32.finite:
-        raise VerificationFailed(f"{result.src}: the {result.rounding.dtype} model outputs NaN/Inf "
-                                 f"on the check images (activations overflow?); nothing was "
-                                 f"written", hint="keep the source dtype, or try --dtype bf16")
-
-
-_HALF = ("torch.float16", "torch.bfloat16")
-
-
-def _check_half_source(result: ConvertResult, sd: Dict[str, Any], *, eps: float, seed: int,
-                       input_size):
-    """Metrics of a half-precision source's fusion, taken in float32 on both sides.
-
-    Half-precision arithmetic on both models would differ by its own rounding (~1e-3) and fail
-    an honest fusion; the float32 fusion against the float32 train model is exact to ~1e-6.  The
-    output keeps the source dtype (fused in float64, rounded once).
-    """
-    import torch
-
-    from .verify import check_equivalence
-
-    det, layout_out = result.detection, result.layout_out
-    fused = convert_state_dict(sd, det, layout_out=layout_out, eps=eps, dtype=torch.float32)
-    train = {e.key: sd[det.prefix + e.key].float() if sd[det.prefix + e.key].is_floating_point()
-             else sd[det.prefix + e.key] for e in det.entries()}
-    dep = {e.key: fused[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
-    kept = (f"DST is {result.dtype_out}" if result.dtype_out else "DST keeps the source dtype")
-    result.notes.append(f"{str(_source_dtype(sd, det)).replace('torch.', '')} source: the fusion "
-                        f"is checked in float32; {kept} (rounded once from float64)")
-    return check_equivalence(train, dep, det.arch, layout=det.layout, deploy_layout=layout_out,
-                             bn_eps=eps, seed=seed, input_size=input_size)
-
-
 def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -> Optional[dict]:
     """mmpretrain loaders expect {'meta', 'state_dict'}; Apple and timm files are bare dicts."""
     if layout != "mmpretrain":
         return None
-    from .safeload import plain_data
+    from .io.safeload import plain_data
 
     # Placeholders (foreign objects never loaded) become strings: the output stays weights-only.
     meta = plain_data(dict(extras["meta"])) if isinstance(extras.get("meta"), dict) else {}
@@ -150,118 +119,103 @@ def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -
     return {"meta": meta}
 
 
-def _loading_notes(ck, det: Detection, layout_out: str) -> List[str]:
-    """What the user should know about how the file was read (placeholders, trust, root)."""
-    notes = []
-    if ck.stubbed:
-        names = ", ".join(ck.stubbed[:4]) + (f" and {len(ck.stubbed) - 4} more"
-                                             if len(ck.stubbed) > 4 else "")
-        notes.append(f"loaded without running code: {len(ck.stubbed)} foreign global(s) read as "
-                     f"inert placeholders ({names})")
-    if ck.trusted:
-        notes.append("--trust-file: the file was unpickled with weights_only=False")
-    if det.implied_root:
-        keep = "kept without it" if layout_out == "mmpretrain" else "not needed"
-        notes.append(f"mmpretrain backbone saved without its {det.implied_root!r} root ({keep} "
-                     f"in the output)")
-    return notes
+def _check(result: ConvertResult, train_sd: Dict[str, Any], deploy_sd: Dict[str, Any],
+           options: ConvertOptions) -> None:
+    """The shared verdict (check.harness.judge) on one seeded image; refuse to write on FAIL."""
+    from .check.harness import judge, non_finite, seeded_inputs
+
+    det = result.detection
+    x = seeded_inputs(options.seed, 1, options.input_size, det.arch.in_channels)
+    result.verdict = judge(train_sd, deploy_sd, det.arch, x, train_layout=det.layout,
+                           deploy_layout=result.layout_out, bn_eps=result.eps, rtol=options.rtol)
+    non_finite(result.verdict, result.src, fused_here=True)
+    if not result.verdict.passed:
+        raise VerificationFailed(f"{result.src}: {result.verdict.summary()}; nothing was written")
 
 
-def convert_file(src: str, dst: Optional[str], *, arch: Optional[ArchSpec] = None,
-                 layout_out: Optional[str] = None, fuse: bool = True, eps: float = DEFAULT_EPS,
-                 force: bool = False, verify: bool = True, prefix: Optional[str] = None,
-                 ema: bool = False, trust: bool = False, dtype=None,
-                 rtol: Optional[float] = None,
-                 seed: int = 0, input_size=(224, 224),
-                 arch_source: Optional[str] = None) -> ConvertResult:
+def _rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any],
+              options: ConvertOptions):
+    """--dtype: what rounding to the output dtype costs, against the unrounded conversion."""
+    import torch
+
+    from .check.harness import compare_outputs, load_model, seeded_inputs
+
+    det = result.detection
+    ref_sd = convert_state_dict(sd, det, layout_out=result.layout_out, fuse=options.fuse,
+                                eps=result.eps)
+    keys = [e.key for e in schema(det.arch, result.layout_out, result.form_out)]
+    x = seeded_inputs(options.seed, 1, options.input_size, det.arch.in_channels)
+    with torch.no_grad():
+        outs = [load_model({k: s[det.prefix + k] for k in keys}, det.arch, result.form_out,
+                           layout=result.layout_out, bn_eps=result.eps,
+                           dtype=torch.float32)(x) for s in (ref_sd, out)]
+    return compare_outputs(outs[0], outs[1], logits=det.arch.has_head)
+
+
+def convert_file(src: str, dst: Optional[str], options: Optional[ConvertOptions] = None,
+                 **overrides: Any) -> ConvertResult:
     """Convert one checkpoint file; with ``dst=None`` nothing is written (dry run).
 
-    ``arch_source`` says where ``arch`` came from ('--config FILE'); a config also fixes the head.
+    ``options`` (or keyword overrides of its fields, e.g. ``layout_out="timm", force=True``) say
+    how.  Nothing is written unless the check passes (exit 1 otherwise).
     """
-    eps = check_bn_eps(eps)
+    options = dataclasses.replace(options or ConvertOptions(), **overrides)
+    src = os.fspath(src)
+    dtype = parse_dtype(options.dtype)
     if dst is not None:
-        check_destination(dst, force=force, src=src)
-        get_layout(layout_out or "apple")
-    ck = load_checkpoint(src, ema=ema, trust=trust)
-    sd = ck.state_dict
-    det = detect_layout(tensor_info(sd), prefix=prefix, where=src)
-    if det.implied_root:  # an mmpretrain backbone saved alone: work on the layout's full names
-        sd = {det.implied_root + k: v for k, v in sd.items()}
-    if arch is not None:
-        from .config import expect_arch
-
-        det.arch = expect_arch(arch, det.arch, det.form, where=src,
-                               source=arch_source or "--arch",
-                               compare_head=arch_source is not None)
-    layout_out = layout_out or det.layout
-    ours = [det.prefix + e.key for e in det.entries()]
-    check_finite(sd, ours, src)
-    entries_in = det.entries()
-    fusing = fuse and det.form == "train"
+        dst = os.fspath(dst)
+        check_checkpoint_name(dst)
+        check_destination(dst, force=options.force, src=src)
+    if options.layout_out is not None:
+        try:
+            layout_out = get_layout(options.layout_out).name
+        except KeyError as exc:
+            raise BadInput(str(exc.args[0])) from None
+    source = open_source(src, options)
+    det, sd = source.detection, source.state_dict
+    layout_out = layout_out if options.layout_out is not None else det.layout
+    fusing = options.fuse and det.form == "train"
     form_out = "deploy" if fusing else det.form
     notes = []
     if det.form == "deploy":
         notes.append("input is already deploy-form: remapped without re-fusing")
-    elif not fuse:
+    elif not options.fuse:
         notes.append("--no-fuse: train form remapped without fusing")
-    if ck.stripped_prefix:
-        notes.append(f"stripped key prefix {ck.stripped_prefix!r}")
-    if ck.wrapper:
-        notes.append(f"state dict taken from the {ck.wrapper!r} entry")
-    notes += _loading_notes(ck, det, layout_out)
-    notes += preflight(sd, det, eps, src)  # mixed dtypes, variances, NaN outside the MobileOne
+    notes += source.notes
+    keep_train = options.verify and fusing
+    # --dtype changes the precision: measure what that costs (unless nothing is to be checked).
+    rounds = (options.verify and dtype is not None
+              and str(dtype).replace("torch.", "") != det.dtype)
+    out = convert_state_dict(sd, det, layout_out=layout_out, fuse=options.fuse, eps=source.eps,
+                             dtype=dtype, consume=not (keep_train or rounds))
+    from .io.sanity import check_fused_finite
 
-    keep_train = verify and fusing
-    rounding = (verify and str(dtype) in ("torch.float16", "torch.bfloat16")
-                and dtype != _source_dtype(sd, det))  # --dtype rounds: measure what it costs
-    out = convert_state_dict(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
-                             consume=not (keep_train or rounding))
-    check_fused_finite(out, [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)],
-                       src)
+    mob_out = [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)]
+    check_fused_finite(out, mob_out, src)
+    entries_in = det.entries()
     result = ConvertResult(
         src=src, dst=dst, detection=det, layout_out=layout_out, form_out=form_out,
         keys_in=len(entries_in) + len(det.extra_keys), keys_out=len(out),
         params_in=param_count(entries_in),
-        params_out=param_count(schema(det.arch, layout_out, form_out)),
-        size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes)
-    if dtype is not None:
-        from .precision import dtype_name
-
-        result.dtype_out = dtype_name(dtype)
-    if rounding:
-        _check_rounding(result, sd, out, eps=eps, fuse=fuse, with_train=keep_train, seed=seed,
-                        input_size=input_size)
-
+        params_out=param_count(schema(det.arch, layout_out, form_out)), eps=source.eps,
+        size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes,
+        dtype_out=str(dtype).replace("torch.", "") if dtype is not None else None)
+    if rounds:
+        result.rounding = _rounding(result, sd, out, options)
     if keep_train:
-        from .verify import DEFAULT_RTOL, check_equivalence
-
-        train_sd = {e.key: sd[det.prefix + e.key] for e in det.entries()}
+        train_sd = {e.key: sd[det.prefix + e.key] for e in entries_in}
         dep = {e.key: out[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
-        if result.metrics is None and str(_source_dtype(sd, det)) in _HALF:
-            result.metrics = _check_half_source(result, sd, eps=eps, seed=seed,
-                                                input_size=input_size)
-        if result.metrics is None:
-            result.metrics = check_equivalence(train_sd, dep, det.arch, layout=det.layout,
-                                               deploy_layout=layout_out, bn_eps=eps, seed=seed,
-                                               input_size=input_size)
-        if not math.isfinite(result.metrics.scale):
-            raise BadInput(f"{src}: the train model itself outputs NaN/Inf on the check images "
-                           f"(weights too large?); nothing was written",
-                           hint="a diverged training run or a corrupt file?")
-        tol = DEFAULT_RTOL if rtol is None else rtol
-        if not result.metrics.within(tol):
-            raise VerificationFailed(
-                f"{src}: fused model differs from the train model (max rel diff "
-                f"{result.metrics.max_rel:.3g} > {tol:g}); nothing was written")
+        _check(result, train_sd, dep, options)
     if det.implied_root:
         root = det.implied_root
         out = {(k[len(root):] if k.startswith(root) else k): v for k, v in out.items()}
     if dst is not None:
         meta = {"format": "pt", "mobileone_cli": __version__, "arch": det.arch.name,
                 "layout": layout_out, "form": form_out, "num_classes": str(det.arch.num_classes),
-                "bn_eps": repr(eps)}
+                "bn_eps": repr(source.eps)}
         result.size_out = save_checkpoint(
-            dst, out, force=force, container=_container(layout_out, det, form_out, ck.extras),
+            dst, out, force=options.force,
+            container=_container(layout_out, det, form_out, source.checkpoint.extras),
             metadata=meta if output_format(dst) == "safetensors" else None)
     result.state_dict = out
     return result

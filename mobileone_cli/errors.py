@@ -1,18 +1,24 @@
-"""Errors the tool reports to a user, each with its documented exit code.
+"""Errors the tool reports to a user, each with its documented exit code, and the text rules of
+every message: one line, printable.
 
-0 ok; 1 verification failed; 2 bad input or usage; 3 internal error (a bug: please report it).
+0 ok; 1 verification failed; 2 bad input or usage; 3 internal error (a bug: please report it);
+130 interrupted.  File names, keys and text quoted from files may hold newlines, escape sequences
+or other control characters: :func:`printable` shows them escaped, so a message can never forge
+a second line or drive the terminal.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 __all__ = ["MobileOneError", "BadInput", "VerificationFailed", "EXIT_OK", "EXIT_MISMATCH",
-           "EXIT_BAD_INPUT", "EXIT_INTERNAL"]
+           "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "printable", "first_line",
+           "most_serious"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
 
 
 class MobileOneError(Exception):
@@ -36,3 +42,30 @@ class VerificationFailed(MobileOneError):
     """The two models do not compute the same function within tolerance: exit 1."""
 
     exit_code = EXIT_MISMATCH
+
+
+def most_serious(codes) -> int:
+    """The exit code of a run of several jobs: internal 3 > mismatch 1 > bad input 2 > ok 0."""
+    codes = set(codes)
+    return next((c for c in (EXIT_INTERNAL, EXIT_MISMATCH, EXIT_BAD_INPUT) if c in codes), EXIT_OK)
+
+
+def printable(text: object) -> str:
+    """``text`` on one line with every control character shown escaped (``\\n``, ``\\x1b``)."""
+    s = str(text)
+    if s.isprintable():
+        return s
+    out = []
+    for ch in s:
+        if ch.isprintable():
+            out.append(ch)
+        else:
+            esc = repr(ch)[1:-1]
+            out.append(esc if esc != ch else f"\\x{ord(ch):02x}")
+    return "".join(out)
+
+
+def first_line(text: str, width: int = 200) -> str:
+    """The first non-empty line of ``text`` (an exception message), at most ``width`` chars."""
+    line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+    return line[:width]

@@ -18,17 +18,21 @@ model is reported alongside.  torch is imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import BadInput, VerificationFailed
+from .io.source import LoadOptions
+from .io.write import atomic_write
+from .spec.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
+from .spec.tolerances import EXPORT_RTOL
 
-__all__ = ["ExportResult", "ShapeCheck", "export_file", "export_model", "check_onnx",
+__all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model", "check_onnx",
            "check_shapes", "require_onnx", "resolve_exporter", "ONNX_INSTALL_HINT",
            "EXPORT_RTOL", "EXPORTERS"]
 
@@ -36,14 +40,6 @@ ONNX_INSTALL_HINT = ("pip install 'mobileone-cli[onnx]'  (or the plain packages:
                      "pip install onnx onnxruntime onnxscript)")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 DYNAMO_MIN_OPSET = 18
-# onnxruntime against our PyTorch model holding the same weights, relative to max |output|.
-# Measured on synthetic s0/s4 (random weights and BN statistics) at 64x64..224x224: fp32
-# 4e-7..9e-5 (the top from an s4 whose random BN statistics amplify any rounding: PyTorch's own
-# float32 is 5e-5 off float64 there); fp16 on the CPU provider 2e-4..4e-4.  A graph that drops SE,
-# pads wrongly or changes one block's bias by 1% lands at 1e-2 and above.
-EXPORT_RTOL = {"fp32": 1e-3, "fp16": 1e-2}
-MAX_SIDE = 4096
-MAX_BATCH = 1024
 
 
 @dataclass
@@ -228,7 +224,7 @@ def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tupl
     import onnxruntime as ort
     import torch
 
-    from .verify import compare_outputs, load_model, seeded_inputs
+    from .check.harness import compare_outputs, load_model, seeded_inputs
 
     tol = EXPORT_RTOL[dtype] if rtol is None else rtol
     opts = ort.SessionOptions()
@@ -272,91 +268,113 @@ def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tupl
 
 
 def _check_destination(dst: str, force: bool, src: str) -> None:
-    from .checkpoint import check_destination
+    from .io.write import check_destination
 
-    if os.path.isdir(dst):
-        raise BadInput(f"{dst}: is a directory; give a file path ending in .onnx")
-    check_destination(dst, force=force, src=src)
+    check_destination(dst, force=force, src=src, what="file path ending in .onnx")
 
 
 def _validate_shape(input_size: Tuple[int, int], batch: Optional[int]) -> None:
     h, w = input_size
     if not (2 <= h <= MAX_SIDE and 2 <= w <= MAX_SIDE):
         raise BadInput(f"--input-size {h} {w}: each side must be between 2 and {MAX_SIDE}")
-    if batch is not None and not 1 <= batch <= MAX_BATCH:
-        raise BadInput(f"--batch {batch}: must be between 1 and {MAX_BATCH}, or 'dynamic'")
+    if batch is not None:
+        check_batch(batch, (h, w))
+    else:  # a dynamic batch is checked at 3 images
+        check_batch(3, (h + 32, w + 64), option="--input-size (checked at batch 3)")
 
 
-def export_file(src: str, dst: str, *, input_size: Tuple[int, int] = (224, 224),
-                batch: Optional[int] = None, dynamic_size: bool = True,
-                opset: Optional[int] = None, dtype: str = "fp32", exporter: str = "auto",
-                force: bool = False, verify_fusion: bool = True, seed: int = 0,
-                rtol: Optional[float] = None, **convert_options: Any) -> ExportResult:
+@dataclass
+class ExportOptions(LoadOptions):
+    """How ``export`` writes and checks a graph (the reading options come from LoadOptions)."""
+
+    input_size: Tuple[int, int] = (224, 224)
+    batch: Optional[int] = None  # None: a dynamic batch axis
+    dynamic_size: bool = True
+    opset: Optional[int] = None
+    dtype: str = "fp32"
+    exporter: str = "auto"
+    force: bool = False
+    verify: bool = True  # check the fusion against the train model (train-form input)
+    seed: int = 0
+    rtol: Optional[float] = None
+
+
+def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
+                **overrides: Any) -> ExportResult:
     """Load ``src`` (any layout, train or deploy form), fuse if needed, export, check, write.
 
-    ``batch=None`` makes the batch axis dynamic; ``dynamic_size`` the height and width axes.
-    ``convert_options`` go to :func:`convert.convert_file` (arch, eps, prefix, ema, ...), which does
-    the loading, the fusion and the train-vs-deploy check.  Nothing is written unless every check
-    passes.
+    ``options`` (or keyword overrides of its fields) say how; ``batch=None`` makes the batch axis
+    dynamic, ``dynamic_size`` the height and width axes.  Loading, fusion and the train-vs-deploy
+    check are :func:`convert.convert_file`'s.  Nothing is written unless every check passes.
     """
-    if dtype not in EXPORT_RTOL:
-        raise BadInput(f"--dtype {dtype!r}: ONNX export supports {', '.join(EXPORT_RTOL)}")
-    _validate_shape(input_size, batch)
-    _check_destination(dst, force, src)
+    o = dataclasses.replace(options or ExportOptions(), **overrides)
+    src, dst = os.fspath(src), os.fspath(dst)
+    if o.dtype not in EXPORT_RTOL:
+        raise BadInput(f"--dtype {o.dtype!r}: ONNX export supports {', '.join(EXPORT_RTOL)}")
+    input_size = tuple(o.input_size)
+    _validate_shape(input_size, o.batch)
+    _check_destination(dst, o.force, src)
     require_onnx()
-    chosen = resolve_exporter(exporter, opset)
+    chosen = resolve_exporter(o.exporter, o.opset)
 
     import torch
 
-    from .convert import convert_file
-    from .layouts import schema
-    from .verify import load_model
+    from .check.harness import load_model
+    from .convert import ConvertOptions, convert_file
+    from .spec.layouts import schema
 
-    conv = convert_file(src, None, layout_out="apple", fuse=True, verify=verify_fusion,
-                        seed=seed, input_size=tuple(input_size), **convert_options)
+    load = {f.name: getattr(o, f.name) for f in dataclasses.fields(LoadOptions)}
+    conv = convert_file(src, None, ConvertOptions(**load, layout_out="apple", fuse=True,
+                                                  verify=o.verify, seed=o.seed,
+                                                  input_size=input_size))
     det = conv.detection
     out = conv.state_dict or {}
     deploy_sd = {e.key: out[det.prefix + e.key] for e in schema(det.arch, "apple", "deploy")}
     conv.state_dict = None
     export_net = load_model(deploy_sd, det.arch, "deploy", dtype=torch.float32)
-    if dtype == "fp16":
-        bad = [k for k, v in deploy_sd.items() if not bool(torch.isfinite(v.to(torch.float16)).all())]
+    if o.dtype == "fp16":
+        bad = [k for k, v in deploy_sd.items()
+               if not bool(torch.isfinite(v.to(torch.float16)).all())]
         if bad:
             raise VerificationFailed(f"{src}: {bad[0]} does not fit in float16 (values beyond "
                                      f"+-65504); export in fp32")
         export_net = export_net.half()
-    torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+    torch_dtype = torch.float16 if o.dtype == "fp16" else torch.float32
     # Trace on batch 2 when the batch is dynamic: size-1 axes get specialised by torch.export.
-    sample = torch.zeros(batch or 2, det.arch.in_channels, *input_size, dtype=torch_dtype)
+    sample = torch.zeros(o.batch or 2, det.arch.in_channels, *input_size, dtype=torch_dtype)
     output_name = "logits" if det.arch.has_head else "features"
-
-    parent = os.path.dirname(os.path.abspath(dst))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dst)}.", suffix=".tmp", dir=parent)
-    os.close(fd)
     notes = list(conv.notes)
-    try:
+    found: Dict[str, Any] = {}
+
+    def write(tmp: str) -> None:
+        exporter = chosen
         try:
-            export_model(export_net, tmp, sample=sample, dynamic_batch=batch is None,
-                         dynamic_size=dynamic_size, opset=opset, exporter=chosen,
+            export_model(export_net, tmp, sample=sample, dynamic_batch=o.batch is None,
+                         dynamic_size=o.dynamic_size, opset=o.opset, exporter=exporter,
                          output_name=output_name)
         except VerificationFailed as exc:
-            if exporter != "auto" or chosen != "dynamo":
+            if o.exporter != "auto" or exporter != "dynamo":
                 raise
             notes.append(f"dynamo exporter failed ({exc.message}); used the TorchScript one")
-            chosen = "torchscript"
-            export_model(export_net, tmp, sample=sample, dynamic_batch=batch is None,
-                         dynamic_size=dynamic_size, opset=opset, exporter=chosen,
+            exporter = "torchscript"
+            export_model(export_net, tmp, sample=sample, dynamic_batch=o.batch is None,
+                         dynamic_size=o.dynamic_size, opset=o.opset, exporter=exporter,
                          output_name=output_name)
+        found["exporter"] = exporter
+
+    def check(tmp: str) -> None:
         got_opset, in_name, out_name, in_shape, out_shape = _graph_io(tmp)
-        if opset is not None and got_opset != opset:
-            raise BadInput(f"--opset {opset}: the {chosen} exporter wrote opset {got_opset}")
-        checks = check_onnx(tmp, deploy_sd, det.arch, check_shapes(batch, input_size, dynamic_size),
-                            dtype=dtype, seed=seed, rtol=rtol)
-        result = ExportResult(src=src, dst=dst, detection=det, fused=det.form == "train",
-                              fusion_metrics=conv.metrics, exporter=chosen, opset=got_opset,
-                              dtype=dtype, input_name=in_name, output_name=out_name,
-                              input_shape=in_shape, output_shape=out_shape, rtol=rtol,
-                              checks=checks, notes=notes)
+        if o.opset is not None and got_opset != o.opset:
+            raise BadInput(f"--opset {o.opset}: the {found['exporter']} exporter wrote opset "
+                           f"{got_opset}")
+        checks = check_onnx(tmp, deploy_sd, det.arch,
+                            check_shapes(o.batch, input_size, o.dynamic_size), dtype=o.dtype,
+                            seed=o.seed, rtol=o.rtol)
+        found["result"] = ExportResult(
+            src=src, dst=dst, detection=det, fused=det.form == "train",
+            fusion_metrics=conv.metrics, exporter=found["exporter"], opset=got_opset,
+            dtype=o.dtype, input_name=in_name, output_name=out_name, input_shape=in_shape,
+            output_shape=out_shape, rtol=o.rtol, checks=checks, notes=notes)
         failed = [c for c in checks if not c.passed]
         if failed:
             c = failed[0]
@@ -364,22 +382,8 @@ def export_file(src: str, dst: str, *, input_size: Tuple[int, int] = (224, 224),
                 f"{src}: onnxruntime output differs from the PyTorch deploy model at input "
                 f"{[c.batch, det.arch.in_channels, c.height, c.width]} (max rel diff "
                 f"{c.metrics.max_rel:.3g} > {c.tolerance:.3g}); nothing was written")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, dst)
-    except OSError as exc:
-        _remove_quietly(tmp)
-        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    result.size_out = os.path.getsize(dst)
+
+    size = atomic_write(dst, write, force=o.force, check=check)
+    result = found["result"]
+    result.size_out = size
     return result
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass

@@ -7,12 +7,12 @@ placeholders) unless the caller passes ``trust``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
-from .checkpoint import read_safetensors_header, sniff_format, strip_prefix
-from .detect import Detection, TensorInfo, detect_layout
-from .errors import BadInput
-from .layouts import param_count
+from .io.detect import Detection, TensorInfo, detect_layout
+from .io.read import list_tensors
+from .spec.arch import expect_arch
+from .spec.layouts import param_count
 
 __all__ = ["inspect_file", "describe"]
 
@@ -54,29 +54,18 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
 
     ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
     network; the report then uses its name."""
-    fmt = sniff_format(path)
-    facts: Dict[str, Any] = {"file": path, "file_format": fmt, "size": os.path.getsize(path)}
-    stubbed: List[str] = []
-    if fmt == "safetensors":
-        if ema:
-            raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
-        tensors, metadata = read_safetensors_header(path)
-        tensors, stripped = strip_prefix(tensors)
-        wrapper, top_level, trusted = None, [], False
-    else:
-        from .checkpoint import load_checkpoint
-        from .detect import tensor_info
-
-        ck = load_checkpoint(path, ema=ema, trust=trust)
-        tensors = tensor_info(ck.state_dict)
-        metadata, stripped, wrapper = ck.metadata, ck.stripped_prefix, ck.wrapper
-        top_level, stubbed, trusted = sorted(map(str, ck.extras)), ck.stubbed, ck.trusted
-    facts.update(wrapper=wrapper, other_entries=top_level, stripped_prefix=stripped,
-                 stubbed_globals=stubbed, trusted=trusted, metadata=metadata)
-    det = detect_layout(tensors, prefix=prefix, where=path)
+    listing = list_tensors(path, ema=ema, trust=trust)
+    ck = listing.checkpoint
+    facts: Dict[str, Any] = {
+        "file": listing.path, "file_format": listing.file_format,
+        "size": os.path.getsize(listing.path),
+        "wrapper": ck.wrapper if ck else None,
+        "other_entries": sorted(map(str, ck.extras)) if ck else [],
+        "stripped_prefix": listing.stripped_prefix,
+        "stubbed_globals": list(ck.stubbed) if ck else [],
+        "trusted": bool(ck and ck.trusted), "metadata": listing.metadata}
+    det = detect_layout(listing.tensors, prefix=prefix, where=listing.path)
     if arch is not None:
-        from .config import expect_arch
-
-        det.arch = expect_arch(arch, det.arch, det.form, where=path,
+        det.arch = expect_arch(arch, det.arch, det.form, where=listing.path,
                                source=arch_source or "--arch", compare_head=True)
-    return describe(tensors, det, **facts)
+    return describe(listing.tensors, det, **facts)

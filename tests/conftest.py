@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mobileone_cli.arch import get_arch
-from mobileone_cli.checkpoint import save_checkpoint
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.cli import cli
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.models.synthetic import random_state_dict
 
 ARCHS = ("s0", "s1", "s2", "s3", "s4")
 
@@ -43,6 +43,47 @@ def write_ckpt(tmp_path):
         return path
 
     return _write
+
+
+def fold_by_hand(sd, arch, eps=1e-5):
+    """Apple-layout deploy tensors in float64 by the paper's formulas, written here from scratch
+    (an independent reference for the tool's fusion)."""
+    out = {}
+    for b in arch.block_specs():
+        p = b.name
+        k = b.kernel_size
+        cpg = b.in_channels // b.groups
+        w_sum = torch.zeros(b.out_channels, cpg, k, k, dtype=torch.float64)
+        b_sum = torch.zeros(b.out_channels, dtype=torch.float64)
+
+        def bn(prefix):
+            g = sd[prefix + "weight"].double()
+            std = (sd[prefix + "running_var"].double() + eps).sqrt()
+            return g / std, sd[prefix + "bias"].double() - sd[prefix + "running_mean"].double() * g / std
+
+        for n in range(b.conv_branches):
+            t, s = bn(f"{p}.rbr_conv.{n}.bn.")
+            w_sum += sd[f"{p}.rbr_conv.{n}.conv.weight"].double() * t.view(-1, 1, 1, 1)
+            b_sum += s
+        if b.has_scale:
+            t, s = bn(f"{p}.rbr_scale.bn.")
+            w_sum[:, :, k // 2, k // 2] += sd[f"{p}.rbr_scale.conv.weight"].double()[:, :, 0, 0] \
+                * t.view(-1, 1)
+            b_sum += s
+        if b.has_identity:
+            t, s = bn(f"{p}.rbr_skip.")
+            for c in range(b.out_channels):
+                w_sum[c, c % cpg, k // 2, k // 2] += t[c]
+            b_sum += s
+        if b.has_se:
+            for part in ("reduce", "expand"):
+                for leaf in ("weight", "bias"):
+                    out[f"{p}.se.{part}.{leaf}"] = sd[f"{p}.se.{part}.{leaf}"].double()
+        out[f"{p}.reparam_conv.weight"] = w_sum
+        out[f"{p}.reparam_conv.bias"] = b_sum
+    out["linear.weight"] = sd["linear.weight"].double()
+    out["linear.bias"] = sd["linear.bias"].double()
+    return out
 
 
 def pytest_addoption(parser):

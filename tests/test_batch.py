@@ -14,14 +14,15 @@ import os
 import pytest
 import torch
 
-from mobileone_cli.arch import ArchSpec
+from mobileone_cli.spec.arch import ArchSpec
 from mobileone_cli.batch import (BatchItem, batch_exit_code, convert_many, find_checkpoints,
                                  plan_batch)
-from mobileone_cli.checkpoint import load_checkpoint, save_checkpoint
+from mobileone_cli.io.read import load_checkpoint
+from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.errors import BadInput
-from mobileone_cli.layouts import remap, schema
-from mobileone_cli.model import MobileOne
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.spec.layouts import remap, schema
+from mobileone_cli.models.mobileone import MobileOne
+from mobileone_cli.models.synthetic import random_state_dict
 
 
 TINY = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64), blocks=(1, 2, 1, 1),
@@ -187,12 +188,12 @@ def test_convert_many_records_every_failure_kind(tmp_path, monkeypatch):
     _write(good, seed=8)
     real = conv.convert_file
 
-    def fake(src, dst, **kw):
+    def fake(src, dst, options=None, **kw):
         if src.endswith("mismatch.pth"):
             raise VerificationFailed(f"{src}: fused model differs")
         if src.endswith("bug.pth"):
             raise ZeroDivisionError("oops")
-        return real(src, dst, **kw)
+        return real(src, dst, options, **kw)
 
     monkeypatch.setattr(conv, "convert_file", fake)
     pairs = [(str(tmp_path / n), str(tmp_path / "out" / n))

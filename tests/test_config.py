@@ -15,12 +15,13 @@ import sys
 import pytest
 import torch
 
-from mobileone_cli.arch import get_arch
-from mobileone_cli.checkpoint import save_checkpoint
-from mobileone_cli.config import MAX_STAGES, load_config, parse_config
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.io.write import save_checkpoint
+from mobileone_cli.spec.config import load_config, parse_config
+from mobileone_cli.spec.limits import MAX_STAGES
 from mobileone_cli.errors import BadInput
-from mobileone_cli.layouts import schema
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.spec.layouts import schema
+from mobileone_cli.models.synthetic import random_state_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "custom_3stage.yaml")
@@ -113,7 +114,7 @@ head: null
 def test_custom_config_converts_and_verifies(tmp_path, run_cli):
     """3 stages, k = 2, SE in the last stage: convert with --config, outputs checked against
     the train-form model in eval mode."""
-    from mobileone_cli.model import MobileOne
+    from mobileone_cli.models.mobileone import MobileOne
 
     spec = load_config(EXAMPLE)
     src, dst = str(tmp_path / "c.pth"), str(tmp_path / "c_deploy.pth")
@@ -164,7 +165,7 @@ def test_custom_config_stats(tmp_path, run_cli):
     """stats --config: totals equal parameter counts of our model and torch's FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from mobileone_cli.model import MobileOne
+    from mobileone_cli.models.mobileone import MobileOne
 
     spec = load_config(EXAMPLE)
     res = run_cli("stats", "--config", EXAMPLE, "--input-size", "64", "--json")
@@ -190,7 +191,7 @@ def test_custom_config_stats(tmp_path, run_cli):
 def test_custom_config_exports_to_onnx(tmp_path, run_cli):
     """export --config: onnxruntime's logits equal the train-form model's in eval mode."""
     ort = pytest.importorskip("onnxruntime")
-    from mobileone_cli.model import MobileOne
+    from mobileone_cli.models.mobileone import MobileOne
 
     spec = load_config(EXAMPLE)
     src, dst = str(tmp_path / "c.pth"), str(tmp_path / "c.onnx")
@@ -214,7 +215,7 @@ def test_custom_config_exports_to_onnx(tmp_path, run_cli):
 
 
 def test_demo_with_a_config(tmp_path, run_cli):
-    from mobileone_cli.model import MobileOne
+    from mobileone_cli.models.mobileone import MobileOne
 
     res = run_cli("demo", "--config", EXAMPLE, "--dir", str(tmp_path))
     assert res.exit_code == 0, res.output
@@ -232,14 +233,14 @@ def test_demo_with_a_config(tmp_path, run_cli):
 
 
 def test_six_stage_config_converts(tmp_path, run_cli):
-    cfg = write(tmp_path, f"""
+    cfg = write(tmp_path, """
 backbone:
   arch:
     stem_channels: 8
     widths: [8, 8, 16, 16, 24, 32]
     blocks: [1, 1, 1, 1, 1, 1]
     conv_branches: 3
-head: {{num_classes: 5}}
+head: {num_classes: 5}
 """, "six.yaml")
     spec = load_config(cfg)
     assert spec.num_stages == MAX_STAGES
@@ -252,7 +253,7 @@ head: {{num_classes: 5}}
 
 def test_se_ratio_from_the_config_is_detected(tmp_path, run_cli):
     """mmpretrain's se_cfg ratio 4 (SE width C / 4): the checkpoint is detected with it too."""
-    from mobileone_cli.model import MobileOne
+    from mobileone_cli.models.mobileone import MobileOne
 
     cfg = write(tmp_path, """
 backbone:
@@ -330,7 +331,7 @@ BAD = [
      "backbone.arch.num_blocks: given together with 'blocks'"),
     ("backbone: {arch: {base: s0, kernel_size: 4}}\n", "backbone.arch.kernel_size: must be odd"),
     ("backbone: {arch: {widths: [8, 8, 8, 8, 8, 8, 8], blocks: [1, 1, 1, 1, 1, 1, 1], "
-     "conv_branches: 1}}\n", "has 7 stages; a MobileOne has 1 to 6"),
+     "conv_branches: 1}}\n", "has 7 entries; a MobileOne has at most 6 stages"),
     ("backbone: {arch: {base: s0, conv_branches: true}}\n",
      "backbone.arch.conv_branches: must be a list"),
     ("backbone: {arch: {base: s0, stem_channels: 1.5}}\n",
@@ -372,7 +373,7 @@ def test_did_you_mean_and_cli_error_is_one_line(tmp_path, run_cli):
 
 
 def test_config_module_needs_no_torch():
-    code = ("import sys; from mobileone_cli.config import load_config; "
+    code = ("import sys; from mobileone_cli.spec.config import load_config; "
             f"s = load_config({EXAMPLE!r}); assert s.widths == (32, 64, 128); "
             "assert 'torch' not in sys.modules; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -401,9 +402,3 @@ def test_inspect_with_config_stays_torch_free(tmp_path):
     other = os.path.join(ROOT, "examples", "s1_ten_classes.yaml")
     res = CliRunner().invoke(cli, ["inspect", path, "--config", other])
     assert res.exit_code == 2 and "widths: expected" in res.output
-
-
-def test_max_stages_agrees_with_the_model():
-    from mobileone_cli import model
-
-    assert MAX_STAGES == model.MAX_STAGES

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobileone_cli.arch import get_arch
-from mobileone_cli.checkpoint import load_checkpoint
-from mobileone_cli.fusion import fuse_state_dict
-from mobileone_cli.model import MobileOne, build_model, deploy_copy
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.io.read import load_checkpoint
+from mobileone_cli.fuse.fusion import fuse_state_dict
+from mobileone_cli.models.mobileone import MobileOne, build_model, deploy_copy
+from mobileone_cli.models.synthetic import random_state_dict
 
-from .conftest import ARCHS
+from .conftest import ARCHS, fold_by_hand
 
 # Reference section 1, typed in again: stem C, stage widths, whether the variant has SE.
 REF = {"s0": (48, (48, 128, 256, 1024), False), "s1": (64, (96, 192, 512, 1280), False),
@@ -65,16 +65,22 @@ def test_convert_apple_train_checkpoint(arch, write_ckpt, run_cli, tmp_path):
 
     spec = get_arch(arch)
     train_sd = torch.load(src, weights_only=True)
-    train = MobileOne(spec)
+    # Every weight is the independent float64 fusion, rounded once to float32 (<= 1 ulp).
+    exact = fold_by_hand(train_sd, spec)
+    for k, v in out.items():
+        ulp = torch.finfo(torch.float32).eps * exact[k].abs().clamp_min(1e-30)
+        assert v.dtype == torch.float32 and bool(((v.double() - exact[k]).abs() <= ulp).all()), k
+    # ...and that fusion computes the train model's function (float64: no rounding to hide).
+    train = MobileOne(spec).double()
     train.load_state_dict(train_sd, strict=True)
-    deploy = MobileOne(spec, deploy=True)
-    deploy.load_state_dict(out, strict=True)
-    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7))
+    deploy = MobileOne(spec, deploy=True).double()
+    deploy.load_state_dict(exact, strict=True)
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     with torch.no_grad():
         ref = train.eval()(x)
         got = deploy.eval()(x)
     rel = float((ref - got).abs().max() / ref.abs().max())
-    assert rel < 1e-5, rel
+    assert rel < 1e-10, rel
     assert "max rel diff" in res.stdout
 
 
@@ -166,10 +172,10 @@ def test_bn_eps_is_a_parameter():
 
 def test_switch_to_deploy_in_place_scriptable_and_trainable():
     spec = get_arch("s4")
-    model = build_model(spec)
+    model = build_model(spec).double()  # float64: the comparison is of structure, not rounding
     model.load_state_dict(random_state_dict(spec, seed=9))
     model.eval()
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64)
     with torch.no_grad():
         ref = model(x)
     copy_ = deploy_copy(model)
@@ -182,7 +188,8 @@ def test_switch_to_deploy_in_place_scriptable_and_trainable():
     with torch.no_grad():
         for m in (model, copy_, torch.jit.script(model), torch.jit.trace(model, x)):
             got = m(x)
-            assert float((got - ref).abs().max() / ref.abs().max()) < 1e-5
+            assert got.dtype == torch.float64
+            assert float((got - ref).abs().max() / ref.abs().max()) < 1e-10
     torch.jit.script(build_model("s0"))  # the train form scripts too
 
 
@@ -288,7 +295,7 @@ def test_builtin_table_reads_the_same_as_yaml_and_matches_the_reference():
     """builtin.yaml is read with json for speed; a YAML parser must see the same table."""
     import yaml
 
-    from mobileone_cli.arch import _BUILTIN_YAML, builtin_archs
+    from mobileone_cli.spec.arch import _BUILTIN_YAML, builtin_archs
 
     with open(_BUILTIN_YAML, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mobileone_cli import fusion
+from mobileone_cli.fuse import fusion
 from mobileone_cli.errors import BadInput
-from mobileone_cli.fusion import BatchNormStats, fuse_branches
+from mobileone_cli.fuse.fusion import BatchNormStats, fuse_branches
 
 
 def _bn(c, g):

@@ -21,11 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from mobileone_cli.arch import ArchSpec, get_arch
-from mobileone_cli.convert import convert_file
-from mobileone_cli.layouts import remap
-from mobileone_cli.model import MobileOne
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.spec.arch import ArchSpec, get_arch
+from mobileone_cli.spec.layouts import remap
+from mobileone_cli.models.mobileone import MobileOne
+from mobileone_cli.models.synthetic import random_state_dict
 
 DEFAULT_N = 240
 # Small enough to fuse and check in milliseconds; still has every part: k > 1 conv branches,
@@ -334,7 +333,7 @@ def run_case(run_cli, folder: str, seed: Seed, data: bytes, what: str, has_inspe
         fh.write(data)
     if os.path.exists(dst):
         os.unlink(dst)
-    res = run_cli("convert", src, dst, "--json")
+    res = run_cli("convert", src, dst, "--json", "--input-size", "x".join(map(str, CHECK_SIZE)))
     assert res.exit_code in (0, 2), f"{what}: exit {res.exit_code}\n{res.output}"
     assert "Traceback" not in res.output, f"{what}:\n{res.output}"
     assert leftovers(folder) == [], f"{what}: temp files left: {leftovers(folder)}"
@@ -391,11 +390,8 @@ def seed_bytes(seed: Seed, sd: Dict[str, Any]) -> bytes:
 
 @pytest.fixture
 def small_check(monkeypatch):
-    """The built-in verification on CHECK_SIZE images, on one thread (tiny convolutions are
-    slower on several busy threads than on one), so that each case costs milliseconds."""
-    defaults = convert_file.__kwdefaults__
-    assert "input_size" in defaults
-    monkeypatch.setitem(defaults, "input_size", CHECK_SIZE)
+    """One thread for the checks on CHECK_SIZE images (tiny convolutions are slower on several
+    busy threads than on one), so that each case costs milliseconds."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobileone_cli.errors import BadInput
-from mobileone_cli.generic import find_blocks, fuse_generic, parse_kernel
+from mobileone_cli.fuse.generic import find_blocks, parse_kernel
+from mobileone_cli.fuse.generic_fuse import fuse_generic
 
 NAMES = {
     "apple": dict(conv="rbr_conv", bn="bn", scale="rbr_scale", skip="rbr_skip",
@@ -271,7 +272,7 @@ def test_generic_fuses_every_block_and_outputs_match(fastvit, run_cli, tmp_path)
 
 def test_generic_check_can_fail(fastvit, tmp_path, monkeypatch, run_cli):
     """A fusion that drops the running mean is caught by the per-block check: exit 1, no DST."""
-    import mobileone_cli.fusion as fusion
+    import mobileone_cli.fuse.fusion as fusion
 
     real = fusion.fuse_branches
 
@@ -376,9 +377,9 @@ def test_generic_ema_weights(fastvit, run_cli, tmp_path):
 
 def test_generic_on_a_mobileone_matches_the_mobileone_converter(run_cli, tmp_path):
     """A MobileOne is a network of MobileOne blocks: both routes give the same tensors."""
-    from mobileone_cli.config import load_config
-    from mobileone_cli.fusion import fuse_state_dict
-    from mobileone_cli.synthetic import random_state_dict
+    from mobileone_cli.spec.config import load_config
+    from mobileone_cli.fuse.fusion import fuse_state_dict
+    from mobileone_cli.models.synthetic import random_state_dict
 
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     arch = load_config(os.path.join(here, "examples", "custom_3stage.yaml"))
@@ -539,7 +540,7 @@ def test_parse_kernel():
 
 
 def test_find_blocks_needs_no_torch():
-    code = ("import sys; from mobileone_cli.generic import find_blocks; "
+    code = ("import sys; from mobileone_cli.fuse.generic import find_blocks; "
             "info = {'a.rbr_conv.0.conv.weight': ('float32', (4, 1, 1, 7)), "
             "**{f'a.rbr_conv.0.bn.{l}': ('float32', (4,)) for l in "
             "('weight', 'bias', 'running_mean', 'running_var')}}; "

@@ -13,11 +13,11 @@ import sys
 import pytest
 import torch
 
-from mobileone_cli.arch import get_arch
-from mobileone_cli.checkpoint import save_checkpoint
-from mobileone_cli.fusion import fuse_state_dict
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.io.write import save_checkpoint
+from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.inspection import inspect_file
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.models.synthetic import random_state_dict
 
 from .test_layouts import COUNTS, LAYOUTS, as_layout
 

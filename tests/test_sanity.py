@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from mobileone_cli.sanity import non_finite_keys
+from mobileone_cli.io.sanity import non_finite_keys
 
 
 def test_non_finite_keys_across_dtypes_and_positions():

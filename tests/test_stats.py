@@ -1,6 +1,6 @@
 """Issue 5: `mobileone stats`, exact params and MACs/FLOPs, train vs deploy, and --bench.
 
-Every count is checked against something that does not use mobileone_cli.counting: the numbers of
+Every count is checked against something that does not use mobileone_cli.stats.counting: the numbers of
 section 5 of shared/reference/mobileone.md typed in again, parameter and buffer sizes of the torch
 model (model.build_model on the meta device: shapes without memory), torch's own
 FlopCounterMode, and a from-scratch counter of fvcore's rules written below.
@@ -17,10 +17,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobileone_cli.arch import get_arch
-from mobileone_cli.counting import arch_stats, conv_out, parse_size
-from mobileone_cli.model import build_model
-from mobileone_cli.synthetic import random_state_dict
+from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.errors import BadInput
+from mobileone_cli.spec.limits import parse_input_size
+from mobileone_cli.stats.counting import arch_stats, conv_out
+from mobileone_cli.models.mobileone import build_model
+from mobileone_cli.models.synthetic import random_state_dict
 
 from .conftest import ARCHS
 
@@ -135,9 +137,11 @@ def test_conv_out_formula():
                                            torch.zeros(1, 1, k, k, device="meta"), stride=s,
                                            padding=k // 2)
             assert conv_out(size, k, s, k // 2) == y.shape[-1]
-    assert parse_size(224) == (224, 224) and parse_size("160x96") == (160, 96)
-    with pytest.raises(ValueError):
-        parse_size("0")
+    assert parse_input_size(224) == (224, 224) and parse_input_size("160x96") == (160, 96)
+    assert parse_input_size("160 96") == parse_input_size((160, 96)) == (160, 96)
+    for bad in ("0", "abc", "1x2x3", "99999999", True):
+        with pytest.raises(BadInput):
+            parse_input_size(bad)
 
 
 # --- the mmpretrain convention, from fvcore's rules applied to a real trace ---------------------
@@ -262,8 +266,8 @@ def test_cli_deploy_safetensors_with_prefix_and_extra_keys(run_cli, tmp_path):
 @pytest.mark.parametrize("args,message", [
     ((), "give a checkpoint file or --arch"),
     (("--arch", "s9"), "unknown MobileOne variant"),
-    (("--arch", "s1", "--input-size", "0"), "input size"),
-    (("--arch", "s1", "--input-size", "abc"), "input size"),
+    (("--arch", "s1", "--input-size", "0"), "--input-size 0x0: each side must be between"),
+    (("--arch", "s1", "--input-size", "abc"), "--input-size 'abc': give one size"),
 ])
 def test_cli_bad_input(run_cli, args, message):
     res = run_cli("stats", *args)
@@ -274,7 +278,7 @@ def test_cli_bad_input(run_cli, args, message):
 def test_cli_arch_must_match_checkpoint(run_cli, write_ckpt):
     path = write_ckpt("s1", form="train")
     res = run_cli("stats", path, "--arch", "s2")
-    assert res.exit_code == 2 and "does not match" in res.stderr
+    assert res.exit_code == 2 and "not s2 as --arch says" in res.stderr
     res = run_cli("stats", path, "--num-classes", "5")
     assert res.exit_code == 2 and "--num-classes" in res.stderr
     res = run_cli("stats", str(path) + ".missing")
@@ -334,9 +338,9 @@ def test_bench_structure(run_cli):
                                                        for v in sd.values())
 
 def test_bench_rendering(capsys):
-    from mobileone_cli.bench import BenchResult, FormTiming
-    from mobileone_cli.render_stats import render_stats
-    from mobileone_cli.stats import stats_for_arch
+    from mobileone_cli.stats.bench import BenchResult, FormTiming
+    from mobileone_cli.render.stats import render_stats
+    from mobileone_cli.stats.report import stats_for_arch
 
     report = stats_for_arch(get_arch("s1"), 64)
     report.bench = BenchResult(arch="s1", input_size=(64, 64), batch=2, threads=3, warmup=1,

@@ -1,17 +1,17 @@
 """Batch mode of ``mobileone convert`` (several SRCs, or folders): progress bar, table, exit code."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Sequence
 
 import click
 
 
-def run_batch(sources: Sequence[str], dst: str, options: Dict[str, Any], as_json: bool) -> int:
+def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from ..batch import batch_exit_code, convert_many, plan_batch
-    from ..render import console, print_json
-    from ..render_export import batch_to_dict, render_batch
+    from ..render.batch import batch_to_dict, render_batch
+    from ..render.console import console, emit
 
     pairs = plan_batch(sources, dst)
     with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
@@ -19,12 +19,9 @@ def run_batch(sources: Sequence[str], dst: str, options: Dict[str, Any], as_json
                   transient=True) as bar:
         task = bar.add_task("", total=len(pairs))
         items = convert_many(
-            pairs, on_start=lambda i, src: bar.update(task, description=src),
-            on_done=lambda i, item: bar.advance(task), **options)
-    if as_json:
-        print_json(batch_to_dict(items))
-    else:
-        render_batch(items)
+            pairs, options, on_start=lambda i, src: bar.update(task, description=src),
+            on_done=lambda i, item: bar.advance(task))
+    emit(items, as_json, batch_to_dict, render_batch)
     code = batch_exit_code(items)
     if code:
         raise click.exceptions.Exit(code)

@@ -1,13 +1,13 @@
-"""``mobileone convert SRC DST``."""
+"""``mobileone convert SRC DST`` (and batch mode: several SRCs or folders into a folder)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import click
 
 from ..errors import BadInput
-from ._common import arch_option, arch_source, bn_eps_option, config_option, resolve_arch
-from ._common import trust_file_option, warn_trusted
+from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
+                       input_size_option, json_option, load_options, trust_file_option)
 
 
 def generic_only(**given: Optional[str]) -> None:
@@ -18,18 +18,19 @@ def generic_only(**given: Optional[str]) -> None:
                            f"under their own names)")
 
 
-@click.command(help="Fuse a MobileOne train checkpoint into a deploy checkpoint (and/or remap "
-                    "its layout). DST's extension picks the format: .safetensors or torch (.pth). "
-                    "Batch mode: 'convert SRC_DIR DST_DIR' or 'convert A B ... DST_DIR' converts "
-                    "every checkpoint (.pth .pth.tar .pt .bin .ckpt .safetensors) into DST_DIR "
-                    "under its own name and format, continuing past bad files.")
+@click.command(cls=MobileOneCommand,
+               help="Fuse a MobileOne train checkpoint into a deploy checkpoint (and/or remap "
+                    "its layout). DST's extension picks the format: .safetensors or torch (.pth, "
+                    ".pth.tar, .pt, .bin, .ckpt). Batch mode: 'convert SRC_DIR DST_DIR' or "
+                    "'convert A B ... DST_DIR' converts every checkpoint into DST_DIR under its "
+                    "own name and format, continuing past bad files.")
 @click.argument("src", nargs=-1, required=True, type=click.Path(dir_okay=True))
 @click.argument("dst", type=click.Path(dir_okay=True))
 @arch_option()
 @config_option()
 @bn_eps_option()
-@click.option("--to", "layout_out", type=click.Choice(["apple", "mmpretrain", "timm"]),
-              default=None, help="Key layout of DST (default: the layout of SRC).")
+@click.option("--to", "layout_out", default=None, metavar="apple|mmpretrain|timm",
+              help="Key layout of DST (default: the layout of SRC; mmcls = mmpretrain).")
 @click.option("--no-fuse", is_flag=True,
               help="Keep the train form: only remap the keys to --to's layout.")
 @click.option("--prefix", default=None, metavar="PFX",
@@ -41,9 +42,15 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the output in this precision (fusion still runs in float64 and rounds "
                    "once); the summary reports what the rounding costs. Default: SRC's dtype.")
+@click.option("--rtol", type=click.FloatRange(min=0), default=None,
+              help="Fixed tolerance of the check, relative to max |output| (default: 1e-4 plus "
+                   "the measured rounding sensitivity of the output dtype).")
+@input_size_option(help_extra=" Size of the check image.")
+@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
+              help="Seed of the check image.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@json_option("the summary")
 @click.option("--generic", is_flag=True,
               help="Fuse every MobileOne-style block of ANY network (FastViT, MobileCLIP, your "
                    "own) found by key names; all other keys pass through unchanged.")
@@ -53,54 +60,48 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--norm-kernel", default=None, metavar="K|HxW",
               help="With --generic: kernel of blocks without a conv branch (default: their "
                    "sibling's, else 1x1).")
-def convert(src: str, dst: str, arch_name: Optional[str], config_path: Optional[str],
-            bn_eps: float, layout_out: Optional[str], force: bool, no_verify: bool,
+def convert(src: Tuple[str, ...], dst: str, arch_name: Optional[str],
+            config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
+            no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,
+            dtype: Optional[str], rtol: Optional[float], input_size: Tuple[int, int], seed: int,
+            force: bool, no_verify: bool,
             as_json: bool, generic: bool, groups: Optional[int],
-            norm_kernel: Optional[str], no_fuse: bool = False, prefix: Optional[str] = None,
-            ema: bool = False, trust_file: bool = False, dtype: Optional[str] = None) -> int:
+            norm_kernel: Optional[str]) -> int:
     from ..batch import is_batch
-    from ..convert import convert_file
-    from ..render import convert_to_dict, print_json, render_convert
-    from ._common import settle_heap
+    from ..convert import ConvertOptions, convert_file
+    from ..render.console import emit
+    from ..render.convert import convert_to_dict, render_convert
+    from ._options import settle_heap
 
     settle_heap()
-
-    sources, src = src, src[0]  # several SRCs, or folders: batch mode into the folder DST
+    sources, first = src, src[0]  # several SRCs, or folders: batch mode into the folder DST
     batch = is_batch(sources, dst)
-    if batch and generic:
-        raise BadInput("--generic converts one file at a time: give one SRC file and a DST file")
-
-    if generic and (no_fuse or prefix is not None):
-        raise BadInput("--no-fuse and --prefix do not apply with --generic")
-    if trust_file:
-        warn_trusted(", ".join(sources) if batch else src)
     if generic:
-        from ..generic import convert_generic_file, parse_kernel
-        from ..render_generic import generic_to_dict, render_generic
-
+        if batch:
+            raise BadInput("--generic converts one file at a time: give one SRC file and a DST "
+                           "file")
+        if no_fuse or prefix is not None:
+            raise BadInput("--no-fuse and --prefix do not apply with --generic")
         generic_only(arch=arch_name, config=config_path, to=layout_out, dtype=dtype)
-        result = convert_generic_file(src, dst, eps=bn_eps, force=force, verify=not no_verify,
-                                      groups=groups, norm_kernel=parse_kernel(norm_kernel),
-                                      ema=ema, trust=trust_file)
-        print_json(generic_to_dict(result)) if as_json else render_generic(result)
+        from ..convert_generic import convert_generic_file
+        from ..fuse.generic import parse_kernel
+        from ..render.generic import generic_to_dict, render_generic
+
+        result = convert_generic_file(first, dst, eps=1e-5 if bn_eps is None else bn_eps,
+                                      force=force, verify=not no_verify, groups=groups,
+                                      norm_kernel=parse_kernel(norm_kernel), ema=ema,
+                                      trust=trust_file, rtol=rtol)
+        emit(result, as_json, generic_to_dict, render_generic)
         return 0
     if groups is not None or norm_kernel is not None:
         raise BadInput("--groups and --norm-kernel only apply with --generic")
-
-    from ..precision import parse_dtype
-
-    options = dict(arch=resolve_arch(arch_name, config=config_path),
-                   arch_source=config_path and arch_source(config_path),
-                   layout_out=layout_out, eps=bn_eps, force=force, verify=not no_verify,
-                   fuse=not no_fuse, prefix=prefix, ema=ema, trust=trust_file,
-                   dtype=parse_dtype(dtype))
+    options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
+                           cls=ConvertOptions, layout_out=layout_out, fuse=not no_fuse,
+                           dtype=dtype, verify=not no_verify, rtol=rtol, force=force,
+                           input_size=input_size, seed=seed)
     if batch:
         from ._batch import run_batch
 
         return run_batch(sources, dst, options, as_json)
-    result = convert_file(src, dst, **options)
-    if as_json:
-        print_json(convert_to_dict(result))
-    else:
-        render_convert(result)
+    emit(convert_file(first, dst, options), as_json, convert_to_dict, render_convert)
     return 0

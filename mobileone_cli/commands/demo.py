@@ -7,22 +7,25 @@ from typing import Optional
 
 import click
 
+from ._options import resolve_arch
 
-@click.command(help="Synthesize an Apple-layout unfused s0 checkpoint (random weights and random "
-                    "BatchNorm statistics), convert it, verify it and show the summary.")
+
+@click.command(help="Synthesize an Apple-layout unfused s0 checkpoint (random weights, BatchNorm "
+                    "statistics calibrated like a trained network's), convert it, verify it and "
+                    "show the summary.")
 @click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
               help="Keep the files in this folder (default: a temporary folder, removed after).")
 @click.option("--arch", "arch_name", default="s0", show_default=True, metavar="s0..s4")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Synthesize the network a YAML model config describes instead "
                                    "(see examples/).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
 def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
-    from ..checkpoint import save_checkpoint
-    from ..convert import convert_file
-    from ..render import console, render_convert
-    from ..synthetic import random_state_dict
-    from ._common import arch_source, resolve_arch
+    from ..convert import ConvertOptions, convert_file
+    from ..io.write import save_checkpoint
+    from ..models.synthetic import random_state_dict
+    from ..render.console import console, safe
+    from ..render.convert import render_convert
 
     arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
     out = console()
@@ -31,9 +34,12 @@ def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed
         src = os.path.join(where, f"mobileone_{arch.name}_unfused.pth.tar")
         dst = os.path.join(where, f"mobileone_{arch.name}.pth")
         save_checkpoint(src, random_state_dict(arch, seed=seed), force=True)
-        out.print(f"synthesized {src} (Apple layout, train form, random weights and BN stats)")
-        result = convert_file(src, dst, force=True, arch=arch if config_path else None,
-                              arch_source=config_path and arch_source(config_path))
+        out.print(f"synthesized {safe(src)} (Apple layout, train form, random weights, "
+                  f"calibrated BN statistics)")
+        options = ConvertOptions(arch=arch if config_path else None,
+                                 arch_source=f"--config {config_path}" if config_path else None,
+                                 force=True)
+        result = convert_file(src, dst, options)
         render_convert(result, title="mobileone demo")
         out.print(f"[bold green]OK[/]: deploy checkpoint matches the train model "
                   f"(max rel diff {result.metrics.max_rel:.2e})")

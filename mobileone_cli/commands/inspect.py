@@ -5,14 +5,14 @@ from typing import Optional
 
 import click
 
-from ._common import arch_source, config_option, resolve_arch, trust_file_option, warn_trusted
+from ._options import config_option, json_option, resolve_arch, trust_file_option
 
 
 @click.command(help="Show what a checkpoint holds: file format, wrapper, layout (apple, "
                     "mmpretrain, timm), form (train/deploy), variant, classes, prefix, dtype, "
                     "key and parameter counts, unknown keys.")
 @click.argument("ckpt", type=click.Path(dir_okay=True))
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 @click.option("--prefix", default=None, metavar="PFX",
               help="Look at the MobileOne under this key prefix (when there are several).")
 @click.option("--ema", is_flag=True, help="Look at the EMA weights instead of the state_dict.")
@@ -21,16 +21,11 @@ from ._common import arch_source, config_option, resolve_arch, trust_file_option
 def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, trust_file: bool,
             config_path: Optional[str]) -> int:
     from ..inspection import inspect_file
-    from ..render import print_json
-    from ..render_inspect import render_inspect
+    from ..render.console import emit
+    from ..render.inspect import render_inspect
 
-    if trust_file:
-        warn_trusted(ckpt)
     report = inspect_file(ckpt, ema=ema, trust=trust_file, prefix=prefix,
                           arch=resolve_arch(None, config=config_path),
-                          arch_source=config_path and arch_source(config_path))
-    if as_json:
-        print_json(report)
-    else:
-        render_inspect(report)
+                          arch_source=f"--config {config_path}" if config_path else None)
+    emit(report, as_json, dict, render_inspect)
     return 0

@@ -4,38 +4,15 @@ Torch is imported only by ``--bench`` and by reading a torch (non-safetensors) c
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import click
 
-from ._common import arch_source, config_option, resolve_arch
+from ._options import (MobileOneCommand, config_option, input_size_option, json_option,
+                       resolve_arch, trust_file_option)
 
 
-def join_input_size(args: List[str]) -> List[str]:
-    """Let ``--input-size H W`` take two numbers: rewrite it as ``--input-size HxW``."""
-    out: List[str] = []
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if (a == "--input-size" and i + 2 < len(args) and args[i + 1].isdigit()
-                and args[i + 2].isdigit()):
-            out += [a, f"{args[i + 1]}x{args[i + 2]}"]
-            i += 3
-            continue
-        if a == "--":
-            out += args[i:]
-            break
-        out.append(a)
-        i += 1
-    return out
-
-
-class StatsCommand(click.Command):
-    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
-        return super().parse_args(ctx, join_input_size(list(args)))
-
-
-@click.command(cls=StatsCommand,
+@click.command(cls=MobileOneCommand,
                help="Exact parameter and MAC counts of a MobileOne, train form and deploy form "
                     "side by side, per stage and in total, computed from the architecture (no "
                     "forward pass). Give a checkpoint CKPT (architecture, classes and form are "
@@ -46,8 +23,7 @@ class StatsCommand(click.Command):
 @config_option()
 @click.option("--num-classes", type=click.IntRange(min=0), default=None,
               help="Head size for --arch (default 1000; 0 = no head).")
-@click.option("--input-size", "input_size", default="224", show_default=True, metavar="H [W]",
-              help="Input height and width in pixels (one number for a square image).")
+@input_size_option()
 @click.option("--convention", type=click.Choice(["macs", "flops", "mmpretrain"]),
               default="macs", show_default=True,
               help="Unit of the per-part compute columns: MACs; FLOPs = 2 x MACs "
@@ -63,16 +39,16 @@ class StatsCommand(click.Command):
               help="Timed forward passes per form for --bench (the median is reported).")
 @click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True,
               help="Untimed forward passes per form before timing, for --bench.")
-@click.option("--trust-file", is_flag=True,
-              help="Load a torch CKPT with full unpickling, which can run code from the file. "
-                   "Only for files you trust; the default is weights-only loading.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@trust_file_option()
+@json_option()
 def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[str],
           num_classes: Optional[int],
-          input_size: str, convention: str, bench: bool, batch: int, threads: Optional[int],
+          input_size, convention: str, bench: bool, batch: int, threads: Optional[int],
           runs: int, warmup: int, trust_file: bool, as_json: bool) -> int:
     from ..errors import BadInput
-    from ..stats import bench_report, report_to_dict, stats_for_arch, stats_for_checkpoint
+    from ..render.console import emit
+    from ..render.stats import render_stats, stats_to_dict
+    from ..stats.report import bench_report, stats_for_arch, stats_for_checkpoint
 
     if ckpt is None and arch_name is None and config_path is None:
         raise BadInput("give a checkpoint file or --arch", hint="e.g. mobileone stats --arch s2")
@@ -86,15 +62,9 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
         report = stats_for_arch(arch, input_size)
     else:
         report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file,
-                                      arch_source=config_path and arch_source(config_path))
+                                      arch_source=f"--config {config_path}" if config_path
+                                      else None)
     if bench:
         bench_report(report, batch=batch, threads=threads, runs=runs, warmup=warmup)
-    if as_json:
-        from ..render import print_json
-
-        print_json(report_to_dict(report))
-    else:
-        from ..render_stats import render_stats
-
-        render_stats(report, convention=convention)
+    emit(report, as_json, stats_to_dict, render_stats, convention=convention)
     return 0

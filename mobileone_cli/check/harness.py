@@ -1,0 +1,399 @@
+"""The one check harness: models, inputs, metrics and the verdict rule that convert, verify and
+export share.
+
+The verdict: a deploy model D computes the train model T's function when, at the output and in
+every block (each fed the train model's input, see :mod:`.localize`), it is no further from T than
+
+    atol + rtol * max|T| + SENSITIVITY_FACTOR * (distance between D and D with every weight
+                                                 perturbed by one unit roundoff of D's dtype)
+
+The last term is the network's own sensitivity to rounding D's weights, measured on D itself
+(never on the fusion code under test): ~0 for fp32 weights of a well-conditioned network, the
+size of honest fp16/bf16 rounding for half-precision files, and large where the network amplifies
+rounding.  It is measured only when D is beyond ``atol + rtol * scale`` (and always when
+``measure_sensitivity``).  An explicit ``rtol`` drops it: the user's tolerance is the tolerance.
+
+The comparison runs in fp32 first.  When fp32 cannot decide (D beyond its bound), a float64 run
+of both models on the same inputs (D's weights upcast exactly) referees: fp32 rounding amplified
+by an ill-conditioned network (activations ~1e9, saturated SE gates) disappears there, while a
+wrong fusion does not.  Only the referee can fail a check, and block localization uses it too,
+so an innocent block is never named.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+
+import torch
+
+from ..errors import BadInput
+from ..spec.arch import ArchSpec
+from ..spec.layouts import remap
+from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
+from .localize import BlockError, track_blocks
+
+__all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
+           "resolve_device", "perturb", "Verdict", "judge", "non_finite", "float_dtype", "CHUNK"]
+
+CHUNK = 4  # images per forward pass while block outputs are kept (bounds memory)
+
+
+@dataclass
+class Metrics:
+    """How far ``out`` is from ``ref``; relative numbers are relative to max |ref|."""
+
+    max_abs: float
+    max_rel: float
+    scale: float  # max |ref|
+    cosine: float
+    top1: Optional[float] = None  # fraction of rows whose argmax agrees (logits only)
+    top5: Optional[float] = None  # fraction of rows whose top-5 sets agree
+    finite: bool = True
+
+    def within(self, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> bool:
+        return self.finite and self.max_abs <= atol + rtol * self.scale
+
+    def to_dict(self) -> Dict[str, object]:
+        return asdict(self)
+
+
+def compare_outputs(ref: torch.Tensor, out: torch.Tensor, logits: bool = True) -> Metrics:
+    """Metrics of ``out`` against ``ref``, computed in float64."""
+    r = ref.detach().to(torch.float64).reshape(ref.shape[0], -1)
+    o = out.detach().to(torch.float64).reshape(out.shape[0], -1)
+    finite = bool(torch.isfinite(o).all() and torch.isfinite(r).all())
+    diff = (r - o).abs()
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    scale = float(r.abs().max()) if r.numel() else 0.0
+    max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
+    cos = torch.nn.functional.cosine_similarity(r, o, dim=1)
+    m = Metrics(max_abs=max_abs, max_rel=max_rel, scale=scale, cosine=float(cos.min()),
+                finite=finite)
+    if logits and r.shape[1] > 1:
+        m.top1 = float((r.argmax(1) == o.argmax(1)).to(torch.float64).mean())
+        k = min(5, r.shape[1])
+        tr = r.topk(k, dim=1).indices.sort(dim=1).values
+        to = o.topk(k, dim=1).indices.sort(dim=1).values
+        m.top5 = float((tr == to).all(dim=1).to(torch.float64).mean())
+    if not finite:
+        m.max_abs = m.max_rel = math.inf
+    return m
+
+
+def float_dtype(state_dict: Mapping[str, torch.Tensor]) -> torch.dtype:
+    """The widest floating dtype among the tensors (the precision the file stores)."""
+    wide = None
+    for v in state_dict.values():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            wide = v.dtype if wide is None else torch.promote_types(wide, v.dtype)
+    return wide or torch.float32
+
+
+def load_model(state_dict: Mapping[str, torch.Tensor], arch: ArchSpec, form: str, *,
+               layout: str = "apple", bn_eps: Optional[float] = None,
+               device: str = "cpu", dtype: Optional[torch.dtype] = None):
+    """Our MobileOne in eval mode holding ``state_dict`` (strict; shares memory when it can)."""
+    from ..models.mobileone import MobileOne
+
+    apple_sd = remap(state_dict, arch, layout, "apple", form)
+    with torch.device("meta"):  # no allocation, no random init: every tensor is assigned below
+        model = MobileOne(arch, deploy=(form == "deploy"), bn_eps=bn_eps)
+    target = dtype or float_dtype(apple_sd)
+    apple_sd = {k: (v.to(device=device, dtype=target) if v.is_floating_point() else v.to(device))
+                for k, v in apple_sd.items()}
+    model.load_state_dict(apple_sd, strict=True, assign=True)
+    return model.eval()
+
+
+def seeded_inputs(seed: int = 0, batch: int = 1, input_size: Sequence[int] = (224, 224),
+                  channels: int = 3, dtype: torch.dtype = torch.float32,
+                  device: str = "cpu") -> torch.Tensor:
+    """Standard-normal images from a private generator: same seed, same images, everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    return torch.randn(batch, channels, h, w, generator=g, dtype=torch.float64).to(
+        device=device, dtype=dtype)
+
+
+def perturb(state_dict: Mapping[str, torch.Tensor], unit: float,
+            seed: int = 1234) -> Dict[str, torch.Tensor]:
+    """Every float tensor times (1 +- ``unit``), signs at random: a rounding-sized change of
+    every weight, in float64 (counters pass through)."""
+    g = torch.Generator().manual_seed(seed)
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            sign = torch.randint(0, 2, v.shape, generator=g, dtype=torch.int8).to(
+                torch.float64) * 2 - 1
+            out[k] = v.to(torch.float64) * (1 + unit * sign)
+        else:
+            out[k] = v
+    return out
+
+
+@contextlib.contextmanager
+def strict_fp32(device: Any = "cpu") -> Iterator[None]:
+    """Full fp32 convolutions and matmuls on CUDA for the duration of a check.
+
+    Ampere+ GPUs run fp32 convolutions in TF32 by default (10-bit mantissa): ~1e-3 of rounding
+    that would both fail honest fusions and hide real errors.  Settings are restored after.
+    """
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        targets = [(conv, "fp32_precision", "ieee"),
+                   (torch.backends.cuda.matmul, "fp32_precision", "ieee")]
+    else:
+        targets = [(torch.backends.cudnn, "allow_tf32", False),
+                   (torch.backends.cuda.matmul, "allow_tf32", False)]
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in targets]
+    try:
+        for obj, name, value in targets:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in saved:
+            setattr(obj, name, value)
+
+
+def resolve_device(name: str) -> str:
+    """``--device`` -> a usable torch device string, or a clear error."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise BadInput(f"--device {name!r}: not a device name (use cpu or cuda)") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise BadInput(f"--device {name!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        built = f"with CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+        raise BadInput(f"--device {name}: CUDA is not available (this torch {torch.__version__} "
+                       f"is built {built})", hint="use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise BadInput(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return str(dev)
+
+
+# ---------------------------------------------------------------- the verdict
+
+
+@dataclass
+class Stage:
+    """One precision's comparison: D against T, and D's sensitivity (D perturbed, against D)."""
+
+    precision: str  # 'fp32' or 'fp64'
+    output: Metrics  # deploy vs train at the output
+    blocks: List[BlockError]  # deploy vs train, per block, forward order
+    sensitivity: Optional[Metrics] = None  # perturbed deploy vs deploy at the output
+    block_sensitivity: Dict[str, BlockError] = field(default_factory=dict)
+    bad_blocks: List[str] = field(default_factory=list)  # blocks beyond their own bound
+    output_bound: float = 0.0  # absolute bound at the output
+    train_output: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    @property
+    def output_within(self) -> bool:
+        return self.output.finite and self.output.max_abs <= self.output_bound
+
+    @property
+    def passed(self) -> bool:
+        return self.output_within and not self.bad_blocks
+
+
+@dataclass
+class Verdict:
+    """The decision on one deploy model, and every number behind it."""
+
+    rtol: float
+    atol: float
+    adaptive: bool  # the sensitivity term was allowed (no explicit --rtol)
+    deploy_dtype: str
+    unit: float  # unit roundoff of the deploy dtype (size of the perturbation)
+    compared: str  # 'logits' or 'feature map'
+    fp32: Stage
+    fp64: Optional[Stage] = None  # the referee, when fp32 could not decide
+    train_fp32_vs_fp64: Optional[Metrics] = None  # how far fp32 arithmetic moves the train model
+
+    @property
+    def decisive(self) -> Stage:
+        return self.fp64 if self.fp64 is not None else self.fp32
+
+    @property
+    def passed(self) -> bool:
+        return self.decisive.passed
+
+    @property
+    def first_bad(self) -> Optional[BlockError]:
+        bad = self.decisive.bad_blocks
+        return next((b for b in self.decisive.blocks if b.name in bad), None) if bad else None
+
+    @property
+    def first_divergent(self) -> Optional[BlockError]:
+        """First block whose end-to-end fp32 error exceeds atol + rtol * scale."""
+        return next((b for b in self.fp32.blocks
+                     if not (b.finite and b.max_abs <= self.atol + self.rtol * b.scale)), None)
+
+    @property
+    def rounding_explained(self) -> bool:
+        """fp32 could not pass D, the float64 referee did: rounding, not fusion."""
+        return self.fp64 is not None and self.fp64.passed
+
+    @property
+    def amplification(self) -> Optional[float]:
+        """Output sensitivity per unit roundoff of relative weight change (the network's
+        conditioning for this check); None when not measured."""
+        s = self.decisive.sensitivity
+        if s is None or not s.finite or s.scale == 0:
+            return None if s is None else math.inf
+        return (s.max_abs / s.scale) / self.unit
+
+
+    def summary(self) -> str:
+        """One line: the verdict and the numbers behind it (convert and verify print this)."""
+        stage = self.decisive
+        out = stage.output
+        rel_bound = stage.output_bound / out.scale if out.scale > 0 else 0.0
+        tol = f"rtol {self.rtol:g}" + (f", atol {self.atol:g}" if self.atol else "")
+        if self.adaptive and rel_bound > self.rtol * 1.0001 + (self.atol / out.scale
+                                                              if out.scale else 0):
+            tol = (f"its bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the measured "
+                   f"effect of {self.deploy_dtype} rounding of the weights)")
+        if self.passed and self.fp64 is not None and not self.fp32.passed:
+            where = self.first_divergent
+            part = f", parting from {where.name} on" if where is not None else ""
+            amp = self.amplification
+            amp_text = f"; rounding is amplified x{amp:.2g} here" if amp else ""
+            return (f"equivalent up to fp32 rounding: in fp32 the {self.compared} differ by "
+                    f"{self.fp32.output.max_rel:.2e}{part}, in float64 by {out.max_rel:.2e}, "
+                    f"within {tol}{amp_text}")
+        if self.passed:
+            return f"equivalent: max rel diff of the {self.compared} {out.max_rel:.2e} is " \
+                   f"within {tol}"
+        where = ""
+        bad = self.first_bad
+        if bad is not None:
+            sens = stage.block_sensitivity.get(bad.name)
+            bound = _bound(self.rtol, self.atol, bad.scale,
+                           sens.own_abs if sens is not None and sens.finite else 0.0,
+                           self.adaptive)
+            where = (f"; first block that breaks: {bad.name} (its own rel diff "
+                     f"{bad.own_rel:.2e}, bound {bound / bad.scale if bad.scale else 0:.2e})")
+        elif self.first_divergent is not None:
+            where = (f"; no block is wrong on its own, the difference builds up from "
+                     f"{self.first_divergent.name} on")
+        precision = "" if stage.precision == "fp32" else " (float64 referee)"
+        return (f"NOT equivalent{precision}: max rel diff of the {self.compared} "
+                f"{out.max_rel:.2e} ({tol}){where}")
+
+
+def non_finite(verdict: "Verdict", where: str, *, fused_here: bool) -> None:
+    """BadInput when the fp32 check produced NaN/Inf that says the input is unusable: the train
+    model's own output, or (``fused_here``: the deploy model is the tool's fusion of it) the
+    deploy model's, whose fused weights overflow fp32 arithmetic."""
+    out = verdict.fp32.output
+    if not math.isfinite(out.scale):
+        raise BadInput(f"{where}: the train model itself outputs NaN/Inf in float32 on the check "
+                       f"images (weights too large?); nothing was written",
+                       hint="a diverged training run or a corrupt file?")
+    if fused_here and not out.finite:
+        raise BadInput(f"{where}: the fused model outputs NaN/Inf in float32 on the check images "
+                       f"(a BatchNorm with huge weight or near-zero variance makes fused weights "
+                       f"that overflow); nothing was written",
+                       hint="`mobileone inspect` shows the fault; check the file or --bn-eps")
+
+
+def _bound(rtol: float, atol: float, scale: float, sens_abs: float, adaptive: bool) -> float:
+    return atol + rtol * scale + (SENSITIVITY_FACTOR * sens_abs if adaptive else 0.0)
+
+
+def _stage(precision: str, train, deploy, perturbed, x: torch.Tensor, *, device: str,
+           chunk: int, logits: bool, rtol: float, atol: float, adaptive: bool) -> Stage:
+    errors: Dict[str, Dict[str, BlockError]] = {}
+    refs, outs, pouts = [], [], []
+    candidates = {"deploy": deploy}
+    if perturbed is not None:
+        candidates["perturbed"] = perturbed
+    with strict_fp32(device):
+        for i in range(0, x.shape[0], chunk):
+            xi = x[i:i + chunk].to(device=device, dtype=next(train.parameters()).dtype)
+            o = track_blocks(train, candidates, xi, errors, bases={"perturbed": "deploy"})
+            refs.append(o["train"].cpu())
+            outs.append(o["deploy"].cpu())
+            if perturbed is not None:
+                pouts.append(o["perturbed"].cpu())
+    ref, out = torch.cat(refs), torch.cat(outs)
+    stage = Stage(precision=precision, output=compare_outputs(ref, out, logits),
+                  blocks=list(errors["deploy"].values()), train_output=ref)
+    sens_out = 0.0
+    if perturbed is not None:
+        stage.sensitivity = compare_outputs(out, torch.cat(pouts), logits)
+        stage.block_sensitivity = errors["perturbed"]
+        sens_out = stage.sensitivity.max_abs if stage.sensitivity.finite else 0.0
+    stage.output_bound = _bound(rtol, atol, stage.output.scale, sens_out, adaptive)
+    for b in stage.blocks:
+        s = stage.block_sensitivity.get(b.name)
+        sens = s.own_abs if s is not None and s.finite else 0.0
+        if not (b.finite and b.own_abs <= _bound(rtol, atol, b.scale, sens, adaptive)):
+            stage.bad_blocks.append(b.name)
+    return stage
+
+
+@torch.no_grad()
+def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Tensor],
+          arch: ArchSpec, x: torch.Tensor, *, train_layout: str = "apple",
+          deploy_layout: Optional[str] = None, bn_eps: Optional[float] = None,
+          rtol: Optional[float] = None, atol: float = DEFAULT_ATOL, device: str = "cpu",
+          chunk: int = CHUNK, measure_sensitivity: bool = False,
+          referee: bool = False) -> Verdict:
+    """The verdict on ``deploy_sd`` against ``train_sd`` on images ``x`` (see module docstring).
+
+    ``referee`` runs the float64 stage even when fp32 decides (``verify --reference fp64``).
+    """
+    if rtol is not None and not (math.isfinite(rtol) and rtol >= 0):
+        raise BadInput(f"--rtol {rtol:g}: must be finite and >= 0")
+    if not (math.isfinite(atol) and atol >= 0):
+        raise BadInput(f"--atol {atol:g}: must be finite and >= 0")
+    adaptive = rtol is None
+    rtol = DEFAULT_RTOL if rtol is None else rtol
+    deploy_layout = deploy_layout or train_layout
+    d_dtype = float_dtype(deploy_sd)
+    unit = UNIT_ROUNDOFF[str(d_dtype).replace("torch.", "")]
+    logits = arch.has_head
+    # Every block's output is held for one chunk: fewer images per chunk for large inputs.
+    chunk = max(1, min(chunk, chunk * 224 * 224 // (x.shape[2] * x.shape[3])))
+
+    def models(dtype: torch.dtype, with_perturbed: bool):
+        # .eval() here as well: running statistics are what fusion folds (Apple issue 8).
+        t = load_model(train_sd, arch, "train", layout=train_layout, bn_eps=bn_eps,
+                       device=device, dtype=dtype).eval()
+        d = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device,
+                       dtype=dtype).eval()
+        p = load_model(perturb(deploy_sd, unit), arch, "deploy", layout=deploy_layout,
+                       device=device, dtype=dtype).eval() if with_perturbed else None
+        return t, d, p
+
+    def run(precision: str, dtype: torch.dtype, with_perturbed: bool) -> Stage:
+        t, d, p = models(dtype, with_perturbed)
+        return _stage(precision, t, d, p, x, device=device, chunk=chunk, logits=logits,
+                      rtol=rtol, atol=atol, adaptive=adaptive)
+
+    fp32 = run("fp32", torch.float32, adaptive and measure_sensitivity)
+    if not fp32.passed and adaptive and fp32.sensitivity is None:
+        fp32 = run("fp32", torch.float32, True)  # D is beyond rtol: how much is rounding?
+    verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,
+                      deploy_dtype=str(d_dtype).replace("torch.", ""), unit=unit,
+                      compared="logits" if logits else "feature map", fp32=fp32)
+    # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
+    # in fp32, whatever float64 says), so it decides only finite comparisons.
+    if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
+        verdict.fp64 = run("fp64", torch.float64, adaptive)
+        verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
+                                                     fp32.train_output, logits)
+    for stage in (verdict.fp32, verdict.fp64):
+        if stage is not None:
+            stage.train_output = None  # the verdict keeps numbers, not activations
+    return verdict

@@ -1,0 +1,190 @@
+"""``mobileone verify``: a train checkpoint against a deploy checkpoint (or its own fusion).
+
+Files are opened with :func:`~mobileone_cli.io.source.open_source`, paired (forms, architecture,
+head), and judged by :func:`.harness.judge`, the rule ``convert`` uses too.  The report adds the
+per-stage table, the network's conditioning and the inputs used.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from ..errors import BadInput
+from ..io.source import LoadOptions, open_source
+from ..spec.arch import ArchSpec
+from ..spec.limits import check_batch, parse_input_size
+from ..spec.tolerances import DEFAULT_ATOL
+from .harness import Verdict, judge, non_finite, resolve_device, seeded_inputs
+from .localize import StageError, stage_table
+
+__all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "verify_state_dicts",
+           "verify_files"]
+
+
+@dataclass
+class Side:
+    """One checkpoint of a comparison: the MobileOne's tensors and what detection found."""
+
+    path: Optional[str]  # None: fused in memory
+    layout: str
+    form: str
+    arch: ArchSpec
+    prefix: str = ""
+    dtype: str = "float32"
+    state_dict: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    source: str = "file"  # 'file' or 'fused in memory'
+    notes: List[str] = field(default_factory=list)  # how the file was read
+    eps: float = 1e-5
+
+    def describe(self) -> Dict[str, object]:
+        return {"path": self.path, "source": self.source, "layout": self.layout,
+                "form": self.form, "arch": self.arch.name, "num_classes": self.arch.num_classes,
+                "prefix": self.prefix, "dtype": self.dtype}
+
+
+def read_side(path: str, options: Optional[LoadOptions] = None, *,
+              deploy: bool = False) -> Side:
+    """Open ``path`` and keep only its MobileOne's tensors (a deploy side may hold NaN/Inf: it
+    then fails the comparison, it is not bad input)."""
+    src = open_source(path, options, refuse_non_finite=not deploy)
+    det = src.detection
+    return Side(path=src.path, layout=det.layout, form=det.form, arch=det.arch,
+                prefix=det.prefix, dtype=det.dtype, state_dict=src.mobileone(),
+                notes=[f"{src.path}: {n}" for n in src.notes], eps=src.eps)
+
+
+def pair_sides(train: Side, deploy: Side) -> None:
+    """Refuse a pair that cannot be compared, saying what is wrong, before any number."""
+    tp, dp = train.path or "TRAIN_CKPT", deploy.path or "DEPLOY_CKPT"
+    if train.form == "deploy" and deploy.form == "train":
+        raise BadInput(f"the files are swapped: {tp} is deploy-form and {dp} is train-form",
+                       hint=f"mobileone verify {dp} {tp}")
+    if train.form != "train":
+        raise BadInput(f"{tp} is a deploy-form checkpoint; the first file must be the train "
+                       f"(unfused) checkpoint")
+    if deploy.form != "deploy":
+        raise BadInput(f"{dp} is a train-form checkpoint; the second file must be the deploy "
+                       f"(fused) checkpoint",
+                       hint=f"to check the fusion of one train checkpoint: mobileone verify {tp}")
+    if not train.arch.same_backbone(deploy.arch, ignore_branches=True):
+        raise BadInput(f"architecture mismatch: {tp} is MobileOne {train.arch.name} but {dp} is "
+                       f"MobileOne {deploy.arch.name}")
+    if train.arch.num_classes != deploy.arch.num_classes:
+        def classes(a: ArchSpec) -> str:
+            return f"{a.num_classes} classes" if a.num_classes else "no head"
+        raise BadInput(f"head mismatch: {tp} has {classes(train.arch)} but {dp} has "
+                       f"{classes(deploy.arch)}")
+
+
+@dataclass
+class VerifyReport:
+    """Everything ``mobileone verify`` found; ``passed`` is the verdict."""
+
+    arch: ArchSpec
+    verdict: Verdict
+    train: Dict[str, object] = field(default_factory=dict)
+    deploy: Dict[str, object] = field(default_factory=dict)
+    inputs: Dict[str, object] = field(default_factory=dict)
+    device: str = "cpu"
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict.passed
+
+    @property
+    def stages(self) -> List[StageError]:
+        stage = self.verdict.decisive
+        return stage_table(stage.blocks, stage.bad_blocks)
+
+    def summary(self) -> str:
+        return self.verdict.summary()
+
+
+def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, torch.Tensor],
+                       arch: ArchSpec, *, layout: str = "apple",
+                       deploy_layout: Optional[str] = None, bn_eps: Optional[float] = None,
+                       seed: int = 0, batch: int = 1, input_size: Any = (224, 224),
+                       images: Optional[torch.Tensor] = None, device: str = "cpu",
+                       rtol: Optional[float] = None, atol: float = DEFAULT_ATOL,
+                       reference: Optional[str] = None) -> VerifyReport:
+    """Judge a train and a deploy state dict of ``arch`` on seeded images (or ``images``)."""
+    if reference not in (None, "fp64"):
+        raise BadInput(f"--reference {reference!r}: only fp64 is supported")
+    if images is None:
+        size = parse_input_size(input_size)
+        check_batch(batch, size, per_pass=False)
+        x = seeded_inputs(seed, batch, size, arch.in_channels)
+    else:
+        x = images.to(torch.float32)
+        if x.ndim != 4 or x.shape[1] != arch.in_channels:
+            raise BadInput(f"the images have shape {list(x.shape)}, but this MobileOne takes "
+                           f"{arch.in_channels}-channel input")
+    verdict = judge(train_sd, deploy_sd, arch, x, train_layout=layout,
+                    deploy_layout=deploy_layout, bn_eps=bn_eps, rtol=rtol, atol=atol,
+                    device=device, measure_sensitivity=True, referee=reference == "fp64")
+    return VerifyReport(arch=arch, verdict=verdict, device=str(device),
+                        inputs={"kind": "images" if images is not None else "random",
+                                "seed": seed, "shape": list(x.shape)})
+
+
+def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
+                 options: Optional[LoadOptions] = None, seed: int = 0, batch: int = 1,
+                 input_size: Any = (224, 224), images_dir: Optional[str] = None,
+                 device: str = "cpu", rtol: Optional[float] = None,
+                 atol: float = DEFAULT_ATOL, reference: Optional[str] = None) -> VerifyReport:
+    """``mobileone verify``: a train file against a deploy file, or against its own fusion."""
+    from ..fuse.fusion import fuse_state_dict
+
+    options = options or LoadOptions()
+    size = parse_input_size(input_size)
+    device = resolve_device(device)
+    images = names = None
+    if images_dir is not None:
+        from .images import load_images
+
+        images, names = load_images(images_dir, size)
+    train = read_side(train_path, options)
+    if deploy_path is None:
+        if train.form != "train":
+            raise BadInput(f"{train_path} is already deploy-form: there is nothing to fuse",
+                           hint=f"compare it with its train checkpoint: "
+                                f"mobileone verify TRAIN_CKPT {train_path}")
+        # Exactly what convert writes (float64 fusion rounded once to the source dtype), so the
+        # two commands judge the same model.
+        fused = fuse_state_dict(dict(train.state_dict), train.arch, eps=train.eps,
+                                layout=train.layout)
+        deploy = Side(path=None, layout=train.layout, form="deploy", arch=train.arch,
+                      dtype=train.dtype, state_dict=fused,
+                      source=f"fused in memory (eps {train.eps:g})")
+    else:
+        deploy_options = LoadOptions(arch=options.arch, arch_source=options.arch_source,
+                                     eps=options.eps, ema=options.ema, trust=options.trust)
+        deploy = read_side(deploy_path, deploy_options, deploy=True)
+        pair_sides(train, deploy)
+    report = verify_state_dicts(
+        train.state_dict, deploy.state_dict, train.arch, layout=train.layout,
+        deploy_layout=deploy.layout, bn_eps=train.eps, seed=seed, batch=batch, input_size=size,
+        images=images, device=device, rtol=rtol, atol=atol, reference=reference)
+    non_finite(report.verdict, train_path, fused_here=deploy_path is None)
+    report.train = train.describe()
+    report.deploy = deploy.describe()
+    report.notes.extend(train.notes + deploy.notes)
+    if names is not None:
+        report.inputs.update(kind="images", dir=os.fspath(images_dir), files=len(names),
+                             preprocessing="resize short edge (bilinear), centre crop, "
+                                           "ImageNet mean/std")
+    if deploy_path is not None and not report.passed and _most_blocks_bad(report):
+        report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
+                            "file made from another checkpoint?")
+    return report
+
+
+def _most_blocks_bad(report: VerifyReport) -> bool:
+    """The files disagree in most blocks, not in one: another checkpoint or another eps."""
+    stage = report.verdict.decisive
+    blocks = [b for b in stage.blocks if b.stage <= report.arch.num_stages]
+    return len(stage.bad_blocks) >= 0.5 * max(1, len(blocks))

@@ -1,0 +1,147 @@
+"""Options shared by the commands, defined once (no torch at import time).
+
+Commands are thin: they parse with these options, call one library function, and hand the
+result to :func:`mobileone_cli.render.console.emit`, the single output path for JSON or tables.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional
+
+import click
+
+from ..errors import BadInput
+from ..spec.arch import ArchSpec, get_arch
+
+__all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
+           "trust_file_option", "json_option", "input_size_option", "load_options",
+           "resolve_arch", "settle_heap"]
+
+
+def _join_input_size(args: List[str]) -> List[str]:
+    """``--input-size H W`` (two numbers) becomes ``--input-size HxW``."""
+    out: List[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            out += args[i:]
+            break
+        if (a == "--input-size" and i + 2 < len(args) and args[i + 1].isdigit()
+                and args[i + 2].isdigit()):
+            out += [a, f"{args[i + 1]}x{args[i + 2]}"]
+            i += 3
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+class MobileOneCommand(click.Command):
+    """A command whose ``--input-size`` also takes two numbers (H W)."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        return super().parse_args(ctx, _join_input_size(list(args)))
+
+
+class InputSize(click.ParamType):
+    """224, 224x192, 224,192 or (after MobileOneCommand) H W -> (H, W)."""
+
+    name = "input_size"
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        from ..spec.limits import parse_input_size
+
+        if isinstance(value, tuple):
+            return value
+        return parse_input_size(value)
+
+
+def input_size_option(default: str = "224", help_extra: str = ""):
+    return click.option("--input-size", "input_size", type=InputSize(), default=default,
+                        show_default=True, metavar="H[xW]",
+                        help="Input height and width: 224, 224x192 or 224 192." + help_extra)
+
+
+def resolve_arch(name: Optional[str], num_classes: Optional[int] = None,
+                 config: Optional[str] = None) -> Optional[ArchSpec]:
+    """``--arch`` value or ``--config`` file -> ArchSpec, or None for 'auto' / not given."""
+    if config is not None:
+        if name is not None and name.lower() != "auto":
+            raise BadInput("give --arch or --config, not both",
+                           hint="a config can start from a built-in: arch: {base: s0, ...}")
+        from ..spec.config import load_config
+
+        spec = load_config(config)
+        return spec if num_classes is None else spec.with_classes(num_classes)
+    if name is None or name.lower() == "auto":
+        return None
+    try:
+        return get_arch(name, num_classes)
+    except KeyError as exc:
+        raise BadInput(str(exc.args[0])) from None
+
+
+def arch_option(default: Optional[str] = None, help_text: Optional[str] = None):
+    return click.option("--arch", "arch_name", default=default, metavar="s0..s4|auto",
+                        help=help_text or "MobileOne variant (s2 or timm's mobileone_s2); "
+                                          "'auto' (default) detects it from tensor shapes.")
+
+
+def config_option():
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                        metavar="FILE",
+                        help="YAML model config (mmpretrain-style model dict, or a built-in with "
+                             "overrides; see examples/). Replaces --arch; its BatchNorm eps "
+                             "(norm_cfg.eps) is used.")
+
+
+def _valid_bn_eps(ctx: click.Context, param: click.Parameter, value: Optional[float]):
+    from ..spec.limits import check_bn_eps
+
+    return None if value is None else check_bn_eps(value)
+
+
+def bn_eps_option():
+    return click.option("--bn-eps", type=float, default=None, callback=_valid_bn_eps,
+                        metavar="EPS",
+                        help="BatchNorm eps of the training run (not stored in checkpoints). "
+                             "Default: the config's, else 1e-5 (every released model).")
+
+
+def _warn_trusted(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        click.echo("warning: --trust-file: checkpoints are unpickled with weights_only=False; "
+                   "code stored in them can run", err=True)
+    return value
+
+
+def trust_file_option():
+    return click.option("--trust-file", is_flag=True, callback=_warn_trusted,
+                        help="Unpickle with weights_only=False, which can RUN CODE stored in the "
+                             "file. Only for files you trust; without it, objects that "
+                             "weights-only loading refuses are read as inert placeholders.")
+
+
+def json_option(what: str = "the report"):
+    return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
+
+
+def load_options(arch_name: Optional[str] = None, config_path: Optional[str] = None,
+                 bn_eps: Optional[float] = None, prefix: Optional[str] = None,
+                 ema: bool = False, trust_file: bool = False, cls=None, **more: Any):
+    """The library's LoadOptions (or a subclass ``cls``) from the shared command-line options."""
+    from ..io.source import LoadOptions
+
+    return (cls or LoadOptions)(arch=resolve_arch(arch_name, config=config_path),
+                                arch_source=f"--config {config_path}" if config_path else None,
+                                eps=bn_eps, prefix=prefix, ema=ema, trust=trust_file, **more)
+
+
+def settle_heap() -> None:
+    """Hide the objects that importing torch made (they live until exit) from the cyclic GC.
+
+    Without this, each full collection during a conversion re-scans them all: ~0.1 s of an s4
+    conversion.  Call it after the command's heavy imports, before the work."""
+    import gc
+
+    gc.freeze()

@@ -1,0 +1,102 @@
+"""``convert --generic``: fuse every MobileOne-style block of any checkpoint file (FastViT,
+MobileCLIP, custom networks), check each against its branches, write atomically.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from .errors import BadInput, VerificationFailed
+from .fuse.generic import FoundBlock, Kernel
+from .fuse.generic_fuse import GenericReport, check_blocks, fuse_generic
+
+__all__ = ["GenericResult", "convert_generic_file"]
+
+
+def _default_rtol(fused: Mapping[str, Any], blocks: Sequence[FoundBlock]) -> float:
+    """1e-4 (verify's default) for float32/64; a few rounding steps of half-precision kernels."""
+    import torch
+
+    eps = max(torch.finfo(fused[b.weight_key].dtype).eps for b in blocks)
+    return max(1e-4, 4 * eps)
+
+
+@dataclass
+class GenericResult:
+    src: str
+    dst: Optional[str]
+    report: GenericReport
+    checks: Dict[str, float] = field(default_factory=dict)  # path -> max rel diff
+    size_in: int = 0
+    size_out: int = 0
+    notes: List[str] = field(default_factory=list)
+    state_dict: Optional[Dict[str, Any]] = None
+
+    @property
+    def max_rel(self) -> Optional[float]:
+        return max(self.checks.values()) if self.checks else None
+
+
+def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, force: bool = False,
+                         verify: bool = True, groups: Optional[int] = None,
+                         norm_kernel: Optional[Kernel] = None, ema: bool = False,
+                         trust: bool = False, rtol: Optional[float] = None,
+                         seed: int = 0) -> GenericResult:
+    """``convert --generic``: fuse every MobileOne-style block of any checkpoint file.
+
+    Keys keep their names (a ``module.``/``model.`` prefix stripped on loading is put back), an
+    mmpretrain/FastViT ``{'state_dict': ...}`` wrapper keeps its ``meta``; nothing is written
+    when a block is refused or fails its check.
+    """
+    from . import __version__
+    from .io.read import load_checkpoint, loading_notes
+    from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
+
+    from .spec.limits import check_bn_eps
+
+    src = os.fspath(src)
+    eps = check_bn_eps(eps)
+    if dst is not None:
+        dst = os.fspath(dst)
+        check_checkpoint_name(dst)
+        check_destination(dst, force=force, src=src)
+    ck = load_checkpoint(src, ema=ema, trust=trust)
+    try:
+        out, report = fuse_generic(ck.state_dict, eps=eps, groups=groups,
+                                   norm_kernel=norm_kernel)
+    except BadInput as exc:
+        raise BadInput(f"{src}: {exc.message}", hint=exc.hint) from None
+    result = GenericResult(src=src, dst=dst, report=report, size_in=os.path.getsize(src))
+    if verify:
+        result.checks = check_blocks(ck.state_dict, out, report.blocks, eps=eps, seed=seed)
+        tol = _default_rtol(out, report.blocks) if rtol is None else rtol
+        bad = [(p, r) for p, r in result.checks.items() if not r <= tol]
+        if bad:
+            path, rel = max(bad, key=lambda pr: pr[1])
+            raise VerificationFailed(f"{src}: fused block {path or '(top level)'} differs from its "
+                                     f"branches (max rel diff {rel:.3g} > {tol:g}); nothing was "
+                                     f"written")
+    result.notes += loading_notes(ck)
+    if ck.stripped_prefix:
+        out = {ck.stripped_prefix + k: v for k, v in out.items()}
+        result.notes.append(f"kept the key prefix {ck.stripped_prefix!r} in the output")
+    if report.already_fused:
+        result.notes.append(f"{len(report.already_fused)} block(s) were already fused and passed "
+                            f"through")
+    if dst is not None:
+        container = None
+        if ck.wrapper == "state_dict" and output_format(dst) != "safetensors":
+            from .io.safeload import plain_data
+
+            # Placeholders (foreign objects never loaded) become strings: output stays weights-only.
+            meta = ck.extras.get("meta")
+            container = {"meta": plain_data(dict(meta))} if isinstance(meta, dict) else {}
+        metadata = dict(ck.metadata)
+        metadata.update({"format": "pt", "mobileone_cli": __version__, "form": "deploy",
+                         "fused_blocks": str(len(report.blocks)), "bn_eps": repr(eps)})
+        result.size_out = save_checkpoint(
+            dst, out, force=force, container=container,
+            metadata=metadata if output_format(dst) == "safetensors" else None)
+    result.state_dict = out
+    return result

@@ -1,0 +1,84 @@
+"""One input checkpoint, opened once: loaded safely, its MobileOne detected, checked against what
+the user said (``--arch``/``--config``), validated, and its BatchNorm eps settled.
+
+Every job (convert, verify, export, eval, quant) starts from :func:`open_source`, so the rules of
+reading an input live here and run once per input.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from ..spec.arch import ArchSpec, expect_arch
+from ..spec.layouts import TensorEntry
+from ..spec.limits import resolve_eps
+from .detect import Detection, detect_layout, tensor_info
+from .read import Checkpoint, load_checkpoint, loading_notes
+from .sanity import check_finite, preflight
+
+__all__ = ["LoadOptions", "Source", "open_source"]
+
+
+@dataclass
+class LoadOptions:
+    """How to read an input checkpoint; shared by every command that reads one."""
+
+    arch: Optional[ArchSpec] = None  # the architecture the user expects (--arch / --config)
+    arch_source: Optional[str] = None  # '--config FILE' when arch came from a config
+    eps: Optional[float] = None  # --bn-eps; None: the config's eps, else 1e-5
+    prefix: Optional[str] = None
+    ema: bool = False
+    trust: bool = False
+
+
+@dataclass
+class Source:
+    """A loaded checkpoint and the MobileOne found in it."""
+
+    path: str
+    checkpoint: Checkpoint
+    detection: Detection
+    state_dict: Dict[str, Any]  # every tensor of the file, under the layout's full names
+    eps: float
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def entries(self) -> tuple:
+        return self.detection.entries()
+
+    def mobileone(self) -> Dict[str, Any]:
+        """Only the MobileOne's tensors, keyed as its layout names them (no prefix)."""
+        pfx = self.detection.prefix
+        return {e.key: self.state_dict[pfx + e.key] for e in self.entries}
+
+    def full_keys(self, entries: List[TensorEntry]) -> List[str]:
+        return [self.detection.prefix + e.key for e in entries]
+
+
+def open_source(path: str, options: Optional[LoadOptions] = None, *,
+                refuse_non_finite: bool = True) -> Source:
+    """Load ``path`` and find its MobileOne; BadInput (exit 2) on anything that cannot be used.
+
+    ``refuse_non_finite=False`` keeps NaN/Inf in the MobileOne: a deploy file under verification
+    that holds them simply fails the check, naming the block."""
+    options = options or LoadOptions()
+    path = os.fspath(path)
+    arch = options.arch
+    eps = resolve_eps(options.eps, arch.bn_eps if arch is not None else None,
+                      options.arch_source or "--arch")
+    ck = load_checkpoint(path, ema=options.ema, trust=options.trust)
+    sd = ck.state_dict
+    det = detect_layout(tensor_info(sd), prefix=options.prefix, where=path)
+    notes = loading_notes(ck)
+    if det.implied_root:  # an mmpretrain backbone saved alone: work on the layout's full names
+        sd = {det.implied_root + k: v for k, v in sd.items()}
+        notes.append(f"mmpretrain backbone saved without its {det.implied_root!r} root")
+    if arch is not None:
+        det.arch = expect_arch(arch, det.arch, det.form, where=path,
+                               source=options.arch_source or "--arch",
+                               compare_head=options.arch_source is not None)
+    if refuse_non_finite:
+        check_finite(sd, [det.prefix + e.key for e in det.entries()], path)
+    notes += preflight(sd, det, eps, path)  # mixed dtypes, variances, NaN outside the MobileOne
+    return Source(path=path, checkpoint=ck, detection=det, state_dict=sd, eps=eps, notes=notes)

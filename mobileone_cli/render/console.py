@@ -1,0 +1,69 @@
+"""The one console of the tool and the small formatting rules every table shares.
+
+Rendering takes plain data and prints; nothing under ``render/`` computes a result or imports
+torch.  Text that comes from the user or from a file (paths, keys, metadata, messages quoted from
+files) goes through :func:`safe`: rich markup escaped, control characters shown escaped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Callable, Dict, Optional
+
+__all__ = ["console", "fmt_rel", "emit", "short_path", "human_bytes", "safe"]
+
+
+def console(stderr: bool = False, min_width: int = 0):
+    """A rich Console: the terminal's width, or ``COLUMNS``, or 80 when output is not a terminal
+    (rich's own rule); ``min_width`` widens a console that does not write to a terminal."""
+    from rich.console import Console
+
+    c = Console(stderr=stderr, highlight=False, soft_wrap=False)
+    if min_width and not c.is_terminal and c.width < min_width:
+        c = Console(stderr=stderr, highlight=False, soft_wrap=False, width=min_width)
+    return c
+
+
+def safe(text: object) -> str:
+    """User- or file-derived text for a rich string: printable, one line, markup escaped."""
+    from rich.markup import escape
+
+    from ..errors import printable
+
+    return escape(printable(text))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000.0
+    return f"{n:.1f} GB"
+
+
+def fmt_rel(x: Optional[float]) -> str:
+    if x is None:
+        return "-"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.2e}"
+
+
+def short_path(path: str, width: int = 28) -> str:
+    """The path as given when it fits a table column, else its file name (the user typed it)."""
+    import os
+
+    return path if len(path) <= width else os.path.basename(path)
+
+
+def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
+         render: Callable[..., None], **render_options: Any) -> None:
+    """The one output path: ``to_dict(result)`` as JSON on stdout, or ``render(result)``."""
+    if as_json:
+        import click
+
+        click.echo(json.dumps(to_dict(result), indent=2, default=str))
+    else:
+        render(result, **render_options)
+
+

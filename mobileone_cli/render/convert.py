@@ -1,0 +1,59 @@
+"""Output of ``convert`` (one file) as a table or as plain data."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .console import console, fmt_rel, human_bytes, safe, short_path
+from .verdict import finite_json, metrics_to_dict, verdict_to_dict
+
+__all__ = ["convert_to_dict", "render_convert"]
+
+
+def convert_to_dict(r) -> Dict[str, Any]:
+    d = r.detection
+    return finite_json({
+        "src": r.src, "dst": r.dst, "arch": d.arch.name, "num_classes": d.arch.num_classes,
+        "layout_in": d.layout, "layout_out": r.layout_out, "form_in": d.form,
+        "form_out": r.form_out, "prefix": d.prefix, "keys_in": r.keys_in, "keys_out": r.keys_out,
+        "params_in": r.params_in, "params_out": r.params_out, "size_in": r.size_in,
+        "size_out": r.size_out, "passthrough_keys": r.passthrough, "bn_eps": r.eps,
+        "check": verdict_to_dict(r.verdict) if r.verdict is not None else None,
+        "notes": r.notes, "dtype_out": r.dtype_out,
+        "rounding": metrics_to_dict(r.rounding),
+    })
+
+
+def render_convert(r, title: str = "mobileone convert") -> None:
+    from rich.table import Table
+
+    d = r.detection
+    t = Table(title=title, show_header=True, header_style="bold")
+    t.add_column("", style="bold")
+    t.add_column("in")
+    t.add_column("out")
+    t.add_row("file", safe(short_path(r.src)), safe(short_path(r.dst)) if r.dst
+              else "(not written)")
+    t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", "")
+    t.add_row("layout", d.layout + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
+              r.layout_out)
+    t.add_row("form", d.form, r.form_out)
+    t.add_row("keys", f"{r.keys_in:,}", f"{r.keys_out:,}")
+    t.add_row("params", f"{r.params_in:,}", f"{r.params_out:,}")
+    t.add_row("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")
+    if r.passthrough:
+        t.add_row("other keys", f"{r.passthrough:,}", "copied unchanged")
+    if r.dtype_out:
+        t.add_row("dtype", d.dtype, r.dtype_out)
+    v = r.verdict
+    if v is not None:
+        m = v.decisive.output
+        t.add_row("check", "train (eval)", f"deploy, {v.deploy_dtype} weights")
+        t.add_row("max rel diff", "", fmt_rel(m.max_rel) + ("  (float64)" if v.fp64 else ""))
+    if r.rounding is not None:
+        t.add_row("rounding", f"to {r.dtype_out}", f"{fmt_rel(r.rounding.max_rel)} vs unrounded")
+    out = console()
+    out.print(t)
+    if v is not None:
+        out.print(f"check: {safe(v.summary())}", soft_wrap=True)
+    for note in r.notes:
+        out.print(f"note: {safe(note)}", soft_wrap=True)

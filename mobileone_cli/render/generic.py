@@ -1,0 +1,84 @@
+"""Output of ``convert --generic``: which blocks were fused, where, and how well they check out."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from .console import console, fmt_rel, human_bytes, safe
+
+__all__ = ["generic_to_dict", "render_generic"]
+
+
+def generic_to_dict(r) -> Dict[str, Any]:
+    rep = r.report
+    return {
+        "src": r.src, "dst": r.dst, "mode": "generic", "fused_blocks": len(rep.blocks),
+        "keys_in": rep.keys_in, "keys_out": rep.keys_out, "passthrough_keys": rep.passthrough,
+        "already_fused": rep.already_fused, "size_in": r.size_in, "size_out": r.size_out,
+        "max_rel_diff": r.max_rel,
+        "blocks": [dict(b.to_dict(), max_rel_diff=r.checks.get(b.path)) for b in rep.blocks],
+        "notes": r.notes,
+    }
+
+
+def _channels(b) -> str:
+    cin = b.in_channels
+    return f"{cin if cin is not None else '?'}->{b.out_channels}"
+
+
+def _branches(b) -> str:
+    parts = [f"{b.conv_branches} conv"] if b.conv_branches else []
+    parts += ["scale"] if b.has_scale else []
+    parts += ["id"] if b.has_identity else []
+    return "+".join(parts)
+
+
+def _assumed(b) -> str:
+    """What the tensors did not say about a block, and where the value came from instead."""
+    said = []
+    if b.kernel_from != "weights":
+        said.append(f"kernel {b.kernel_text} from {b.kernel_from}")
+    if b.groups_from not in ("identity BN", "not needed"):
+        said.append(f"groups {b.groups} ({b.groups_from}; --groups to change)")
+    return ", ".join(said)
+
+
+def render_generic(r) -> None:
+    from rich import box
+    from rich.table import Table
+
+    rep = r.report
+    out = console()
+    blocks = Table(title="MobileOne-style blocks fused", header_style="bold", box=box.SIMPLE)
+    for col in ("block", "naming", "branches", "kernel", "groups", "channels", "max rel diff"):
+        blocks.add_column(col, no_wrap=col in ("block", "branches"))
+    assumed = []
+    for b in rep.blocks:
+        note = _assumed(b)
+        if note:
+            assumed.append(f"{b.path or '(top level)'}: no conv branch: {note}")
+        kernel = b.kernel_text + ("" if b.kernel_from == "weights" else "*")
+        groups = "-" if b.groups is None else (
+            f"{b.groups}" + ("" if b.groups_from == "identity BN" else "*"))
+        blocks.add_row(safe(b.path or "(top level)"), b.naming, _branches(b), kernel, groups,
+                       _channels(b), fmt_rel(r.checks.get(b.path)) if r.checks else "-")
+    out.print(blocks)
+    for line in assumed:
+        out.print(f"* {safe(line)}")
+    if any(b.groups is None for b in rep.blocks):
+        out.print("groups '-': no identity branch, so groups are neither needed nor read; the "
+                  "fused conv keeps the train conv's groups and weight shape")
+    t = Table(title="mobileone convert --generic", show_header=False)
+    t.add_column("", style="bold")
+    t.add_column("")
+    t.add_row("file", safe(f"{r.src} -> {r.dst or '(not written)'}"))
+    t.add_row("fused blocks", f"{len(rep.blocks):,}")
+    t.add_row("keys", f"{rep.keys_in:,} -> {rep.keys_out:,}")
+    t.add_row("other keys", f"{rep.passthrough:,} copied unchanged")
+    t.add_row("size", f"{human_bytes(r.size_in)} -> "
+                      f"{human_bytes(r.size_out) if r.size_out else '-'}")
+    t.add_row("check", "skipped (--no-verify)" if not r.checks else
+              f"max rel diff {fmt_rel(r.max_rel)} (each block against its own branches, "
+              f"relative to max |output|)")
+    out.print(t)
+    for note in r.notes:
+        out.print(f"note: {safe(note)}", soft_wrap=True)

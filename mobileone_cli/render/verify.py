@@ -1,0 +1,108 @@
+"""Output of ``mobileone verify`` (a check.verify.VerifyReport): tables, or plain data."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+from .console import console, fmt_rel, safe
+from .verdict import finite_json, verdict_to_dict
+
+__all__ = ["render_verify", "verify_to_dict"]
+
+
+def verify_to_dict(report) -> Dict[str, Any]:
+    """Plain data for ``--json``; inf/NaN become null (strict JSON)."""
+    v = report.verdict
+    stage = v.decisive
+    return finite_json({
+        **verdict_to_dict(v),
+        "arch": report.arch.name, "num_classes": report.arch.num_classes,
+        "train": report.train, "deploy": report.deploy, "inputs": report.inputs,
+        "device": report.device,
+        "stages": [s.to_dict() for s in report.stages],
+        "blocks": [dict(b.to_dict(), bad=b.name in stage.bad_blocks) for b in stage.blocks],
+        "notes": list(report.notes),
+    })
+
+
+def _side(d) -> str:
+    if d.get("path") is None:
+        return f"{d.get('source')}, {d.get('layout')} layout"
+    where = f" under {d['prefix']!r}" if d.get("prefix") else ""
+    classes = f"{d['num_classes']} classes" if d.get("num_classes") else "no head"
+    return (f"{d['path']}  ({d['layout']}{where}, {d['form']} form, {d['arch']}, {classes}, "
+            f"{d['dtype']})")
+
+
+def _inputs(d) -> str:
+    shape = "x".join(str(n) for n in d.get("shape", []))
+    if d.get("kind") == "images":
+        return f"{d.get('files')} image(s) from {d.get('dir')} -> {shape} (ImageNet preprocessing)"
+    return f"seeded random {shape} (seed {d.get('seed')})"
+
+
+def _frac(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def render_verify(report, all_blocks: bool = False) -> None:
+    from rich.table import Table
+
+    v = report.verdict
+    out = console()
+    tol = f"rtol {v.rtol:g}" + (f", atol {v.atol:g}" if v.atol else "")
+    if v.adaptive:
+        tol += " + 4x the measured rounding sensitivity"
+    head = Table(title="mobileone verify", show_header=False)
+    head.add_column("", style="bold")
+    head.add_column("")
+    head.add_row("train", safe(_side(report.train)))
+    head.add_row("deploy", safe(_side(report.deploy)))
+    head.add_row("inputs", safe(_inputs(report.inputs)))
+    head.add_row("mode", f"eval (running BN statistics), fp32"
+                         f"{', float64 referee' if v.fp64 is not None else ''}, {report.device}")
+    head.add_row("tolerance", f"{tol} (relative to max |train output|)")
+    out.print(head)
+
+    cols = [("fp32", v.fp32.output)]
+    if v.fp64 is not None:
+        cols.append(("float64", v.fp64.output))
+    sens = v.decisive.sensitivity
+    t = Table(title=f"output ({v.compared}), deploy vs train", header_style="bold")
+    t.add_column("metric", style="bold")
+    for name, _ in cols:
+        t.add_column(name, justify="right")
+    t.add_row("max abs diff", *(f"{m.max_abs:.3e}" for _, m in cols))
+    t.add_row("max rel diff", *(fmt_rel(m.max_rel) for _, m in cols))
+    t.add_row("min cosine", *(f"{m.cosine:.9f}" for _, m in cols))
+    if v.compared == "logits":
+        t.add_row("top-1 agreement", *(_frac(m.top1) for _, m in cols))
+    t.add_row("scale (max |ref|)", *(f"{m.scale:.4g}" for _, m in cols))
+    out.print(t)
+    if sens is not None and v.amplification is not None:
+        out.print(f"rounding sensitivity: one unit roundoff of {v.deploy_dtype} on every weight "
+                  f"moves the output by {fmt_rel(sens.max_rel)} (x{v.amplification:.2g})")
+
+    s = Table(title="per stage (own = block fed the train model's input)", header_style="bold")
+    for col, just in (("stage", "left"), ("blocks", "right"), ("at output", "right"),
+                      ("worst block", "left"), ("own", "right"), ("", "left")):
+        s.add_column(col, justify=just)
+    for row in report.stages:
+        s.add_row(row.name, str(row.blocks), fmt_rel(row.max_rel), row.worst_block,
+                  fmt_rel(row.worst_own_rel), "ok" if row.within else "[bold red]BAD[/]")
+    out.print(s)
+
+    if all_blocks:
+        bad = set(v.decisive.bad_blocks)
+        b = Table(title="per block", header_style="bold")
+        for col in ("block", "end to end", "own", "min cosine", "scale", ""):
+            b.add_column(col, justify="left" if col in ("block", "") else "right")
+        for e in v.decisive.blocks:
+            b.add_row(e.name, fmt_rel(e.max_rel), fmt_rel(e.own_rel), f"{e.cosine:.6f}",
+                      f"{e.scale:.3g}", "[bold red]BAD[/]" if e.name in bad else "")
+        out.print(b)
+
+    # soft_wrap: the verdict stays one line, whatever the terminal width (grep-able in CI logs)
+    word = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    out.print(f"{word}: {safe(report.summary())}", soft_wrap=True)
+    for note in report.notes:
+        out.print(f"note: {safe(note)}", soft_wrap=True)

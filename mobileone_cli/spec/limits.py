@@ -1,0 +1,111 @@
+"""What a MobileOne (and one check of it) can be: the bounds every input is held to.
+
+The released variants are far inside every bound (at most 4 stages, 10 pairs per stage, k = 4,
+2048 channels, 1000 classes, 224x224).  The bounds exist so that a small hostile file or config
+cannot ask for unbounded work: a config with a million blocks, a batch of 4096x4096 images.
+Each refusal names the limit.  The single input-size parser of the tool lives here too.
+This module never imports torch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Tuple
+
+from ..errors import BadInput
+
+__all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
+           "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
+           "DEFAULT_EPS", "parse_input_size", "check_batch", "check_bn_eps", "resolve_eps"]
+
+MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
+MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
+MAX_BRANCHES = 16  # conv branches k per block (released: 4)
+MAX_CHANNELS = 16384  # widths, stem and input channels (released: 2048)
+MAX_KERNEL = 15  # kernel side (released: 3)
+MAX_CLASSES = 100_000  # head size (ImageNet-21k: 21,841)
+MAX_INPUT_SIDE = 4096  # pixels per side of one check image
+MAX_BATCH = 1024  # images per check
+# Pixels run through a model in one forward pass (batch x H x W): 8 Mpx is ~167 images at 224,
+# two at 2048x2048; a pass of s4 at that size peaks near 2 GiB of activations.
+MAX_PASS_PIXELS = 8 * 1024 * 1024
+# BatchNorm eps of real models is 1e-5 (PyTorch), 1e-3 (TF ports) or 1e-6; above 1 it is a typo.
+# Checkpoints do not store it: a config or --bn-eps says it, else PyTorch's default.
+DEFAULT_EPS = 1e-5
+MAX_BN_EPS = 1.0
+
+
+def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, int]:
+    """'224', '224x192', '224,192', '224 192', 224 or (224, 192) -> (H, W), checked."""
+    if isinstance(value, bool):
+        parts: Sequence[Any] = []
+    elif isinstance(value, int):
+        parts = [value]
+    elif isinstance(value, str):
+        parts = value.lower().replace("x", " ").replace(",", " ").split()
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            parts = []
+    nums = []
+    for p in parts:
+        text = str(p).strip()
+        if not text.isdigit() or len(text) > 6:
+            nums = []
+            break
+        nums.append(int(text))
+    if len(nums) not in (1, 2):
+        raise BadInput(f"{option} {_short(value)}: give one size or H and W, e.g. 224 or 224x192")
+    h, w = (nums[0], nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    if not (1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE):
+        raise BadInput(f"{option} {h}x{w}: each side must be between 1 and {MAX_INPUT_SIDE}")
+    return h, w
+
+
+def check_batch(batch: int, input_size: Tuple[int, int], *, option: str = "--batch",
+                per_pass: bool = True) -> int:
+    """``batch`` if it is allowed at ``input_size``; ``per_pass``: the whole batch runs at once."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise BadInput(f"{option} {_short(batch)}: must be between 1 and {MAX_BATCH}")
+    h, w = input_size
+    one = h * w
+    if one > MAX_PASS_PIXELS:
+        raise BadInput(f"--input-size {h}x{w}: {one:,} pixels per image is more than one pass "
+                       f"may hold ({MAX_PASS_PIXELS:,})")
+    if per_pass and batch * one > MAX_PASS_PIXELS:
+        raise BadInput(f"{option} {batch} at {h}x{w}: {batch * one:,} pixels in one pass, more "
+                       f"than the limit of {MAX_PASS_PIXELS:,}",
+                       hint=f"use a batch of at most {max(1, MAX_PASS_PIXELS // one)} at this size")
+    return batch
+
+
+def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:
+    """``eps`` as a float, or BadInput: it must be finite and in [0, MAX_BN_EPS]."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError, OverflowError):
+        raise BadInput(f"{option} {_short(eps)} is not a number") from None
+    if not math.isfinite(value) or value < 0 or value > MAX_BN_EPS:
+        raise BadInput(f"{option} {_short(eps)} is out of range: BatchNorm eps must be finite "
+                       f"and between 0 and {MAX_BN_EPS:g}",
+                       hint="PyTorch's default, used by every released MobileOne, is 1e-5")
+    return value
+
+
+def resolve_eps(option: Optional[float], config: Optional[float], source: str = "the config"
+                ) -> float:
+    """The BatchNorm eps to fuse with: ``--bn-eps`` or the config's (they must agree), else
+    PyTorch's default."""
+    if option is not None:
+        option = check_bn_eps(option)
+    if option is not None and config is not None and option != config:
+        raise BadInput(f"--bn-eps {option:g} conflicts with the BatchNorm eps {config:g} of "
+                       f"{source}", hint="drop one of them: they must say the same")
+    if option is not None:
+        return option
+    return config if config is not None else DEFAULT_EPS
+
+
+def _short(value: Any, width: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
