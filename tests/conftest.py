@@ -86,6 +86,15 @@ def fold_by_hand(sd, arch, eps=1e-5):
     return out
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker computes on one thread: two workers with two OpenMP
+    threads each on two cores spin against each other and run convolutions up to 100x slower.
+    Subprocesses that tests start inherit the setting."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-n", type=int, default=None, metavar="N",
                      help="number of mutated checkpoints for tests/test_fuzz.py "
