@@ -33,11 +33,9 @@ from .spec.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
 from .spec.tolerances import EXPORT_RTOL
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model", "check_onnx",
-           "check_shapes", "require_onnx", "resolve_exporter", "ONNX_INSTALL_HINT",
+           "check_shapes", "require_onnx", "resolve_exporter",
            "EXPORT_RTOL", "EXPORTERS"]
 
-ONNX_INSTALL_HINT = ("pip install 'mobileone-cli[onnx]'  (or the plain packages: "
-                     "pip install onnx onnxruntime onnxscript)")
 EXPORTERS = ("auto", "dynamo", "torchscript")
 DYNAMO_MIN_OPSET = 18
 
@@ -78,21 +76,10 @@ class ExportResult:
 # ---------------------------------------------------------------- what is installed
 
 
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
-
-
 def require_onnx() -> None:
-    """Refuse early, with the exact install command, when onnx or onnxruntime is missing."""
-    missing = [p for p in ("onnx", "onnxruntime") if not _importable(p)]
-    if missing:
-        verb = "is" if len(missing) == 1 else "are"
-        raise BadInput(f"export needs {' and '.join(missing)}, which {verb} not installed",
-                       hint=ONNX_INSTALL_HINT)
+    from .runtimes.onnx import require
+
+    require()
 
 
 def _dynamo_usable() -> bool:
@@ -104,7 +91,17 @@ def _dynamo_usable() -> bool:
         has_flag = "dynamo" in inspect.signature(torch.onnx.export).parameters
     except (TypeError, ValueError):
         has_flag = False
-    return has_flag and _importable("onnxscript")
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError:
+        return False
+    return has_flag
+
+
+def _onnx_hint() -> str:
+    from .runtimes.onnx import INSTALL_HINT
+
+    return INSTALL_HINT
 
 
 def resolve_exporter(exporter: str = "auto", opset: Optional[int] = None) -> str:
@@ -115,7 +112,7 @@ def resolve_exporter(exporter: str = "auto", opset: Optional[int] = None) -> str
     if exporter == "dynamo":
         if not _dynamo_usable():
             raise BadInput("--exporter dynamo needs onnxscript (and torch >= 2.5), which is not "
-                           "available", hint=ONNX_INSTALL_HINT)
+                           "available", hint=_onnx_hint())
         if low_opset:
             raise BadInput(f"--opset {opset}: the dynamo exporter writes opset "
                            f">= {DYNAMO_MIN_OPSET}", hint="use --exporter torchscript for older "
@@ -184,21 +181,6 @@ def export_model(model, path: str, *, sample, dynamic_batch: bool, dynamic_size:
                                           "other exporter") from None
 
 
-def _graph_io(path: str) -> Tuple[int, str, str, List[Any], List[Any]]:
-    """(opset, input name, output name, input shape, output shape) read back from the file."""
-    import onnx
-
-    model = onnx.load(path, load_external_data=False)
-    onnx.checker.check_model(model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-    def shape(v) -> List[Any]:
-        return [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-
-    inp, out = model.graph.input[0], model.graph.output[0]
-    return opset, inp.name, out.name, shape(inp), shape(out)
-
-
 # ---------------------------------------------------------------- check
 
 
@@ -221,20 +203,13 @@ def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tupl
     upcast) on the same (fp16: rounded) input; for fp16 the comparison with the unrounded float32
     model, the total cost of half precision, is reported alongside.
     """
-    import onnxruntime as ort
     import torch
 
     from .check.harness import compare_outputs, load_model, seeded_inputs
+    from .runtimes import load_artifact
 
     tol = EXPORT_RTOL[dtype] if rtol is None else rtol
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise VerificationFailed(f"onnxruntime cannot load the exported file: "
-                                 f"{str(exc).strip().splitlines()[0][:200]}") from None
-    input_name = sess.get_inputs()[0].name
+    artifact = load_artifact(path, kind="onnx")
     fp16 = dtype == "fp16"
     full = load_model(deploy_sd, arch, "deploy", dtype=torch.float32)
     ref_model = full
@@ -247,11 +222,7 @@ def check_onnx(path: str, deploy_sd: Dict[str, Any], arch, shapes: Sequence[Tupl
         x = seeded_inputs(seed + i, b, (h, w), arch.in_channels, torch.float32)
         if fp16:
             x = x.half()
-        try:
-            got = torch.from_numpy(sess.run(None, {input_name: x.numpy()})[0])
-        except Exception as exc:
-            raise VerificationFailed(f"onnxruntime failed at input shape {[b, 3, h, w]}: "
-                                     f"{str(exc).strip().splitlines()[0][:200]}") from None
+        got = artifact.run(x)
         with torch.no_grad():
             ref = ref_model(x.float())
             vs_fp32 = compare_outputs(full(x.float()), got, logits=logits) if fp16 else None
@@ -363,7 +334,9 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
         found["exporter"] = exporter
 
     def check(tmp: str) -> None:
-        got_opset, in_name, out_name, in_shape, out_shape = _graph_io(tmp)
+        from .runtimes.onnx import graph_io
+
+        got_opset, in_name, out_name, in_shape, out_shape, _ = graph_io(tmp)
         if o.opset is not None and got_opset != o.opset:
             raise BadInput(f"--opset {o.opset}: the {found['exporter']} exporter wrote opset "
                            f"{got_opset}")
