@@ -1,6 +1,6 @@
 """Whole-process benchmark of `mobileone convert` against two baselines measured in the same run.
 
-    python benchmarks/run.py [--runs 3] [--update-readme]
+    python benchmarks/run.py [--runs 3] [--update-docs]
 
 Every case is a fresh Python process (what a user waits for: start-up, imports, load, save).
 Wall time is measured around the child, peak RSS is the child's own ru_maxrss (os.wait4).  Medians
@@ -26,7 +26,7 @@ from typing import Dict, List, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-README = os.path.join(ROOT, "README.md")
+DOC = os.path.join(ROOT, "docs", "performance.md")
 BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
 
 FLOOR = """
@@ -131,8 +131,8 @@ def make_checkpoints(folder: str) -> Dict[str, str]:
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="runs per case (median is reported)")
-    ap.add_argument("--update-readme", action="store_true",
-                    help="rewrite the results block in README.md with this run")
+    ap.add_argument("--update-docs", action="store_true",
+                    help="rewrite the results block in docs/performance.md with this run")
     args = ap.parse_args(argv)
 
     py = sys.executable
@@ -191,8 +191,8 @@ def main(argv: List[str] = None) -> int:
                      f"{'PASS' if ok else 'MISS'} |")
     report = "\n".join(lines)
     print(report)
-    if args.update_readme:
-        with open(README, encoding="utf-8") as fh:
+    if args.update_docs:
+        with open(DOC, encoding="utf-8") as fh:
             text = fh.read()
         block = f"{BEGIN}\n{report}\n{END}"
         if BEGIN in text:
@@ -200,9 +200,9 @@ def main(argv: List[str] = None) -> int:
                           flags=re.S)
         else:
             text = text.replace("## Performance\n", f"## Performance\n\n{block}\n", 1)
-        with open(README, "w", encoding="utf-8") as fh:
+        with open(DOC, "w", encoding="utf-8") as fh:
             fh.write(text)
-        print(f"\nREADME.md updated ({misses} target(s) missed)")
+        print(f"\ndocs/performance.md updated ({misses} target(s) missed)")
     return 0
 
 

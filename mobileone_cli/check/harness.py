@@ -260,8 +260,8 @@ class Verdict:
         tol = f"rtol {self.rtol:g}" + (f", atol {self.atol:g}" if self.atol else "")
         if self.adaptive and rel_bound > self.rtol * 1.0001 + (self.atol / out.scale
                                                               if out.scale else 0):
-            tol = (f"its bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the measured "
-                   f"effect of {self.deploy_dtype} rounding of the weights)")
+            tol = (f"bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the rounding "
+                   f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
             where = self.first_divergent
             part = f", parting from {where.name} on" if where is not None else ""

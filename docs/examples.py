@@ -1,0 +1,172 @@
+"""Run every command shown in README.md and docs/*.md, and keep the shown output real.
+
+A fenced block whose info string is ``console`` is a session: lines starting with ``$ `` are
+commands, the lines after one are its output.  A command that exits non-zero ends its output with
+a line ``(exit code N)``; a ``console excerpt`` block shows only some lines of the output and is
+never rewritten.  A ``python`` block is run as a script and must exit 0.  Each document
+runs in a fresh folder of its own (where ``examples/`` is the repository's), blocks in order (so
+a block can use files that earlier ones wrote), at ``COLUMNS=80``.
+
+    python docs/examples.py --update [FILE ...]   # run, and rewrite the outputs shown
+    python docs/examples.py --check [FILE ...]    # run, and fail where a shown line is gone
+
+``--check`` compares with numbers masked (timings, sizes and low digits of errors vary from one
+machine to the next): every shown line must appear in the real output, in order, and the exit
+code must match.  tests/test_docs.py runs the check for every document.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+FENCE = re.compile(r"^```(console|python)([ \t]+excerpt)?[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+EXIT = re.compile(r"^\(exit code (\d+)\)$")
+NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?", re.I)
+WIDTH = "80"
+
+
+@dataclass
+class Command:
+    line: str
+    shown: List[str] = field(default_factory=list)
+    shown_code: int = 0
+    output: List[str] = field(default_factory=list)
+    code: int = 0
+
+
+def documents(paths: Optional[List[str]] = None) -> List[str]:
+    if paths:
+        return [os.path.abspath(p) for p in paths]
+    docs = sorted(os.path.join(HERE, n) for n in os.listdir(HERE) if n.endswith(".md"))
+    return [os.path.join(ROOT, "README.md")] + docs
+
+
+def parse(block: str) -> List[Command]:
+    cmds: List[Command] = []
+    for line in block.splitlines():
+        if line.startswith("$ "):
+            cmds.append(Command(line[2:]))
+        elif cmds:
+            m = EXIT.match(line.strip())
+            if m:
+                cmds[-1].shown_code = int(m.group(1))
+            else:
+                cmds[-1].shown.append(line)
+    for c in cmds:
+        while c.shown and not c.shown[-1].strip():
+            c.shown.pop()
+    return cmds
+
+
+def run(cmd: Command, cwd: str) -> None:
+    env = dict(os.environ, COLUMNS=WIDTH, LINES="50", TERM="dumb", NO_COLOR="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    args = shlex.split(cmd.line)
+    if args and args[0] == "mobileone":
+        args = [sys.executable, "-m", "mobileone_cli", *args[1:]]
+    elif args and args[0] == "python":
+        args[0] = sys.executable
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    text = proc.stdout + proc.stderr
+    cmd.output = [ln.rstrip() for ln in text.rstrip("\n").splitlines()]
+    cmd.code = proc.returncode
+
+
+BORDER = re.compile(r"^[\s\u2500-\u257f]*$")  # table rules: their width follows the numbers
+
+
+def _norm(line: str) -> str:
+    if BORDER.match(line):
+        return ""
+    return " ".join(NUMBER.sub("#", line).split())
+
+
+def mismatch(cmd: Command) -> Optional[str]:
+    """None when the real output still shows every shown line (numbers masked), in order."""
+    if cmd.code != cmd.shown_code:
+        return f"exit code {cmd.code}, documented {cmd.shown_code}"
+    real = [n for n in (_norm(x) for x in cmd.output) if n]
+    i = 0
+    for line in cmd.shown:
+        want = _norm(line)
+        if not want:
+            continue
+        while i < len(real) and real[i] != want:
+            i += 1
+        if i == len(real):
+            return f"shown line not in the output: {line.strip()!r}"
+        i += 1
+    return None
+
+
+def render(cmds: List[Command]) -> str:
+    out: List[str] = []
+    for c in cmds:
+        out.append(f"$ {c.line}")
+        out.extend(c.output)
+        if c.code:
+            out.append(f"(exit code {c.code})")
+    return "\n".join(out) + "\n"
+
+
+def process(path: str, update: bool) -> List[str]:
+    """Run one document; rewrite it (update) or return its problems (check)."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    problems: List[str] = []
+    pieces: List[Tuple[int, int, str]] = []
+    with tempfile.TemporaryDirectory(prefix="mobileone-docs-") as cwd:
+        os.symlink(os.path.join(ROOT, "examples"), os.path.join(cwd, "examples"))
+        for m in FENCE.finditer(text):
+            where = os.path.relpath(path, ROOT)
+            body = m.group(3)
+            if m.group(1) == "python":
+                script = Command(f"python -c {shlex.quote(body)}")
+                run(script, cwd)
+                if script.code:
+                    problems.append(f"{where}: python block exits {script.code}: "
+                                    + " | ".join(script.output[-3:]))
+                continue
+            cmds = parse(body)
+            excerpt = bool(m.group(2))
+            for c in cmds:
+                run(c, cwd)
+                why = mismatch(c)
+                if why and (not update or excerpt):
+                    problems.append(f"{where}: $ {c.line}: {why}")
+            if not excerpt:
+                pieces.append((m.start(3), m.end(3), render(cmds)))
+    if update:
+        for start, end, new in reversed(pieces):
+            text = text[:start] + new + text[end:]
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    return problems
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--update", action="store_true", help="rewrite the shown outputs")
+    mode.add_argument("--check", action="store_true", help="fail where a shown line is gone")
+    ap.add_argument("files", nargs="*")
+    args = ap.parse_args(argv)
+    problems: List[str] = []
+    for path in documents(args.files):
+        problems += process(path, update=args.update)
+    for p in problems:
+        print(p)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Every command shown in README.md and docs/*.md runs and still prints what is shown.
+
+docs/examples.py runs each document's ``console`` sessions and ``python`` blocks in a fresh
+folder at 80 columns; a shown line that no longer appears in the real output (numbers masked),
+or a changed exit code, fails here.  `python docs/examples.py --update` refreshes the documents.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("docs_examples",
+                                               os.path.join(ROOT, "docs", "examples.py"))
+examples = importlib.util.module_from_spec(_spec)
+sys.modules["docs_examples"] = examples  # dataclasses look their module up there
+_spec.loader.exec_module(examples)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", examples.documents(),
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_document_commands_run_as_shown(path):
+    problems = examples.process(path, update=False)
+    assert not problems, "\n".join(problems)
+
+
+def test_readme_is_short_and_links_existing_docs():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        text = fh.read()
+    assert len(text.splitlines()) <= 250
+    import re
+
+    for target in re.findall(r"\]\((docs/[\w.-]+\.md|examples/[\w.-]+)\)", text):
+        assert os.path.exists(os.path.join(ROOT, target)), target
+
+
+def test_the_checker_fails_on_a_stale_output(tmp_path):
+    """The checker is not vacuous: a wrong line, a wrong exit code and a failing script fail."""
+    doc = tmp_path / "doc.md"
+    doc.write_text("```console\n$ mobileone stats --arch s9\nerror: no such thing\n"
+                   "(exit code 2)\n```\n\n```console\n$ mobileone --version\n"
+                   "mobileone, version 9.9.9\n(exit code 1)\n```\n\n"
+                   "```python\nraise SystemExit(3)\n```\n")
+    problems = examples.process(str(doc), update=False)
+    assert any("shown line not in the output" in p for p in problems), problems
+    assert any("exit code 0, documented 1" in p for p in problems), problems
+    assert any("python block exits 3" in p for p in problems), problems
