@@ -45,6 +45,35 @@ def write_ckpt(tmp_path):
     return _write
 
 
+# Reference section 1, typed in again: stem C, stage widths, whether the variant has SE.
+REF = {"s0": (48, (48, 128, 256, 1024), False), "s1": (64, (96, 192, 512, 1280), False),
+       "s2": (64, (96, 256, 640, 2048), False), "s3": (64, (128, 320, 768, 2048), False),
+       "s4": (64, (192, 448, 896, 2048), True)}
+
+
+def expected_deploy_keys(arch: str):
+    """[(key, shape)] of Apple's mobileone(variant, inference_mode=True), from the reference."""
+    stem, widths, se = REF[arch]
+    out = [("stage0.reparam_conv.weight", (stem, 3, 3, 3)), ("stage0.reparam_conv.bias", (stem,))]
+    c = stem
+    for s, (w, pairs) in enumerate(zip(widths, (2, 8, 10, 1)), start=1):
+        for p in range(pairs):
+            has_se = se and ((s == 3 and p >= 5) or s == 4)
+            for j, (cin, cout, groups, k) in ((2 * p, (c, c, c, 3)), (2 * p + 1, (c, w, 1, 1))):
+                pre = f"stage{s}.{j}"
+                if has_se:
+                    r = int(cout * 0.0625)
+                    out += [(f"{pre}.se.reduce.weight", (r, cout, 1, 1)),
+                            (f"{pre}.se.reduce.bias", (r,)),
+                            (f"{pre}.se.expand.weight", (cout, r, 1, 1)),
+                            (f"{pre}.se.expand.bias", (cout,))]
+                out += [(f"{pre}.reparam_conv.weight", (cout, cin // groups, k, k)),
+                        (f"{pre}.reparam_conv.bias", (cout,))]
+            c = w
+    out += [("linear.weight", (1000, widths[-1])), ("linear.bias", (1000,))]
+    return out
+
+
 def fold_by_hand(sd, arch, eps=1e-5):
     """Apple-layout deploy tensors in float64 by the paper's formulas, written here from scratch
     (an independent reference for the tool's fusion)."""

@@ -1,13 +1,19 @@
-"""fuse_branches against a functional float64 forward, for odd shapes the built-ins never use."""
+"""The fusion: fuse_branches against a functional float64 forward for odd shapes the built-ins
+never use, and whole networks exact in float64, rounded once."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mobileone_cli.fuse import fusion
 from mobileone_cli.errors import BadInput
-from mobileone_cli.fuse.fusion import BatchNormStats, fuse_branches
+from mobileone_cli.fuse import fusion
+from mobileone_cli.fuse.fusion import BatchNormStats, fuse_branches, fuse_state_dict
+from mobileone_cli.models.mobileone import MobileOne
+from mobileone_cli.models.synthetic import random_state_dict
+from mobileone_cli.spec.arch import get_arch
+
+from .conftest import ARCHS
 
 
 def _bn(c, g):
@@ -79,3 +85,30 @@ def test_singular_or_negative_variance_is_refused(var, eps):
     with pytest.raises(BadInput, match="conv branch 0"):
         fuse_branches([(torch.ones(2, 1, 3, 3), bn)], None, None, kernel_size=3, groups=2,
                       in_channels=2, eps=eps, where="stage1.0")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fp64_fusion_is_exact(arch):
+    spec = get_arch(arch)
+    sd = random_state_dict(spec, seed=11, dtype=torch.float64)
+    fused = fuse_state_dict(sd, spec)
+    assert all(v.dtype == torch.float64 for v in fused.values())
+    train = MobileOne(spec).double().eval()
+    train.load_state_dict(sd, strict=True)
+    deploy = MobileOne(spec, deploy=True).double().eval()
+    deploy.load_state_dict(fused, strict=True)
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        ref, got = train(x), deploy(x)
+    assert float((ref - got).abs().max() / ref.abs().max()) < 1e-12
+
+
+def test_fusion_arithmetic_in_float64_then_cast_once():
+    """fp32 fusion must equal the fp64 fusion of the same numbers rounded once to fp32."""
+    spec = get_arch("s0")
+    sd32 = random_state_dict(spec, seed=5)
+    sd64 = {k: (v.double() if v.is_floating_point() else v) for k, v in sd32.items()}
+    f32, f64 = fuse_state_dict(sd32, spec), fuse_state_dict(sd64, spec)
+    for k in f32:
+        assert f32[k].dtype == torch.float32
+        assert torch.equal(f32[k], f64[k].float()), k
