@@ -8,7 +8,7 @@ of --runs runs are compared with:
   floor        a process that imports torch, loads the checkpoint (weights_only) and saves it again;
   model route  a process that builds our train model, loads, deep-copies, fuses module by module and
                saves: the way Apple's and timm's helpers work (it verifies nothing).
-Targets (issue 7) are printed with PASS/MISS; nothing here is asserted in the test suite.
+Targets are printed with PASS/MISS; nothing here is asserted in the test suite.
 """
 from __future__ import annotations
 

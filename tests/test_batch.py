@@ -1,4 +1,4 @@
-"""Issue 8: batch conversion (`convert SRC_DIR DST_DIR`, `convert A B ... DST_DIR`).
+"""Batch conversion (`convert SRC_DIR DST_DIR`, `convert A B ... DST_DIR`).
 
 Good files must come out converted (checked here against their train model, independently of the
 package's own check), a bad file must be reported in its row without stopping the run, and the

@@ -1,4 +1,4 @@
-"""Issue 9, part 1: YAML model configs (`--config FILE`).
+"""YAML model configs (`--config FILE`).
 
 The s0..s4 configs below are typed in from the reference tables (shared/reference/mobileone.md,
 section 1: width multipliers, k, SE pairs) in mmpretrain's own arch-dict names, so a config that

@@ -1,4 +1,4 @@
-"""Issue 6: a bounded fuzz of `mobileone convert` (and `inspect`) on mutated real checkpoints.
+"""A bounded fuzz of `mobileone convert` (and `inspect`) on mutated real checkpoints.
 
 Every mutated file must end in exit 0 with an output that this test verifies itself (float64
 train-form model in eval mode vs the deploy file), or in exit 2 with a one-line error; never exit

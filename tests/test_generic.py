@@ -1,4 +1,4 @@
-"""Issue 9, part 2: `convert --generic` fuses MobileOne-style blocks inside ANY network.
+"""`convert --generic` fuses MobileOne-style blocks inside ANY network.
 
 The networks here are our own test-local modules: a configurable multi-branch block written with
 plain nn.Conv2d / nn.BatchNorm2d under Apple, timm and mmpretrain names (typed in below, not taken

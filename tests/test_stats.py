@@ -1,4 +1,4 @@
-"""Issue 5: `mobileone stats`, exact params and MACs/FLOPs, train vs deploy, and --bench.
+"""`mobileone stats`, exact params and MACs/FLOPs, train vs deploy, and --bench.
 
 Every count is checked against something that does not use mobileone_cli.stats.counting: the numbers of
 section 5 of shared/reference/mobileone.md typed in again, parameter and buffer sizes of the torch

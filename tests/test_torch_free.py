@@ -1,4 +1,4 @@
-"""Issue 7: the paths that touch no tensor never import torch (a behaviour, not a timing)."""
+"""The paths that touch no tensor never import torch (a behaviour, not a timing)."""
 from __future__ import annotations
 
 import subprocess
@@ -50,7 +50,8 @@ def test_public_api_names_resolve_and_import_lazily():
 
 
 def test_stats_and_safetensors_inspect_do_not_import_torch(write_ckpt):
-    """The other two torch-free paths of issue 7, through the same probe."""
+    """The other two torch-free paths (stats --arch, inspect of a .safetensors file), through the
+    same probe."""
     src = write_ckpt("s4", name="s4.safetensors")
     for args in (["stats", "--arch", "s4"], ["inspect", src], ["inspect", "--json", src]):
         state, code, out = run_probe(args)
