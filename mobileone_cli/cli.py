@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import signal
 import traceback
-from typing import List, Optional
+from typing import Iterable, List, Optional
 
 import click
 
@@ -28,8 +28,53 @@ COMMANDS = {
 }
 
 
+# Options of the whole tool, accepted before or after the subcommand.
+GLOBAL_FLAGS = ("--debug",)
+
+
+def _distance(a: str, b: str) -> int:
+    """Edit distance with transpositions (--froce is one step from --force)."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
+                          d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def closest(word: str, candidates: Iterable[str]) -> Optional[str]:
+    """The candidate nearest to ``word`` if it is a plausible typo of it, else None."""
+    best = min(candidates, key=lambda c: (_distance(word, c), c), default=None)
+    if best is None or _distance(word, best) > max(1, min(len(word), len(best)) // 3):
+        return None
+    return best
+
+
+def _wants_json(ctx: click.Context) -> bool:
+    rest = list(ctx.args) + list(getattr(ctx, "_protected_args", []) or [])
+    return "--json" in rest
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on demand, with one error policy for all."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        # --debug after the subcommand is the tool's option too.
+        args = list(args)
+        cut = args.index("--") if "--" in args else len(args)
+        moved = [a for a in args[:cut] if a in GLOBAL_FLAGS]
+        rest = [a for a in args[:cut] if a not in GLOBAL_FLAGS] + args[cut:]
+        return super().parse_args(ctx, moved + rest)
+
+    def resolve_command(self, ctx: click.Context, args: List[str]):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and name not in COMMANDS:
+            near = closest(name, COMMANDS)
+            hint = f" Did you mean {near!r}?" if near else ""
+            raise click.UsageError(f"No such command {name!r}.{hint}", ctx)
+        return super().resolve_command(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> List[str]:
         return [name for name in COMMANDS if self._module(name) is not None]
@@ -51,6 +96,7 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
+        wants_json = _wants_json(ctx)  # read before click hands the arguments to the command
         try:
             return super().invoke(ctx)
         except MobileOneError as exc:
@@ -59,7 +105,21 @@ class LazyGroup(click.Group):
             click.echo(f"error: {printable(exc.message)}", err=True)
             if exc.hint:
                 click.echo(f"hint: {printable(exc.hint)}", err=True)
+            from .render.console import json_emitted
+
+            if wants_json and not json_emitted():  # a script reading --json gets JSON, once
+                import json
+
+                click.echo(json.dumps({"error": exc.message, "hint": exc.hint,
+                                       "exit_code": exc.exit_code}, indent=2))
             ctx.exit(exc.exit_code)
+        except click.NoSuchOption as exc:
+            command = exc.ctx.command if exc.ctx is not None else None
+            names = [o for p in getattr(command, "params", []) for o in p.opts + p.secondary_opts
+                     if o.startswith("-")]
+            near = closest(exc.option_name, names)
+            exc.possibilities = [near] if near else []
+            raise
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:

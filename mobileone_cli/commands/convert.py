@@ -24,8 +24,8 @@ def generic_only(**given: Optional[str]) -> None:
                     ".pth.tar, .pt, .bin, .ckpt). Batch mode: 'convert SRC_DIR DST_DIR' or "
                     "'convert A B ... DST_DIR' converts every checkpoint into DST_DIR under its "
                     "own name and format, continuing past bad files.")
-@click.argument("src", nargs=-1, required=True, type=click.Path(dir_okay=True))
-@click.argument("dst", type=click.Path(dir_okay=True))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=True),
+                metavar="SRC... DST")
 @arch_option()
 @config_option()
 @bn_eps_option()
@@ -60,7 +60,7 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--norm-kernel", default=None, metavar="K|HxW",
               help="With --generic: kernel of blocks without a conv branch (default: their "
                    "sibling's, else 1x1).")
-def convert(src: Tuple[str, ...], dst: str, arch_name: Optional[str],
+def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
             no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,
             dtype: Optional[str], rtol: Optional[float], input_size: Tuple[int, int], seed: int,
@@ -73,8 +73,12 @@ def convert(src: Tuple[str, ...], dst: str, arch_name: Optional[str],
     from ..render.convert import convert_to_dict, render_convert
     from ._options import settle_heap
 
+    if len(paths) < 2:
+        raise BadInput(f"missing DST: give the output file after {paths[0]!r} "
+                       f"(mobileone convert SRC DST; several SRCs or a folder: SRC... DST_DIR)")
     settle_heap()
-    sources, first = src, src[0]  # several SRCs, or folders: batch mode into the folder DST
+    sources, dst = paths[:-1], paths[-1]  # several SRCs, or folders: batch mode into DST
+    first = sources[0]
     batch = is_batch(sources, dst)
     if generic:
         if batch:

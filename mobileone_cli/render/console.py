@@ -10,7 +10,14 @@ import json
 import math
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["console", "fmt_rel", "emit", "short_path", "human_bytes", "safe"]
+__all__ = ["console", "fmt_rel", "emit", "short_path", "human_bytes", "safe", "json_emitted"]
+
+_emitted = []  # JSON documents printed by this process (the CLI prints at most one)
+
+
+def json_emitted() -> bool:
+    """Whether a JSON document has been printed (a failing command's report already says it)."""
+    return bool(_emitted)
 
 
 def console(stderr: bool = False, min_width: int = 0):
@@ -63,6 +70,7 @@ def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
         import click
 
         click.echo(json.dumps(to_dict(result), indent=2, default=str))
+        _emitted.append(True)
     else:
         render(result, **render_options)
 
