@@ -1,14 +1,16 @@
 """Convert many checkpoints in one run: every file is tried; a failure is recorded, not raised.
 
-Output names: each output keeps its input's file name, and therefore its extension and format
-(``.safetensors`` stays safetensors, every other extension is a torch file).  Files found in a
-source folder keep their path relative to that folder, sub-folders included.  Nothing here imports
-torch; :func:`convert_many` calls :func:`convert.convert_file` once per file.
+Output names: ``{stem}{suffix}{ext}`` by default (``mobileone_s0_unfused.pth.tar`` fused becomes
+``mobileone_s0_deploy.pth.tar``: a trailing ``_unfused`` gives way to the suffix), or a
+``--name`` template with the fields ``{stem}``, ``{suffix}`` and ``{ext}``.  The extension, hence
+the format, is the input's.  Files found in a source folder keep their path relative to it.
+:func:`convert_many` converts file by file, or in worker processes (``jobs``); results come back
+in input order either way.  Nothing here imports torch.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
@@ -16,7 +18,9 @@ from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, Verificat
 from .io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
-           "convert_many", "batch_exit_code"]
+           "convert_many", "batch_exit_code", "output_name", "default_jobs"]
+
+DEPLOY_SUFFIX = "_deploy"
 
 
 
@@ -26,28 +30,32 @@ class BatchItem:
 
     src: str
     dst: str
-    status: str  # 'ok', 'bad input', 'mismatch' or 'internal error'
+    status: str  # 'ok', 'skipped', 'bad input', 'mismatch' or 'internal error'
     exit_code: int
     message: str = ""
     result: Any = None  # convert.ConvertResult (without its state dict) when status is 'ok'
+    facts: dict = field(default_factory=dict)  # what a failed file revealed (arch, layout, ...)
 
     @property
     def arch(self) -> Optional[str]:
-        return self.result.detection.arch.name if self.result is not None else None
+        return self.result.detection.arch.name if self.result is not None else \
+            self.facts.get("arch")
 
     @property
     def layout(self) -> Optional[str]:
         if self.result is None:
-            return None
+            return self.facts.get("layout")
         d = self.result.detection
         return d.layout if d.layout == self.result.layout_out else \
             f"{d.layout} -> {self.result.layout_out}"
 
     @property
     def max_rel(self) -> Optional[float]:
-        """Max rel diff of the check (fused against train, before any --dtype rounding)."""
-        m = self.result.metrics if self.result is not None else None
-        return m.max_rel if m is not None else None
+        """Max rel diff of the check (the decisive comparison of the verdict)."""
+        if self.result is None:
+            return self.facts.get("max_rel")
+        v = self.result.verdict
+        return v.decisive.output.max_rel if v is not None else None
 
     @property
     def rounded_rel(self) -> Optional[float]:
@@ -57,7 +65,36 @@ class BatchItem:
 
 
 def is_checkpoint_name(name: str) -> bool:
+    name = os.fspath(name)
     return name.lower().endswith(CHECKPOINT_EXTENSIONS) and not name.startswith(".")
+
+
+def _split(name: str) -> Tuple[str, str]:
+    low = name.lower()
+    ext = next((e for e in CHECKPOINT_EXTENSIONS if low.endswith(e)), os.path.splitext(name)[1])
+    return name[: len(name) - len(ext)], name[len(name) - len(ext):]
+
+
+def output_name(name: str, suffix: str = "", template: Optional[str] = None) -> str:
+    """The output file name for input file ``name`` (see the module docstring)."""
+    stem, ext = _split(name)
+    if template is not None:
+        try:
+            out = template.format(stem=stem, suffix=suffix, ext=ext)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise BadInput(f"--name {template!r}: fields are {{stem}}, {{suffix}} and {{ext}} "
+                           f"({exc.__class__.__name__}: {exc})") from None
+        if not out or os.sep in out or out in (".", ".."):
+            raise BadInput(f"--name {template!r} makes {out!r} from {name!r}, not a file name")
+        return out
+    if suffix and stem.lower().endswith(("_unfused", "-unfused")):
+        stem = stem[: -len("_unfused")]
+    return stem + suffix + ext
+
+
+def default_jobs(files: int) -> int:
+    """One worker per core, never more than files."""
+    return max(1, min(files, os.cpu_count() or 1))
 
 
 def is_batch(sources: Sequence[str], dst: str) -> bool:
@@ -76,12 +113,16 @@ def find_checkpoints(folder: str, skip: Optional[str] = None) -> List[str]:
     return found
 
 
-def plan_batch(sources: Sequence[str], dst_dir: str) -> List[Tuple[str, str]]:
-    """(src, dst) pairs for SRC files and folders converted into ``dst_dir``.
+def plan_batch(sources: Sequence[str], dst_dir: str, *, suffix: str = "",
+               template: Optional[str] = None) -> List[Tuple[str, str]]:
+    """(src, dst) pairs for SRC files and folders converted into ``dst_dir``, named by
+    :func:`output_name`.
 
     Refuses, before anything is converted, a DST that is a file, inputs that would land on the
     same output path, and a run that finds no checkpoint at all.
     """
+    sources = [os.fspath(s) for s in sources]
+    dst_dir = os.fspath(dst_dir)
     if os.path.exists(dst_dir) and not os.path.isdir(dst_dir):
         raise BadInput(f"{dst_dir}: exists and is not a directory; with several inputs or a "
                        f"folder, DST must be a directory")
@@ -90,18 +131,24 @@ def plan_batch(sources: Sequence[str], dst_dir: str) -> List[Tuple[str, str]]:
                        f"not a checkpoint file name")
     pairs: List[Tuple[str, str]] = []
     for src in sources:
-        if os.path.isdir(src) and os.path.isdir(dst_dir) and os.path.samefile(src, dst_dir):
-            raise BadInput(f"{dst_dir}: DST_DIR is the source folder {src}; choose another "
-                           f"folder (outputs keep the input names)")
+        if os.path.isdir(src) and os.path.isdir(dst_dir) and os.path.samefile(src, dst_dir) \
+                and not (suffix or template):
+            raise BadInput(f"{dst_dir}: DST_DIR is the source folder {src} and the outputs would "
+                           f"keep the input names", hint="choose another folder, or --suffix")
         if os.path.isdir(src):
             files = find_checkpoints(src, skip=dst_dir)
             if not files:
                 raise BadInput(f"{src}: no checkpoint files found (looked for "
                                f"{', '.join(CHECKPOINT_EXTENSIONS)})")
-            pairs += [(f, os.path.join(dst_dir, os.path.relpath(f, src))) for f in files]
+            for f in files:
+                rel = os.path.relpath(f, src)
+                pairs.append((f, os.path.join(dst_dir, os.path.dirname(rel),
+                                              output_name(os.path.basename(rel), suffix,
+                                                          template))))
         else:
             # A missing or unreadable file is reported in its row, like any other bad input.
-            pairs.append((src, os.path.join(dst_dir, os.path.basename(src))))
+            pairs.append((src, os.path.join(dst_dir, output_name(os.path.basename(src), suffix,
+                                                                 template))))
     seen = {}
     for src, dst in pairs:
         key = os.path.normcase(os.path.abspath(dst))
@@ -112,45 +159,92 @@ def plan_batch(sources: Sequence[str], dst_dir: str) -> List[Tuple[str, str]]:
     return pairs
 
 
-def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *,
+def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs: int = 1,
+                 skip_existing: bool = False,
                  on_start: Optional[Callable[[int, str], None]] = None,
                  on_done: Optional[Callable[[int, BatchItem], None]] = None,
                  **overrides: Any) -> List[BatchItem]:
     """Convert each (src, dst) with :func:`convert.convert_file` and ``options`` (a
-    ConvertOptions, or keyword overrides); never stops early (except on Ctrl-C).  Output folders
-    are created as needed."""
+    ConvertOptions, or keyword overrides); never stops early (except on Ctrl-C).
+
+    ``jobs`` > 1 converts in that many worker processes (each computing on one thread); the
+    returned items are in the order of ``pairs`` either way.  ``skip_existing`` leaves files whose
+    output exists alone (status 'skipped').  Output folders are created as needed."""
     import dataclasses
 
-    from .convert import ConvertOptions, convert_file
+    from .convert import ConvertOptions
+    from .io.write import published
 
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
-
-    items: List[BatchItem] = []
+    todo = []
+    items: List[Optional[BatchItem]] = [None] * len(pairs)
     for i, (src, dst) in enumerate(pairs):
-        if on_start:
-            on_start(i, src)
+        if skip_existing and os.path.lexists(dst):
+            items[i] = BatchItem(src, dst, "skipped", EXIT_OK, f"{dst} exists (--skip-existing)")
+            if on_done:
+                on_done(i, items[i])
+        else:
+            todo.append(i)
+    if jobs <= 1 or len(todo) <= 1:
+        for i in todo:
+            if on_start:
+                on_start(i, pairs[i][0])
+            items[i] = _convert_one(pairs[i][0], pairs[i][1], options)
+            if on_done:
+                on_done(i, items[i])
+        return [it for it in items if it is not None]
+    import concurrent.futures
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no forked OpenMP state; torch loads per worker
+    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
+                                                initializer=_init_worker) as pool:
+        futures = {pool.submit(_convert_one, pairs[i][0], pairs[i][1], options): i for i in todo}
         try:
-            parent = os.path.dirname(os.path.abspath(dst))
-            os.makedirs(parent, exist_ok=True)
-            result = convert_file(src, dst, options)
-            result.state_dict = None  # keep the summary, free the tensors
-            item = BatchItem(src, dst, "ok", EXIT_OK, result=result)
-        except VerificationFailed as exc:
-            item = BatchItem(src, dst, "mismatch", exc.exit_code, _with_hint(exc))
-        except BadInput as exc:
-            item = BatchItem(src, dst, "bad input", exc.exit_code, _with_hint(exc))
-        except OSError as exc:
-            item = BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
-                             f"{dst}: cannot create the output folder ({exc.strerror or exc})")
-        except MemoryError:
-            item = BatchItem(src, dst, "bad input", EXIT_BAD_INPUT, f"{src}: out of memory")
-        except Exception as exc:  # a bug: record it and go on with the next file
-            item = BatchItem(src, dst, "internal error", EXIT_INTERNAL,
-                             f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
-        items.append(item)
-        if on_done:
-            on_done(i, item)
-    return items
+            for fut in concurrent.futures.as_completed(futures):
+                i = futures[fut]
+                items[i] = fut.result()
+                if items[i].status == "ok":
+                    published.append(items[i].dst)  # written by a worker: say so on Ctrl-C
+                if on_done:
+                    on_done(i, items[i])
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # workers remove their temp files
+            raise
+    return [it for it in items if it is not None]
+
+
+def _init_worker() -> None:
+    """One compute thread per worker: workers on all cores with several threads each would spin
+    against each other."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _convert_one(src: str, dst: str, options: Any) -> BatchItem:
+    """One file of a batch, every failure turned into its row."""
+    from .convert import convert_file
+
+    try:
+        parent = os.path.dirname(os.path.abspath(dst))
+        os.makedirs(parent, exist_ok=True)
+        result = convert_file(src, dst, options)
+        result.state_dict = None  # keep the summary, free the tensors
+        return BatchItem(src, dst, "ok", EXIT_OK, result=result)
+    except VerificationFailed as exc:
+        return BatchItem(src, dst, "mismatch", exc.exit_code, _with_hint(exc), facts=exc.facts)
+    except BadInput as exc:
+        return BatchItem(src, dst, "bad input", exc.exit_code, _with_hint(exc), facts=exc.facts)
+    except OSError as exc:
+        return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
+                         f"{dst}: cannot create the output folder ({exc.strerror or exc})")
+    except MemoryError:
+        return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT, f"{src}: out of memory")
+    except Exception as exc:  # a bug: record it and go on with the next file
+        return BatchItem(src, dst, "internal error", EXIT_INTERNAL,
+                         f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
 
 
 def _with_hint(exc) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from . import __version__
-from .errors import BadInput, VerificationFailed
+from .errors import BadInput, MobileOneError, VerificationFailed
 from .io.detect import Detection
 from .io.source import LoadOptions, open_source
 from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
@@ -130,7 +130,9 @@ def _check(result: ConvertResult, train_sd: Dict[str, Any], deploy_sd: Dict[str,
                            deploy_layout=result.layout_out, bn_eps=result.eps, rtol=options.rtol)
     non_finite(result.verdict, result.src, fused_here=True)
     if not result.verdict.passed:
-        raise VerificationFailed(f"{result.src}: {result.verdict.summary()}; nothing was written")
+        exc = VerificationFailed(f"{result.src}: {result.verdict.summary()}; nothing was written")
+        exc.facts["max_rel"] = result.verdict.decisive.output.max_rel
+        raise exc
 
 
 def _rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any],
@@ -166,14 +168,26 @@ def convert_file(src: str, dst: Optional[str], options: Optional[ConvertOptions]
         dst = os.fspath(dst)
         check_checkpoint_name(dst)
         check_destination(dst, force=options.force, src=src)
+    layout_out = None
     if options.layout_out is not None:
         try:
             layout_out = get_layout(options.layout_out).name
         except KeyError as exc:
             raise BadInput(str(exc.args[0])) from None
     source = open_source(src, options)
+    try:
+        return _convert(src, dst, source, options, dtype, layout_out)
+    except MobileOneError as exc:  # a batch row keeps what was learned before the failure
+        det = source.detection
+        exc.facts.setdefault("arch", det.arch.name)
+        exc.facts.setdefault("layout", det.layout)
+        raise
+
+
+def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions, dtype: Any,
+             layout_out: Optional[str]) -> ConvertResult:
     det, sd = source.detection, source.state_dict
-    layout_out = layout_out if options.layout_out is not None else det.layout
+    layout_out = layout_out or det.layout
     fusing = options.fuse and det.form == "train"
     form_out = "deploy" if fusing else det.form
     notes = []

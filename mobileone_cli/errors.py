@@ -30,6 +30,7 @@ class MobileOneError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.facts: dict = {}  # what was learned before the failure (arch, layout, max_rel)
 
 
 class BadInput(MobileOneError):

@@ -76,15 +76,18 @@ def test_folder_with_a_corrupt_file(src_dir, run_cli, tmp_path):
     assert rows["epoch_2.pth.tar"]["status"] == "bad input"
     assert "epoch_2.pth.tar" in rows["epoch_2.pth.tar"]["message"]
     assert info["converted"] == 2 and info["failed"] == 1 and info["exit_code"] == 2
+    # Fused outputs get the _deploy suffix; the extension (hence the format) is the input's.
     assert sorted(os.path.relpath(os.path.join(r, f), dst) for r, _, fs in os.walk(dst)
-                  for f in fs) == ["epoch_1.pth", os.path.join("sub", "ema.safetensors")]
-    assert _matches_train(good["epoch_1.pth"], "apple", dst / "epoch_1.pth")
-    assert _matches_train(good["sub/ema.safetensors"], "timm", dst / "sub" / "ema.safetensors")
+                  for f in fs) == ["epoch_1_deploy.pth",
+                                   os.path.join("sub", "ema_deploy.safetensors")]
+    assert _matches_train(good["epoch_1.pth"], "apple", dst / "epoch_1_deploy.pth")
+    assert _matches_train(good["sub/ema.safetensors"], "timm",
+                          dst / "sub" / "ema_deploy.safetensors")
     for name in ("epoch_1.pth", os.path.join("sub", "ema.safetensors")):
         assert rows[name]["status"] == "ok" and rows[name]["arch"] == "custom"
         assert rows[name]["max_rel"] < 1e-4
     # The output keeps the input's format: safetensors stays safetensors.
-    assert (dst / "sub" / "ema.safetensors").read_bytes()[8:9] == b"{"
+    assert (dst / "sub" / "ema_deploy.safetensors").read_bytes()[8:9] == b"{"
 
 
 def test_table_and_exit_code_in_text_mode(src_dir, run_cli, tmp_path):
@@ -92,8 +95,8 @@ def test_table_and_exit_code_in_text_mode(src_dir, run_cli, tmp_path):
     res = run_cli("convert", str(src / "epoch_1.pth"), str(src / "epoch_2.pth.tar"),
                   str(tmp_path / "out"))
     assert res.exit_code == 2
-    for word in ("file", "arch", "layout", "result", "max rel diff", "bad input",
-                 "1 of 2 converted"):
+    for word in ("file", "output", "arch", "result", "max rel diff", "bad input",
+                 "1 of 2 converted", "epoch_1_deploy.pth"):
         assert word in res.stdout, word
     assert "Traceback" not in res.output
 
@@ -109,7 +112,7 @@ def test_several_files_into_a_folder_all_good(tmp_path, run_cli):
     assert [f["status"] for f in info["files"]] == ["ok", "ok"]
     assert [f["layout"] for f in info["files"]] == ["apple -> timm", "mmpretrain -> timm"]
     assert all(0 < f["rounded_max_rel"] < 1e-2 for f in info["files"])
-    sd = load_checkpoint(str(out / "m.pth")).state_dict
+    sd = load_checkpoint(str(out / "m_deploy.pth")).state_dict
     assert all(v.dtype == torch.float16 for v in sd.values())
     assert "stem.reparam_conv.weight" in sd
     assert len(a) == len(schema(TINY, "apple", "train"))
@@ -120,14 +123,18 @@ def test_existing_outputs_are_kept_without_force(tmp_path, run_cli):
     _write(tmp_path / "src" / "a.pth", seed=6)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "a.pth").write_bytes(b"keep")
+    (out / "a_deploy.pth").write_bytes(b"keep")
     res = run_cli("convert", str(tmp_path / "src"), str(out), "--json")
     assert res.exit_code == 2
     row = json.loads(res.stdout)["files"][0]
     assert row["status"] == "bad input" and "--force" in row["message"]
-    assert (out / "a.pth").read_bytes() == b"keep"
+    assert (out / "a_deploy.pth").read_bytes() == b"keep"
+    # Re-running a batch: --skip-existing leaves the existing output alone and exits 0.
+    res = run_cli("convert", str(tmp_path / "src"), str(out), "--skip-existing", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["files"][0]["status"] == "skipped"
+    assert (out / "a_deploy.pth").read_bytes() == b"keep"
     assert run_cli("convert", str(tmp_path / "src"), str(out), "--force").exit_code == 0
-    assert (out / "a.pth").read_bytes() != b"keep"
+    assert (out / "a_deploy.pth").read_bytes() != b"keep"
 
 
 def test_single_file_into_an_existing_folder(tmp_path, run_cli):
@@ -135,7 +142,7 @@ def test_single_file_into_an_existing_folder(tmp_path, run_cli):
     (tmp_path / "out").mkdir()
     res = run_cli("convert", str(tmp_path / "x.pth"), str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
-    assert (tmp_path / "out" / "x.pth").exists()
+    assert (tmp_path / "out" / "x_deploy.pth").exists()
 
 
 @pytest.mark.parametrize("case, msg", [
@@ -145,6 +152,8 @@ def test_single_file_into_an_existing_folder(tmp_path, run_cli):
     ("same_name", "would both be written"),
     ("generic", "one file at a time"),
     ("dst_is_src", "is the source folder"),
+    ("bad_template", "fields are {stem}, {suffix} and {ext}"),
+    ("single_with_jobs", "--jobs applies to batch mode"),
 ])
 def test_batch_refusals_exit_2_before_any_work(case, msg, tmp_path, run_cli):
     a = tmp_path / "a.pth"
@@ -159,7 +168,10 @@ def test_batch_refusals_exit_2_before_any_work(case, msg, tmp_path, run_cli):
             "same_name": [str(tmp_path / "d1" / "m.pth"), str(tmp_path / "d2" / "m.pth"),
                           str(tmp_path / "out")],
             "generic": [str(tmp_path / "d1"), str(tmp_path / "out"), "--generic"],
-            "dst_is_src": [str(tmp_path / "d1"), str(tmp_path / "d1" / ".." / "d1")]}[case]
+            "dst_is_src": [str(tmp_path / "d1"), str(tmp_path / "d1" / ".." / "d1"),
+                           "--suffix", ""],
+            "bad_template": [str(tmp_path / "d1"), str(tmp_path / "out"), "--name", "{arch}"],
+            "single_with_jobs": [str(a), str(tmp_path / "o.pth"), "--jobs", "2"]}[case]
     if case == "empty_dir":
         (tmp_path / "empty").mkdir()
     res = run_cli("convert", *args)
@@ -225,3 +237,55 @@ def test_plan_batch_mirrors_subfolders(tmp_path):
     assert pairs == [(str(tmp_path / "src" / "x" / "m.pth"), str(tmp_path / "dst" / "x" / "m.pth"))]
     with pytest.raises(BadInput):
         plan_batch([str(tmp_path / "src")], str(tmp_path / "src" / "x" / "m.pth"))
+
+
+def test_output_names():
+    from mobileone_cli.batch import output_name
+
+    assert output_name("mobileone_s0_unfused.pth.tar", "_deploy") == "mobileone_s0_deploy.pth.tar"
+    assert output_name("ema.safetensors", "_deploy") == "ema_deploy.safetensors"
+    assert output_name("m.pth", "") == "m.pth"
+    assert output_name("m.pth", "_x", "{stem}_timm{suffix}{ext}") == "m_timm_x.pth"
+    with pytest.raises(BadInput):
+        output_name("m.pth", "", "../{stem}{ext}")
+
+
+def test_parallel_jobs_keep_order_and_report_failures(tmp_path, run_cli):
+    """--jobs 2: the same rows, in input order, as a serial run; a bad file is its own row."""
+    for i in range(4):
+        _write(tmp_path / "src" / f"m{i}.pth", seed=10 + i)
+    whole = (tmp_path / "src" / "m0.pth").read_bytes()
+    (tmp_path / "src" / "m2.pth").write_bytes(whole[:500])
+    runs = {}
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out{jobs}"
+        res = run_cli("convert", str(tmp_path / "src"), str(out), "--jobs", jobs, "--json")
+        assert res.exit_code == 2, res.output
+        runs[jobs] = json.loads(res.stdout)["files"]
+    assert [(f["src"], f["status"]) for f in runs["1"]] == \
+        [(f["src"], f["status"]) for f in runs["2"]]
+    assert [f["status"] for f in runs["2"]] == ["ok", "ok", "bad input", "ok"]
+    for a, b in zip(runs["1"], runs["2"]):  # same conversion in a worker: same numbers
+        assert a["max_rel"] == b["max_rel"]
+    assert sorted(os.listdir(tmp_path / "out2")) == ["m0_deploy.pth", "m1_deploy.pth",
+                                                      "m3_deploy.pth"]
+
+
+def test_a_failed_row_keeps_what_was_learned(tmp_path, monkeypatch):
+    """A file that fails its check still shows its arch, layout and the difference found."""
+    import mobileone_cli.fuse.fusion as fusion
+
+    _write(tmp_path / "src" / "m.pth", seed=20)
+    real = fusion.fuse_block
+
+    def buggy(sd, block, **kw):
+        out = real(sd, block, **kw)
+        return {k: v * 1.05 if block.name == "stage2.1" and "reparam" in k else v
+                for k, v in out.items()}
+
+    monkeypatch.setattr(fusion, "fuse_block", buggy)
+    items = convert_many(plan_batch([str(tmp_path / "src")], str(tmp_path / "out"),
+                                    suffix="_deploy"), input_size=(64, 64))
+    it = items[0]
+    assert it.status == "mismatch" and it.exit_code == 1
+    assert it.arch == "custom" and it.layout == "apple" and it.max_rel > 1e-3

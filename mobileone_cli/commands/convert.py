@@ -49,6 +49,16 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
               help="Seed of the check image.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
+@click.option("--suffix", default=None, metavar="TEXT",
+              help="Batch: appended to each output's name (default: _deploy when fusing, which "
+                   "also replaces a trailing _unfused; '' keeps the input names).")
+@click.option("--name", "name_template", default=None, metavar="TEMPLATE",
+              help="Batch: output file names from {stem}, {suffix} and {ext}, e.g. "
+                   "'{stem}_timm{ext}'.")
+@click.option("--skip-existing", is_flag=True,
+              help="Batch: leave files whose output exists alone (for re-running a batch).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Batch: worker processes (default: the number of cores).")
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
 @json_option("the summary")
 @click.option("--generic", is_flag=True,
@@ -64,7 +74,8 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
             no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,
             dtype: Optional[str], rtol: Optional[float], input_size: Tuple[int, int], seed: int,
-            force: bool, no_verify: bool,
+            force: bool, suffix: Optional[str], name_template: Optional[str],
+            skip_existing: bool, jobs: Optional[int], no_verify: bool,
             as_json: bool, generic: bool, groups: Optional[int],
             norm_kernel: Optional[str]) -> int:
     from ..batch import is_batch
@@ -106,6 +117,14 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
     if batch:
         from ._batch import run_batch
 
-        return run_batch(sources, dst, options, as_json)
+        if suffix is None:
+            suffix = "_deploy" if not no_fuse else ""
+        return run_batch(sources, dst, options, as_json, suffix=suffix, template=name_template,
+                         skip_existing=skip_existing, jobs=jobs)
+    for flag, value in (("--suffix", suffix), ("--name", name_template),
+                        ("--skip-existing", skip_existing or None), ("--jobs", jobs)):
+        if value is not None:
+            raise BadInput(f"{flag} applies to batch mode (several SRCs, a SRC folder, or a DST "
+                           f"folder)")
     emit(convert_file(first, dst, options), as_json, convert_to_dict, render_convert)
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import console, fmt_rel, safe
+from .console import console, fmt_rel, safe, shorten_middle
 from .convert import convert_to_dict
 
 __all__ = ["render_batch", "batch_to_dict"]
@@ -18,6 +18,7 @@ def batch_to_dict(items) -> Dict[str, Any]:
             sum(it.status != "ok" for it in items),
         "files": [{"src": it.src, "dst": it.dst, "status": it.status, "exit_code": it.exit_code,
                    "message": it.message, "arch": it.arch, "layout": it.layout,
+                   "facts": it.facts,
                    "max_rel": it.max_rel, "rounded_max_rel": it.rounded_rel,
                    "summary": convert_to_dict(it.result) if it.result is not None else None}
                   for it in items],
@@ -25,31 +26,52 @@ def batch_to_dict(items) -> Dict[str, Any]:
 
 
 def render_batch(items) -> None:
+    import os
+
     from rich.table import Table
 
-    out = console(min_width=110)
-    t = Table(title="mobileone convert (batch)", show_header=True, header_style="bold")
+    out = console()
     rounded = [it.result.dtype_out for it in items
                if it.result is not None and it.rounded_rel is not None]
-    cols = ["file", "arch", "layout", "result", "max rel diff"]
+    layouts = {it.layout for it in items if it.layout}
+    one_layout = len(layouts) <= 1
+    cols = ["file", "output", "arch"] + ([] if one_layout else ["layout"]) + \
+        ["result", "max rel diff"]
     if rounded:
-        cols.append(f"after {rounded[0]} rounding")
+        cols.append(f"{rounded[0]} cost")
+    title = "mobileone convert (batch)" + (f": {next(iter(layouts))}" if layouts and one_layout
+                                           else "")
+    t = Table(title=title, header_style="bold")
     for col in cols:
-        t.add_column(col, justify="left" if col in ("file", "arch", "layout", "result") else "right")
-    style = {"ok": "green", "mismatch": "red", "bad input": "yellow", "internal error": "red"}
+        t.add_column(col, justify="right" if col.endswith(("diff", "cost")) else "left",
+                     no_wrap=True)
+    style = {"ok": "green", "skipped": "dim", "mismatch": "red", "bad input": "yellow",
+             "internal error": "red"}
+    rows = []
     for it in items:
-        row = [safe(it.src), it.arch or "-", it.layout or "-",
-               f"[{style.get(it.status, 'red')}]{safe(it.status)}[/]", fmt_rel(it.max_rel)]
-        if rounded:
-            row.append(fmt_rel(it.rounded_rel))
-        t.add_row(*row)
+        rest = [it.arch or "-"] + ([] if one_layout else [it.layout or "-"]) + \
+            [it.status, fmt_rel(it.max_rel)] + ([fmt_rel(it.rounded_rel)] if rounded else [])
+        rows.append((it, rest))
+    # The two path columns share what the other columns leave of the width (3 per column rule).
+    other = sum(max([len(c)] + [len(r[k]) for _, r in rows]) for k, c in enumerate(cols[2:]))
+    room = max(24, out.width - other - 3 * len(cols) - 1)
+    out_room = min(max(len(os.path.basename(it.dst)) for it in items), room // 2)
+    src_room = max(12, room - out_room)
+    for it, rest in rows:
+        status = rest[len(rest) - (3 if rounded else 2)]
+        rest = [safe(v) if v != status else f"[{style.get(status, 'red')}]{safe(v)}[/]"
+                for v in rest]
+        t.add_row(safe(shorten_middle(it.src, src_room)),
+                  safe(shorten_middle(os.path.basename(it.dst), out_room)), *rest)
     out.print(t)
     ok = sum(it.status == "ok" for it in items)
+    skipped = sum(it.status == "skipped" for it in items)
     out.print(f"{ok} of {len(items)} converted" + (f" into {safe(_common_dir(items))}"
-                                                    if ok else ""))
+                                                    if ok else "")
+              + (f", {skipped} skipped (output exists)" if skipped else ""))
     for it in items:
-        if it.status != "ok":
-            out.print(f"[bold]{safe(it.status)}[/]: {safe(it.message)}")
+        if it.status not in ("ok", "skipped"):
+            out.print(f"[bold]{safe(it.status)}[/]: {safe(it.message)}", soft_wrap=True)
 
 
 def _common_dir(items) -> str:

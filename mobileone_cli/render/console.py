@@ -10,7 +10,8 @@ import json
 import math
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["console", "fmt_rel", "emit", "short_path", "human_bytes", "safe", "json_emitted"]
+__all__ = ["console", "fmt_rel", "emit", "short_path", "shorten_middle", "human_bytes", "safe",
+           "json_emitted"]
 
 _emitted = []  # JSON documents printed by this process (the CLI prints at most one)
 
@@ -54,6 +55,15 @@ def fmt_rel(x: Optional[float]) -> str:
     if math.isinf(x):
         return "inf"
     return f"{x:.2e}"
+
+
+def shorten_middle(text: str, width: int) -> str:
+    """``text`` cut in the middle to ``width`` characters ('runs/...h_30.pth'): the start says
+    where, the end says which."""
+    if len(text) <= width or width < 5:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
 def short_path(path: str, width: int = 28) -> str:
