@@ -140,23 +140,6 @@ def test_mmpretrain_file_in_mmpretrain_itself(tmp_path, run_cli):
 
 # ------------------------------------------------- files the installed mmengine writes
 
-@pytest.fixture(scope="module")
-def runner_file(tmp_path_factory):
-    """(epoch_1.pth written by mmengine's Runner, the live EMA and raw weights)."""
-    pytest.importorskip("mmengine", reason="mmengine is part of the test extra")
-    work = tmp_path_factory.mktemp("mmengine")
-    init = work / "init.pth"
-    # Start from mmpretrain's own weights of the same network (the fixture's EMA weights).
-    torch.save(load_checkpoint(str(FIXTURES / "mmpretrain" / "epoch_2.pth")).state_dict, init)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "mmengine_runner.py"),
-                           str(init), str(work / "run")], capture_output=True, text=True,
-                          timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return work / "run" / "epoch_1.pth", torch.load(work / "run" / "live.pth",
-                                                     weights_only=True)
-
-
 def test_runner_file_is_what_mmengine_writes(runner_file):
     """The file really needs what weights-only loading refuses: HistoryBuffer, getattr, numpy."""
     path, _ = runner_file

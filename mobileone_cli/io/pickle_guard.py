@@ -151,12 +151,10 @@ def _trusted_load(path: str) -> Any:
 
 
 def _weights_only_detail(msg: str) -> Optional[str]:
-    """The line of torch's weights-only refusal that says what was refused."""
-    if "Weights only load failed" not in msg:
+    """What torch's weights-only refusal says was refused (the text after 'WeightsUnpickler
+    error:', which torch puts at the end of a line or on the lines after it)."""
+    if "Weights only load failed" not in msg or "WeightsUnpickler error" not in msg:
         return None
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-    for i, ln in enumerate(lines):
-        if ln.startswith("WeightsUnpickler error"):
-            rest = ln.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-            return rest[:200]
-    return None
+    rest = msg.split("WeightsUnpickler error", 1)[1].lstrip(":")
+    lines = [ln.strip() for ln in rest.splitlines() if ln.strip()]
+    return lines[0][:200] if lines else None

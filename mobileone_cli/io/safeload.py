@@ -136,6 +136,9 @@ def _inert_getattr(owner: Any, name: Any, *default: Any) -> Any:
 
 def _describe(obj: Any) -> str:
     """A short, code-free description of what getattr was applied to."""
+    if isinstance(obj, Placeholder) or (isinstance(obj, type) and issubclass(obj, Placeholder)):
+        return f"a placeholder {'object' if isinstance(obj, Placeholder) else 'class'} for " \
+               f"{obj.global_name}"
     if isinstance(obj, type) or callable(obj):
         name = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
         return f"{'class' if isinstance(obj, type) else 'callable'} {name}"
