@@ -237,3 +237,27 @@ def test_lightning_style_file(tmp_path, run_cli):
         ref = train_net(x.double())
     got = run_deploy(out, TIMM_ARCH, "timm", x)
     assert rel(got, ref) < 1e-6
+
+
+def test_inspect_says_where_the_ema_weights_are(run_cli):
+    import json
+
+    r = json.loads(run_cli("inspect", FIXTURES / "mmpretrain" / "epoch_2.pth", "--json").stdout)
+    assert "'state_dict' holds the EMA weights" in r["ema_note"]
+    assert r["stubbed_globals"] == ["mmengine.logging.history_buffer.HistoryBuffer"]
+    r = json.loads(run_cli("inspect", FIXTURES / "timm" / "last.pth.tar", "--json").stdout)
+    assert r["ema_note"] == "" and r["stubbed_globals"] == ["argparse.Namespace"]
+
+
+def test_the_example_in_the_docs_runs(tmp_path, run_cli):
+    """docs/checkpoints.md shows a real run: the same command gives the same notes (the
+    rounding digits of the check vary with the number of threads)."""
+    doc = (Path(__file__).parent.parent / "docs" / "checkpoints.md").read_text()
+    block = doc.split("$ COLUMNS=80 mobileone ", 1)[1].split("```", 1)[0].splitlines()
+    args = block[0].split()
+    assert args[:2] == ["convert", "tests/fixtures/mmpretrain/epoch_2.pth"]
+    res = run_cli(args[0], Path(__file__).parent.parent / args[1], tmp_path / args[2])
+    assert res.exit_code == 0, res.output
+    shown = [ln for ln in block if ln.startswith("note:")]
+    assert shown and shown == [ln for ln in res.stdout.splitlines() if ln.startswith("note:")]
+    assert "check: equivalent" in res.stdout and "check: equivalent" in "\n".join(block)

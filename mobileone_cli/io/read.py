@@ -224,8 +224,8 @@ def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Che
     sd, wrapper, extras = unwrap(obj, ema=ema, path=path)
     ema_note = ""
     if wrapper == "state_dict" and swapped_ema(obj):
-        ema_note = ("mmengine EMAHook file: 'state_dict' holds the EMA weights (EMAHook swaps them "
-                    "in before saving; 'ema_state_dict' holds the raw training weights)")
+        ema_note = ("mmengine EMAHook file: 'state_dict' holds the EMA weights, 'ema_state_dict' "
+                    "the raw ones")
     if not all(isinstance(k, str) for k in sd):
         raise BadInput(f"{path}: state dict keys must be strings")
     sd, stripped = strip_prefix(sd)
