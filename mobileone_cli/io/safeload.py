@@ -97,11 +97,13 @@ def refused_global(message: str) -> Optional[str]:
 
 @dataclass
 class Loaded:
-    """What :func:`load_inert` read: the object, and the globals of the file it read as
-    placeholders (or as plain dicts and lists)."""
+    """What :func:`load_inert` read: the object, the globals of the file it read as
+    placeholders (or as plain dicts and lists), and the misuses of getattr it answered with
+    nothing (the file is refused for them when the caller vets)."""
 
     obj: Any
     placeholders: List[str] = field(default_factory=list)
+    misuses: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -233,7 +235,7 @@ def load_inert(path: str, vet: Optional[Callable[[Sequence[str]], None]] = None)
             continue
         if vet is not None and session.misuses:
             vet(list(session.misuses))
-        return Loaded(obj, sorted(set(session.stubs) - session.derived))
+        return Loaded(obj, sorted(set(session.stubs) - session.derived), list(session.misuses))
 
 
 def _learn_names(names: Sequence[str], session: _Session,
