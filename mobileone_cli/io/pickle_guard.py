@@ -19,6 +19,8 @@ __all__ = ["CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global", "c
            "refuse_code_globals", "load_torch"]
 
 # Modules whose globals run code, touch files, processes or the network, or call other callables.
+# builtins.getattr is one of them by name; safeload answers it with an inert stand-in instead,
+# and only its misuse ('builtins.getattr (on ...)') comes back here to be refused.
 CODE_MODULES = (
     "builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "shutil", "socket",
     "importlib", "imp", "runpy", "pickle", "_pickle", "cPickle", "dill", "marshal", "types", "code",
