@@ -107,14 +107,16 @@ def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Option
     return out
 
 
-def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any]) -> Optional[dict]:
+def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any],
+               src: str) -> Optional[dict]:
     """mmpretrain loaders expect {'meta', 'state_dict'}; Apple and timm files are bare dicts."""
     if layout != "mmpretrain":
         return None
-    from .io.safeload import plain_data
+    from .io.meta import plain_data
 
     # Placeholders (foreign objects never loaded) become strings: the output stays weights-only.
-    meta = plain_data(dict(extras["meta"])) if isinstance(extras.get("meta"), dict) else {}
+    meta = plain_data(extras["meta"], where=src) if isinstance(extras.get("meta"), dict) \
+        else {}
     meta.update({"mobileone_cli": __version__, "arch": det.arch.name, "form": form})
     return {"meta": meta}
 
@@ -229,7 +231,7 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
                 "bn_eps": repr(source.eps)}
         result.size_out = save_checkpoint(
             dst, out, force=options.force,
-            container=_container(layout_out, det, form_out, source.checkpoint.extras),
+            container=_container(layout_out, det, form_out, source.checkpoint.extras, src),
             metadata=meta if output_format(dst) == "safetensors" else None)
     result.state_dict = out
     return result

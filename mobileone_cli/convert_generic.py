@@ -87,11 +87,12 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     if dst is not None:
         container = None
         if ck.wrapper == "state_dict" and output_format(dst) != "safetensors":
-            from .io.safeload import plain_data
+            from .io.meta import plain_data
 
             # Placeholders (foreign objects never loaded) become strings: output stays weights-only.
             meta = ck.extras.get("meta")
-            container = {"meta": plain_data(dict(meta))} if isinstance(meta, dict) else {}
+            container = {"meta": plain_data(meta, where=src)} if isinstance(meta, dict) \
+                else {}
         metadata = dict(ck.metadata)
         metadata.update({"format": "pt", "mobileone_cli": __version__, "form": "deploy",
                          "fused_blocks": str(len(report.blocks)), "bn_eps": repr(eps)})

@@ -63,6 +63,7 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
         "other_entries": sorted(map(str, ck.extras)) if ck else [],
         "stripped_prefix": listing.stripped_prefix,
         "stubbed_globals": list(ck.stubbed) if ck else [],
+        "ema_note": ck.ema_note if ck else "",
         "trusted": bool(ck and ck.trusted), "metadata": listing.metadata}
     det = detect_layout(listing.tensors, prefix=prefix, where=listing.path)
     if arch is not None:

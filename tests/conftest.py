@@ -134,3 +134,28 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Lines tests leave in config._mobileone_summary (e.g. how many fuzz inputs were tried)."""
     for line in getattr(config, "_mobileone_summary", []):
         terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def runner_file(tmp_path_factory):
+    """(epoch_1.pth written by the installed mmengine's Runner (tests/mmengine_runner.py), the
+    live EMA and raw weights of that run).  The Runner runs in a subprocess: it changes
+    process-wide settings (seeds, thread and multiprocessing options)."""
+    import subprocess
+    import sys
+
+    from mobileone_cli.io.read import load_checkpoint
+
+    pytest.importorskip("mmengine", reason="mmengine is part of the test extra")
+    here = os.path.dirname(os.path.abspath(__file__))
+    work = tmp_path_factory.mktemp("mmengine")
+    init = work / "init.pth"
+    # Start from mmpretrain's own weights of the same network (the fixture's EMA weights).
+    fixture = os.path.join(here, "fixtures", "mmpretrain", "epoch_2.pth")
+    torch.save(load_checkpoint(fixture).state_dict, init)
+    proc = subprocess.run([sys.executable, os.path.join(here, "mmengine_runner.py"), str(init),
+                           str(work / "run")], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work / "run" / "epoch_1.pth", torch.load(work / "run" / "live.pth",
+                                                     weights_only=True)

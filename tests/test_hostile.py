@@ -168,13 +168,14 @@ def test_malicious_pickle_is_refused_and_never_runs(glob, wrapped, fmt, tmp_path
 
 def test_placeholders_are_inert_even_without_the_refusal(tmp_path):
     """Below the refusal: the placeholder loader itself never calls a stubbed global."""
-    from mobileone_cli.io.safeload import Placeholder, load_with_stubs
+    from mobileone_cli.io.safeload import Placeholder, load_inert
 
     marker = tmp_path / "PWNED"
     src = str(tmp_path / "evil.pth")
     torch.save({"a": torch.zeros(2), "x": PAYLOADS["builtins.exec"](marker),
                 "y": PAYLOADS["builtins.eval"](marker)}, src)
-    obj, stubbed = load_with_stubs(src)
+    loaded = load_inert(src)  # no vet: every global gets a placeholder, code globals too
+    obj, stubbed = loaded.obj, loaded.placeholders
     assert set(stubbed) == {"builtins.exec", "builtins.eval"}
     assert isinstance(obj["x"], Placeholder) and isinstance(obj["y"], Placeholder)
     assert not marker.exists()

@@ -1,21 +1,26 @@
-"""Python globals that no checkpoint needs: a pickle naming one is refused outright.
+"""The guard between a torch file and the tool: weights-only loading by :mod:`safeload`'s rule,
+code globals refused by name, ``--trust-file`` as the only way to run a file's pickle.
 
-Weights-only loading never calls a refused global, and the placeholders of :mod:`safeload` are
-inert, so no code from a file runs either way.  But a file whose pickle reaches for ``exec``,
-``os.system`` or ``subprocess.Popen`` is an attack, not an mmengine checkpoint with a foreign
-class: loading "what is safe" around it would hide that.  Such files are refused by name; only
-``--trust-file`` (the user's explicit decision) opens them.  No torch needed.
+Weights-only loading never calls a refused global and the placeholders are inert, so no code
+from a file runs either way.  But a file whose pickle reaches for ``exec``, ``os.system`` or
+``subprocess.Popen`` (directly, or through ``getattr`` on something that is not a placeholder
+class) is an attack, not a training checkpoint with a foreign class: loading "what is safe"
+around it would hide that.  Such files are refused by name; only ``--trust-file`` (the user's
+explicit decision) opens them.
 """
 from __future__ import annotations
 
-from typing import Iterable, List
+import struct
+from typing import Any, Iterable, List, Optional, Tuple
 
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 
 __all__ = ["CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global", "code_globals",
-           "refuse_code_globals"]
+           "refuse_code_globals", "load_torch"]
 
 # Modules whose globals run code, touch files, processes or the network, or call other callables.
+# builtins.getattr is one of them by name; safeload answers it with an inert stand-in instead,
+# and only its misuse ('builtins.getattr (on ...)') comes back here to be refused.
 CODE_MODULES = (
     "builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "shutil", "socket",
     "importlib", "imp", "runpy", "pickle", "_pickle", "cPickle", "dill", "marshal", "types", "code",
@@ -28,7 +33,8 @@ CODE_MODULES = (
     "torch.serialization", "torch._C._jit", "numpy.load", "numpy.testing", "numpy.f2py",
     "numpy.distutils", "setuptools", "distutils", "pip", "site", "yaml", "jinja2",
 )
-# Builtins that only build plain data: harmless even if a file names them.
+# Builtins that only build plain data: harmless even if a file names them (they load as
+# placeholders like any foreign global, or as torch's own when torch allows them).
 DATA_BUILTINS = frozenset({
     "builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.bytes",
     "builtins.complex", "builtins.slice", "builtins.range", "builtins.tuple", "builtins.list",
@@ -66,12 +72,17 @@ def is_code_global(name: str) -> bool:
 
 
 def code_globals(names: Iterable[str]) -> List[str]:
-    """The names among ``names`` that are code globals, fully qualified, in order."""
+    """The names among ``names`` that are code globals, fully qualified, in order.
+
+    A name may carry a note in parentheses (``builtins.getattr (applied to ...)``); it is kept.
+    """
     out = []
     for n in names:
-        if is_code_global(n):
-            real = python3_name(n)
-            out.append(real if real == _full_name(n) else f"{real} (pickled as {n})")
+        name, sep, note = n.partition(" ")
+        if is_code_global(name):
+            real = python3_name(name)
+            shown = real if real == _full_name(name) else f"{real} (pickled as {name})"
+            out.append(shown + sep + note)
     return out
 
 
@@ -84,3 +95,68 @@ def refuse_code_globals(names: Iterable[str], path: str) -> None:
                        f"{more}, which can run code; a checkpoint never needs it",
                        hint="this file may be malicious; only if you trust its source, pass "
                             "--trust-file")
+
+
+def load_torch(path: str, *, trust: bool = False) -> Tuple[Any, List[str]]:
+    """(object, globals read as placeholders) of a torch file; BadInput (exit 2) if it cannot be
+    read without running its code.  Only ``trust`` (``--trust-file``) lets the pickle run code."""
+    import pickle
+
+    from .safeload import load_inert, refused_global
+
+    try:
+        if trust:
+            return _trusted_load(path), []
+        # No mmap: each tensor then owns its memory, so a conversion that consumes the state
+        # dict block by block gives memory back as it goes (peak RSS near load+save).
+        loaded = load_inert(path, vet=lambda names: refuse_code_globals(names, path))
+        return loaded.obj, loaded.placeholders
+    except pickle.UnpicklingError as exc:
+        msg = str(exc)
+        glob = refused_global(msg)
+        if glob:
+            refuse_code_globals([glob], path)
+            raise BadInput(f"{path}: refused to load: the file needs the Python global {glob}, "
+                           f"which weights-only loading does not allow",
+                           hint="if you trust this file, pass --trust-file") from None
+        detail = _weights_only_detail(msg)
+        if detail:
+            raise BadInput(f"{path}: weights-only loading failed, even with placeholders for "
+                           f"foreign objects ({detail})",
+                           hint="if you trust this file, pass --trust-file") from None
+        raise BadInput(f"{path}: not a loadable checkpoint ({first_line(msg)})") from None
+    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
+            IndexError, TypeError, UnicodeDecodeError, struct.error, ImportError,
+            AssertionError, OverflowError, NotImplementedError, RecursionError) as exc:
+        # torch's unpickler reports a damaged legacy file with any of these
+        reason = first_line(str(exc)) or exc.__class__.__name__
+        if "zip archive" in reason or "central directory" in reason or isinstance(exc, EOFError):
+            reason = "truncated or corrupt file: " + reason
+        raise BadInput(f"{path}: cannot load checkpoint ({reason})") from None
+
+
+def _trusted_load(path: str) -> Any:
+    """--trust-file: plain unpickling, which may run code from the file (the user opted in)."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, ImportError, AttributeError) as exc:
+        hint = None
+        if isinstance(exc, ImportError):  # e.g. mmengine is not installed here
+            hint = ("without --trust-file, objects of packages that are not installed load as "
+                    "inert placeholders")
+        raise BadInput(f"{path}: cannot load checkpoint even with --trust-file "
+                       f"({first_line(str(exc)) or exc.__class__.__name__})", hint=hint) from None
+
+
+def _weights_only_detail(msg: str) -> Optional[str]:
+    """What torch's weights-only refusal says was refused (the text after 'WeightsUnpickler
+    error:', which torch puts at the end of a line or on the lines after it)."""
+    if "Weights only load failed" not in msg or "WeightsUnpickler error" not in msg:
+        return None
+    rest = msg.split("WeightsUnpickler error", 1)[1].lstrip(":")
+    lines = [ln.strip() for ln in rest.splitlines() if ln.strip()]
+    return lines[0][:200] if lines else None

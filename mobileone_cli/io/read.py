@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput, first_line
-from .pickle_guard import refuse_code_globals
+from .pickle_guard import load_torch
 from .sanity import check_tensor_storage
 
 __all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
-           "unwrap", "strip_prefix", "loading_notes", "Listing", "list_tensors", "WRAPPER_KEYS",
+           "unwrap", "swapped_ema", "strip_prefix", "loading_notes", "Listing", "list_tensors", "WRAPPER_KEYS",
            "EMA_KEYS", "STRIP_PREFIXES"]
 
 # Containers that hold the state dict, in the order they are preferred.
@@ -50,6 +50,7 @@ class Checkpoint:
     metadata: Dict[str, str] = field(default_factory=dict)  # safetensors header metadata
     stubbed: List[str] = field(default_factory=list)  # foreign globals loaded as placeholders
     trusted: bool = False  # loaded with weights_only=False (--trust-file)
+    ema_note: str = ""  # where the EMA weights of this file are, when that is not obvious
 
 
 def _check_readable(path: str) -> int:
@@ -128,90 +129,34 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, 
     return out, {str(k): str(v) for k, v in meta.items()}
 
 
-def _torch_load(path: str, fmt: str, trust: bool = False) -> Tuple[Any, List[str]]:
-    """(object, globals replaced by placeholders); only ``trust`` lets the pickle run code."""
-    import pickle
-
-
-    try:
-        if trust:
-            return _trusted_load(path, fmt), []
-        from .safeload import load_with_stubs
-
-        # No mmap: each tensor then owns its memory, so a conversion that consumes the state
-        # dict block by block gives memory back as it goes (peak RSS near load+save).
-        obj, stubbed = load_with_stubs(path)
-        refuse_code_globals(stubbed, path)  # placeholders are inert, but such a file is an attack
-        return obj, stubbed
-    except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        glob = _refused_global(msg)
-        if glob:
-            raise BadInput(f"{path}: refused to load: the file needs the Python global {glob}, "
-                           f"which weights-only loading does not allow",
-                           hint="if you trust this file, pass --trust-file") from None
-        detail = _weights_only_detail(msg)
-        if detail:
-            raise BadInput(f"{path}: weights-only loading failed, even with placeholders for "
-                           f"foreign objects ({detail})",
-                           hint="if you trust this file, pass --trust-file") from None
-        raise BadInput(f"{path}: not a loadable checkpoint ({first_line(msg)})") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
-            IndexError, TypeError, UnicodeDecodeError, struct.error, ImportError,
-            AssertionError, OverflowError, NotImplementedError, RecursionError) as exc:
-        # torch's unpickler reports a damaged legacy file with any of these
-        reason = first_line(str(exc)) or exc.__class__.__name__
-        if "zip archive" in reason or "central directory" in reason or isinstance(exc, EOFError):
-            reason = "truncated or corrupt file: " + reason
-        raise BadInput(f"{path}: cannot load checkpoint ({reason})") from None
-
-
-def _trusted_load(path: str, fmt: str) -> Any:
-    """--trust-file: plain unpickling, which may run code from the file (the user opted in)."""
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (pickle.UnpicklingError, ImportError, AttributeError) as exc:
-        raise BadInput(f"{path}: cannot load checkpoint even with --trust-file "
-                       f"({first_line(str(exc)) or exc.__class__.__name__})") from None
-
-
-def _weights_only_detail(msg: str) -> Optional[str]:
-    """The line of torch's weights-only refusal that says what was refused."""
-    if "Weights only load failed" not in msg:
-        return None
-    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-    for i, ln in enumerate(lines):
-        if ln.startswith("WeightsUnpickler error"):
-            rest = ln.split(":", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
-            return rest[:200]
-    return None
-
-
-def _refused_global(msg: str) -> Optional[str]:
-    import re
-
-    m = re.search(r"(?:Unsupported global|GLOBAL)\s*:?\s*(?:GLOBAL\s+)?([A-Za-z_][\w.]*)", msg)
-    if not m:
-        return None
-    return m.group(1) if "." in m.group(1) else f"builtins.{m.group(1)}"  # torch drops builtins.
-
-
 def _is_tensor(x: Any) -> bool:
     import torch
 
     return isinstance(x, torch.Tensor)
 
 
+def swapped_ema(obj: Any) -> bool:
+    """True for a file of mmengine's ``EMAHook``.
+
+    Before saving, EMAHook SWAPS the two copies of the weights: ``state_dict`` holds the EMA
+    weights (what mmpretrain publishes and evaluates) and ``ema_state_dict`` holds ``steps``
+    plus the raw training weights under ``module.``-prefixed keys.
+    """
+    ema = obj.get("ema_state_dict") if isinstance(obj, Mapping) else None
+    return (isinstance(ema, Mapping) and "steps" in ema and isinstance(obj.get("state_dict"), Mapping)
+            and all(k == "steps" or str(k).startswith("module.") for k in ema))
+
+
 def unwrap(obj: Any, *, ema: bool = False, path: str = "checkpoint"
            ) -> Tuple[Dict[str, Any], Optional[str], Dict[str, Any]]:
-    """(state_dict, wrapper key or None, other top-level entries) of a loaded object."""
+    """(state_dict, wrapper key or None, other top-level entries) of a loaded object.
+
+    ``ema`` asks for the exponential-moving-average weights: the first of :data:`EMA_KEYS`,
+    except in an mmengine EMAHook file, where they are ``state_dict`` (see :func:`swapped_ema`).
+    """
     if not isinstance(obj, Mapping):
         raise BadInput(f"{path}: holds a {type(obj).__name__}, not a state dict")
-    if ema:
+    if ema and not swapped_ema(obj):
         for key in EMA_KEYS:
             if isinstance(obj.get(key), Mapping):
                 return dict(obj[key]), key, {k: v for k, v in obj.items() if k != key}
@@ -272,18 +217,23 @@ def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Che
         try:
             with warnings.catch_warnings():  # torch's deprecation chatter is not for our users
                 warnings.simplefilter("ignore")
-                obj, stubbed = _torch_load(path, fmt, trust)
+                obj, stubbed = load_torch(path, trust=trust)
         finally:
             if integrity is not None:
                 integrity.result()  # a damaged file is reported as such, not as a load error
     sd, wrapper, extras = unwrap(obj, ema=ema, path=path)
+    ema_note = ""
+    if wrapper == "state_dict" and swapped_ema(obj):
+        ema_note = ("mmengine EMAHook file: 'state_dict' holds the EMA weights, 'ema_state_dict' "
+                    "the raw ones")
     if not all(isinstance(k, str) for k in sd):
         raise BadInput(f"{path}: state dict keys must be strings")
     sd, stripped = strip_prefix(sd)
     check_tensor_storage(sd, path)
     return Checkpoint(path=path, file_format=fmt, state_dict=sd, wrapper=wrapper,
                       stripped_prefix=stripped, extras=extras, metadata=metadata,
-                      stubbed=stubbed, trusted=trust and fmt != "safetensors")
+                      stubbed=stubbed, trusted=trust and fmt != "safetensors",
+                      ema_note=ema_note)
 
 
 def loading_notes(ck: Checkpoint) -> List[str]:
@@ -291,6 +241,8 @@ def loading_notes(ck: Checkpoint) -> List[str]:
     notes = []
     if ck.wrapper:
         notes.append(f"state dict taken from the {ck.wrapper!r} entry")
+    if ck.ema_note:
+        notes.append(ck.ema_note)
     if ck.stripped_prefix:
         notes.append(f"stripped key prefix {ck.stripped_prefix!r}")
     if ck.stubbed:

@@ -26,6 +26,8 @@ def render_inspect(r: Dict[str, Any]) -> None:
     t.add_row("wrapper", repr(r["wrapper"]) + " entry" if r["wrapper"] else "none (bare state dict)")
     if r["other_entries"]:
         t.add_row("other entries", safe(", ".join(r["other_entries"])))
+    if r.get("ema_note"):
+        t.add_row("EMA", safe(r["ema_note"]))
     if r["stripped_prefix"]:
         t.add_row("stripped prefix", repr(r["stripped_prefix"]))
     if r["stubbed_globals"]:

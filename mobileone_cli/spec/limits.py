@@ -15,7 +15,8 @@ from ..errors import BadInput
 
 __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
-           "DEFAULT_EPS", "parse_input_size", "check_batch", "check_bn_eps", "resolve_eps"]
+           "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "parse_input_size", "check_batch",
+           "check_bn_eps", "resolve_eps"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
@@ -32,6 +33,11 @@ MAX_PASS_PIXELS = 8 * 1024 * 1024
 # Checkpoints do not store it: a config or --bn-eps says it, else PyTorch's default.
 DEFAULT_EPS = 1e-5
 MAX_BN_EPS = 1.0
+# Pickled metadata carried into an output (mmpretrain's 'meta'): objects copied, and nesting.
+# A real 'meta' holds a few hundred (a config text, class names); a hostile file can name the
+# same list 2**60 times through shared references, which the copy visits once each.
+MAX_META_ITEMS = 1_000_000
+MAX_META_DEPTH = 100
 
 
 def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, int]:
