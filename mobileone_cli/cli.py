@@ -97,6 +97,9 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))
         wants_json = _wants_json(ctx)  # read before click hands the arguments to the command
+        from .render.console import reset_emitted
+
+        reset_emitted()
         try:
             return super().invoke(ctx)
         except MobileOneError as exc:

@@ -20,5 +20,5 @@ def test_python_api_tour(tmp_path):
     assert re.search(r"stats: train\s+4,825,192 params\s+830,062,080 MACs", text)
     assert re.search(r"stats: deploy\s+4,764,840 params\s+825,057,024 MACs", text)
     for rel in re.findall(r"max rel diff ([0-9.e+-]+)", text):
-        assert float(rel) < 1e-5
+        assert float(rel) < 1e-4  # the tool's rtol; a wrong fusion is off by 1e-2 and more
     assert os.path.exists(tmp_path / "mobileone_s1_timm.safetensors")

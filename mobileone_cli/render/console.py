@@ -21,6 +21,11 @@ def json_emitted() -> bool:
     return bool(_emitted)
 
 
+def reset_emitted() -> None:
+    """Start of a command: nothing printed yet (the API and tests run many in one process)."""
+    _emitted.clear()
+
+
 def console(stderr: bool = False, min_width: int = 0):
     """A rich Console: the terminal's width, or ``COLUMNS``, or 80 when output is not a terminal
     (rich's own rule); ``min_width`` widens a console that does not write to a terminal."""
