@@ -10,8 +10,9 @@ every block (each fed the train model's input, see :mod:`.localize`), it is no f
 The last term is the network's own sensitivity to rounding D's weights, measured on D itself
 (never on the fusion code under test): ~0 for fp32 weights of a well-conditioned network, the
 size of honest fp16/bf16 rounding for half-precision files, and large where the network amplifies
-rounding.  It is measured only when D is beyond ``atol + rtol * scale`` (and always when
-``measure_sensitivity``).  An explicit ``rtol`` drops it: the user's tolerance is the tolerance.
+rounding.  It is measured only on the images where D is beyond ``atol + rtol * scale`` (and on the first
+ones when ``measure_sensitivity``).  An explicit ``rtol`` drops it: the user's tolerance is the
+tolerance.
 
 The comparison runs in fp32 first.  When fp32 cannot decide (D beyond its bound), a float64 run
 of both models on the same inputs (D's weights upcast exactly) referees: fp32 rounding amplified
@@ -32,7 +33,7 @@ from ..errors import BadInput
 from ..spec.arch import ArchSpec
 from ..spec.layouts import remap
 from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
-from .localize import BlockError, track_blocks
+from .localize import BlockError, run_candidate, run_train
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
            "resolve_device", "perturb", "Verdict", "judge", "non_finite", "float_dtype", "CHUNK"]
@@ -310,27 +311,47 @@ def _bound(rtol: float, atol: float, scale: float, sens_abs: float, adaptive: bo
     return atol + rtol * scale + (SENSITIVITY_FACTOR * sens_abs if adaptive else 0.0)
 
 
-def _stage(precision: str, train, deploy, perturbed, x: torch.Tensor, *, device: str,
-           chunk: int, logits: bool, rtol: float, atol: float, adaptive: bool) -> Stage:
-    errors: Dict[str, Dict[str, BlockError]] = {}
-    refs, outs, pouts = [], [], []
-    candidates = {"deploy": deploy}
-    if perturbed is not None:
-        candidates["perturbed"] = perturbed
+def _beyond_plain_bound(errors: Dict[str, BlockError], out: Metrics, rtol: float,
+                        atol: float) -> bool:
+    """D is beyond atol + rtol * scale somewhere: only then is its sensitivity needed."""
+    if not out.within(rtol, atol):
+        return True
+    return any(not (b.finite and b.own_abs <= atol + rtol * b.scale) for b in errors.values())
+
+
+def _stage(precision: str, train, deploy, make_perturbed, x: torch.Tensor, *, device: str,
+           chunk: int, logits: bool, rtol: float, atol: float, adaptive: bool,
+           measure: bool) -> Stage:
+    """D against T on ``x``, chunk by chunk; D's sensitivity (``make_perturbed()``: D with every
+    weight perturbed) is measured on the chunks where D is beyond the plain bound, and on the
+    first chunk when ``measure``."""
+    errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
+    refs, outs, pouts, prefs = [], [], [], []
+    perturbed = None
+    dtype = next(train.parameters()).dtype
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
-            xi = x[i:i + chunk].to(device=device, dtype=next(train.parameters()).dtype)
-            o = track_blocks(train, candidates, xi, errors, bases={"perturbed": "deploy"})
-            refs.append(o["train"].cpu())
-            outs.append(o["deploy"].cpu())
-            if perturbed is not None:
-                pouts.append(o["perturbed"].cpu())
+            xi = x[i:i + chunk].to(device=device, dtype=dtype)
+            tc, ref = run_train(train, xi)
+            out, d_e2e = run_candidate(deploy, xi, tc, errors["deploy"])
+            refs.append(ref.cpu())
+            outs.append(out.cpu())
+            chunk_out = compare_outputs(ref, out, logits)
+            if adaptive and ((measure and i == 0) or
+                             _beyond_plain_bound(errors["deploy"], chunk_out, rtol, atol)):
+                if perturbed is None:
+                    perturbed = make_perturbed()
+                pout, _ = run_candidate(perturbed, xi, tc, errors["perturbed"],
+                                        base=(deploy, d_e2e))
+                pouts.append(pout.cpu())
+                prefs.append(out.cpu())
+            del tc, d_e2e
     ref, out = torch.cat(refs), torch.cat(outs)
     stage = Stage(precision=precision, output=compare_outputs(ref, out, logits),
                   blocks=list(errors["deploy"].values()), train_output=ref)
     sens_out = 0.0
-    if perturbed is not None:
-        stage.sensitivity = compare_outputs(out, torch.cat(pouts), logits)
+    if pouts:
+        stage.sensitivity = compare_outputs(torch.cat(prefs), torch.cat(pouts), logits)
         stage.block_sensitivity = errors["perturbed"]
         sens_out = stage.sensitivity.max_abs if stage.sensitivity.finite else 0.0
     stage.output_bound = _bound(rtol, atol, stage.output.scale, sens_out, adaptive)
@@ -366,31 +387,28 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     # Every block's output is held for one chunk: fewer images per chunk for large inputs.
     chunk = max(1, min(chunk, chunk * 224 * 224 // (x.shape[2] * x.shape[3])))
 
-    def models(dtype: torch.dtype, with_perturbed: bool):
+    def run(precision: str, dtype: torch.dtype) -> Stage:
         # .eval() here as well: running statistics are what fusion folds (Apple issue 8).
         t = load_model(train_sd, arch, "train", layout=train_layout, bn_eps=bn_eps,
                        device=device, dtype=dtype).eval()
         d = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device,
                        dtype=dtype).eval()
-        p = load_model(perturb(deploy_sd, unit), arch, "deploy", layout=deploy_layout,
-                       device=device, dtype=dtype).eval() if with_perturbed else None
-        return t, d, p
 
-    def run(precision: str, dtype: torch.dtype, with_perturbed: bool) -> Stage:
-        t, d, p = models(dtype, with_perturbed)
-        return _stage(precision, t, d, p, x, device=device, chunk=chunk, logits=logits,
-                      rtol=rtol, atol=atol, adaptive=adaptive)
+        def perturbed():
+            return load_model(perturb(deploy_sd, unit), arch, "deploy", layout=deploy_layout,
+                              device=device, dtype=dtype).eval()
 
-    fp32 = run("fp32", torch.float32, adaptive and measure_sensitivity)
-    if not fp32.passed and adaptive and fp32.sensitivity is None:
-        fp32 = run("fp32", torch.float32, True)  # D is beyond rtol: how much is rounding?
+        return _stage(precision, t, d, perturbed, x, device=device, chunk=chunk, logits=logits,
+                      rtol=rtol, atol=atol, adaptive=adaptive, measure=measure_sensitivity)
+
+    fp32 = run("fp32", torch.float32)
     verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,
                       deploy_dtype=str(d_dtype).replace("torch.", ""), unit=unit,
                       compared="logits" if logits else "feature map", fp32=fp32)
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
-        verdict.fp64 = run("fp64", torch.float64, adaptive)
+        verdict.fp64 = run("fp64", torch.float64)
         verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
                                                      fp32.train_output, logits)
     for stage in (verdict.fp32, verdict.fp64):

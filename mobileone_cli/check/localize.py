@@ -15,13 +15,13 @@ Errors are absolute; :class:`BlockError` relates them to max |train block output
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["BlockError", "StageError", "compared_modules", "track_blocks", "stage_table",
-           "stage_label", "HEAD"]
+__all__ = ["BlockError", "StageError", "compared_modules", "run_train", "run_candidate",
+           "stage_table", "stage_label", "HEAD"]
 
 HEAD = "linear"  # the classifier, compared like a block (stage = number of stages + 1)
 
@@ -141,35 +141,41 @@ def _update(err: BlockError, base_e2e: torch.Tensor, e2e: torch.Tensor, base_own
 
 
 @torch.no_grad()
-def track_blocks(train: nn.Module, candidates: Mapping[str, nn.Module], x: torch.Tensor,
-                 errors: Dict[str, Dict[str, BlockError]],
-                 bases: Optional[Mapping[str, str]] = None) -> Dict[str, torch.Tensor]:
-    """Run ``train`` and every candidate on ``x``; accumulate block errors into ``errors``.
-
-    ``bases[name]`` says what candidate ``name`` is compared with: 'train' (default) or another
-    candidate's name (a perturbed deploy model is compared with the deploy model).  Returns the
-    final outputs, 'train' included.  ``errors[name][block]`` is created as needed.
-    """
-    bases = dict(bases or {})
+def run_train(train: nn.Module, x: torch.Tensor) -> Tuple["_Capture", torch.Tensor]:
+    """The train model on ``x``, every block's input and output kept (the references)."""
     with _Capture(train, inputs=True) as tc:
-        outs = {"train": train(x)}
-    runs: Dict[str, Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]] = {
-        "train": (tc.outputs, tc.outputs)}
-    for name, model in candidates.items():
-        with _Capture(model, inputs=False) as cc:
-            outs[name] = model(x)
-        mods = {n: m for n, _, m in cc.units}
-        # The hooks are gone: these calls record nothing and cannot recurse.
-        own = {n: mods[n](tc.inputs[n]) for n in tc.outputs}
-        runs[name] = (cc.outputs, own)
-    for name in candidates:
-        base_e2e, base_own = runs[bases.get(name, "train")]
-        table = errors.setdefault(name, {})
-        for block, stage, _ in tc.units:
-            err = table.setdefault(block, BlockError(block, stage))
-            _update(err, base_e2e[block], runs[name][0][block], base_own[block],
-                    runs[name][1][block], tc.outputs[block])
-    return outs
+        out = train(x)
+    return tc, out
+
+
+@torch.no_grad()
+def run_candidate(model: nn.Module, x: torch.Tensor, tc: "_Capture",
+                  errors: Dict[str, BlockError],
+                  base: Optional[Tuple[nn.Module, Dict[str, torch.Tensor]]] = None
+                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """Run ``model`` on ``x`` and accumulate its block errors into ``errors``.
+
+    Compared with the train run ``tc``, or with ``base`` = (another model, its end-to-end block
+    outputs on the same ``x``): a perturbed deploy model against the deploy model.  Each block's
+    own output is computed on the train model's input of that block and dropped at once.
+    Returns the final output and the end-to-end block outputs.
+    """
+    with _Capture(model, inputs=False) as cc:
+        out = model(x)
+    mods = {n: m for n, _, m in cc.units}
+    base_mods = {n: m for n, _, m in compared_modules(base[0])} if base is not None else None
+    # The hooks are gone: these calls record nothing and cannot recurse.
+    for block, stage, _ in tc.units:
+        ref = tc.outputs[block]
+        own = mods[block](tc.inputs[block])
+        if base is None:
+            base_e2e, base_own = ref, ref
+        else:
+            base_e2e, base_own = base[1][block], base_mods[block](tc.inputs[block])
+        err = errors.setdefault(block, BlockError(block, stage))
+        _update(err, base_e2e, cc.outputs[block], base_own, own, ref)
+        del own, base_own
+    return out, cc.outputs
 
 
 def stage_table(errors: Sequence[BlockError], bad: Sequence[str]) -> List[StageError]:
