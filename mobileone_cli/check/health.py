@@ -276,9 +276,10 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
         worst = ", ".join(f"{w['block']} {w['change']:.1e}" for w in eps["worst"])
         warn("eps", f"eps sensitivity: fused kernels change by up to {eps['max']:.1e} between "
                      f"BatchNorm eps {a:.0e} and {b:.0e} ({worst}; {eps['above']} of "
-                     f"{len(eps['blocks'])} blocks above {EPS_SENSITIVITY_WARN:.0e}): the "
-                     f"training eps, which checkpoints do not store, decides the deploy weights; "
-                     f"give it with --bn-eps")
+                     f"{len(eps['blocks']) - len(eps['not_measured'])} measured blocks above "
+                     f"{EPS_SENSITIVITY_WARN:.0e}): the "
+                     f"training eps, which checkpoints do not store, decides the deploy weights: "
+                     f"give convert/verify the right --bn-eps")
     for fmt, r in (h.get("headroom") or {}).items():
         if r["overflow"]:
             warn("overflow", f"{fmt}: {r['overflow']} value(s) beyond its range of {r['limit']:.5g} "

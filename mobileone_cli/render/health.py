@@ -66,9 +66,12 @@ def _rows(h: Dict[str, Any]) -> List[tuple]:
         else:
             a, b = eps["eps"]
             worst = ", ".join(f"{safe(w['block'])} {w['change']:.1e}" for w in eps["worst"])
+            measured = len(eps["blocks"]) - len(eps["not_measured"])
             text = (f"max {eps['max']:.1e} (eps {a:.0e} -> {b:.0e}); worst: {worst}; "
-                    f"{eps['above']} of {len(eps['blocks'])} block(s) above "
-                    f"{eps['warn_level']:.0e}")
+                    f"{eps['above']} of {measured} block(s) above {eps['warn_level']:.0e}")
+            if eps["not_measured"]:
+                text += (f"; not measurable (NaN, negative variance): "
+                         + _few(eps["not_measured"]))
         rows.append(("eps sensitivity", text))
     for fmt, r in (h.get("headroom") or {}).items():
         if r["max_key"] is None:
