@@ -91,6 +91,8 @@ def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
 def _onnx(path: str) -> Dict[str, Any]:
     from .runtimes.onnx import describe as describe_onnx
 
+    if os.path.isdir(path):
+        raise BadInput(f"{path}: is a directory, not an ONNX file")
     if not os.path.isfile(path):
         raise BadInput(f"{path}: no such file")
     return {"kind": "onnx", "file": path, "file_format": "onnx", "size": os.path.getsize(path),

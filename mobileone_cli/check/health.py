@@ -194,8 +194,10 @@ def eps_sensitivity(values: Mapping[str, Any], det: Detection,
     for e in det.entries():
         key = det.full_key(e.key)
         if e.block and e.kind != "counter" and key in values:
-            # a writable copy in the stored dtype (the fusion widens to float64 chunk by chunk)
-            by_block.setdefault(e.block, {})[e.key] = torch.from_numpy(np.array(values[key]))
+            # shared with the loaded tensor; a read-only (memory-mapped) array is copied
+            a = values[key]
+            by_block.setdefault(e.block, {})[e.key] = torch.from_numpy(
+                a if a.flags.writeable else np.array(a))
     blocks: Dict[str, Optional[float]] = {}
     skipped: List[str] = []
     for b in det.arch.block_specs():

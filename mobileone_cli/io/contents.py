@@ -6,11 +6,16 @@ of deeply nested or huge containers costs no more than reading it did.
 """
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from ..errors import BadInput
 from .detect import TensorInfo, tensor_info
+from .read import Checkpoint
 
-__all__ = ["structure", "flat_tensors", "tensor_totals", "MAX_DEPTH", "MAX_ITEMS"]
+__all__ = ["Listing", "list_tensors", "structure", "flat_tensors", "tensor_totals", "MAX_DEPTH",
+           "MAX_ITEMS"]
 
 MAX_DEPTH = 8  # nesting levels walked below the top level
 MAX_ITEMS = 200_000  # container items visited in all
@@ -103,3 +108,44 @@ def structure(obj: Any) -> List[Dict[str, Any]]:
         rows.append({"key": str(key), "kind": _kind(value), "items": size,
                      "tensors": totals["tensors"], "tensor_bytes": totals["tensor_bytes"]})
     return rows
+
+
+@dataclass
+class Listing:
+    """What a checkpoint file holds, as ``{key: (dtype, shape)}`` plus how it was found.
+
+    A ``.safetensors`` file is listed from its JSON header alone (no torch, no payload read);
+    a torch file is loaded safely and ``checkpoint`` keeps it for callers that need tensors.
+    """
+
+    path: str
+    file_format: str
+    tensors: Dict[str, Tuple[str, Tuple[int, ...]]]
+    metadata: Dict[str, str] = field(default_factory=dict)
+    checkpoint: Optional[Checkpoint] = None
+    stripped_prefix: str = ""
+
+    @property
+    def notes(self) -> List[str]:
+        from .read import loading_notes
+
+        if self.checkpoint is not None:
+            return loading_notes(self.checkpoint)
+        return [f"stripped key prefix {self.stripped_prefix!r}"] if self.stripped_prefix else []
+
+
+def list_tensors(path: str, *, ema: bool = False, trust: bool = False) -> Listing:
+    """The tensor listing of ``path`` (see :class:`Listing`)."""
+    from .read import load_checkpoint, read_safetensors_header, sniff_format, strip_prefix
+
+    path = os.fspath(path)
+    fmt = sniff_format(path)
+    if fmt == "safetensors":
+        if ema:
+            raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
+        header, metadata = read_safetensors_header(path)
+        tensors, stripped = strip_prefix(dict(header))
+        return Listing(path, fmt, tensors, metadata, stripped_prefix=stripped)
+    ck = load_checkpoint(path, ema=ema, trust=trust)
+    return Listing(path, fmt, tensor_info(ck.state_dict), ck.metadata, ck,
+                   stripped_prefix=ck.stripped_prefix)

@@ -21,7 +21,7 @@ from .sanity import check_tensor_storage
 
 __all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
            "load_object", "as_checkpoint",
-           "unwrap", "strip_prefix", "loading_notes", "Listing", "list_tensors", "WRAPPER_KEYS",
+           "unwrap", "strip_prefix", "loading_notes", "WRAPPER_KEYS",
            "EMA_KEYS", "STRIP_PREFIXES"]
 
 # Containers that hold the state dict, in the order they are preferred.
@@ -319,42 +319,3 @@ def loading_notes(ck: Checkpoint) -> List[str]:
     if ck.trusted:
         notes.append("--trust-file: the file was unpickled with weights_only=False")
     return notes
-
-
-@dataclass
-class Listing:
-    """What a checkpoint file holds, as ``{key: (dtype, shape)}`` plus how it was found.
-
-    A ``.safetensors`` file is listed from its JSON header alone (no torch, no payload read);
-    a torch file is loaded safely and ``checkpoint`` keeps it for callers that need tensors.
-    """
-
-    path: str
-    file_format: str
-    tensors: Dict[str, Tuple[str, Tuple[int, ...]]]
-    metadata: Dict[str, str] = field(default_factory=dict)
-    checkpoint: Optional[Checkpoint] = None
-    stripped_prefix: str = ""
-
-    @property
-    def notes(self) -> List[str]:
-        if self.checkpoint is not None:
-            return loading_notes(self.checkpoint)
-        return [f"stripped key prefix {self.stripped_prefix!r}"] if self.stripped_prefix else []
-
-
-def list_tensors(path: str, *, ema: bool = False, trust: bool = False) -> Listing:
-    """The tensor listing of ``path`` (see :class:`Listing`)."""
-    path = os.fspath(path)
-    fmt = sniff_format(path)
-    if fmt == "safetensors":
-        if ema:
-            raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
-        header, metadata = read_safetensors_header(path)
-        tensors, stripped = strip_prefix(dict(header))
-        return Listing(path, fmt, tensors, metadata, stripped_prefix=stripped)
-    from .detect import tensor_info
-
-    ck = load_checkpoint(path, ema=ema, trust=trust)
-    return Listing(path, fmt, tensor_info(ck.state_dict), ck.metadata, ck,
-                   stripped_prefix=ck.stripped_prefix)
