@@ -113,7 +113,8 @@ from mobileone_cli.spec.arch import get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.synthetic import random_state_dict
 for arch, path in zip(sys.argv[1::2], sys.argv[2::2]):
-    save_checkpoint(path, random_state_dict(get_arch(arch[:2]), seed=1), force=True)
+    form = "deploy" if "deploy" in arch else "train"
+    save_checkpoint(path, random_state_dict(get_arch(arch[:2]), seed=1, form=form), force=True)
 """
 
 
@@ -122,7 +123,8 @@ def make_checkpoints(folder: str) -> Dict[str, str]:
     (a forked child's ru_maxrss would otherwise start at the parent's size)."""
     paths = {"s0": os.path.join(folder, "mobileone_s0_unfused.pth.tar"),
              "s4": os.path.join(folder, "mobileone_s4_unfused.pth.tar"),
-             "s4-safetensors": os.path.join(folder, "mobileone_s4_unfused.safetensors")}
+             "s4-safetensors": os.path.join(folder, "mobileone_s4_unfused.safetensors"),
+             "s4-deploy-safetensors": os.path.join(folder, "mobileone_s4.safetensors")}
     args = [x for kv in paths.items() for x in kv]
     subprocess.run([sys.executable, "-c", MAKE, *args], check=True, cwd=ROOT)
     return paths
@@ -167,12 +169,20 @@ def main(argv: List[str] = None) -> int:
                 ]
         for label, cmd in (("mobileone --help", mobileone + ["--help"]),
                            ("mobileone stats --arch s4", mobileone + ["stats", "--arch", "s4"]),
-                           ("mobileone inspect s4.safetensors",
-                            mobileone + ["inspect", ck["s4-safetensors"]])):
+                           ("mobileone inspect --no-health s4_unfused.safetensors",
+                            mobileone + ["inspect", "--no-health", ck["s4-safetensors"]]),
+                           ("mobileone inspect s4.safetensors (deploy, health)",
+                            mobileone + ["inspect", ck["s4-deploy-safetensors"]])):
             m = measure(cmd, args.runs)
             rows.append((label, m))
             checks.append((f"{label} wall <= 0.25x import torch", m["wall"] / torch_import["wall"],
                            0.25, "x"))
+        # The health of a train-form file measures the eps sensitivity with the torch fusion
+        # (two float64 fusions): reported against convert --no-verify, no target.
+        for label, src in (("mobileone inspect s4_unfused.safetensors (train, health)",
+                            ck["s4-safetensors"]),
+                           ("mobileone inspect s4_unfused.pth.tar (train, health)", ck["s4"])):
+            rows.append((label, measure(mobileone + ["inspect", src], args.runs)))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

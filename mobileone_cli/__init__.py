@@ -27,6 +27,7 @@ _LAZY = {
     "open_source": "io.source",
     "judge": "check.harness", "Verdict": "check.harness", "compare_outputs": "check.harness",
     "verify_files": "check.verify", "verify_state_dicts": "check.verify",
+    "checkpoint_health": "check.health",
     # the jobs
     "ConvertOptions": "convert", "convert_file": "convert", "convert_state_dict": "convert",
     "convert_generic_file": "convert_generic", "ExportOptions": "export",

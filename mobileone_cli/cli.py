@@ -22,7 +22,7 @@ COMMANDS = {
     "convert": "Fuse and/or remap a MobileOne checkpoint (Apple, mmpretrain, timm).",
     "verify": "Prove a deploy checkpoint computes the same function as a train checkpoint.",
     "stats": "Exact params and MACs/FLOPs, train vs deploy form.",
-    "inspect": "Show what a checkpoint holds: layout, form, variant, classes, prefix.",
+    "inspect": "Show what a checkpoint (or ONNX file) holds, and the health of its numbers.",
     "export": "Export a deploy model to ONNX and check it with onnxruntime.",
     "demo": "Convert and verify a built-in synthetic s0 checkpoint (no download).",
 }

@@ -52,6 +52,7 @@ class ConvertResult:
     state_dict: Optional[Dict[str, Any]] = None  # the output, for API users
     dtype_out: Optional[str] = None  # --dtype, as a torch dtype name
     rounding: Any = None  # Metrics: the rounded model against the unrounded one (--dtype)
+    health: Optional[Dict[str, Any]] = None  # check.health report of SRC (its cheap parts)
 
     @property
     def metrics(self):
@@ -156,6 +157,21 @@ def _rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any],
     return compare_outputs(outs[0], outs[1], logits=det.arch.has_head)
 
 
+def source_health(source) -> Dict[str, Any]:
+    """The cheap parts of ``inspect``'s health report (check.health.CHEAP_PARTS) of an opened
+    source: BatchNorm tensors, dtypes, NaN/Inf outside the MobileOne (open_source has refused
+    NaN/Inf inside it, and negative variances).  No pass over every value, no second fusion."""
+    from .check.health import CHEAP_PARTS, checkpoint_health
+    from .io.arrays import ArrayView
+
+    # open_source keys the state dict by the layout's full names (an implied root included)
+    det = dataclasses.replace(source.detection, implied_root="")
+    ours = {det.prefix + e.key for e in det.entries()}
+    return checkpoint_health(ArrayView(source.state_dict), source.tensors, det,
+                             parts=CHEAP_PARTS,
+                             scan_keys=[k for k in source.state_dict if k not in ours])
+
+
 def convert_file(src: str, dst: Optional[str], options: Optional[ConvertOptions] = None,
                  **overrides: Any) -> ConvertResult:
     """Convert one checkpoint file; with ``dst=None`` nothing is written (dry run).
@@ -198,6 +214,7 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
     elif not options.fuse:
         notes.append("--no-fuse: train form remapped without fusing")
     notes += source.notes
+    health = source_health(source)
     keep_train = options.verify and fusing
     # --dtype changes the precision: measure what that costs (unless nothing is to be checked).
     rounds = (options.verify and dtype is not None
@@ -215,7 +232,8 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
         params_in=param_count(entries_in),
         params_out=param_count(schema(det.arch, layout_out, form_out)), eps=source.eps,
         size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes,
-        dtype_out=str(dtype).replace("torch.", "") if dtype is not None else None)
+        dtype_out=str(dtype).replace("torch.", "") if dtype is not None else None,
+        health=health)
     if rounds:
         result.rounding = _rounding(result, sd, out, options)
     if keep_train:

@@ -1,20 +1,31 @@
-"""What a checkpoint file holds, as plain data: the library side of ``mobileone inspect``.
+"""What a file holds, and how healthy its numbers are, as plain data: the library side of
+``mobileone inspect``.
 
-A ``.safetensors`` file is read from its JSON header alone, so inspecting one never imports torch
-(nor reads the weights).  Torch files are loaded the safe way (weights-only, foreign objects as
-placeholders) unless the caller passes ``trust``.
+Three kinds of report (``kind``): ``mobileone`` (a MobileOne was found: layout, form, variant ...),
+``checkpoint`` (any other checkpoint: its structure, tensors, what was not recognised) and ``onnx``
+(an exported graph: opsets, inputs, outputs, initializers; needs the onnx extra).
+
+Cost, by path: a ``.safetensors`` file is listed from its JSON header alone; with ``health`` its
+values are memory-mapped and examined with numpy, still without torch, except that the eps
+sensitivity of a train-form MobileOne is measured with the tool's fusion, which imports torch.
+Torch files are loaded the safe way (weights-only, foreign objects as placeholders) unless the
+caller passes ``trust``.
 """
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
-from .io.detect import Detection, TensorInfo, detect_layout
-from .io.read import list_tensors
+from .errors import BadInput
+from .io.detect import Detection, TensorInfo, detect_layout, tensor_info
 from .spec.arch import expect_arch
 from .spec.layouts import param_count
 
 __all__ = ["inspect_file", "describe"]
+
+# Key fragments of MobileOne-style branches in any of the three namings.
+BLOCK_MARKERS = ("rbr_conv.", "rbr_skip.", "rbr_scale.", "branch_conv_list.", "branch_norm.",
+                 "branch_scale.", "conv_kxk.", "conv_scale.")
 
 
 def _elements(shape) -> int:
@@ -24,12 +35,13 @@ def _elements(shape) -> int:
     return n
 
 
-def describe(tensors: Mapping[str, TensorInfo], det: Detection, **file_facts: Any
+def describe(listing: Mapping[str, TensorInfo], det: Detection, /, **file_facts: Any
              ) -> Dict[str, Any]:
     """The inspect report of a detected MobileOne; ``file_facts`` are merged in first."""
     entries = det.entries()
     ours = len(entries)
     return {
+        "kind": "mobileone",
         **file_facts,
         "layout": det.layout,
         "form": det.form,
@@ -38,35 +50,152 @@ def describe(tensors: Mapping[str, TensorInfo], det: Detection, **file_facts: An
         "prefix": det.prefix,
         "implied_root": det.implied_root,
         "dtype": det.dtype,
-        "keys": len(tensors),
+        "keys": len(listing),
         "mobileone_keys": ours,
         "params": param_count(entries),
-        "tensor_elements": sum(_elements(shape) for _, shape in tensors.values()),
+        "tensor_elements": sum(_elements(shape) for _, shape in listing.values()),
         "unknown_keys": list(det.extra_keys),
         "arch": det.arch.to_dict(),
     }
 
 
+def _generic_blocks(keys: List[str]) -> Dict[str, Any]:
+    """MobileOne-style blocks found by key names (what ``convert --generic`` would fuse)."""
+    from .fuse.generic_keys import group_keys
+
+    try:
+        blocks, fused, _ = group_keys(keys)
+    except BadInput as exc:  # a block it would refuse: say why, as convert --generic would
+        return {"blocks": 0, "fused": 0, "problem": exc.message}
+    marked = any(m in k for k in keys for m in BLOCK_MARKERS)
+    return {"blocks": len(blocks), "fused": len(fused), "problem": None if blocks or not marked
+            else "MobileOne-style key names, but no complete block"}
+
+
+def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
+                   **facts: Any) -> Dict[str, Any]:
+    from .io.contents import tensor_totals
+
+    report = {"kind": "checkpoint", **facts, "reason": reason, "keys": len(infos),
+              **tensor_totals(infos), "unknown_keys": list(infos), "generic": None,
+              "hint": None}
+    if unwrapped:
+        gen = _generic_blocks(list(infos))
+        report["generic"] = gen
+        if gen["blocks"]:
+            report["hint"] = (f"{gen['blocks']} MobileOne-style block(s) found by key name: "
+                              f"try `mobileone convert --generic SRC DST`")
+    return report
+
+
+def _onnx(path: str) -> Dict[str, Any]:
+    from .runtimes.onnx import describe as describe_onnx
+
+    if os.path.isdir(path):
+        raise BadInput(f"{path}: is a directory, not an ONNX file")
+    if not os.path.isfile(path):
+        raise BadInput(f"{path}: no such file")
+    return {"kind": "onnx", "file": path, "file_format": "onnx", "size": os.path.getsize(path),
+            **describe_onnx(path)}
+
+
+def _safetensors(path: str, ema: bool, health: bool):
+    """(facts, tensor listing, values or None, unread keys) of a safetensors file."""
+    from .io.arrays import tensor_bytes
+    from .io.read import read_safetensors_header, strip_prefix
+
+    if ema:
+        raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
+    header, metadata = read_safetensors_header(path)
+    infos, stripped = strip_prefix(dict(header))
+    facts = {"file": path, "file_format": "safetensors", "size": os.path.getsize(path),
+             "wrapper": None, "other_entries": [], "stripped_prefix": stripped,
+             "stubbed_globals": [], "trusted": False, "metadata": metadata,
+             "structure": [{"key": "(top level)", "kind": "flat tensor map", "items": len(infos),
+                            "tensors": len(infos),
+                            "tensor_bytes": sum(tensor_bytes(d, s) for d, s in infos.values())}]}
+    values, unread = None, []
+    if health:
+        from .io.arrays import safetensors_arrays
+
+        raw, unread = safetensors_arrays(path)
+        values = {k[len(stripped):]: v for k, v in raw.items()}
+        unread = [k[len(stripped):] for k in unread]
+    return facts, infos, values, unread
+
+
+def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
+    """(facts, tensor listing, values or None, the unwrapping problem or None) of a torch file;
+    ``strict``: a file that holds no state dict is an error, not a description."""
+    from .io.arrays import ArrayView
+    from .io.contents import flat_tensors, structure
+    from .io.read import as_checkpoint, load_object, unwrap
+
+    fmt, obj, metadata, stubbed = load_object(path, trust=trust)
+    facts = {"file": path, "file_format": fmt, "size": os.path.getsize(path),
+             "structure": structure(obj), "stubbed_globals": list(stubbed),
+             "trusted": bool(trust), "metadata": metadata}
+    try:
+        sd, _, _ = unwrap(obj, ema=ema, path=path)
+        if not all(isinstance(k, str) for k in sd):
+            raise BadInput(f"{path}: state dict keys are not all strings")
+    except BadInput as exc:
+        if ema or strict:
+            raise
+        tensors = flat_tensors(obj)
+        facts.update(wrapper=None, other_entries=[], stripped_prefix="")
+        return facts, tensor_info(tensors), ArrayView(tensors) if health else None, exc.message
+    ck = as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trust)
+    facts.update(wrapper=ck.wrapper, other_entries=sorted(map(str, ck.extras)),
+                 stripped_prefix=ck.stripped_prefix, ema_note=ck.ema_note)
+    return facts, tensor_info(ck.state_dict), ArrayView(ck.state_dict) if health else None, None
+
+
 def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
-                 prefix: Optional[str] = None, arch=None,
-                 arch_source: Optional[str] = None) -> Dict[str, Any]:
-    """Detect everything about the MobileOne in ``path`` and return it as a JSON-able dict.
+                 prefix: Optional[str] = None, arch=None, arch_source: Optional[str] = None,
+                 health: bool = True) -> Dict[str, Any]:
+    """Describe ``path`` (and, with ``health``, examine its numbers) as a JSON-able dict.
 
     ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
-    network; the report then uses its name."""
-    listing = list_tensors(path, ema=ema, trust=trust)
-    ck = listing.checkpoint
-    facts: Dict[str, Any] = {
-        "file": listing.path, "file_format": listing.file_format,
-        "size": os.path.getsize(listing.path),
-        "wrapper": ck.wrapper if ck else None,
-        "other_entries": sorted(map(str, ck.extras)) if ck else [],
-        "stripped_prefix": listing.stripped_prefix,
-        "stubbed_globals": list(ck.stubbed) if ck else [],
-        "ema_note": ck.ema_note if ck else "",
-        "trusted": bool(ck and ck.trusted), "metadata": listing.metadata}
-    det = detect_layout(listing.tensors, prefix=prefix, where=listing.path)
-    if arch is not None:
-        det.arch = expect_arch(arch, det.arch, det.form, where=listing.path,
+    network; the report then uses its name.  A file without a MobileOne is described, not
+    refused, unless ``prefix`` or ``arch`` asked for one."""
+    from .runtimes import runtime_for
+
+    path = os.fspath(path)
+    wanted = prefix is not None or arch is not None  # the user asked for a MobileOne
+    if runtime_for(path) == "onnx":
+        return _onnx(path)
+    from .io.read import sniff_format
+
+    if sniff_format(path) == "safetensors":
+        facts, infos, values, unread = _safetensors(path, ema, health)
+        problem = None
+    else:
+        facts, infos, values, problem = _torch(path, ema, trust, health, wanted)
+        unread = []
+    unwrapped = problem is None  # a state dict was found (else: why not, in problem)
+    det = None
+    if problem is None:
+        try:
+            det = detect_layout(infos, prefix=prefix, where=path)
+        except BadInput as exc:
+            if wanted:
+                raise  # not finding what the user asked for is an error
+            problem = exc.message
+    if problem is not None and problem.startswith(f"{path}: "):
+        problem = problem[len(path) + 2:]
+    if det is not None and arch is not None:
+        det.arch = expect_arch(arch, det.arch, det.form, where=path,
                                source=arch_source or "--arch", compare_head=True)
-    return describe(listing.tensors, det, **facts)
+    if det is not None:
+        from .io.contents import tensor_totals
+
+        report = describe(infos, det, **facts, **tensor_totals(infos))
+    else:
+        report = _not_mobileone(infos, problem, unwrapped=unwrapped, **facts)
+    report["health"] = None
+    if health:
+        from .check.health import checkpoint_health
+
+        report["health"] = checkpoint_health(values, infos, det, unread=unread)
+    return report

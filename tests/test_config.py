@@ -381,7 +381,8 @@ def test_config_module_needs_no_torch():
 
 
 def test_inspect_with_config_stays_torch_free(tmp_path):
-    """inspect --config of a .safetensors file: the config's name, checked, without torch."""
+    """inspect --config of a .safetensors file: the config's name, checked, without torch
+    (--no-health: the eps sensitivity of a train-form file runs the torch fusion)."""
     from safetensors.torch import save_file
 
     spec = load_config(EXAMPLE)
@@ -390,7 +391,8 @@ def test_inspect_with_config_stays_torch_free(tmp_path):
     code = ("import sys, json; from click.testing import CliRunner; "
             "from mobileone_cli.cli import cli; "
             f"r = CliRunner().invoke(cli, ['inspect', {path!r}, '--config', {EXAMPLE!r}, "
-            "'--json']); assert r.exit_code == 0, r.output; d = json.loads(r.output); "
+            "'--json', '--no-health']); assert r.exit_code == 0, r.output; "
+            "d = json.loads(r.output); "
             "assert d['variant'] == 'custom_3stage', d['variant']; "
             "assert 'torch' not in sys.modules; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

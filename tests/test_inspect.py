@@ -1,10 +1,11 @@
-"""Issue 3: ``mobileone inspect``: what a checkpoint holds, as a table or JSON.
+"""``mobileone inspect``: what a checkpoint (MobileOne or not) or an ONNX file holds.
 
 Files are built with the independent key rules of test_layouts; parameter counts are checked against
 the numbers of section 5 of shared/reference/mobileone.md.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,8 +13,9 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.spec.arch import ArchSpec, get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.inspection import inspect_file
@@ -21,6 +23,9 @@ from mobileone_cli.models.synthetic import random_state_dict
 
 from .test_layouts import COUNTS, LAYOUTS, as_layout
 
+# A small MobileOne with every kind of block (k = 1..3, scale, identity, SE, head).
+TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
+                conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
 # Section 5: params train / deploy, head included.
 PARAMS = {"s0": (5_293_272, 2_078_504), "s1": (4_825_192, 4_764_840),
           "s4": (14_951_248, 14_838_352)}
@@ -39,7 +44,7 @@ def test_every_layout_and_form(layout, form, s1, tmp_path):
     sd = as_layout(s1[form], layout)
     path = tmp_path / f"{layout}_{form}.safetensors"
     save_checkpoint(str(path), sd)
-    r = inspect_file(str(path))
+    r = inspect_file(str(path), health=False)  # the structure only; tests/test_health.py: health
     assert (r["file_format"], r["layout"], r["form"], r["variant"], r["num_classes"]) == \
         ("safetensors", layout, form, "s1", 1000)
     assert (r["prefix"], r["wrapper"], r["dtype"], r["unknown_keys"]) == ("", None, "float32", [])
@@ -54,7 +59,7 @@ def test_param_counts_match_reference(arch, tmp_path):
     for form in ("train", "deploy"):
         path = tmp_path / f"{arch}_{form}.safetensors"
         save_checkpoint(str(path), random_state_dict(spec, form=form, layout="timm", seed=1))
-        r = inspect_file(str(path))
+        r = inspect_file(str(path), health=False)
         assert (r["variant"], r["form"], r["params"]) == (arch, form, PARAMS[arch][form == "deploy"])
         assert r["keys"] == COUNTS[arch][form == "deploy"]
 
@@ -127,14 +132,149 @@ def test_mmpretrain_backbone_only_and_placeholders(s1, tmp_path, run_cli):
     assert "backbone only" in res.stdout and "placeholders" in res.stdout
 
 
-def test_not_a_mobileone_and_bad_options(tmp_path, run_cli):
-    path = tmp_path / "resnet.safetensors"
-    save_checkpoint(str(path), {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.bias": torch.zeros(3)})
+def _real_training_file(tmp_path):
+    """A ResNet-like module and its SGD state after one step, saved the way scripts do."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    sd = model.state_dict()
+    path = tmp_path / "resnet_like.pth"
+    torch.save({"epoch": 3, "model": sd, "optimizer": opt.state_dict(), "note": "hi"}, path)
+    return path, sd, opt
+
+
+def _nbytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def test_any_checkpoint_is_described_not_refused(tmp_path, run_cli):
+    path, sd, opt = _real_training_file(tmp_path)
+    res = run_cli("inspect", path, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    assert (r["kind"], r["file_format"], r["wrapper"]) == ("checkpoint", "torch-zip", "model")
+    assert "no MobileOne found" in r["reason"] and not r["reason"].startswith(str(path))
+    assert (r["keys"], r["tensors"], r["tensor_bytes"]) == (len(sd), len(sd),
+                                                            _nbytes(sd.values()))
+    assert r["dtypes"] == {"float32": len(sd) - 1, "int64": 1}  # num_batches_tracked
+    assert r["unknown_keys"] == list(sd) and r["hint"] is None and r["generic"]["blocks"] == 0
+    momenta = [s["momentum_buffer"] for s in opt.state_dict()["state"].values()]
+    rows = {row["key"]: row for row in r["structure"]}
+    assert list(rows) == ["epoch", "model", "optimizer", "note"]
+    assert (rows["epoch"]["kind"], rows["note"]["kind"]) == ("int 3", "str 'hi'")
+    assert (rows["model"]["tensors"], rows["model"]["tensor_bytes"]) == (len(sd),
+                                                                         _nbytes(sd.values()))
+    assert (rows["optimizer"]["tensors"], rows["optimizer"]["tensor_bytes"]) == (
+        len(momenta), _nbytes(momenta))
+    assert r["health"]["verdict"] == "healthy" and r["health"]["variance"]["batchnorms"] == 1
     res = run_cli("inspect", path)
-    assert res.exit_code == 2
-    assert "no MobileOne found" in res.stderr and len(res.stderr.strip().splitlines()) <= 2
-    assert "Traceback" not in res.output
-    res = run_cli("inspect", path, "--ema")
+    assert res.exit_code == 0
+    text = " ".join(res.stdout.split())
+    for needle in ("not recognised", "epoch: int 3", "optimizer: dict", "'model' entry",
+                   "health: healthy"):
+        assert needle in text, needle
+    # the same weights in a safetensors file, one of them NaN: described, and the fault named
+    bad = dict(sd)
+    bad["5.weight"] = bad["5.weight"].clone()
+    bad["5.weight"][0, 0] = float("nan")
+    st = tmp_path / "resnet_like.safetensors"
+    save_file(bad, str(st))
+    r = inspect_file(str(st))
+    assert (r["kind"], r["tensors"], r["tensor_bytes"]) == ("checkpoint", len(sd),
+                                                            _nbytes(sd.values()))
+    assert r["health"]["non_finite"] == [{"key": "5.weight", "nan": 1, "inf": 0}]
+    assert run_cli("inspect", st, "--strict").exit_code == 1
+
+
+def test_containers_without_a_state_dict_and_explicit_requests(tmp_path, run_cli):
+    sd = {"a.weight": torch.ones(2, 3), "b.bias": torch.zeros(5, dtype=torch.float16)}
+    path = tmp_path / "list.pth"
+    torch.save([sd, {"step": 7}], path)
+    r = inspect_file(str(path))
+    assert r["kind"] == "checkpoint" and "holds a list" in r["reason"]
+    assert r["structure"] == [{"key": "(top level)", "kind": "list", "items": 2, "tensors": 2,
+                               "tensor_bytes": 2 * 3 * 4 + 5 * 2}]
+    assert sorted(r["unknown_keys"]) == ["0.a.weight", "0.b.bias"] and r["generic"] is None
+    assert r["health"]["dtypes"]["mixed"] is True
+    # asking for a MobileOne that is not there stays an error
+    res = run_cli("inspect", path, "--prefix", "backbone.")
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    st = tmp_path / "other.safetensors"
+    save_file(sd, str(st))
+    res = run_cli("inspect", st, "--prefix", "backbone.")
+    assert res.exit_code == 2 and "no MobileOne found" in res.stderr
+    res = run_cli("inspect", st, "--ema")
     assert res.exit_code == 2 and "--ema" in res.stderr
     res = run_cli("inspect", tmp_path / "missing.pth")
     assert res.exit_code == 2 and "no such file" in res.stderr
+
+
+def test_mobileone_blocks_elsewhere_get_the_generic_hint(tmp_path, run_cli):
+    """MobileOne blocks under another model's names (as in FastViT): not a MobileOne the tool
+    knows, but `convert --generic`, which the hint names, fuses them."""
+    sd = random_state_dict(TINY, seed=2)
+    renamed = {("net." + k[len("stage"):] if k.startswith("stage") else k): v
+               for k, v in sd.items()}
+    path = tmp_path / "other_net.pth"
+    torch.save(renamed, path)
+    r = inspect_file(str(path))
+    assert r["kind"] == "checkpoint"
+    assert r["generic"]["blocks"] == len(TINY.block_specs())
+    assert "convert --generic" in r["hint"]
+    res = run_cli("inspect", path)
+    assert res.exit_code == 0 and "hint:" in res.stdout and "--generic" in res.stdout
+    res = run_cli("convert", "--generic", path, tmp_path / "fused.pth")
+    assert res.exit_code == 0, res.output
+
+
+HAVE_ONNX = importlib.util.find_spec("onnx") is not None
+
+
+@pytest.mark.skipif(not HAVE_ONNX, reason="the onnx extra is not installed")
+def test_onnx_file(tmp_path, run_cli, monkeypatch):
+    import warnings
+
+    from torch import nn
+
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, image, scale):
+            return self.fc(self.conv(image).mean((2, 3)) * scale)
+
+    model = TwoInputs().eval()
+    path = tmp_path / "two.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated, still present
+        torch.onnx.export(model, (torch.randn(2, 3, 8, 8), torch.randn(2, 1)), str(path),
+                          input_names=["image", "scale"], output_names=["logits"],
+                          dynamic_axes={n: {0: "batch"} for n in ("image", "scale", "logits")},
+                          opset_version=17, dynamo=False, do_constant_folding=False)
+    res = run_cli("inspect", path, "--json")
+    assert res.exit_code == 0, res.output
+    r = json.loads(res.stdout)
+    params = list(model.parameters())
+    assert (r["kind"], r["opset"], r["checker"]) == ("onnx", 17, None)
+    assert r["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 3, 8, 8]},
+                           {"name": "scale", "dtype": "float32", "shape": ["batch", 1]}]
+    assert r["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 5]}]
+    assert r["initializers"] == len(params)
+    assert r["initializer_elements"] == sum(p.numel() for p in params)
+    res = run_cli("inspect", path)
+    assert res.exit_code == 0 and "image: float32 [batch, 3, 8, 8]" in res.stdout
+    assert "ai.onnx 17" in res.stdout
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage" * 10)
+    res = run_cli("inspect", bad)
+    assert res.exit_code == 2 and "not a readable ONNX model" in res.stderr
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import now raises ImportError
+    res = run_cli("inspect", path)
+    assert res.exit_code == 2 and "onnx" in res.stderr and "pip install" in res.stderr
+    assert "Traceback" not in res.output

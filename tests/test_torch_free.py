@@ -1,4 +1,4 @@
-"""The paths that touch no tensor never import torch (a behaviour, not a timing)."""
+"""The paths that need no tensor arithmetic never import torch (a behaviour, not a timing)."""
 from __future__ import annotations
 
 import subprocess
@@ -50,10 +50,34 @@ def test_public_api_names_resolve_and_import_lazily():
 
 
 def test_stats_and_safetensors_inspect_do_not_import_torch(write_ckpt):
-    """The other two torch-free paths (stats --arch, inspect of a .safetensors file), through the
-    same probe."""
-    src = write_ckpt("s4", name="s4.safetensors")
-    for args in (["stats", "--arch", "s4"], ["inspect", src], ["inspect", "--json", src]):
+    """The torch-free paths: stats of a built-in, inspect of a .safetensors file read from its
+    header (--no-health), and the health check of a deploy-form file (numpy only)."""
+    train = write_ckpt("s4", name="s4.safetensors")
+    deploy = write_ckpt("s1", form="deploy", name="s1_deploy.safetensors")
+    for args in (["stats", "--arch", "s4"], ["inspect", "--no-health", train],
+                 ["inspect", "--json", "--no-health", train], ["inspect", deploy],
+                 ["inspect", "--json", deploy]):
         state, code, out = run_probe(args)
         assert code == 0, out.stderr
         assert state == "TORCH_FREE", (args, out.stdout)
+
+
+def test_eps_sensitivity_of_a_train_file_uses_the_torch_fusion(write_ckpt):
+    """The one documented exception: measuring the eps sensitivity runs the tool's fusion."""
+    state, code, out = run_probe(["inspect", write_ckpt("s1", name="s1.safetensors")])
+    assert code == 0, out.stderr
+    assert state == "TORCH_LOADED"
+
+
+def test_any_safetensors_file_is_described_without_torch(tmp_path):
+    """A non-MobileOne safetensors file, health included, never needs torch either."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    path = str(tmp_path / "other.safetensors")
+    save_file({"conv.weight": np.ones((4, 3, 3, 3), dtype=np.float32),
+               "bn.running_var": np.full(4, np.nan, dtype=np.float32)}, path)
+    state, code, out = run_probe(["inspect", "--json", path])
+    assert code == 0, out.stderr
+    assert state == "TORCH_FREE", out.stdout
+    assert '"kind": "checkpoint"' in out.stdout and '"verdict": "faults"' in out.stdout

@@ -20,7 +20,8 @@ from .pickle_guard import load_torch
 from .sanity import check_tensor_storage
 
 __all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
-           "unwrap", "swapped_ema", "strip_prefix", "loading_notes", "Listing", "list_tensors", "WRAPPER_KEYS",
+           "load_object", "as_checkpoint", "unwrap", "swapped_ema", "strip_prefix",
+           "loading_notes", "WRAPPER_KEYS",
            "EMA_KEYS", "STRIP_PREFIXES"]
 
 # Containers that hold the state dict, in the order they are preferred.
@@ -33,7 +34,8 @@ SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
                       "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
 _SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                       "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2,
-                      "U32": 4, "U64": 8}
+                      "U32": 4, "U64": 8, "F8_E8M0": 1, "C64": 8,
+                      "F4": None, "F6_E2M3": None, "F6_E3M2": None}  # None: packed, sub-byte
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -118,7 +120,10 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, 
             raise BadInput(f"{path}: corrupt safetensors header (entry {key!r})") from None
         if not 0 <= start <= end <= payload:
             raise BadInput(f"{path}: corrupt safetensors header ({key!r} lies outside the file)")
-        width = _SAFETENSORS_BYTES.get(info["dtype"])
+        if info["dtype"] not in _SAFETENSORS_BYTES:
+            raise BadInput(f"{path}: corrupt safetensors header ({key!r}: unknown dtype "
+                           f"{info['dtype']!r})")
+        width = _SAFETENSORS_BYTES[info["dtype"]]
         count = 1
         for d in shape:
             count *= d
@@ -189,12 +194,11 @@ def strip_prefix(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
     return sd, stripped
 
 
-def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Checkpoint:
-    """Load any supported checkpoint file safely and unwrap it to a flat state dict."""
+def load_object(path: str, *, trust: bool = False) -> Tuple[str, Any, Dict[str, str], List[str]]:
+    """(format, the file's top-level object, safetensors metadata, placeholder globals), loaded
+    safely; nothing is unwrapped (see :func:`load_checkpoint`)."""
     path = os.fspath(path)
     fmt = sniff_format(path)
-    metadata: Dict[str, str] = {}
-    stubbed: List[str] = []
     if fmt == "safetensors":
         read_safetensors_header(path)  # clear errors for corrupt headers before the library's
         from safetensors import SafetensorError
@@ -206,21 +210,35 @@ def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Che
                 metadata = dict(fh.metadata() or {})
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BadInput(f"{path}: corrupt safetensors file ({first_line(str(exc))})") from None
-    else:
-        from .integrity import Background, check_zip_directory, check_zip_integrity
+        return fmt, obj, metadata, []
+    from .integrity import Background, check_zip_directory, check_zip_integrity
 
-        if fmt == "torch-zip":
-            check_zip_directory(path)
-        # The CRC pass reads the file a second time; it runs beside the load (file reads and
-        # zlib release the GIL), and its verdict is taken before anything from the load is used.
-        integrity = Background(check_zip_integrity, path) if fmt == "torch-zip" else None
-        try:
-            with warnings.catch_warnings():  # torch's deprecation chatter is not for our users
-                warnings.simplefilter("ignore")
-                obj, stubbed = load_torch(path, trust=trust)
-        finally:
-            if integrity is not None:
-                integrity.result()  # a damaged file is reported as such, not as a load error
+    if fmt == "torch-zip":
+        check_zip_directory(path)
+    # The CRC pass reads the file a second time; it runs beside the load (file reads and
+    # zlib release the GIL), and its verdict is taken before anything from the load is used.
+    integrity = Background(check_zip_integrity, path) if fmt == "torch-zip" else None
+    try:
+        with warnings.catch_warnings():  # torch's deprecation chatter is not for our users
+            warnings.simplefilter("ignore")
+            obj, stubbed = load_torch(path, trust=trust)
+    finally:
+        if integrity is not None:
+            integrity.result()  # a damaged file is reported as such, not as a load error
+    return fmt, obj, {}, stubbed
+
+
+def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Checkpoint:
+    """Load any supported checkpoint file safely and unwrap it to a flat state dict."""
+    path = os.fspath(path)
+    fmt, obj, metadata, stubbed = load_object(path, trust=trust)
+    return as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trust)
+
+
+def as_checkpoint(path: str, fmt: str, obj: Any, metadata: Dict[str, str], stubbed: List[str],
+                  *, ema: bool = False, trust: bool = False) -> Checkpoint:
+    """The :class:`Checkpoint` of a loaded top-level object (BadInput if it holds no state
+    dict)."""
     sd, wrapper, extras = unwrap(obj, ema=ema, path=path)
     ema_note = ""
     if wrapper == "state_dict" and swapped_ema(obj):
@@ -253,42 +271,3 @@ def loading_notes(ck: Checkpoint) -> List[str]:
     if ck.trusted:
         notes.append("--trust-file: the file was unpickled with weights_only=False")
     return notes
-
-
-@dataclass
-class Listing:
-    """What a checkpoint file holds, as ``{key: (dtype, shape)}`` plus how it was found.
-
-    A ``.safetensors`` file is listed from its JSON header alone (no torch, no payload read);
-    a torch file is loaded safely and ``checkpoint`` keeps it for callers that need tensors.
-    """
-
-    path: str
-    file_format: str
-    tensors: Dict[str, Tuple[str, Tuple[int, ...]]]
-    metadata: Dict[str, str] = field(default_factory=dict)
-    checkpoint: Optional[Checkpoint] = None
-    stripped_prefix: str = ""
-
-    @property
-    def notes(self) -> List[str]:
-        if self.checkpoint is not None:
-            return loading_notes(self.checkpoint)
-        return [f"stripped key prefix {self.stripped_prefix!r}"] if self.stripped_prefix else []
-
-
-def list_tensors(path: str, *, ema: bool = False, trust: bool = False) -> Listing:
-    """The tensor listing of ``path`` (see :class:`Listing`)."""
-    path = os.fspath(path)
-    fmt = sniff_format(path)
-    if fmt == "safetensors":
-        if ema:
-            raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
-        header, metadata = read_safetensors_header(path)
-        tensors, stripped = strip_prefix(dict(header))
-        return Listing(path, fmt, tensors, metadata, stripped_prefix=stripped)
-    from .detect import tensor_info
-
-    ck = load_checkpoint(path, ema=ema, trust=trust)
-    return Listing(path, fmt, tensor_info(ck.state_dict), ck.metadata, ck,
-                   stripped_prefix=ck.stripped_prefix)

@@ -61,8 +61,8 @@ def check_finite(state_dict: Mapping[str, Any], keys: Iterable[str], where: str)
     for k in non_finite_keys(state_dict, keys)[:1]:
         bad = int((~torch.isfinite(state_dict[k])).sum())
         raise BadInput(f"{where}: {k} holds {bad} NaN/Inf value(s); the checkpoint is not usable",
-                       hint="a diverged training run? pick an earlier checkpoint; "
-                            "`mobileone inspect` lists every fault")
+                       hint=f"a diverged training run? pick an earlier checkpoint; "
+                            f"`mobileone inspect {where}` lists every fault")
 
 
 def unify_float_dtypes(state_dict: Dict[str, Any], keys: Iterable[str]) -> List[str]:
@@ -107,14 +107,16 @@ def check_bn_stats(state_dict: Mapping[str, Any], running_var_keys: Iterable[str
         if negative:
             raise BadInput(f"{where}: {k} has {negative} negative value(s) (min "
                            f"{float(var.min()):.3g}); a variance cannot be negative",
-                           hint="the file is corrupt or not a BatchNorm checkpoint")
+                           hint=f"the file is corrupt or not a BatchNorm checkpoint; "
+                                f"`mobileone inspect {where}` lists every fault")
         n = int((var == 0).sum())
         if n:
             if eps == 0:
                 raise BadInput(f"{where}: {k} has {n} channel(s) with running_var == 0 and "
                                f"--bn-eps is 0: the BatchNorm divides by zero",
-                               hint="pass the eps the model was trained with (PyTorch's "
-                                    "default is 1e-5)")
+                               hint=f"pass the eps the model was trained with (PyTorch's "
+                                    f"default is 1e-5); `mobileone inspect {where}` measures "
+                                    f"how much eps matters")
             zeros += n
             zero_keys.append(k)
     if not zeros:
@@ -134,8 +136,9 @@ def check_fused_finite(state_dict: Mapping[str, Any], keys: Iterable[str], where
                        f"{bad[0]}" + (f" and {len(bad) - 1} other tensor(s)" if len(bad) > 1
                                       else "")
                        + " (a BatchNorm with huge weight or near-zero variance)",
-                       hint="the fused weights cannot be stored in this dtype; check the "
-                            "BatchNorm statistics or pass the right --bn-eps")
+                       hint=f"the fused weights cannot be stored in this dtype; "
+                            f"`mobileone inspect {where}` shows the BatchNorm statistics, the "
+                            f"eps sensitivity and the fp16/bf16 range")
 
 
 def preflight(state_dict: Dict[str, Any], detection: Any, eps: float, where: str) -> List[str]:

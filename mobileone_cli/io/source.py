@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 from ..spec.arch import ArchSpec, expect_arch
 from ..spec.layouts import TensorEntry
 from ..spec.limits import resolve_eps
-from .detect import Detection, detect_layout, tensor_info
+from .detect import Detection, TensorInfo, detect_layout, tensor_info
 from .read import Checkpoint, load_checkpoint, loading_notes
 from .sanity import check_finite, preflight
 
@@ -42,6 +42,8 @@ class Source:
     state_dict: Dict[str, Any]  # every tensor of the file, under the layout's full names
     eps: float
     notes: List[str] = field(default_factory=list)
+    # {key: (dtype, shape)} of the state dict as read (before mixed float dtypes are unified)
+    tensors: Dict[str, TensorInfo] = field(default_factory=dict)
 
     @property
     def entries(self) -> tuple:
@@ -69,7 +71,8 @@ def open_source(path: str, options: Optional[LoadOptions] = None, *,
                       options.arch_source or "--arch")
     ck = load_checkpoint(path, ema=options.ema, trust=options.trust)
     sd = ck.state_dict
-    det = detect_layout(tensor_info(sd), prefix=options.prefix, where=path)
+    tensors = tensor_info(sd)
+    det = detect_layout(tensors, prefix=options.prefix, where=path)
     notes = loading_notes(ck)
     if det.implied_root:  # an mmpretrain backbone saved alone: work on the layout's full names
         sd = {det.implied_root + k: v for k, v in sd.items()}
@@ -81,4 +84,5 @@ def open_source(path: str, options: Optional[LoadOptions] = None, *,
     if refuse_non_finite:
         check_finite(sd, [det.prefix + e.key for e in det.entries()], path)
     notes += preflight(sd, det, eps, path)  # mixed dtypes, variances, NaN outside the MobileOne
-    return Source(path=path, checkpoint=ck, detection=det, state_dict=sd, eps=eps, notes=notes)
+    return Source(path=path, checkpoint=ck, detection=det, state_dict=sd, eps=eps, notes=notes,
+                  tensors=tensors)

@@ -8,6 +8,10 @@ from .verdict import finite_json, metrics_to_dict, verdict_to_dict
 
 __all__ = ["convert_to_dict", "render_convert"]
 
+# Health topics that convert's own notes already state (io.sanity.preflight: dead channels of
+# running_var 0, mixed float dtypes, NaN/Inf outside the MobileOne): not said twice.
+NOTED = ("zero_var", "dtype_mix", "non_finite")
+
 
 def convert_to_dict(r) -> Dict[str, Any]:
     d = r.detection
@@ -19,7 +23,7 @@ def convert_to_dict(r) -> Dict[str, Any]:
         "size_out": r.size_out, "passthrough_keys": r.passthrough, "bn_eps": r.eps,
         "check": verdict_to_dict(r.verdict) if r.verdict is not None else None,
         "notes": r.notes, "dtype_out": r.dtype_out,
-        "rounding": metrics_to_dict(r.rounding),
+        "rounding": metrics_to_dict(r.rounding), "health": r.health,
     })
 
 
@@ -57,3 +61,12 @@ def render_convert(r, title: str = "mobileone convert") -> None:
         out.print(f"check: {safe(v.summary())}", soft_wrap=True)
     for note in r.notes:
         out.print(f"note: {safe(note)}", soft_wrap=True)
+    h = r.health
+    if h is not None and h["verdict"] != "healthy":
+        from .health import verdict_line
+
+        for issue in h["issues"]:
+            if issue["topic"] not in NOTED:
+                out.print(f"{issue['level']}: {safe(issue['message'])}", soft_wrap=True)
+        out.print(f"{verdict_line(h)}: `mobileone inspect {safe(r.src)}` tells more (the eps "
+                  f"sensitivity, the fp16/bf16 range)", soft_wrap=True)

@@ -1,4 +1,4 @@
-"""Rich table of an :func:`mobileone_cli.inspection.inspect_file` report."""
+"""Rich tables of an :func:`mobileone_cli.inspection.inspect_file` report (any ``kind``)."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -6,6 +6,7 @@ from typing import Any, Dict, List
 __all__ = ["render_inspect", "UNKNOWN_SHOWN"]
 
 UNKNOWN_SHOWN = 8  # unknown keys listed in the table; --json lists them all
+STRUCTURE_SHOWN = 12  # top-level entries listed in the table
 
 
 def _few(items: List[str], n: int) -> str:
@@ -13,28 +14,48 @@ def _few(items: List[str], n: int) -> str:
     return ", ".join(items[:n]) + more
 
 
-def render_inspect(r: Dict[str, Any]) -> None:
-    from rich.table import Table
+def _file_rows(t, r: Dict[str, Any]) -> None:
+    """What every checkpoint report has: file, container, how it was read."""
+    from .console import human_bytes, safe
 
-    from .console import console, human_bytes, safe
-
-    t = Table(title="mobileone inspect", show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("")
     t.add_row("file", safe(r["file"]))
     t.add_row("format", f"{r['file_format']} ({human_bytes(r['size'])})")
-    t.add_row("wrapper", repr(r["wrapper"]) + " entry" if r["wrapper"] else "none (bare state dict)")
-    if r["other_entries"]:
-        t.add_row("other entries", safe(", ".join(r["other_entries"])))
+    rows = r.get("structure") or []
+    if r["file_format"] != "safetensors" and rows:
+        shown = [f"{safe(x['key'])}: {safe(x['kind'])}"
+                 + (f" ({x['items']:,} item{'s' if x['items'] != 1 else ''})"
+                    if x["items"] is not None else "")
+                 + (f", {x['tensors']:,} tensors, {human_bytes(x['tensor_bytes'])}"
+                    if x["tensors"] and not x["kind"].startswith("tensor") else "")
+                 for x in rows[:STRUCTURE_SHOWN]]
+        more = len(rows) - STRUCTURE_SHOWN
+        t.add_row("top level", "\n".join(shown + ([f"... and {more} more"] if more > 0 else [])))
+    if r.get("wrapper"):
+        t.add_row("wrapper", safe(repr(r["wrapper"])) + " entry")
+    elif r["file_format"] != "safetensors" and r["kind"] == "mobileone":
+        t.add_row("wrapper", "none (bare state dict)")
     if r.get("ema_note"):
         t.add_row("EMA", safe(r["ema_note"]))
-    if r["stripped_prefix"]:
-        t.add_row("stripped prefix", repr(r["stripped_prefix"]))
+    if r.get("stripped_prefix"):
+        t.add_row("stripped prefix", safe(repr(r["stripped_prefix"])))
     if r["stubbed_globals"]:
         t.add_row("placeholders", f"{len(r['stubbed_globals'])} foreign global(s) not loaded: "
                   + safe(_few(r["stubbed_globals"], 4)))
     if r["trusted"]:
         t.add_row("trusted", "yes: unpickled with weights_only=False (--trust-file)")
+
+
+def _tensor_rows(t, r: Dict[str, Any]) -> None:
+    from .console import human_bytes, safe
+
+    dtypes = ", ".join(f"{safe(d)}: {n:,}" for d, n in r["dtypes"].items())
+    t.add_row("tensors", f"{r['tensors']:,} ({human_bytes(r['tensor_bytes'])})"
+              + (f"; {dtypes}" if dtypes else ""))
+
+
+def _mobileone(t, r: Dict[str, Any]) -> None:
+    from .console import safe
+
     t.add_row("layout", r["layout"])
     t.add_row("form", r["form"])
     t.add_row("variant", safe(r["variant"]))
@@ -46,9 +67,66 @@ def render_inspect(r: Dict[str, Any]) -> None:
     t.add_row("dtype", r["dtype"])
     t.add_row("keys", f"{r['keys']:,} ({r['mobileone_keys']:,} MobileOne)")
     t.add_row("params", f"{r['params']:,} (MobileOne, learnable)")
+    _tensor_rows(t, r)
     unknown = r["unknown_keys"]
     t.add_row("unknown keys", f"{len(unknown)}: {safe(_few(unknown, UNKNOWN_SHOWN))}" if unknown
               else "none")
+
+
+def _checkpoint(t, r: Dict[str, Any]) -> None:
+    from .console import safe
+
+    t.add_row("MobileOne", "not recognised: " + safe(r["reason"]))
+    t.add_row("keys", f"{r['keys']:,}")
+    _tensor_rows(t, r)
+    if r["unknown_keys"]:
+        t.add_row("not recognised", safe(_few(r["unknown_keys"], UNKNOWN_SHOWN)))
+    gen = r.get("generic")
+    if gen is not None and (gen["blocks"] or gen["problem"]):
+        text = f"{gen['blocks']} MobileOne-style block(s) by key name"
+        if gen["problem"]:
+            text += f" ({safe(gen['problem'])})"
+        t.add_row("blocks", text)
+
+
+def _onnx(t, r: Dict[str, Any]) -> None:
+    from .console import human_bytes, safe
+
+    def io(v: Dict[str, Any]) -> str:
+        shape = "?" if v["shape"] is None else "[" + ", ".join(map(str, v["shape"])) + "]"
+        return safe(f"{v['name']}: {v['dtype']} {shape}")
+
+    t.add_row("file", safe(r["file"]))
+    t.add_row("format", f"ONNX, IR version {r['ir_version']} ({human_bytes(r['size'])})")
+    if r["producer"]:
+        t.add_row("producer", safe(r["producer"]))
+    t.add_row("opset", ", ".join(f"{safe(d)} {v}" for d, v in r["opsets"].items()) or "none")
+    t.add_row("inputs", "\n".join(io(v) for v in r["inputs"]) or "none")
+    t.add_row("outputs", "\n".join(io(v) for v in r["outputs"]) or "none")
+    t.add_row("initializers", f"{r['initializers']:,} ({r['initializer_elements']:,} values)")
+    t.add_row("nodes", f"{r['nodes']:,}")
+    t.add_row("checker", "passes" if r["checker"] is None else "FAILS: " + safe(r["checker"]))
+
+
+def render_inspect(r: Dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from .console import console, safe
+    from .health import render_health
+
+    t = Table(title="mobileone inspect", show_header=False)
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("")
+    if r["kind"] == "onnx":
+        _onnx(t, r)
+        console().print(t)
+        return
+    _file_rows(t, r)
+    (_mobileone if r["kind"] == "mobileone" else _checkpoint)(t, r)
     for k, v in sorted((r.get("metadata") or {}).items()):
         t.add_row(f"metadata.{safe(k)}", safe(v))
-    console().print(t)
+    out = console()
+    out.print(t)
+    if r.get("hint"):
+        out.print(f"hint: {safe(r['hint'])}", soft_wrap=True)
+    render_health(r.get("health"))

@@ -1,12 +1,12 @@
 """ONNX files in onnxruntime (CPU), the ``onnx`` extra."""
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, Dict, List
 
 from ..errors import BadInput, VerificationFailed, first_line
 from . import Artifact
 
-__all__ = ["load", "require", "graph_io", "INSTALL_HINT"]
+__all__ = ["load", "require", "graph_io", "describe", "INSTALL_HINT"]
 
 INSTALL_HINT = ("pip install 'mobileone-cli[onnx]'  (or the plain packages: "
                 "pip install onnx onnxruntime onnxscript)")
@@ -20,9 +20,9 @@ def _importable(name: str) -> bool:
     return True
 
 
-def require() -> None:
-    """Refuse early, with the exact install command, when onnx or onnxruntime is missing."""
-    missing = [p for p in ("onnx", "onnxruntime") if not _importable(p)]
+def require(packages=("onnx", "onnxruntime")) -> None:
+    """Refuse early, with the exact install command, when one of ``packages`` is missing."""
+    missing = [p for p in packages if not _importable(p)]
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise BadInput(f"this needs {' and '.join(missing)}, which {verb} not installed",
@@ -42,6 +42,56 @@ def graph_io(path: str):
 
     inp, out = model.graph.input[0], model.graph.output[0]
     return opset, inp.name, out.name, shape(inp), shape(out), len(model.graph.initializer)
+
+
+# ONNX element type names -> the names the rest of the tool uses (torch's)
+_TORCH_NAMES = {"float": "float32", "double": "float64", "float16": "float16",
+                "bfloat16": "bfloat16"}
+
+
+def _value_info(v) -> Dict[str, Any]:
+    import onnx
+
+    t = v.type.tensor_type
+    name = onnx.TensorProto.DataType.Name(t.elem_type).lower() if t.elem_type else "?"
+    dtype = _TORCH_NAMES.get(name, name)
+    shape = [d.dim_param or (d.dim_value if d.HasField("dim_value") else "?")
+             for d in t.shape.dim] if t.HasField("shape") else None
+    return {"name": v.name, "dtype": dtype, "shape": shape}
+
+
+def describe(path: str) -> Dict[str, Any]:
+    """What an ONNX file holds, as plain data: opsets, graph inputs and outputs (initializers
+    that older exporters list as inputs are left out), initializers, nodes.  Needs only onnx."""
+    require(("onnx",))
+    import onnx
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as exc:  # onnx raises protobuf's own types for damaged files
+        reason = first_line(str(exc)) or exc.__class__.__name__
+        raise BadInput(f"{path}: not a readable ONNX model ({reason})") from None
+    try:
+        onnx.checker.check_model(model)
+        problem = None
+    except Exception as exc:  # the checker's ValidationError and protobuf errors
+        problem = first_line(str(exc)) or exc.__class__.__name__
+    g = model.graph
+    inits = {i.name for i in g.initializer}
+    elements = 0
+    for i in g.initializer:
+        n = 1
+        for d in i.dims:
+            n *= int(d)
+        elements += n
+    opsets = {(o.domain or "ai.onnx"): int(o.version) for o in model.opset_import}
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x)
+    return {"ir_version": int(model.ir_version), "producer": producer or None,
+            "opset": opsets.get("ai.onnx"), "opsets": opsets,
+            "inputs": [_value_info(v) for v in g.input if v.name not in inits],
+            "outputs": [_value_info(v) for v in g.output],
+            "initializers": len(g.initializer), "initializer_elements": elements,
+            "nodes": len(g.node), "checker": problem}
 
 
 def load(path: str) -> Artifact:

@@ -20,3 +20,23 @@ UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "float16": 2.0 **
 # the CPU provider 2e-4..4e-4.  A graph that drops SE, pads wrongly or changes one block's bias by
 # 1% lands at 1e-2 and above.
 EXPORT_RTOL = {"fp32": 1e-3, "fp16": 1e-2}
+
+# Checkpoint health (``mobileone inspect``).  The eps sensitivity of a train-form file is the
+# relative change max|K(b) - K(a)| / max|K(a)| of each block's fused kernel between these two
+# BatchNorm eps values (PyTorch's default and the value TensorFlow ports use); above the warning
+# level, the eps the model was trained with (not stored in checkpoints) decides the fused weights.
+# A channel with running_var v moves by about (b - a) / (2 v): the warning fires below v ~ 0.5.
+EPS_PROBE = (1e-5, 1e-3)
+EPS_SENSITIVITY_WARN = 1e-3
+# The half-precision storage formats, as round-to-nearest-even rounds into them: the largest
+# finite value; |x| at or above ``overflow`` (max + half an ulp) becomes inf; below ``normal``
+# minus half the smallest subnormal it becomes subnormal (or zero); at or below half the
+# smallest subnormal it becomes zero.
+FORMAT_RANGE = {
+    "float16": {"max": 65504.0, "overflow": 65520.0, "normal": 2.0 ** -14,
+                "subnormal": 2.0 ** -24},
+    "bfloat16": {"max": (2 - 2.0 ** -7) * 2.0 ** 127, "overflow": 2.0 ** 128 - 2.0 ** 119,
+                 "normal": 2.0 ** -126, "subnormal": 2.0 ** -133},
+}
+# Share of the nonzero values that would round to zero in a format, above which health warns.
+FLUSH_WARN_SHARE = 1e-3

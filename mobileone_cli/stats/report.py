@@ -57,7 +57,7 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
     ``arch`` (optional) must describe the same network; for a deploy file it also says how many
     conv branches the train form had, which a fused file no longer records."""
     from ..io.detect import detect_layout
-    from ..io.read import list_tensors
+    from ..io.contents import list_tensors
     from ..spec.arch import expect_arch
 
     listing = list_tensors(path, trust=trust)

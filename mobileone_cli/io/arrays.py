@@ -1,0 +1,113 @@
+"""Tensor values as numpy arrays, without torch where the file allows it.
+
+The health checks (``check.health``) compute value statistics with numpy, so that a
+``.safetensors`` file can be examined without importing torch: its payload is mapped read-only
+at the offsets of its (validated) header.  Torch tensors from a loaded pickle are viewed as
+numpy arrays without a copy where numpy has the dtype; bfloat16 (which numpy lacks) is widened
+to float32, exactly.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any, Dict, Iterator, List, Mapping, Tuple
+
+__all__ = ["safetensors_arrays", "as_array", "ArrayView", "tensor_bytes", "DTYPE_BYTES"]
+
+# Bytes per element of the dtypes tensors are stored in (torch names, as TensorInfo spells them).
+DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
+               "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1,
+               "float8_e5m2": 1, "uint16": 2, "uint32": 4, "uint64": 8, "complex64": 8,
+               "complex128": 16}
+# safetensors dtype -> numpy dtype it is read as (little-endian, as the format stores it).
+_NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
+          "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?", "U16": "<u2", "U32": "<u4",
+          "U64": "<u8"}
+
+
+def tensor_bytes(dtype: str, shape: Tuple[int, ...]) -> int:
+    """Storage bytes of a tensor of ``dtype`` and ``shape`` (0 for what is not a tensor)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * DTYPE_BYTES.get(dtype, 0)
+
+
+def _widen_bf16(raw: Any) -> Any:
+    """bfloat16 bit patterns (uint16) -> the same values in float32 (exact: the top half)."""
+    import numpy as np
+
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def safetensors_arrays(path: str) -> Tuple[Dict[str, Any], List[str]]:
+    """({key: numpy array}, keys whose dtype numpy cannot hold) of a safetensors file.
+
+    The payload is memory-mapped, not read: arrays are read-only views (bfloat16 is widened to
+    float32 in a copy).  The header is validated by :func:`read.read_safetensors_header` first.
+    """
+    import json
+
+    import numpy as np
+
+    from .read import read_safetensors_header
+
+    read_safetensors_header(path)  # every offset and size checked against the file
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n).decode("utf-8"))
+    header.pop("__metadata__", None)
+    start = 8 + n
+    if os.path.getsize(path) <= start:  # nothing but empty tensors: nothing to map
+        payload = np.zeros(0, dtype=np.uint8)
+    else:
+        payload = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
+    out: Dict[str, Any] = {}
+    skipped: List[str] = []
+    for key, info in header.items():
+        kind = _NUMPY.get(info["dtype"])
+        if kind is None:
+            skipped.append(key)
+            continue
+        lo, hi = (int(x) for x in info["data_offsets"])
+        arr = payload[lo:hi].view(kind).reshape(tuple(int(d) for d in info["shape"]))
+        out[key] = _widen_bf16(arr) if info["dtype"] == "BF16" else arr
+    return out, skipped
+
+
+def as_array(value: Any) -> Any:
+    """A numpy view of a torch tensor (or the array itself); None for what is not a tensor.
+
+    bfloat16 and float8 tensors are widened to float32 (exact)."""
+    if hasattr(value, "__array_interface__"):
+        return value
+    if type(value).__module__.split(".")[0] != "torch" or not hasattr(value, "numpy"):
+        return None
+    name = str(value.dtype).replace("torch.", "")
+    t = value.detach()
+    if name == "bfloat16" or name.startswith("float8"):
+        t = t.float()
+    try:
+        return t.numpy()
+    except (TypeError, RuntimeError):  # complex/quantized/unsigned kinds numpy cannot view
+        return None
+
+
+class ArrayView(Mapping):
+    """A read-only mapping {key: numpy array} over a state dict of torch tensors, converted on
+    access (no copy except for bfloat16/float8); entries that are not tensors read as None."""
+
+    def __init__(self, state_dict: Mapping[str, Any]) -> None:
+        self._sd = state_dict
+
+    def __getitem__(self, key: str) -> Any:
+        return as_array(self._sd[key])
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._sd
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._sd)
+
+    def __len__(self) -> int:
+        return len(self._sd)
