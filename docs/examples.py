@@ -4,7 +4,8 @@ A fenced block whose info string is ``console`` is a session: lines starting wit
 commands, the lines after one are its output.  A command that exits non-zero ends its output with
 a line ``(exit code N)``; a ``console excerpt`` block shows only some lines of the output and is
 never rewritten.  A ``python`` block is run as a script and must exit 0.  Each document
-runs in a fresh folder of its own (where ``examples/`` is the repository's), blocks in order (so
+runs in a fresh folder of its own (where ``examples/`` and ``tests/`` are the repository's,
+so committed fixtures can be used), blocks in order (so
 a block can use files that earlier ones wrote), at ``COLUMNS=80``.
 
     python docs/examples.py --update [FILE ...]   # run, and rewrite the outputs shown
@@ -67,15 +68,26 @@ def parse(block: str) -> List[Command]:
     return cmds
 
 
+def _shims(folder: str) -> str:
+    """A bin folder where ``mobileone`` and ``python`` are this checkout's, for bash to find."""
+    bin_dir = os.path.join(folder, ".bin")
+    os.makedirs(bin_dir, exist_ok=True)
+    for name, target in (("mobileone", f"{shlex.quote(sys.executable)} -m mobileone_cli"),
+                         ("python", shlex.quote(sys.executable))):
+        path = os.path.join(bin_dir, name)
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(f'#!/bin/sh\nexec {target} "$@"\n')
+        os.chmod(path, 0o755)
+    return bin_dir
+
+
 def run(cmd: Command, cwd: str) -> None:
+    """One command line, through bash as a user would type it (pipes and $? work)."""
     env = dict(os.environ, COLUMNS=WIDTH, LINES="50", TERM="dumb", NO_COLOR="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    args = shlex.split(cmd.line)
-    if args and args[0] == "mobileone":
-        args = [sys.executable, "-m", "mobileone_cli", *args[1:]]
-    elif args and args[0] == "python":
-        args[0] = sys.executable
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    env["PATH"] = _shims(cwd) + os.pathsep + env.get("PATH", "")
+    proc = subprocess.run(["bash", "-c", cmd.line], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=900)
     text = proc.stdout + proc.stderr
     cmd.output = [ln.rstrip() for ln in text.rstrip("\n").splitlines()]
     cmd.code = proc.returncode
@@ -125,7 +137,8 @@ def process(path: str, update: bool) -> List[str]:
     problems: List[str] = []
     pieces: List[Tuple[int, int, str]] = []
     with tempfile.TemporaryDirectory(prefix="mobileone-docs-") as cwd:
-        os.symlink(os.path.join(ROOT, "examples"), os.path.join(cwd, "examples"))
+        for shared in ("examples", "tests"):  # as in a checkout of the repository
+            os.symlink(os.path.join(ROOT, shared), os.path.join(cwd, shared))
         for m in FENCE.finditer(text):
             where = os.path.relpath(path, ROOT)
             body = m.group(3)
