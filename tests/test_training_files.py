@@ -249,15 +249,12 @@ def test_inspect_says_where_the_ema_weights_are(run_cli):
     assert r["ema_note"] == "" and r["stubbed_globals"] == ["argparse.Namespace"]
 
 
-def test_the_example_in_the_docs_runs(tmp_path, run_cli):
-    """docs/checkpoints.md shows a real run: the same command gives the same notes (the
-    rounding digits of the check vary with the number of threads)."""
+def test_the_docs_example_shows_the_loading_notes():
+    """docs/checkpoints.md runs the committed mmpretrain file (tests/test_docs.py checks the
+    output is still what the page shows); the notes it shows are the ones that matter here."""
     doc = (Path(__file__).parent.parent / "docs" / "checkpoints.md").read_text()
-    block = doc.split("$ COLUMNS=80 mobileone ", 1)[1].split("```", 1)[0].splitlines()
-    args = block[0].split()
-    assert args[:2] == ["convert", "tests/fixtures/mmpretrain/epoch_2.pth"]
-    res = run_cli(args[0], Path(__file__).parent.parent / args[1], tmp_path / args[2])
-    assert res.exit_code == 0, res.output
-    shown = [ln for ln in block if ln.startswith("note:")]
-    assert shown and shown == [ln for ln in res.stdout.splitlines() if ln.startswith("note:")]
-    assert "check: equivalent" in res.stdout and "check: equivalent" in "\n".join(block)
+    block = doc.split("$ mobileone convert tests/fixtures/mmpretrain/epoch_2.pth", 1)[1]
+    block = block.split("```", 1)[0]
+    assert "note: mmengine EMAHook file: 'state_dict' holds the EMA weights" in block
+    assert "inert placeholders (mmengine.logging.history_buffer.HistoryBuffer)" in block
+    assert "check: equivalent" in block
