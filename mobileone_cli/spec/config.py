@@ -249,11 +249,11 @@ def _arch_mapping(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Op
                 raise f.fail(sub, f"has {len(factors)} entries; width factors multiply mmpretrain's"
                                   f" {len(BASE_CHANNELS)} base widths {list(BASE_CHANNELS)}",
                              hint="give widths (channel counts) for more stages")
+            for i, (b, m) in enumerate(zip(BASE_CHANNELS, factors)):
+                if not 1 <= b * m < MAX_CHANNELS + 1:  # a float: 1e307 x 64 is inf, no int
+                    raise f.fail(f"{sub}[{i}]", f"{m:g} x {b} gives {b * m:g} channels; a "
+                                                f"width lies between 1 and {MAX_CHANNELS:,}")
             kwargs["widths"] = tuple(int(b * m) for b, m in zip(BASE_CHANNELS, factors))
-            for i, w in enumerate(kwargs["widths"]):
-                if not 1 <= w <= MAX_CHANNELS:
-                    raise f.fail(f"{sub}[{i}]", f"gives {quote(w)} channels; a width lies "
-                                                f"between 1 and {MAX_CHANNELS:,}")
             if "stem_channels" not in arch:
                 kwargs["stem_channels"] = max(1, min(64, int(64 * factors[0])))
         elif ours == "conv_branches" and isinstance(raw, int) and not isinstance(raw, bool):
