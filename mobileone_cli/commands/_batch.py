@@ -11,7 +11,7 @@ def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool) -> 
 
     from ..batch import batch_exit_code, convert_many, plan_batch
     from ..render.batch import batch_to_dict, render_batch
-    from ..render.console import console, emit
+    from ..render.console import console, emit, safe
 
     pairs = plan_batch(sources, dst)
     with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
@@ -19,7 +19,7 @@ def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool) -> 
                   transient=True) as bar:
         task = bar.add_task("", total=len(pairs))
         items = convert_many(
-            pairs, options, on_start=lambda i, src: bar.update(task, description=src),
+            pairs, options, on_start=lambda i, src: bar.update(task, description=safe(src)),
             on_done=lambda i, item: bar.advance(task))
     emit(items, as_json, batch_to_dict, render_batch)
     code = batch_exit_code(items)

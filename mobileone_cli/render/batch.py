@@ -38,7 +38,7 @@ def render_batch(items) -> None:
         t.add_column(col, justify="left" if col in ("file", "arch", "layout", "result") else "right")
     style = {"ok": "green", "mismatch": "red", "bad input": "yellow", "internal error": "red"}
     for it in items:
-        row = [safe(it.src), it.arch or "-", it.layout or "-",
+        row = [safe(it.src), safe(it.arch or "-"), safe(it.layout or "-"),
                f"[{style.get(it.status, 'red')}]{safe(it.status)}[/]", fmt_rel(it.max_rel)]
         if rounded:
             row.append(fmt_rel(it.rounded_rel))
