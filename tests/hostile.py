@@ -49,6 +49,15 @@ def tiny_sd():
     return random_state_dict(TINY, seed=1)
 
 
+def invoke(*args: object):
+    """The CLI in this process (click's runner); the result has exit_code, stdout, stderr."""
+    from click.testing import CliRunner
+
+    from mobileone_cli.cli import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
 def temp_files(folder) -> list:
     """Temp files of this tool (or any ``.tmp``) left in ``folder``."""
     return [n for n in os.listdir(folder) if n.endswith(".tmp") or n.startswith(TEMP_PREFIX)]

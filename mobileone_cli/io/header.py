@@ -81,6 +81,7 @@ def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, .
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise corrupt("not UTF-8") from None
+    del data  # a header may be 100 MB: keep one copy
     try:
         header = json.loads(text, parse_int=_int, parse_constant=_constant)
     except _Refused as exc:
