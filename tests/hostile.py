@@ -227,13 +227,14 @@ def safetensors_with_header(path, header: bytes, payload: bytes = b"\0" * 64) ->
 
 
 def alias_bomb(levels: int = 9, fan: int = 9, field: str = "widths") -> str:
-    """A YAML 'billion laughs' placed in a checked config field: ``fan ** levels`` entries
-    from a few hundred bytes."""
-    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    """A YAML 'billion laughs' reaching a checked config field: ``fan ** levels`` entries from
+    a few hundred bytes.  The anchors hide in a field mmpretrain configs carry and the tool
+    ignores (``init_cfg``), so only the checked field meets the expansion."""
+    anchors = [f"&a0 [{', '.join(['1'] * fan)}]"]
     for i in range(1, levels + 1):
-        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]")
-    lines.append(f"model: {{backbone: {{arch: {{base: s0, {field}: *a{levels}}}}}}}")
-    return "\n".join(lines) + "\n"
+        anchors.append(f"&a{i} [" + ", ".join([f"*a{i - 1}"] * fan) + "]")
+    return ("model:\n  backbone:\n    init_cfg: [" + ", ".join(anchors) + "]\n"
+            f"    arch: {{base: s0, {field}: *a{levels}}}\n")
 
 
 # A config inside every per-field bound of spec/limits.py that describes ~1.7e12 weights.
