@@ -73,8 +73,8 @@ def one_line(text: object, width: int = MAX_MESSAGE) -> str:
     s = printable(text)
     if len(s) <= width:
         return s
-    more = f"... ({len(s) - width:,} more characters)"
-    return s[: max(0, width - len(more))] + more
+    keep = max(0, width - len(f"... ({len(s):,} more characters)"))
+    return s[:keep] + f"... ({len(s) - keep:,} more characters)"
 
 
 def first_line(text: str, width: int = 200) -> str:

@@ -178,3 +178,16 @@ def test_a_million_metadata_entries_are_summarised(tmp_path, tiny_sd):
     res = run_bounded("inspect", src, "--json", limit_mb=2048)
     assert res.exit_code == 0 and len(json.loads(res.stdout)["metadata"]) == 1_000_000
     assert_bounded(res, mb=1000, cpu_s=20)
+
+
+def test_printable_and_one_line():
+    from mobileone_cli.errors import one_line, printable
+    from mobileone_cli.render.console import safe
+
+    # newline, ESC, BEL, DEL, a C1 control, right-to-left override, zero-width space
+    s = "a\nb\x1b[31mc\x07\x7f\x9b\u202e\u200bd"
+    assert printable(s) == "a\\nb\\x1b[31mc\\x07\\x7f\\x9b\\u202e\\u200bd"
+    assert printable("plain ünïcode 名前") == "plain ünïcode 名前"
+    assert one_line("x" * 50, 30) == "x" * 6 + "... (44 more characters)"
+    assert one_line("x" * 30, 30) == "x" * 30
+    assert safe("[bold]k[/bold]\n") == "\\[bold]k\\[/bold]\\n"
