@@ -292,3 +292,28 @@ def test_verify_agrees_with_convert_on_numeric_edge_cases(tmp_path, tiny_sd, run
     for args in (["verify", str(src), "--input-size", "32", "--batch", "1"],
                  ["convert", str(src), str(tmp_path / "o.pth")]):
         assert_refused(run_cli(*args), str(tmp_path / "o.pth"), "NaN/Inf")
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-fuse"]], ids=["fused", "remapped"])
+def test_views_into_one_flat_buffer_are_written_alone(extra, tmp_path, tiny_sd, run_cli):
+    """A source whose tensors all view one flat buffer (as some training tools save them):
+    torch saves whole storages, so every tensor passed through unchanged used to carry the
+    entire train buffer into DST (25.8 MB for an 8 MB deploy file).  DST holds only its own
+    numbers: every tensor loads with a storage of its own size."""
+    flat = torch.cat([v.reshape(-1).float() for v in tiny_sd.values()])
+    sd, at = {}, 0
+    for k, v in tiny_sd.items():
+        sd[k] = flat[at:at + v.numel()].view(v.shape).to(v.dtype) if v.is_floating_point() \
+            else v
+        at += v.numel()
+    src = tmp_path / "flat.pth"
+    torch.save(sd, src)
+    dst = tmp_path / "o.pth"
+    res = run_cli("convert", str(src), str(dst), *extra)
+    assert res.exit_code == 0, res.output
+    out = torch.load(dst, weights_only=True)
+    assert all(v.untyped_storage().nbytes() == v.numel() * v.element_size()
+               for v in out.values())  # each tensor saved with a storage of its own
+    if not extra:
+        assert deploy_matches_train(tiny_sd, dst) < 1e-6
+        assert os.path.getsize(dst) < 0.6 * os.path.getsize(src)
