@@ -66,7 +66,10 @@ class LazyGroup(click.Group):
             raise _usage_error(exc) from None
 
     def invoke(self, ctx: click.Context):
+        from .io.write import published
+
         debug = bool(ctx.params.get("debug"))
+        published.clear()  # what THIS command writes (several may run in one process)
         try:
             return super().invoke(ctx)
         except MobileOneError as exc:

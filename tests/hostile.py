@@ -4,9 +4,9 @@ and a runner that measures a command's CPU time and peak memory in its own proce
 The oracle of every refusal: its exit code, no Python traceback, exactly one ``error:`` line
 (plus optional ``hint:``/``warning:`` lines) naming what is wrong, and neither DST nor a temp
 file afterwards.  Hostile inputs that once cost gigabytes or minutes are run in a subprocess
-under an address-space limit far below that failure, and their peak RSS and CPU time are read
-back from the kernel (``os.wait4``): CPU time, unlike wall time, does not grow when the machine
-is busy with other work.
+under an address-space limit far below that failure; the program reports its own peak RSS
+(``VmHWM``) and the kernel its CPU time (``os.wait4``), which, unlike wall time, does not grow
+when the machine is busy with other work.
 """
 from __future__ import annotations
 
@@ -121,7 +121,7 @@ class Run:
     stdout: str
     stderr: str
     cpu_s: float  # user + system CPU seconds of the process
-    maxrss_mb: float  # peak resident memory
+    maxrss_mb: float  # peak resident memory of the program (VmHWM)
     wall_s: float
 
     @property
@@ -135,14 +135,26 @@ def run_bounded(*args: object, limit_mb: int = 2048, timeout: float = 300,
     """``mobileone ARGS`` in a subprocess whose address space is capped at ``limit_mb``
     (an unbounded allocation fails instead of taking the machine); ``prelude`` is Python run
     before the CLI (to patch a function, to install signal handlers)."""
-    code = "\n".join([
-        "import resource, sys",
-        f"lim = {int(limit_mb)} * 1024 * 1024",
-        "resource.setrlimit(resource.RLIMIT_AS, (lim, lim))",
-        prelude,
-        "from mobileone_cli.cli import main",
-        "main(sys.argv[1:])",
-    ])
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = os.path.join(tmp, "peak")
+        code = "\n".join([
+            "import atexit, resource, sys",
+            f"lim = {int(limit_mb)} * 1024 * 1024",
+            "resource.setrlimit(resource.RLIMIT_AS, (lim, lim))",
+            # VmHWM: the peak of this program's own memory (ru_maxrss would include the
+            # test process's pages, which the child shares between fork and exec).
+            "def _peak():",
+            "    hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')]",
+            f"    open({peak_file!r}, 'w').write(hwm[0].split()[1] if hwm else '')",
+            "atexit.register(_peak)",
+            prelude,
+            "from mobileone_cli.cli import main",
+            "main(sys.argv[1:])",
+        ])
+        return _measured(code, args, peak_file, timeout, cwd, env)
+
+
+def _measured(code: str, args, peak_file: str, timeout: float, cwd, env) -> Run:
     full_env = dict(os.environ, **(env or {}))
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.monotonic()
@@ -158,9 +170,14 @@ def run_bounded(*args: object, limit_mb: int = 2048, timeout: float = 300,
         wall = time.monotonic() - t0
         out.seek(0)
         err.seek(0)
+        try:
+            with open(peak_file) as fh:
+                peak_mb = int(fh.read()) / 1024.0
+        except (OSError, ValueError):
+            peak_mb = float("inf")  # killed before it could say: not bounded
         return Run(proc.returncode, out.read().decode(errors="replace"),
                    err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime,
-                   usage.ru_maxrss / 1024.0, wall)
+                   peak_mb, wall)
 
 
 def assert_bounded(run: Run, *, mb: float, cpu_s: float) -> None:

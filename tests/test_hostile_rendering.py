@@ -120,11 +120,15 @@ def test_config_name_and_quoted_config_text_are_shown_as_text(tmp_path):
     assert_inert(res.stdout + res.stderr)
 
 
-def test_generic_convert_and_export_tables_show_names_as_text(evil_src, tmp_path):
+def test_generic_convert_table_shows_names_as_text(evil_src, tmp_path):
     res = invoke("convert", str(evil_src), str(tmp_path / "g.pth"), "--generic")
     assert res.exit_code == 0, res.output
     assert_inert(res.stdout + res.stderr)
     assert "[link=mailto:a@evil.example]" in res.stdout
+
+
+@pytest.mark.slow
+def test_export_table_shows_names_as_text(evil_src, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     res = invoke("export", str(evil_src), str(tmp_path / (EVIL + ".onnx")), "--input-size", "32")
@@ -165,6 +169,17 @@ def _with_metadata(path, tensors, n: int) -> None:
         fh.write(struct.pack("<Q", len(raw)) + raw + payload)
 
 
+def test_metadata_rows_are_capped_and_json_keeps_all(tmp_path, tiny_sd):
+    src = tmp_path / "meta.safetensors"
+    _with_metadata(src, tiny_sd, 5_000)
+    res = invoke("inspect", str(src))
+    assert res.exit_code == 0, res.output
+    assert len(res.stdout.splitlines()) < 60 and "4,984 more entries" in res.stdout
+    res = invoke("inspect", str(src), "--json")
+    assert len(json.loads(res.stdout)["metadata"]) == 5_000
+
+
+@pytest.mark.slow
 def test_a_million_metadata_entries_are_summarised(tmp_path, tiny_sd):
     """inspect printed one row per entry (> 120 s for a million); now the first few and a
     count, torch-free, in seconds; --json keeps every entry."""

@@ -35,7 +35,16 @@ def human(n: float) -> str:
 
 
 def available_memory() -> Optional[int]:
-    """Bytes the machine can give a new allocation now (Linux ``MemAvailable``), or None."""
+    """Bytes a new allocation can get now: Linux ``MemAvailable``, lowered to what is left
+    under the container's memory limit (cgroup v2 or v1) when there is one; None if unknown."""
+    have = _meminfo_available()
+    left = _cgroup_left()
+    if left is not None:
+        have = left if have is None else min(have, left)
+    return have
+
+
+def _meminfo_available() -> Optional[int]:
     try:
         with open("/proc/meminfo", "r", encoding="ascii") as fh:
             for line in fh:
@@ -49,6 +58,22 @@ def available_memory() -> Optional[int]:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def _cgroup_left() -> Optional[int]:
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        try:
+            with open(limit, "r", encoding="ascii") as fh:
+                text = fh.read().strip()
+            if text == "max" or int(text) >= 1 << 60:  # no limit
+                return None
+            with open(usage, "r", encoding="ascii") as fh:
+                return max(0, int(text) - int(fh.read().strip()))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def weight_elements(arch: ArchSpec) -> int:
