@@ -235,3 +235,18 @@ def test_deep_header_costs_neither_time_nor_memory(tmp_path):
     res = run_bounded("inspect", src, limit_mb=1024)
     assert_refused(res, None, "nested too deeply")
     assert_bounded(res, mb=400, cpu_s=20)
+
+
+def test_a_million_tensor_entries_are_refused_from_the_count(tmp_path):
+    """67 MB of empty entries: 27 CPU s and 2.3 GB for convert to find no MobileOne in them.
+    Refused from the count, torch-free, before any of them is looked at."""
+    from mobileone_cli.spec.limits import MAX_TENSORS
+
+    n = MAX_TENSORS + 1
+    src = tmp_path / "many.safetensors"
+    header = json.dumps({f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+                         for i in range(n)}).encode()
+    safetensors_with_header(src, header, payload=b"")
+    res = run_bounded("convert", src, tmp_path / "o.pth", limit_mb=2048)
+    assert_refused(res, str(tmp_path / "o.pth"), f"{n:,} tensors", f"at most {MAX_TENSORS:,}")
+    assert_bounded(res, mb=600, cpu_s=30)

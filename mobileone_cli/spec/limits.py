@@ -15,7 +15,7 @@ from ..errors import BadInput
 
 __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
-           "DEFAULT_EPS", "MAX_SEED", "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES",
+           "DEFAULT_EPS", "MAX_SEED", "MAX_TENSORS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES",
            "parse_input_size", "check_batch", "check_bn_eps", "resolve_eps", "check_seed"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
@@ -30,6 +30,9 @@ MAX_BATCH = 1024  # images per check
 # two at 2048x2048; a pass of s4 at that size peaks near 2 GiB of activations.
 MAX_PASS_PIXELS = 8 * 1024 * 1024
 MAX_SEED = 2 ** 63 - 1  # torch generators take a 64-bit seed
+# Tensors in one safetensors file: an s0 train file holds 1,323, a detector with a MobileOne
+# backbone a few thousand; a million empty entries (67 MB of header) cost 27 CPU s to refuse.
+MAX_TENSORS = 100_000
 # Images of ``verify --images``: the pixels one file may decode to (a 64-megapixel photo; RGB
 # 192 MB), how elongated it may be (a panorama; the resize keeps the aspect ratio, so a 1x20000
 # strip would become 256 x 5,120,000) and how many files one check reads (--batch's bound).
