@@ -31,6 +31,8 @@ from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.spec.arch import ArchSpec
 from mobileone_cli.spec.layouts import remap
 
+from .conftest import invoke  # noqa: F401 (the CLI in this process, for the test files)
+
 TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
                 conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
 
@@ -47,15 +49,6 @@ def one_thread():
 @pytest.fixture
 def tiny_sd():
     return random_state_dict(TINY, seed=1)
-
-
-def invoke(*args: object):
-    """The CLI in this process (click's runner); the result has exit_code, stdout, stderr."""
-    from click.testing import CliRunner
-
-    from mobileone_cli.cli import cli
-
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 def temp_files(folder) -> list:

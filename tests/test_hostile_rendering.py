@@ -17,9 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mobileone_cli.models.synthetic import random_state_dict
-
-from .hostile import (TINY, assert_bounded, assert_refused, invoke, one_thread,  # noqa: F401
+from .hostile import (assert_bounded, assert_refused, invoke, one_thread,  # noqa: F401
                       run_bounded, tiny_sd)
 
 # A file name cannot hold '/', so the markup is an unclosed tag (it links the rest of the line).
