@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
-                     most_serious)
+                     is_out_of_memory, most_serious)
 from .io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
@@ -240,9 +240,10 @@ def _convert_one(src: str, dst: str, options: Any) -> BatchItem:
     except OSError as exc:
         return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
                          f"{dst}: cannot create the output folder ({exc.strerror or exc})")
-    except MemoryError:
-        return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT, f"{src}: out of memory")
-    except Exception as exc:  # a bug: record it and go on with the next file
+    except Exception as exc:  # MemoryError included
+        if is_out_of_memory(exc):  # the file asks for more memory than there is
+            return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT, f"{src}: out of memory")
+        # a bug: record it and go on with the next file
         return BatchItem(src, dst, "internal error", EXIT_INTERNAL,
                          f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
 

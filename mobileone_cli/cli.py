@@ -2,13 +2,17 @@
 
 Commands live in ``mobileone_cli.commands.<name>`` and are imported only when run (or when help
 lists them), and no command module imports torch at import time: ``mobileone --help`` stays fast.
-Every error reaches the user as one line on stderr with a documented exit code:
-0 ok, 1 verification failed, 2 bad input or usage, 3 internal error.
+Every error reaches the user as one line on stderr (``error: ...``, then an optional
+``hint: ...``) with a documented exit code: 0 ok, 1 verification failed, 2 bad input or usage
+(a failed allocation included: the input asked for more memory than the machine has),
+3 internal error, 130 interrupted.  Text quoted from the user or from files is shown with its
+control characters escaped, so no message can forge a line or drive the terminal.
 """
 from __future__ import annotations
 
 import importlib
 import signal
+import sys
 import traceback
 from typing import Iterable, List, Optional
 
@@ -16,7 +20,7 @@ import click
 
 from . import __version__
 from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, MobileOneError, first_line,
-                     printable)
+                     is_out_of_memory, one_line, printable)
 
 COMMANDS = {
     "convert": "Fuse and/or remap a MobileOne checkpoint (Apple, mmpretrain, timm).",
@@ -94,20 +98,35 @@ class LazyGroup(click.Group):
         module = self._module(name)
         return getattr(module, name, None) if module is not None else None
 
+    def main(self, args=None, *more, **extra):
+        self.argv = list(sys.argv[1:] if args is None else args)  # what was asked, for messages
+        return super().main(args, *more, **extra)
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
+
     def invoke(self, ctx: click.Context):
+        from .io.write import published
+
         debug = bool(ctx.params.get("debug"))
         wants_json = _wants_json(ctx)  # read before click hands the arguments to the command
         from .render.console import reset_emitted
 
         reset_emitted()
+        published.clear()  # what THIS command writes (several may run in one process)
         try:
             return super().invoke(ctx)
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {printable(exc.message)}", err=True)
+            click.echo(f"error: {one_line(exc.message)}", err=True)
             if exc.hint:
-                click.echo(f"hint: {printable(exc.hint)}", err=True)
+                click.echo(f"hint: {one_line(exc.hint)}", err=True)
             from .render.console import json_emitted
 
             if wants_json and not json_emitted():  # a script reading --json gets JSON, once
@@ -116,30 +135,60 @@ class LazyGroup(click.Group):
                 click.echo(json.dumps({"error": exc.message, "hint": exc.hint,
                                        "exit_code": exc.exit_code}, indent=2))
             ctx.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
         except click.NoSuchOption as exc:
             command = exc.ctx.command if exc.ctx is not None else None
             names = [o for p in getattr(command, "params", []) for o in p.opts + p.secondary_opts
                      if o.startswith("-")]
             near = closest(exc.option_name, names)
             exc.possibilities = [near] if near else []
-            raise
+            raise _usage_error(exc) from None
+        except click.UsageError as exc:
+            raise _usage_error(exc) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
             click.echo(f"interrupted; {_written()}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
-        except MemoryError:
-            click.echo("error: out of memory: the input asks for more memory than this machine "
-                       "has; nothing was written", err=True)
-            ctx.exit(EXIT_BAD_INPUT)
-        except Exception as exc:  # a bug: say so, never a bare traceback
+        except Exception as exc:  # MemoryError included
             if debug:
                 traceback.print_exc()
+            if is_out_of_memory(exc):
+                click.echo(printable(f"error: out of memory: `{self._asked()}` asks for more "
+                                     f"memory than this machine has ({_allocation(exc)}); "
+                                     f"{_written()}"), err=True)
+                click.echo("hint: use a smaller --batch or --input-size, or a smaller network",
+                           err=True)
+                ctx.exit(EXIT_BAD_INPUT)
+            # a bug: say so, never a bare traceback
             click.echo(printable(f"internal error: {exc.__class__.__name__}: "
                                  f"{first_line(str(exc), 300)}"), err=True)
             click.echo("hint: this is a bug in mobileone; please report it with the output of "
                        "the same command run with --debug", err=True)
             ctx.exit(EXIT_INTERNAL)
+
+    def _asked(self, width: int = 160) -> str:
+        text = " ".join(["mobileone"] + [str(a) for a in getattr(self, "argv", [])])
+        return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _usage_error(exc: click.UsageError) -> click.exceptions.Exit:
+    """A usage error as the tool's one error line and a hint (click prints three lines)."""
+    click.echo(f"error: {one_line(exc.format_message())}", err=True)
+    path = exc.ctx.command_path if exc.ctx is not None else "mobileone"
+    click.echo(f"hint: {printable(path)} --help shows the usage", err=True)
+    return click.exceptions.Exit(exc.exit_code)
+
+
+def _allocation(exc: BaseException) -> str:
+    """How much the failed allocation asked for, when torch said."""
+    import re
+
+    m = re.search(r"allocate (\d+) bytes", str(exc)[:2000])
+    if m:
+        return f"an allocation of {int(m.group(1)) / 1e9:.1f} GB failed"
+    return "an allocation failed"
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -158,7 +207,7 @@ def _written() -> str:
 
     if not published:
         return "nothing was written"
-    return "already written: " + ", ".join(printable(p) for p in published)
+    return "already written: " + one_line(", ".join(published), 500)
 
 
 def _terminate_as_interrupt(signum, frame) -> None:

@@ -10,8 +10,10 @@ from . import __version__
 from .errors import BadInput, MobileOneError, VerificationFailed
 from .io.detect import Detection
 from .io.source import LoadOptions, open_source
-from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
+from .io.write import (check_checkpoint_name, check_destination, output_format, save_checkpoint,
+                       stale_note)
 from .spec.layouts import get_layout, param_count, schema
+from .spec.limits import check_seed
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
 
@@ -125,9 +127,10 @@ def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any],
 def _check(result: ConvertResult, train_sd: Dict[str, Any], deploy_sd: Dict[str, Any],
            options: ConvertOptions) -> None:
     """The shared verdict (check.harness.judge) on one seeded image; refuse to write on FAIL."""
-    from .check.harness import judge, non_finite, seeded_inputs
+    from .check.harness import check_room, judge, non_finite, seeded_inputs
 
     det = result.detection
+    check_room(det.arch, options.input_size, 1, "the check")
     x = seeded_inputs(options.seed, 1, options.input_size, det.arch.in_channels)
     result.verdict = judge(train_sd, deploy_sd, det.arch, x, train_layout=det.layout,
                            deploy_layout=result.layout_out, bn_eps=result.eps, rtol=options.rtol)
@@ -182,10 +185,11 @@ def convert_file(src: str, dst: Optional[str], options: Optional[ConvertOptions]
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
     src = os.fspath(src)
     dtype = parse_dtype(options.dtype)
+    check_seed(options.seed)
     if dst is not None:
         dst = os.fspath(dst)
-        check_checkpoint_name(dst)
         check_destination(dst, force=options.force, src=src)
+        check_checkpoint_name(dst)
     layout_out = None
     if options.layout_out is not None:
         try:
@@ -251,5 +255,6 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
             dst, out, force=options.force,
             container=_container(layout_out, det, form_out, source.checkpoint.extras, src),
             metadata=meta if output_format(dst) == "safetensors" else None)
+        result.notes += filter(None, [stale_note(dst)])
     result.state_dict = out
     return result

@@ -51,16 +51,17 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     """
     from . import __version__
     from .io.read import load_checkpoint, loading_notes
-    from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
-
-    from .spec.limits import check_bn_eps
+    from .io.write import (check_checkpoint_name, check_destination, output_format,
+                           save_checkpoint, stale_note)
+    from .spec.limits import check_bn_eps, check_seed
 
     src = os.fspath(src)
     eps = check_bn_eps(eps)
+    check_seed(seed)
     if dst is not None:
         dst = os.fspath(dst)
-        check_checkpoint_name(dst)
         check_destination(dst, force=force, src=src)
+        check_checkpoint_name(dst)
     ck = load_checkpoint(src, ema=ema, trust=trust)
     try:
         out, report = fuse_generic(ck.state_dict, eps=eps, groups=groups,
@@ -99,5 +100,6 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
         result.size_out = save_checkpoint(
             dst, out, force=force, container=container,
             metadata=metadata if output_format(dst) == "safetensors" else None)
+        result.notes += filter(None, [stale_note(dst)])
     result.state_dict = out
     return result

@@ -12,7 +12,7 @@ from typing import Optional
 
 __all__ = ["MobileOneError", "BadInput", "VerificationFailed", "EXIT_OK", "EXIT_MISMATCH",
            "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "printable", "first_line",
-           "most_serious"]
+           "most_serious", "is_out_of_memory", "one_line", "MAX_MESSAGE"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -66,7 +66,37 @@ def printable(text: object) -> str:
     return "".join(out)
 
 
+MAX_MESSAGE = 2000  # characters of one error line (a message may quote a huge key name)
+
+
+def one_line(text: object, width: int = MAX_MESSAGE) -> str:
+    """:func:`printable` ``text``, cut to ``width`` characters with a count of the rest."""
+    s = printable(text)
+    if len(s) <= width:
+        return s
+    keep = max(0, width - len(f"... ({len(s):,} more characters)"))
+    return s[:keep] + f"... ({len(s) - keep:,} more characters)"
+
+
 def first_line(text: str, width: int = 200) -> str:
     """The first non-empty line of ``text`` (an exception message), at most ``width`` chars."""
     line = next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
     return line[:width]
+
+
+_ALLOCATION_FAILURES = ("can't allocate memory", "DefaultCPUAllocator", "out of memory",
+                        "Cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """``exc`` is a failed allocation: MemoryError, or torch's allocator refusing (a
+    RuntimeError such as "DefaultCPUAllocator: can't allocate memory", or CUDA's
+    OutOfMemoryError).  The input asked for too much; it is not a bug."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, RuntimeError):
+        return False
+    if type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc)[:2000]
+    return any(s in text for s in _ALLOCATION_FAILURES)

@@ -28,8 +28,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .errors import BadInput, VerificationFailed
 from .io.source import LoadOptions
-from .io.write import atomic_write
-from .spec.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
+from .io.write import atomic_write, stale_note
+from .spec.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch, check_seed
 from .spec.tolerances import EXPORT_RTOL
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model", "check_onnx",
@@ -290,15 +290,19 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
 
     import torch
 
-    from .check.harness import load_model
+    from .check.harness import check_room, load_model
     from .convert import ConvertOptions, convert_file
     from .spec.layouts import schema
 
+    check_seed(o.seed)
     load = {f.name: getattr(o, f.name) for f in dataclasses.fields(LoadOptions)}
     conv = convert_file(src, None, ConvertOptions(**load, layout_out="apple", fuse=True,
                                                   verify=o.verify, seed=o.seed,
                                                   input_size=input_size))
     det = conv.detection
+    shapes = check_shapes(o.batch, input_size, o.dynamic_size)
+    check_room(det.arch, max(s[1:] for s in shapes), max(s[0] for s in shapes),
+               "the onnxruntime check")
     out = conv.state_dict or {}
     deploy_sd = {e.key: out[det.prefix + e.key] for e in schema(det.arch, "apple", "deploy")}
     conv.state_dict = None
@@ -340,8 +344,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
         if o.opset is not None and got_opset != o.opset:
             raise BadInput(f"--opset {o.opset}: the {found['exporter']} exporter wrote opset "
                            f"{got_opset}")
-        checks = check_onnx(tmp, deploy_sd, det.arch,
-                            check_shapes(o.batch, input_size, o.dynamic_size), dtype=o.dtype,
+        checks = check_onnx(tmp, deploy_sd, det.arch, shapes, dtype=o.dtype,
                             seed=o.seed, rtol=o.rtol)
         found["result"] = ExportResult(
             src=src, dst=dst, detection=det, fused=det.form == "train",
@@ -359,4 +362,5 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     size = atomic_write(dst, write, force=o.force, check=check)
     result = found["result"]
     result.size_out = size
+    result.notes += filter(None, [stale_note(dst)])
     return result

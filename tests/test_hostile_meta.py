@@ -18,7 +18,7 @@ import torch
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.spec.limits import MAX_META_DEPTH
 
-from .test_hostile import TINY, assert_refused
+from .hostile import TINY, assert_refused
 
 LIMIT_S = 60
 LIMIT_RSS_MB = 2048

@@ -18,7 +18,8 @@ from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.io.safeload import Placeholder, load_inert
 from mobileone_cli.models.synthetic import random_state_dict
 
-from .test_hostile import PAYLOADS, TINY, Payload, assert_refused
+from .hostile import TINY, assert_refused
+from .test_hostile_pickles import PAYLOADS, Payload
 
 
 class Call(Payload):

@@ -32,11 +32,14 @@ import torch
 from ..errors import BadInput
 from ..spec.arch import ArchSpec
 from ..spec.layouts import remap
+from ..spec.limits import check_seed
+from ..spec.memory import check_memory, job_bytes
 from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from .localize import BlockError, run_candidate, run_train
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
-           "resolve_device", "perturb", "Verdict", "judge", "non_finite", "float_dtype", "CHUNK"]
+           "resolve_device", "perturb", "Verdict", "judge", "non_finite", "float_dtype", "CHUNK",
+           "per_pass", "check_room"]
 
 CHUNK = 4  # images per forward pass while block outputs are kept (bounds memory)
 
@@ -108,11 +111,25 @@ def load_model(state_dict: Mapping[str, torch.Tensor], arch: ArchSpec, form: str
     return model.eval()
 
 
+def per_pass(input_size: Sequence[int], chunk: int = CHUNK) -> int:
+    """Images per forward pass of a check: every block's output is held for one chunk, so
+    fewer images go through at once for large inputs."""
+    return max(1, min(chunk, chunk * 224 * 224 // (int(input_size[0]) * int(input_size[1]))))
+
+
+def check_room(arch: ArchSpec, input_size: Sequence[int], images: int, what: str) -> None:
+    """Refuse, before any allocation, a check that cannot fit in this machine's memory."""
+    h, w = int(input_size[0]), int(input_size[1])
+    check_memory(job_bytes(arch, (h, w), per_pass=min(images, per_pass((h, w))), images=images),
+                 f"{what} of {arch.name} on {images} image(s) of {h}x{w}",
+                 hint="use a smaller --batch or --input-size")
+
+
 def seeded_inputs(seed: int = 0, batch: int = 1, input_size: Sequence[int] = (224, 224),
                   channels: int = 3, dtype: torch.dtype = torch.float32,
                   device: str = "cpu") -> torch.Tensor:
     """Standard-normal images from a private generator: same seed, same images, everywhere."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(check_seed(seed))
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     return torch.randn(batch, channels, h, w, generator=g, dtype=torch.float64).to(
         device=device, dtype=dtype)
@@ -385,7 +402,7 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     unit = UNIT_ROUNDOFF[str(d_dtype).replace("torch.", "")]
     logits = arch.has_head
     # Every block's output is held for one chunk: fewer images per chunk for large inputs.
-    chunk = max(1, min(chunk, chunk * 224 * 224 // (x.shape[2] * x.shape[3])))
+    chunk = per_pass(x.shape[2:], chunk)
 
     def run(precision: str, dtype: torch.dtype) -> Stage:
         # .eval() here as well: running statistics are what fusion folds (Apple issue 8).

@@ -3,16 +3,24 @@
 Reference section 6: resize the short edge to 256 (bilinear), centre-crop 224, scale to [0, 1],
 normalise with the ImageNet mean and std.  For another crop size the resize keeps the same
 256/224 ratio.  Pillow is an optional extra (``pip install 'mobileone-cli[images]'``).
+
+Work is bounded by spec/limits.py before any pixel is decoded (the size is in the file's
+header): at most MAX_IMAGE_PIXELS per file, sides at most MAX_IMAGE_ASPECT to 1 (the resize
+keeps the aspect ratio, so a 118-byte 1x20000 PNG would otherwise become a 256 x 5,120,000
+image), at most MAX_IMAGES files.  Pillow's own decompression-bomb warning is not shown: the
+tool's limit, lower than Pillow's, speaks first and in one line.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import List, Sequence, Tuple
 
 from ..errors import BadInput
+from ..spec.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_IMAGES
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "list_images", "preprocess",
-           "load_images", "PILLOW_HINT"]
+           "load_images", "check_image_size", "PILLOW_HINT"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -38,7 +46,23 @@ def list_images(folder: str) -> List[str]:
                    and os.path.isfile(os.path.join(folder, f)))
     if not files:
         raise BadInput(f"{folder}: no .png/.jpg/.jpeg files in this folder")
+    if len(files) > MAX_IMAGES:
+        raise BadInput(f"{folder}: {len(files):,} images; one check reads at most {MAX_IMAGES:,}",
+                       hint="copy a sample of them into another folder")
     return files
+
+
+def check_image_size(path: str, width: int, height: int) -> None:
+    """Refuse, from the header's size alone, an image too large or too elongated to check."""
+    if width < 1 or height < 1:
+        raise BadInput(f"{path}: the image is {width}x{height} pixels")
+    if width * height > MAX_IMAGE_PIXELS:
+        raise BadInput(f"{path}: the image is {width}x{height} ({width * height:,} pixels), more "
+                       f"than the limit of {MAX_IMAGE_PIXELS:,} pixels")
+    if max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
+        raise BadInput(f"{path}: the image is {width}x{height}: its long side is more than "
+                       f"{MAX_IMAGE_ASPECT} times its short side (the centre crop would see a "
+                       f"sliver of it)")
 
 
 def _resized_size(width: int, height: int, short: int) -> Tuple[int, int]:
@@ -81,9 +105,16 @@ def load_images(folder: str, crop: Sequence[int] = (224, 224)):
     out = []
     for path in files:
         try:
-            with Image.open(path) as im:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(path)  # reads the header only
+            with im:
+                check_image_size(path, im.width, im.height)
                 out.append(preprocess(im, (int(crop[0]), int(crop[1]))))
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError:
+            raise BadInput(f"{path}: the image is larger than the limit of "
+                           f"{MAX_IMAGE_PIXELS:,} pixels") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
             raise BadInput(f"{path}: cannot read image ({exc.__class__.__name__}: "
                            f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'})") from None
     return torch.stack(out), [os.path.basename(p) for p in files]

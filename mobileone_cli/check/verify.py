@@ -17,7 +17,7 @@ from ..io.source import LoadOptions, open_source
 from ..spec.arch import ArchSpec
 from ..spec.limits import check_batch, parse_input_size
 from ..spec.tolerances import DEFAULT_ATOL
-from .harness import Verdict, judge, non_finite, resolve_device, seeded_inputs
+from .harness import Verdict, check_room, judge, non_finite, resolve_device, seeded_inputs
 from .localize import StageError, stage_table
 
 __all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "verify_state_dicts",
@@ -117,12 +117,14 @@ def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, t
     if images is None:
         size = parse_input_size(input_size)
         check_batch(batch, size, per_pass=False)
+        check_room(arch, size, batch, "verify")
         x = seeded_inputs(seed, batch, size, arch.in_channels)
     else:
         x = images.to(torch.float32)
         if x.ndim != 4 or x.shape[1] != arch.in_channels:
             raise BadInput(f"the images have shape {list(x.shape)}, but this MobileOne takes "
                            f"{arch.in_channels}-channel input")
+        check_room(arch, x.shape[2:], x.shape[0], "verify")
     verdict = judge(train_sd, deploy_sd, arch, x, train_layout=layout,
                     deploy_layout=deploy_layout, bn_eps=bn_eps, rtol=rtol, atol=atol,
                     device=device, measure_sensitivity=True, referee=reference == "fp64")

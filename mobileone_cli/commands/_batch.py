@@ -13,7 +13,7 @@ def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool, *, 
 
     from ..batch import batch_exit_code, convert_many, default_jobs, plan_batch
     from ..render.batch import batch_to_dict, render_batch
-    from ..render.console import console, emit
+    from ..render.console import console, emit, safe
 
     pairs = plan_batch(sources, dst, suffix=suffix, template=template)
     with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
@@ -22,8 +22,8 @@ def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool, *, 
         task = bar.add_task("", total=len(pairs))
         items = convert_many(
             pairs, options, jobs=jobs or default_jobs(len(pairs)), skip_existing=skip_existing,
-            on_start=lambda i, src: bar.update(task, description=src),
-            on_done=lambda i, item: bar.update(task, advance=1, description=item.src))
+            on_start=lambda i, src: bar.update(task, description=safe(src)),
+            on_done=lambda i, item: bar.update(task, advance=1, description=safe(item.src)))
     emit(items, as_json, batch_to_dict, render_batch)
     code = batch_exit_code(items)
     if code:

@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
+from ..spec.limits import MAX_SEED
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
                        input_size_option, json_option, load_options, trust_file_option)
 
@@ -46,7 +47,7 @@ def generic_only(**given: Optional[str]) -> None:
               help="Fixed tolerance of the check, relative to max |output| (default: 1e-4 plus "
                    "the measured rounding sensitivity of the output dtype).")
 @input_size_option(help_extra=" Size of the check image.")
-@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the check image.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--suffix", default=None, metavar="TEXT",

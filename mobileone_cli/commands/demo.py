@@ -7,6 +7,7 @@ from typing import Optional
 
 import click
 
+from ..spec.limits import MAX_SEED
 from ._options import resolve_arch
 
 
@@ -19,7 +20,7 @@ from ._options import resolve_arch
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Synthesize the network a YAML model config describes instead "
                                    "(see examples/).")
-@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
     from ..convert import ConvertOptions, convert_file
     from ..io.write import save_checkpoint
@@ -27,7 +28,12 @@ def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed
     from ..render.console import console, safe
     from ..render.convert import render_convert
 
+    from ..spec.memory import check_memory, job_bytes, weight_elements
+
     arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
+    check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",
+                 hint="a config within the limits can still describe a network too large to "
+                      "build; `mobileone stats --config FILE` counts it without building it")
     out = console()
 
     def run(where: str) -> None:

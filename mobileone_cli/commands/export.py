@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
+from ..spec.limits import MAX_SEED
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
                        input_size_option, json_option, load_options, trust_file_option)
 
@@ -44,7 +45,7 @@ def parse_batch(value: str) -> Optional[int]:
 @click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's EMA weights.")
 @trust_file_option()
-@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the check images.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Tolerance of the runtime check, relative to max |output| (default: "

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput, VerificationFailed
+from ..spec.limits import MAX_SEED
 from ..spec.tolerances import DEFAULT_ATOL
 from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
                        json_option, load_options, trust_file_option)
@@ -22,7 +23,7 @@ from ._options import (MobileOneCommand, bn_eps_option, config_option, input_siz
 @click.argument("deploy_ckpt", type=click.Path(dir_okay=True), required=False)
 @bn_eps_option()
 @config_option()
-@click.option("--seed", type=click.IntRange(0, 2 ** 63 - 1), default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the random inputs.")
 @click.option("--batch", type=int, default=4, show_default=True, help="Number of random inputs.")
 @input_size_option()

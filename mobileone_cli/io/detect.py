@@ -191,10 +191,11 @@ def _se_ratio(se_shapes: Sequence[Tuple[int, int]], default: float = 0.0625) -> 
     return ratio if all(int(ci * ratio) == ri for ci, ri in se_shapes) else default
 
 
-def _few(items: Sequence[str], n: int = 4) -> str:
+def _few(items: Sequence[str], n: int = 4, width: int = 120) -> str:
+    """The first ``n`` names, each cut to ``width`` characters (a key may be megabytes long)."""
     items = list(items)
     more = f" and {len(items) - n} more" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
+    return ", ".join(k if len(k) <= width else k[: width - 3] + "..." for k in items[:n]) + more
 
 
 def _name_spec(spec: ArchSpec, form: str) -> ArchSpec:

@@ -8,7 +8,6 @@ is inflated.  Torch is imported only inside the functions that need tensors;
 """
 from __future__ import annotations
 
-import json
 import os
 import struct
 import warnings
@@ -16,27 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput, first_line
+from .header import MAX_HEADER, SAFETENSORS_DTYPES, read_header
 from .pickle_guard import load_torch
 from .sanity import check_tensor_storage
 
 __all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
            "load_object", "as_checkpoint", "unwrap", "swapped_ema", "strip_prefix",
-           "loading_notes", "WRAPPER_KEYS",
-           "EMA_KEYS", "STRIP_PREFIXES"]
+           "loading_notes", "WRAPPER_KEYS", "EMA_KEYS", "STRIP_PREFIXES", "SAFETENSORS_DTYPES"]
 
 # Containers that hold the state dict, in the order they are preferred.
 WRAPPER_KEYS = ("state_dict", "model", "module", "model_state_dict", "net")
 EMA_KEYS = ("ema_state_dict", "state_dict_ema", "model_ema", "ema")
 # Prefixes that training frameworks add to every key (DataParallel/DDP, Lightning-style wrappers).
 STRIP_PREFIXES = ("module.", "model.")
-SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                      "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                      "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-_SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                      "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2,
-                      "U32": 4, "U64": 8, "F8_E8M0": 1, "C64": 8,
-                      "F4": None, "F6_E2M3": None, "F6_E3M2": None}  # None: packed, sub-byte
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass
@@ -82,7 +73,7 @@ def sniff_format(path: str) -> str:
         return "torch-zip"
     if len(head) >= 9:
         (n,) = struct.unpack("<Q", head[:8])
-        if 2 <= n <= min(_MAX_HEADER, size - 8) and head[8:9] == b"{":
+        if 2 <= n <= min(MAX_HEADER, size - 8) and head[8:9] == b"{":
             return "safetensors"
     if head[:1] == b"\x80":  # pickle protocol 2+: torch's legacy (non-zip) format
         return "torch-legacy"
@@ -91,47 +82,9 @@ def sniff_format(path: str) -> str:
 
 def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]],
                                                  Dict[str, str]]:
-    """({key: (dtype, shape)}, metadata) of a safetensors file, without torch or the payload."""
-    size = _check_readable(path)
-    with open(path, "rb") as fh:
-        raw = fh.read(8)
-        if len(raw) < 8:
-            raise BadInput(f"{path}: truncated safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > min(_MAX_HEADER, size - 8):
-            raise BadInput(f"{path}: corrupt safetensors header (length {n} exceeds the file)")
-        try:
-            header = json.loads(fh.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadInput(f"{path}: corrupt safetensors header ({exc.__class__.__name__})") from None
-    if not isinstance(header, dict):
-        raise BadInput(f"{path}: corrupt safetensors header (not a JSON object)")
-    meta = header.pop("__metadata__", None) or {}
-    if not isinstance(meta, dict):
-        raise BadInput(f"{path}: corrupt safetensors header (__metadata__ is not a JSON object)")
-    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
-    payload = size - 8 - n
-    for key, info in header.items():
-        try:
-            dtype = SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"].lower())
-            shape = tuple(int(d) for d in info["shape"])
-            start, end = (int(x) for x in info["data_offsets"])
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise BadInput(f"{path}: corrupt safetensors header (entry {key!r})") from None
-        if not 0 <= start <= end <= payload:
-            raise BadInput(f"{path}: corrupt safetensors header ({key!r} lies outside the file)")
-        if info["dtype"] not in _SAFETENSORS_BYTES:
-            raise BadInput(f"{path}: corrupt safetensors header ({key!r}: unknown dtype "
-                           f"{info['dtype']!r})")
-        width = _SAFETENSORS_BYTES[info["dtype"]]
-        count = 1
-        for d in shape:
-            count *= d
-        if min(shape, default=0) < 0 or (width is not None and count * width != end - start):
-            raise BadInput(f"{path}: corrupt safetensors header ({key!r}: shape {list(shape)} "
-                           f"of {dtype} does not fill its {end - start} bytes)")
-        out[key] = (dtype, shape)
-    return out, {str(k): str(v) for k, v in meta.items()}
+    """({key: (dtype, shape)}, metadata) of a safetensors file, without torch or the payload:
+    the one header parser (:mod:`.header`), so inspect and convert refuse the same files."""
+    return read_header(path, _check_readable(path))
 
 
 def _is_tensor(x: Any) -> bool:

@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from ..errors import BadInput
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
-           "output_format", "stale_temp_files", "published", "CHECKPOINT_EXTENSIONS",
-           "TEMP_PREFIX"]
+           "output_format", "stale_temp_files", "stale_note", "published",
+           "CHECKPOINT_EXTENSIONS", "TEMP_PREFIX"]
 
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
 TEMP_PREFIX = ".mobileone-tmp-"
@@ -91,6 +91,10 @@ def check_destination(dst: str, *, force: bool = False, src: Optional[str] = Non
         what_parent = "is not a directory" if os.path.exists(parent) else "does not exist"
         raise BadInput(f"{dst}: the folder {parent} {what_parent}",
                        hint="create it first (mkdir -p)")
+    effective = os.access in os.supports_effective_ids
+    if not os.access(parent, os.W_OK | os.X_OK, effective_ids=effective):
+        raise BadInput(f"{dst}: cannot create a file in {parent} (not writable: permission "
+                       f"denied or a read-only file system)")
 
 
 def stale_temp_files(folder: str) -> List[str]:
@@ -107,6 +111,18 @@ def stale_temp_files(folder: str) -> List[str]:
         if pid.isdigit() and not _alive(int(pid)):
             out.append(os.path.join(folder, name))
     return sorted(out)
+
+
+def stale_note(dst: str) -> Optional[str]:
+    """A note naming the temp files a killed run left beside ``dst``, or None."""
+    folder = os.path.dirname(os.path.abspath(dst))
+    stale = stale_temp_files(folder)
+    if not stale:
+        return None
+    names = ", ".join(os.path.basename(p) for p in stale[:3])
+    more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
+    return (f"{len(stale)} temp file(s) in {folder} were left by a run that was killed while "
+            f"writing ({names}{more}); they are incomplete and safe to delete")
 
 
 def _alive(pid: int) -> bool:

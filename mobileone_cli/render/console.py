@@ -11,7 +11,9 @@ import math
 from typing import Any, Callable, Dict, Optional
 
 __all__ = ["console", "fmt_rel", "emit", "short_path", "shorten_middle", "human_bytes", "safe",
-           "json_emitted"]
+           "json_emitted", "MAX_SHOWN"]
+
+MAX_SHOWN = 1000  # characters of one user- or file-derived string in a table or a line
 
 _emitted = []  # JSON documents printed by this process (the CLI prints at most one)
 
@@ -37,13 +39,14 @@ def console(stderr: bool = False, min_width: int = 0):
     return c
 
 
-def safe(text: object) -> str:
-    """User- or file-derived text for a rich string: printable, one line, markup escaped."""
+def safe(text: object, width: Optional[int] = None) -> str:
+    """User- or file-derived text for a rich string: printable, one line, markup escaped, and
+    at most ``width`` characters (a file may hold a megabyte-long key)."""
     from rich.markup import escape
 
-    from ..errors import printable
+    from ..errors import one_line
 
-    return escape(printable(text))
+    return escape(one_line(text, width) if width else one_line(text, MAX_SHOWN))
 
 
 def human_bytes(n: float) -> str:

@@ -38,16 +38,16 @@ def render_convert(r, title: str = "mobileone convert") -> None:
     t.add_row("file", safe(short_path(r.src)), safe(short_path(r.dst)) if r.dst
               else "(not written)")
     t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", "")
-    t.add_row("layout", d.layout + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
-              r.layout_out)
-    t.add_row("form", d.form, r.form_out)
+    t.add_row("layout", safe(d.layout) + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
+              safe(r.layout_out))
+    t.add_row("form", safe(d.form), safe(r.form_out))
     t.add_row("keys", f"{r.keys_in:,}", f"{r.keys_out:,}")
     t.add_row("params", f"{r.params_in:,}", f"{r.params_out:,}")
     t.add_row("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")
     if r.passthrough:
         t.add_row("other keys", f"{r.passthrough:,}", "copied unchanged")
     if r.dtype_out:
-        t.add_row("dtype", d.dtype, r.dtype_out)
+        t.add_row("dtype", safe(d.dtype), safe(r.dtype_out))
     v = r.verdict
     if v is not None:
         m = v.decisive.output

@@ -33,7 +33,6 @@ def _dims(shape: List[Any]) -> str:
 
 
 def render_export(r) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     d = r.detection
@@ -41,13 +40,13 @@ def render_export(r) -> None:
     t = Table(title="mobileone export", show_header=False)
     t.add_column("", style="bold")
     t.add_column("")
-    t.add_row("checkpoint", f"{safe(r.src)}  ({d.layout}, {d.form} form"
+    t.add_row("checkpoint", f"{safe(r.src)}  ({safe(d.layout)}, {safe(d.form)} form"
                             + (", fused here)" if r.fused else ")"))
-    t.add_row("arch", f"{d.arch.name} ({d.arch.num_classes or 'no'} classes)")
+    t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)")
     t.add_row("onnx", f"{safe(r.dst)}  ({human_bytes(r.size_out)}, opset {r.opset}, "
                       f"{r.exporter} exporter, {r.dtype})")
-    t.add_row("input", escape(f"{r.input_name} {_dims(r.input_shape)}"))
-    t.add_row("output", escape(f"{r.output_name} {_dims(r.output_shape)}"))
+    t.add_row("input", safe(f"{r.input_name} {_dims(r.input_shape)}"))
+    t.add_row("output", safe(f"{r.output_name} {_dims(r.output_shape)}"))
     if r.fusion_metrics is not None:
         t.add_row("fusion check", f"train (eval) vs deploy: max rel diff "
                                   f"{fmt_rel(r.fusion_metrics.max_rel)}")

@@ -59,7 +59,7 @@ def render_generic(r) -> None:
         kernel = b.kernel_text + ("" if b.kernel_from == "weights" else "*")
         groups = "-" if b.groups is None else (
             f"{b.groups}" + ("" if b.groups_from == "identity BN" else "*"))
-        blocks.add_row(safe(b.path or "(top level)"), b.naming, _branches(b), kernel, groups,
+        blocks.add_row(safe(b.path or "(top level)"), safe(b.naming), _branches(b), kernel, groups,
                        _channels(b), fmt_rel(r.checks.get(b.path)) if r.checks else "-")
     out.print(blocks)
     for line in assumed:

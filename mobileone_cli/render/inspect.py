@@ -1,4 +1,9 @@
-"""Rich tables of an :func:`mobileone_cli.inspection.inspect_file` report (any ``kind``)."""
+"""Rich tables of an :func:`mobileone_cli.inspection.inspect_file` report (any ``kind``).
+
+Everything in the report came from the file: every string goes through ``safe`` (markup
+escaped, control characters shown escaped, long strings cut), and lists are cut to a few
+entries; ``--json`` keeps them all.
+"""
 from __future__ import annotations
 
 from typing import Any, Dict, List
@@ -7,6 +12,8 @@ __all__ = ["render_inspect", "UNKNOWN_SHOWN"]
 
 UNKNOWN_SHOWN = 8  # unknown keys listed in the table; --json lists them all
 STRUCTURE_SHOWN = 12  # top-level entries listed in the table
+METADATA_SHOWN = 16  # safetensors metadata entries shown as rows; --json holds them all
+VALUE_SHOWN = 200  # characters of one key or metadata value in the table
 
 
 def _few(items: List[str], n: int) -> str:
@@ -56,8 +63,8 @@ def _tensor_rows(t, r: Dict[str, Any]) -> None:
 def _mobileone(t, r: Dict[str, Any]) -> None:
     from .console import safe
 
-    t.add_row("layout", r["layout"])
-    t.add_row("form", r["form"])
+    t.add_row("layout", safe(r["layout"]))
+    t.add_row("form", safe(r["form"]))
     t.add_row("variant", safe(r["variant"]))
     t.add_row("classes", str(r["num_classes"]) if r["num_classes"] else "none (headless)")
     prefix = repr(r["prefix"]) if r["prefix"] else "none"
@@ -123,8 +130,13 @@ def render_inspect(r: Dict[str, Any]) -> None:
         return
     _file_rows(t, r)
     (_mobileone if r["kind"] == "mobileone" else _checkpoint)(t, r)
-    for k, v in sorted((r.get("metadata") or {}).items()):
-        t.add_row(f"metadata.{safe(k)}", safe(v))
+    metadata = r.get("metadata") or {}
+    # A header may hold a million entries: sorting them all is fine, a row each is not.
+    for k in sorted(metadata)[:METADATA_SHOWN]:
+        t.add_row(f"metadata.{safe(k, VALUE_SHOWN)}", safe(metadata[k], VALUE_SHOWN))
+    if len(metadata) > METADATA_SHOWN:
+        t.add_row("metadata", f"... and {len(metadata) - METADATA_SHOWN:,} more entries "
+                              f"(--json lists them all)")
     out = console()
     out.print(t)
     if r.get("hint"):

@@ -56,7 +56,7 @@ def render_stats(report, convention: str = "macs") -> None:
     label = CONVENTION_LABELS[convention]
     h, w = s.input_size
     arch = s.arch
-    title = (f"mobileone stats: {arch.name}, "
+    title = (f"mobileone stats: {safe(arch.name)}, "
              f"{arch.num_classes if arch.has_head else 'no'} classes, input {h}x{w}")
     t = Table(title=title, header_style="bold")
     t.add_column("part", style="bold")
@@ -123,8 +123,9 @@ def _render_file(out, report) -> None:
     t.add_column("", style="bold")
     t.add_column("")
     t.add_row("file", f"{safe(report.source)} ({report.file_format})")
-    t.add_row("layout", report.layout + (f" under {report.prefix!r}" if report.prefix else ""))
-    t.add_row("form", report.form)
+    t.add_row("layout", safe(report.layout) + (f" under {safe(repr(report.prefix))}"
+                                                 if report.prefix else ""))
+    t.add_row("form", safe(report.form))
     t.add_row("tensors", f"{f.tensors:,} ({_bytes(f.bytes)} of tensor data)")
     match = "matches" if report.file_matches else "DIFFERS from"
     t.add_row("learnable elements", f"{f.params:,} ({match} the analytic {analytic:,})")

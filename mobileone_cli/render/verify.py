@@ -87,7 +87,7 @@ def render_verify(report, all_blocks: bool = False) -> None:
                       ("worst block", "left"), ("own", "right"), ("", "left")):
         s.add_column(col, justify=just)
     for row in report.stages:
-        s.add_row(row.name, str(row.blocks), fmt_rel(row.max_rel), row.worst_block,
+        s.add_row(safe(row.name), str(row.blocks), fmt_rel(row.max_rel), safe(row.worst_block),
                   fmt_rel(row.worst_own_rel), "ok" if row.within else "[bold red]BAD[/]")
     out.print(s)
 
@@ -97,7 +97,7 @@ def render_verify(report, all_blocks: bool = False) -> None:
         for col in ("block", "end to end", "own", "min cosine", "scale", ""):
             b.add_column(col, justify="left" if col in ("block", "") else "right")
         for e in v.decisive.blocks:
-            b.add_row(e.name, fmt_rel(e.max_rel), fmt_rel(e.own_rel), f"{e.cosine:.6f}",
+            b.add_row(safe(e.name), fmt_rel(e.max_rel), fmt_rel(e.own_rel), f"{e.cosine:.6f}",
                       f"{e.scale:.3g}", "[bold red]BAD[/]" if e.name in bad else "")
         out.print(b)
 

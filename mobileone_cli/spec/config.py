@@ -122,7 +122,8 @@ def parse_config(data: Any, *, where: str = "config", default_name: str = "custo
     allowed_model = ("type", "backbone", "neck", "head") + IGNORED_MODEL
     f.known(model, base, allowed_model + (("name",) if not base else ()))
     if "type" in model and model["type"] != "ImageClassifier":
-        raise f.fail(join(base, "type"), f"must be ImageClassifier, not {model['type']!r}")
+        raise f.fail(join(base, "type"),
+                     f"must be ImageClassifier, not {quote(model['type'])}")
     if "backbone" not in model:
         raise f.fail(join(base, "backbone"), "missing",
                      hint="e.g. backbone: {type: MobileOne, arch: s0}")
@@ -132,7 +133,7 @@ def parse_config(data: Any, *, where: str = "config", default_name: str = "custo
         f.known(neck, join(base, "neck"), ("type",))
         if neck.get("type") != "GlobalAveragePooling":
             raise f.fail(join(base, "neck.type"),
-                         f"must be GlobalAveragePooling, not {neck.get('type')!r}")
+                         f"must be GlobalAveragePooling, not {quote(neck.get('type'))}")
     if "head" in model:
         _head(f, model["head"], join(base, "head"), kwargs)
     name = name or kwargs.pop("name", None)
@@ -150,7 +151,7 @@ def _backbone(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Option
     f.known(bb, field, ("type", "arch", "in_channels", "norm_cfg", "act_cfg", "se_cfg", "bn_eps")
             + IGNORED_BACKBONE)
     if bb.get("type", "MobileOne") != "MobileOne":
-        raise f.fail(join(field, "type"), f"must be MobileOne, not {bb.get('type')!r}",
+        raise f.fail(join(field, "type"), f"must be MobileOne, not {quote(bb.get('type'))}",
                      hint="configs describe MobileOne backbones; for other networks that "
                           "contain MobileOne blocks use `convert --generic`")
     if "arch" not in bb:
@@ -182,7 +183,8 @@ def _backbone(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Option
         f.known(nc, join(field, "norm_cfg"), ("type", "eps", "momentum", "requires_grad"))
         if nc.get("type", "BN") not in ("BN", "SyncBN", "BN2d"):
             raise f.fail(join(field, "norm_cfg.type"),
-                         f"must be BN or SyncBN (fusion folds BatchNorm), not {nc.get('type')!r}")
+                         f"must be BN or SyncBN (fusion folds BatchNorm), not "
+                         f"{quote(nc.get('type'))}")
         if "eps" in nc:
             kwargs["bn_eps"] = f.eps(nc["eps"], join(field, "norm_cfg.eps"))
     if bb.get("act_cfg") is not None:
@@ -190,7 +192,8 @@ def _backbone(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Option
         f.known(ac, join(field, "act_cfg"), ("type", "inplace"))
         if ac.get("type", "ReLU") != "ReLU":
             raise f.fail(join(field, "act_cfg.type"),
-                         f"only ReLU is supported (MobileOne's activation), not {ac.get('type')!r}")
+                         f"only ReLU is supported (MobileOne's activation), not "
+                         f"{quote(ac.get('type'))}")
     if bb.get("se_cfg") is not None:
         sc = f.mapping(bb["se_cfg"], join(field, "se_cfg"))
         f.known(sc, join(field, "se_cfg"), ("ratio",))
@@ -203,7 +206,7 @@ def _backbone(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Option
 def _builtin(f: Fields, name: str, field: str) -> str:
     key = name.lower()
     if key not in builtin_archs():
-        raise f.fail(field, f"unknown built-in variant {name!r}",
+        raise f.fail(field, f"unknown built-in variant {quote(name)}",
                      hint=f"known: {', '.join(builtin_archs())}; or give a mapping of fields")
     return key
 
@@ -249,11 +252,11 @@ def _arch_mapping(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Op
                 raise f.fail(sub, f"has {len(factors)} entries; width factors multiply mmpretrain's"
                                   f" {len(BASE_CHANNELS)} base widths {list(BASE_CHANNELS)}",
                              hint="give widths (channel counts) for more stages")
+            for i, (b, m) in enumerate(zip(BASE_CHANNELS, factors)):
+                if not 1 <= b * m < MAX_CHANNELS + 1:  # a float: 1e307 x 64 is inf, no int
+                    raise f.fail(f"{sub}[{i}]", f"{m:g} x {b} gives {b * m:g} channels; a "
+                                                f"width lies between 1 and {MAX_CHANNELS:,}")
             kwargs["widths"] = tuple(int(b * m) for b, m in zip(BASE_CHANNELS, factors))
-            for i, w in enumerate(kwargs["widths"]):
-                if not 1 <= w <= MAX_CHANNELS:
-                    raise f.fail(f"{sub}[{i}]", f"gives {quote(w)} channels; a width lies "
-                                                f"between 1 and {MAX_CHANNELS:,}")
             if "stem_channels" not in arch:
                 kwargs["stem_channels"] = max(1, min(64, int(64 * factors[0])))
         elif ours == "conv_branches" and isinstance(raw, int) and not isinstance(raw, bool):
@@ -288,7 +291,7 @@ def _head(f: Fields, value: Any, field: str, kwargs: Dict[str, Any]) -> None:
     f.known(head, field, ("type", "num_classes", "in_channels") + IGNORED_HEAD)
     if head.get("type", "LinearClsHead") != "LinearClsHead":
         raise f.fail(join(field, "type"), f"must be LinearClsHead (one Linear layer), "
-                                           f"not {head.get('type')!r}")
+                                           f"not {quote(head.get('type'))}")
     if "num_classes" in head:
         n = f.integer(head["num_classes"], join(field, "num_classes"), 0)
         kwargs["_head_classes"] = n

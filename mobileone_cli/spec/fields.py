@@ -100,12 +100,26 @@ def type_name(value: Any) -> str:
 
 
 def quote(value: Any) -> str:
-    """A value as it may appear in a one-line error: repr, shortened, never expanded at length."""
+    """A value as it may appear in a one-line error: repr, shortened, never expanded at length
+    (YAML aliases make a 400-byte list whose full repr is gigabytes: the repr is bounded in
+    depth and width while it is made, not cut afterwards)."""
     if isinstance(value, (list, dict, tuple)):
-        return f"{type_name(value)} of {len(value)} entries" if len(value) > 8 else cut(repr(value))
+        return f"{type_name(value)} of {len(value)} entries" if len(value) > 8 else \
+            cut(_bounded_repr(value))
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return "an integer of more than 19 digits"
-    return cut(repr(value))
+    return cut(_bounded_repr(value))
+
+
+def _bounded_repr(value: Any) -> str:
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel = 3
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = r.maxfrozenset = r.maxdeque = 8
+    r.maxstring = r.maxother = MAX_QUOTED
+    r.maxlong = 40
+    return r.repr(value)
 
 
 def cut(text: str) -> str:

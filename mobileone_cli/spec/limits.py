@@ -15,8 +15,9 @@ from ..errors import BadInput
 
 __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
-           "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "parse_input_size", "check_batch",
-           "check_bn_eps", "resolve_eps"]
+           "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
+           "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "parse_input_size",
+           "check_batch", "check_bn_eps", "resolve_eps", "check_seed"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
@@ -29,6 +30,16 @@ MAX_BATCH = 1024  # images per check
 # Pixels run through a model in one forward pass (batch x H x W): 8 Mpx is ~167 images at 224,
 # two at 2048x2048; a pass of s4 at that size peaks near 2 GiB of activations.
 MAX_PASS_PIXELS = 8 * 1024 * 1024
+MAX_SEED = 2 ** 63 - 1  # torch generators take a 64-bit seed
+# Tensors in one safetensors file: an s0 train file holds 1,323, a detector with a MobileOne
+# backbone a few thousand; a million empty entries (67 MB of header) cost 27 CPU s to refuse.
+MAX_TENSORS = 100_000
+# Images of ``verify --images``: the pixels one file may decode to (a 64-megapixel photo; RGB
+# 192 MB), how elongated it may be (a panorama; the resize keeps the aspect ratio, so a 1x20000
+# strip would become 256 x 5,120,000) and how many files one check reads (--batch's bound).
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024
+MAX_IMAGE_ASPECT = 16
+MAX_IMAGES = MAX_BATCH
 # BatchNorm eps of real models is 1e-5 (PyTorch), 1e-3 (TF ports) or 1e-6; above 1 it is a typo.
 # Checkpoints do not store it: a config or --bn-eps says it, else PyTorch's default.
 DEFAULT_EPS = 1e-5
@@ -83,6 +94,13 @@ def check_batch(batch: int, input_size: Tuple[int, int], *, option: str = "--bat
                        f"than the limit of {MAX_PASS_PIXELS:,}",
                        hint=f"use a batch of at most {max(1, MAX_PASS_PIXELS // one)} at this size")
     return batch
+
+
+def check_seed(seed: Any, option: str = "--seed") -> int:
+    """``seed`` if it is an integer torch's generators accept (0 .. 2**63 - 1)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise BadInput(f"{option} {_short(seed)}: must be an integer between 0 and {MAX_SEED}")
+    return seed
 
 
 def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:

@@ -232,10 +232,20 @@ def run_bench(arch: ArchSpec, *, input_size: Sequence[int] = (224, 224), batch: 
                               timeout=timeout, env=_child_env())
         if proc.returncode != 0:
             tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            if proc.returncode in (-9, 137) or _out_of_memory(proc.stderr):
+                # killed by the kernel, or an allocation refused: the input asked too much
+                raise MemoryError(f"benchmark of the {form} form: {tail}")
             raise RuntimeError(f"benchmark of the {form} form failed: {tail}")
         result.forms[form] = FormTiming(**json.loads(proc.stdout.strip().splitlines()[-1]))
     result.threads = result.forms["train"].threads
     return result
+
+
+def _out_of_memory(stderr: str) -> bool:
+    from ..errors import is_out_of_memory
+
+    tail = stderr[-4000:]
+    return "MemoryError" in tail or is_out_of_memory(RuntimeError(tail))
 
 
 def _child_env() -> Dict[str, str]:

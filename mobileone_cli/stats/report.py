@@ -90,8 +90,16 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
 
 def bench_report(report: StatsReport, **kwargs) -> StatsReport:
     """Add measured latency and memory of both forms (see :mod:`.bench`)."""
+    from ..spec.memory import check_memory, job_bytes, weight_elements
     from .bench import run_bench
 
+    arch, size = report.stats.arch, report.stats.input_size
+    batch = int(kwargs.get("batch", 1))
+    check_memory(job_bytes(arch, size, per_pass=batch, images=batch),
+                 f"--bench of {arch.name} ({weight_elements(arch):,} weights) at batch {batch} "
+                 f"of {size[0]}x{size[1]}",
+                 hint="use a smaller --batch or --input-size; without --bench, stats only "
+                      "counts, which needs no memory")
     try:
         report.bench = run_bench(report.stats.arch, input_size=report.stats.input_size, **kwargs)
     except ValueError as exc:

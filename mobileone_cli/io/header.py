@@ -1,0 +1,144 @@
+"""The JSON header of a ``.safetensors`` file, read and checked without torch or the payload.
+
+This is the one parser of that header: ``inspect`` lists a file from it alone and ``convert``
+runs it before the safetensors library, so both refuse the same files.  It accepts what the
+safetensors library (0.4 .. 0.8) accepts and refuses the rest with a one-line reason, with work
+bounded by the header's size:
+
+* the header is a JSON object of at most ``MAX_HEADER`` bytes; nesting that exhausts the
+  parser's stack, ``NaN``/``Infinity``, and integers of more than 20 digits (above 2**64) are
+  refused while parsing, before any such number is converted;
+* each entry has a known ``dtype`` (text), a ``shape`` of non-negative integers and
+  ``data_offsets`` of exactly two integers; its bytes are exactly what its shape needs;
+* the entries tile the payload: sorted by offset, each starts where the previous one ended, and
+  the last one ends at the end of the file (the library's "invalid offset" and "incomplete
+  metadata" rules);
+* ``__metadata__`` is absent, null, or an object of text values;
+* at most ``MAX_TENSORS`` entries (spec/limits.py): beyond that, reading, detecting and
+  loading cost seconds per hundred thousand entries for no MobileOne.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any, Dict, List, Tuple
+
+from ..errors import BadInput
+from ..spec.limits import MAX_TENSORS
+
+__all__ = ["read_header", "SAFETENSORS_DTYPES", "DTYPE_BITS", "MAX_HEADER"]
+
+MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+MAX_INT_DIGITS = 20  # 2**64 - 1 has 20 digits: larger is no size or offset
+
+# safetensors dtype -> torch dtype name (the ones this tool may meet in a checkpoint).
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+                      "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+                      "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+# Every dtype the safetensors library knows, with its width in bits.
+DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+              "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16,
+              "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+              "F64": 64, "I64": 64, "U64": 64}
+
+
+class _Refused(ValueError):
+    """Raised from inside the JSON parser: the header breaks a rule before it is fully read."""
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _Refused(f"an integer of {len(text)} digits")
+    return int(text)
+
+
+def _constant(name: str) -> Any:
+    raise _Refused(f"{name} is not JSON")
+
+
+def _name(key: object, width: int = 80) -> str:
+    """A key as it may appear in a one-line message: repr, shortened."""
+    text = repr(key)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _is_count(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]],
+                                               Dict[str, str]]:
+    """({key: (dtype, shape)}, metadata) of the safetensors file ``path`` of ``size`` bytes."""
+    def corrupt(why: str) -> BadInput:
+        return BadInput(f"{path}: corrupt safetensors header ({why})")
+
+    with open(path, "rb") as fh:
+        raw = fh.read(8)
+        if len(raw) < 8:
+            raise BadInput(f"{path}: truncated safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > min(MAX_HEADER, size - 8):
+            raise corrupt(f"length {n} exceeds the file")
+        data = fh.read(n)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise corrupt("not UTF-8") from None
+    del data  # a header may be 100 MB: keep one copy
+    try:
+        header = json.loads(text, parse_int=_int, parse_constant=_constant)
+    except _Refused as exc:
+        raise corrupt(str(exc)) from None
+    except RecursionError:
+        raise corrupt("JSON nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise corrupt(f"invalid JSON at byte {exc.pos}: {exc.msg}") from None
+    except ValueError as exc:
+        raise corrupt(exc.__class__.__name__) from None
+    if not isinstance(header, dict):
+        raise corrupt("not a JSON object")
+    meta = header.pop("__metadata__", None)
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise corrupt("__metadata__ is not a JSON object of text values")
+    if len(header) > MAX_TENSORS:
+        raise BadInput(f"{path}: {len(header):,} tensors in the safetensors header; a checkpoint "
+                       f"holds at most {MAX_TENSORS:,}")
+    payload = size - 8 - n
+    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    spans: List[Tuple[int, int, str]] = []
+    for key, info in header.items():
+        if not isinstance(info, dict):
+            raise corrupt(f"entry {_name(key)} is not a JSON object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or not isinstance(shape, list) \
+                or not isinstance(offsets, list):
+            raise corrupt(f"entry {_name(key)}: dtype, shape and data_offsets are required")
+        if dtype not in DTYPE_BITS:
+            raise corrupt(f"entry {_name(key)}: unknown dtype {_name(dtype, 20)}")
+        if len(offsets) != 2 or not all(_is_count(x) for x in offsets):
+            raise corrupt(f"entry {_name(key)}: data_offsets must be two non-negative integers")
+        start, end = offsets
+        if not start <= end <= payload:
+            raise corrupt(f"{_name(key)} lies outside the file")
+        count = 1
+        for d in shape:
+            if not _is_count(d):
+                raise corrupt(f"{_name(key)}: shape {_name(shape, 40)} of {dtype} does not fill "
+                              f"its {end - start} bytes (dimensions are non-negative integers)")
+            count *= d
+        if count * DTYPE_BITS[dtype] != (end - start) * 8:
+            raise corrupt(f"{_name(key)}: shape {_name(shape, 40)} of {dtype} does not fill its "
+                          f"{end - start} bytes")
+        out[key] = (SAFETENSORS_DTYPES.get(dtype, dtype.lower()), tuple(shape))
+        spans.append((start, end, key))
+    at = 0
+    for start, end, key in sorted(spans):
+        if start != at:
+            raise corrupt(f"{_name(key)} starts at byte {start}, not where the previous tensor "
+                          f"ends ({at})")
+        at = end
+    if at != payload:
+        raise corrupt(f"the tensors cover {at} of the {payload} payload bytes")
+    return out, meta
