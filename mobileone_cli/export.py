@@ -121,11 +121,22 @@ def _plan(o: ExportOptions, dst: str) -> Tuple[Target, Optional[int], bool, Opti
             raise BadInput(f"{name} applies to .onnx only, not {target.extension}")
     if target.module != "coreml" and o.coreml_target != "iOS16":
         raise BadInput(f"--coreml-target applies to .mlpackage only, not {target.extension}")
+    from .runtimes.coreml import DEPLOYMENT_TARGETS
+
+    if o.coreml_target not in DEPLOYMENT_TARGETS:
+        raise BadInput(f"--coreml-target {o.coreml_target!r}: choose one of "
+                       f"{', '.join(DEPLOYMENT_TARGETS)}")
     max_batch = None
     if batch is None and not onnx:
         max_batch = o.max_batch or DEFAULT_MAX_BATCH
         if not 1 <= max_batch <= MAX_BATCH:
             raise BadInput(f"--max-batch {max_batch}: must be between 1 and {MAX_BATCH}")
+        from .runtimes.executorch import MIN_EXAMPLE_BATCH
+
+        if target.module == "executorch" and max_batch <= MIN_EXAMPLE_BATCH:
+            raise BadInput(f"--max-batch {max_batch}: an ExecuTorch program with a dynamic "
+                           f"batch needs a maximum above {MIN_EXAMPLE_BATCH}",
+                           hint="or fix the batch with --batch N")
     elif o.max_batch is not None:
         raise BadInput("--max-batch bounds a dynamic batch of a .pte, .tflite or .mlpackage",
                        hint="use it with --batch dynamic")

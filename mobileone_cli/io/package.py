@@ -14,16 +14,9 @@ import tempfile
 from typing import Callable, Optional
 
 from ..errors import BadInput
-from .write import TEMP_PREFIX, check_destination, published
+from .write import TEMP_PREFIX, check_destination, is_package, published
 
 __all__ = ["atomic_write_dir", "is_package", "folder_size"]
-
-MANIFEST = "Manifest.json"
-
-
-def is_package(path: str) -> bool:
-    """A folder that holds a package manifest (what ``atomic_write_dir`` may replace)."""
-    return os.path.isfile(os.path.join(path, MANIFEST))
 
 
 def folder_size(path: str) -> int:

@@ -63,14 +63,17 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def is_package(path: str) -> bool:
+    """A folder package (.mlpackage) with its manifest: what a package export may replace."""
+    return os.path.isfile(os.path.join(path, "Manifest.json"))
+
+
 def check_destination(dst: str, *, force: bool = False, src: Optional[str] = None,
                       what: str = "file path", package: bool = False) -> None:
     """Refuse, before any work, a DST that cannot or must not be written.  ``package``: DST is
     a folder package (.mlpackage); an existing package folder counts as an existing DST."""
     dst = os.fspath(dst)
     if package and os.path.isdir(dst) and not os.path.islink(dst):
-        from .package import is_package
-
         if not is_package(dst):
             raise BadInput(f"{dst}: is a directory that is not a package; the tool only ever "
                            f"replaces packages it could have written")
