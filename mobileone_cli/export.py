@@ -265,7 +265,7 @@ def _check_step(result: ExportResult, target: Target, deploy_sd, arch, o: Export
     """``check(tmp)`` for atomic_write: the artifact in its runtime (Core ML off macOS: its
     weights read back) against our deploy model; raises VerificationFailed on a mismatch."""
     def check(tmp: str) -> None:
-        from .check.artifact import check_artifact
+        from .check.artifact import check_artifact, precision_note
         from .runtimes import load_artifact
 
         if target.module == "onnx":
@@ -297,6 +297,9 @@ def _check_step(result: ExportResult, target: Target, deploy_sd, arch, o: Export
                                        check_shapes(batch, input_size, dynamic_size),
                                        dtype=o.dtype, compute=_compute(target, o.dtype),
                                        seed=o.seed, rtol=o.rtol)
+        note = precision_note(result.checks)
+        if note:
+            result.notes.append(note)
         failed = [c for c in result.checks if not c.passed]
         if failed:
             c = failed[0]

@@ -16,7 +16,7 @@ from ..errors import BadInput
 from ..io.source import LoadOptions
 from ..spec.arch import ArchSpec
 from ..spec.limits import check_batch, parse_input_size
-from .artifact import ShapeCheck, WeightCheck, check_artifact, check_weights
+from .artifact import ShapeCheck, WeightCheck, check_artifact, check_weights, precision_note
 from .harness import Verdict
 
 __all__ = ["ArtifactReport", "verify_artifact"]
@@ -129,4 +129,7 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
     compute = TARGETS[target.extension].fp16_compute if report.dtype == "fp16" else "float32"
     report.checks = check_artifact(artifact, deploy_sd, arch, _shapes(artifact, arch, batch, size),
                                    dtype=report.dtype, compute=compute, seed=seed, rtol=rtol)
+    note = precision_note(report.checks)
+    if note:
+        report.notes.append(note)
     return report

@@ -16,7 +16,6 @@ then per blob a metadata record at the const's ``blobFileValue.offset``: uint32 
 """
 from __future__ import annotations
 
-import os
 import struct
 import sys
 from typing import Any, Dict, Optional
@@ -189,7 +188,8 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
         got = ml.predict({inp.name: x.to(torch.float32).numpy()})
         return torch.from_numpy(np.asarray(got[out.name], dtype=np.float32))
 
-    return Artifact(path=path, runtime="coreml", kind="coreml", input_name=inp.name, input_shape=in_shape,
+    return Artifact(path=path, runtime="coreml", kind="coreml", input_name=inp.name,
+                    input_shape=in_shape,
                     output_shape=[int(d) for d in out.type.multiArrayType.shape],
                     input_dtype="float32", run=run, weight_dtype="float16" if fp16 else "float32",
                     executes=executes, details={"threads": threads, "max_batch": max_batch})

@@ -154,6 +154,7 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
             raise VerificationFailed(f"onnxruntime failed at input shape {list(x.shape)}: "
                                      f"{first_line(str(exc))}") from None
 
-    return Artifact(path=path, runtime="onnxruntime", kind="onnx", input_name=in_name, input_shape=in_shape,
+    return Artifact(path=path, runtime="onnxruntime", kind="onnx", input_name=in_name,
+                    input_shape=in_shape,
                     output_shape=out_shape, input_dtype=dtype, run=run, weight_dtype=dtype,
                     details={"opset": opset, "initializers": inits, "threads": threads})

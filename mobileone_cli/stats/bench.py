@@ -219,9 +219,7 @@ def measure_form(arch: ArchSpec, form: str, *, input_size: Sequence[int], batch:
                  threads: Optional[int], warmup: int, runs: int, seed: int = 0,
                  runtime: str = "torch") -> FormTiming:
     """Time ``runs`` forward passes of one form in THIS process (call it in a fresh one)."""
-    import gc
     import tempfile
-    import time
 
     import torch
 
@@ -242,9 +240,27 @@ def measure_form(arch: ArchSpec, form: str, *, input_size: Sequence[int], batch:
                     generator=torch.Generator().manual_seed(seed))
     weight_bytes = sum(t.numel() * t.element_size()
                        for t in list(model.parameters()) + list(model.buffers()))
+    with tempfile.TemporaryDirectory() as workdir:
+        forward, used_threads = _runner(model, x, runtime, threads, workdir)  # exports here
+        times, rss_before, method, peak = _time(forward, warmup, runs)
+    # after the RSS reading: it adds Python objects; a torch measure only
+    peak_tensors = peak_tensor_bytes(model, x) if runtime == "torch" else 0
+    return FormTiming(form=form, times_ms=times, median_ms=statistics.median(times),
+                      min_ms=min(times), max_ms=max(times), rss_before=rss_before,
+                      peak_delta=max(0, peak - rss_before), peak_tensors=peak_tensors,
+                      weight_bytes=weight_bytes, threads=used_threads,
+                      memory_method=method, p90_ms=_p90(times), runtime=runtime)
+
+
+def _time(forward, warmup: int, runs: int):
+    """(times in ms, RSS before, memory method, peak RSS) of ``runs`` calls after ``warmup``."""
+    import gc
+    import time
+
+    import torch
+
     times: List[float] = []
-    with tempfile.TemporaryDirectory() as workdir, torch.inference_mode():
-        forward, used_threads = _runner(model, x, runtime, threads, workdir)
+    with torch.inference_mode():
         for _ in range(warmup):  # also pays one-off costs: lazy init, code pages
             forward()
         gc.collect()
@@ -255,14 +271,8 @@ def measure_form(arch: ArchSpec, form: str, *, input_size: Sequence[int], batch:
             t0 = time.perf_counter()
             forward()
             times.append((time.perf_counter() - t0) * 1000.0)
-        peak = (_proc_status_kb("VmHWM") if method == "clear_refs" else None) or _maxrss_bytes()
-    # after the RSS reading: it adds Python objects; a torch measure only
-    peak_tensors = peak_tensor_bytes(model, x) if runtime == "torch" else 0
-    return FormTiming(form=form, times_ms=times, median_ms=statistics.median(times),
-                      min_ms=min(times), max_ms=max(times), rss_before=rss_before,
-                      peak_delta=max(0, peak - rss_before), peak_tensors=peak_tensors,
-                      weight_bytes=weight_bytes, threads=used_threads,
-                      memory_method=method, p90_ms=_p90(times), runtime=runtime)
+    peak = (_proc_status_kb("VmHWM") if method == "clear_refs" else None) or _maxrss_bytes()
+    return times, rss_before, method, peak
 
 
 def run_bench(arch: ArchSpec, *, input_size: Sequence[int] = (224, 224), batch: int = 1,
