@@ -72,11 +72,13 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
         out.print("bound: the fixed --rtol, relative to max |output|")
     else:
         prec = "fp16" if checks and checks[0].arithmetic == "float16" else "fp32"
-        out.print(f"bound: rtol + 4x the effect of {prec} arithmetic on this network (measured "
-                  f"on the PyTorch model), relative to max |output|", soft_wrap=True)
+        from ..spec.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
+
+        out.print(f"bound: {EXPORT_RTOL[dtype]:g} + {EXPORT_SENSITIVITY_FACTOR:g}x the effect of "
+                  f"{prec} arithmetic on this network (docs/export.md)", soft_wrap=True)
     if fp16:
         out.print("vs fp32 weights: against the unrounded deploy model (the whole cost of "
-                  "fp16; reported)")
+                  "fp16)")
 
 
 def render_weights(out, w, runtime: str) -> None:
