@@ -27,7 +27,8 @@ from ..errors import BadInput, VerificationFailed, first_line
 from . import Artifact
 from ._common import no_fd2, quiet, require as _require
 
-__all__ = ["export", "load", "require", "INSTALL_HINT", "MIN_EXAMPLE_BATCH"]
+__all__ = ["export", "example", "lower", "load", "require", "set_threads", "INSTALL_HINT",
+           "MIN_EXAMPLE_BATCH"]
 
 INSTALL_HINT = ("pip install 'mobileone-cli[executorch]'  (or the plain package, next to the "
                 "torch you have: pip install torch==<your torch> executorch)")
@@ -45,21 +46,43 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None) -> Dict
     import torch
 
     require()
-    dynamic = None
-    if max_batch is not None:
-        if max_batch <= MIN_EXAMPLE_BATCH:
-            raise BadInput(f"--max-batch {max_batch}: an ExecuTorch program with a dynamic batch "
-                           f"needs a maximum above {MIN_EXAMPLE_BATCH}",
-                           hint="or fix the batch with --batch N")
-        sample = sample[:1].expand(MIN_EXAMPLE_BATCH, *sample.shape[1:]).contiguous()
-        dynamic = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+    sample, dynamic = example(sample, max_batch)
+    with quiet(), torch.no_grad():
+        try:
+            program = torch.export.export(model, (sample,), dynamic_shapes=dynamic)
+        except Exception as exc:  # torch.export raises many types; the message is what matters
+            raise VerificationFailed(f"torch.export failed: {exc.__class__.__name__}: "
+                                     f"{first_line(str(exc), 200)}") from None
+    return lower(program, path, max_batch=max_batch)
+
+
+def example(sample, max_batch: Optional[int]):
+    """(example input, dynamic_shapes) for torch.export: see the module docstring for why a
+    dynamic batch is traced on 16 images and needs a maximum above 16."""
+    import torch
+
+    if max_batch is None:
+        return sample, None
+    if max_batch <= MIN_EXAMPLE_BATCH:
+        raise BadInput(f"--max-batch {max_batch}: an ExecuTorch program with a dynamic batch "
+                       f"needs a maximum above {MIN_EXAMPLE_BATCH}",
+                       hint="or fix the batch with --batch N")
+    sample = sample[:1].expand(MIN_EXAMPLE_BATCH, *sample.shape[1:]).contiguous()
+    return sample, ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+
+
+def lower(program, path: str, *, max_batch: Optional[int] = None) -> Dict[str, Any]:
+    """Lower an ``ExportedProgram`` (e.g. a PT2E-quantized one) with the XNNPACK partitioner and
+    write the ``.pte`` to ``path``; returns the ops left outside the delegate."""
+    import torch
+
+    require()
     with quiet(), torch.no_grad():
         try:
             from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
                 XnnpackPartitioner)
             from executorch.exir import to_edge_transform_and_lower
 
-            program = torch.export.export(model, (sample,), dynamic_shapes=dynamic)
             edge = to_edge_transform_and_lower(
                 program, partitioner=[XnnpackPartitioner()],
                 constant_methods={"max_batch": max_batch} if max_batch is not None else None)
