@@ -28,6 +28,8 @@ _LAZY = {
     "judge": "check.harness", "Verdict": "check.harness", "compare_outputs": "check.harness",
     "verify_files": "check.verify", "verify_state_dicts": "check.verify",
     "checkpoint_health": "check.health",
+    "verify_artifact": "check.verify_artifact", "check_artifact": "check.artifact",
+    "load_artifact": "runtimes", "Artifact": "runtimes",
     # the jobs
     "ConvertOptions": "convert", "convert_file": "convert", "convert_state_dict": "convert",
     "convert_generic_file": "convert_generic", "ExportOptions": "export",

@@ -27,7 +27,7 @@ COMMANDS = {
     "verify": "Prove a deploy checkpoint computes the same function as a train checkpoint.",
     "stats": "Exact params and MACs/FLOPs, train vs deploy form.",
     "inspect": "Show what a checkpoint (or ONNX file) holds, and the health of its numbers.",
-    "export": "Export a deploy model to ONNX and check it with onnxruntime.",
+    "export": "Export to ONNX, ExecuTorch, LiteRT or Core ML, checked in that runtime.",
     "demo": "Convert and verify a built-in synthetic s0 checkpoint (no download).",
 }
 

@@ -1,4 +1,4 @@
-"""``mobileone export CKPT OUT.onnx``."""
+"""``mobileone export CKPT OUT`` (.onnx, .pte, .tflite, .mlpackage)."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -11,8 +11,11 @@ from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_opti
                        input_size_option, json_option, load_options, trust_file_option)
 
 
-def parse_batch(value: str) -> Optional[int]:
-    """'dynamic' -> None (a dynamic batch axis); 'N' -> N."""
+def parse_batch(value: Optional[str]):
+    """None -> 'auto' (the target's default); 'dynamic' -> None (a dynamic batch axis);
+    'N' -> N."""
+    if value is None:
+        return "auto"
     if value.strip().lower() == "dynamic":
         return None
     try:
@@ -22,20 +25,34 @@ def parse_batch(value: str) -> Optional[int]:
 
 
 @click.command(cls=MobileOneCommand,
-               help="Export a MobileOne checkpoint (train form is fused first) to ONNX, then run "
-                    "the file in onnxruntime on seeded images and compare it with the PyTorch "
-                    "deploy model; OUT is written only if it matches. Needs the 'onnx' extra.")
+               help="Export a MobileOne checkpoint (train form is fused first) for a runtime "
+                    "picked by OUT's extension: .onnx (onnxruntime), .pte (ExecuTorch, XNNPACK), "
+                    ".tflite (LiteRT), .mlpackage (Core ML). The artifact is run in its runtime "
+                    "on seeded images and compared with the PyTorch deploy model; OUT is written "
+                    "only if it matches. Core ML runs only on macOS: elsewhere every weight in "
+                    "the package is read back and compared instead. Each runtime is an extra: "
+                    "'onnx', 'executorch', 'litert', 'coreml'.")
 @click.argument("ckpt", type=click.Path(dir_okay=False))
-@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("out", type=click.Path())
 @input_size_option(help_extra=" Traced and checked.")
-@click.option("--batch", "batch_text", default="dynamic", show_default=True, metavar="N|dynamic",
-              help="Batch size fixed in the graph, or 'dynamic'.")
-@click.option("--fixed-size", is_flag=True,
-              help="Fix height and width to --input-size (default: dynamic height and width).")
+@click.option("--batch", "batch_text", default=None, metavar="N|dynamic",
+              help="Batch size fixed in the artifact, or 'dynamic'. Default: dynamic for .onnx, "
+                   "1 for .pte/.tflite/.mlpackage.")
+@click.option("--max-batch", type=click.IntRange(min=1), default=None,
+              help="Largest batch of a dynamic batch in a .pte/.tflite/.mlpackage (default 32; "
+                   "ExecuTorch plans memory for it and needs > 16).")
+@click.option("--fixed-size/--dynamic-size", "fixed_size", default=None,
+              help="Fix height and width to --input-size, or keep them dynamic (.onnx only). "
+                   "Default: dynamic for .onnx, fixed for the others.")
 @click.option("--opset", type=click.IntRange(min=7), default=None,
               help="ONNX opset (default: the exporter's; the dynamo exporter needs >= 18).")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
-              help="Precision of weights, input and output in the ONNX graph.")
+              help="Precision of the artifact: fp16 stores float16 weights (.onnx, .pte: also "
+                   "float16 input, output and arithmetic; .tflite: float32 biases, input and "
+                   "output; .mlpackage: compute precision FLOAT16).")
+@click.option("--coreml-target", default="iOS16", show_default=True, metavar="TARGET",
+              help="Core ML minimum deployment target (.mlpackage): iOS15..iOS18, "
+                   "macOS12..macOS15.")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
               show_default=True, help="torch.onnx exporter; auto = dynamo when onnxscript is "
                                       "installed and the opset allows it.")
@@ -48,12 +65,14 @@ def parse_batch(value: str) -> Optional[int]:
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the check images.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help="Tolerance of the runtime check, relative to max |output| (default: "
-                   "1e-3 for fp32, 1e-2 for fp16).")
+              help="Fixed tolerance of the runtime check, relative to max |output|. Default: "
+                   "1e-3 plus 4x the measured effect of the artifact's arithmetic precision "
+                   "(fp32 or fp16) on this network.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @json_option("the summary")
-def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: str, fixed_size: bool,
-           opset: Optional[int], dtype: str, exporter: str, arch_name: Optional[str],
+def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: Optional[str],
+           max_batch: Optional[int], fixed_size: Optional[bool], opset: Optional[int],
+           dtype: str, coreml_target: str, exporter: str, arch_name: Optional[str],
            config_path: Optional[str], bn_eps: Optional[float], prefix: Optional[str],
            ema: bool, trust_file: bool, seed: int, rtol: Optional[float], force: bool,
            as_json: bool) -> int:
@@ -65,8 +84,9 @@ def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: str, fi
     settle_heap()
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=ExportOptions, input_size=input_size,
-                           batch=parse_batch(batch_text), dynamic_size=not fixed_size,
-                           opset=opset, dtype=dtype, exporter=exporter, force=force, seed=seed,
-                           rtol=rtol)
+                           batch=parse_batch(batch_text), max_batch=max_batch,
+                           dynamic_size=None if fixed_size is None else not fixed_size,
+                           opset=opset, dtype=dtype, coreml_target=coreml_target,
+                           exporter=exporter, force=force, seed=seed, rtol=rtol)
     emit(export_file(ckpt, out, options), as_json, export_to_dict, render_export)
     return 0

@@ -31,10 +31,14 @@ from ._options import (MobileOneCommand, config_option, input_size_option, json_
                    "pooling, head excluded). --json always gives all three.")
 @click.option("--bench", is_flag=True,
               help="Also measure CPU latency and peak memory of both forms on this machine.")
+@click.option("--runtime", type=click.Choice(["torch", "onnxruntime", "executorch", "litert"]),
+              default="torch", show_default=True,
+              help="Where --bench runs both forms: eager PyTorch, or each form exported to that "
+                   "runtime first (needs its extra: onnx, executorch, litert).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batch size for --bench.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch CPU threads for --bench (default: torch's default).")
+              help="CPU threads for --bench (default: the runtime's default).")
 @click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True,
               help="Timed forward passes per form for --bench (the median is reported).")
 @click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True,
@@ -43,7 +47,8 @@ from ._options import (MobileOneCommand, config_option, input_size_option, json_
 @json_option()
 def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[str],
           num_classes: Optional[int],
-          input_size, convention: str, bench: bool, batch: int, threads: Optional[int],
+          input_size, convention: str, bench: bool, runtime: str, batch: int,
+          threads: Optional[int],
           runs: int, warmup: int, trust_file: bool, as_json: bool) -> int:
     from ..errors import BadInput
     from ..render.console import emit
@@ -64,7 +69,10 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
         report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file,
                                       arch_source=f"--config {config_path}" if config_path
                                       else None)
+    if runtime != "torch" and not bench:
+        raise BadInput("--runtime applies to --bench", hint="add --bench")
     if bench:
-        bench_report(report, batch=batch, threads=threads, runs=runs, warmup=warmup)
+        bench_report(report, batch=batch, threads=threads, runs=runs, warmup=warmup,
+                     runtime=runtime)
     emit(report, as_json, stats_to_dict, render_stats, convention=convention)
     return 0

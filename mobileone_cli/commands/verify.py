@@ -18,7 +18,10 @@ from ._options import (MobileOneCommand, bn_eps_option, config_option, input_siz
                     "eval mode, strict loading, outputs and every block compared, a float64 "
                     "referee where fp32 cannot decide. With only TRAIN_CKPT, it is fused in "
                     "memory and checked against itself. Any layout (Apple, mmpretrain, timm) on "
-                    "either side. Exit 0 equal, 1 not equal, 2 bad input.")
+                    "either side. The second file may also be an exported artifact (.onnx, .pte, "
+                    ".tflite, .mlpackage): it is run in its runtime (a Core ML package off macOS: "
+                    "its weights are read back) and compared with the checkpoint's deploy "
+                    "model. Exit 0 equal, 1 not equal, 2 bad input.")
 @click.argument("train_ckpt", type=click.Path(dir_okay=True))
 @click.argument("deploy_ckpt", type=click.Path(dir_okay=True), required=False)
 @bn_eps_option()
@@ -58,11 +61,37 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
     if deploy_ckpt is not None and deploy_ckpt.strip().isdigit() and not os.path.exists(deploy_ckpt):
         raise BadInput(f"{deploy_ckpt!r} is not a checkpoint file",
                        hint="--input-size takes 224, 224x192 or two numbers: 224 192")
+    from ..runtimes import target_for
+
+    if deploy_ckpt is not None and target_for(deploy_ckpt) is not None:
+        return _verify_artifact(train_ckpt, deploy_ckpt, config_path, bn_eps, ema, trust_file,
+                                seed, batch, input_size, images_dir, rtol, as_json)
     report = verify_files(train_ckpt, deploy_ckpt,
                           options=load_options(None, config_path, bn_eps, None, ema, trust_file),
                           seed=seed, batch=batch, input_size=input_size, images_dir=images_dir,
                           device=device, rtol=rtol, atol=atol, reference=reference)
     emit(report, as_json, verify_to_dict, render_verify, all_blocks=all_blocks)
+    if not report.passed:
+        raise VerificationFailed(report.summary())
+    return 0
+
+
+def _verify_artifact(ckpt: str, artifact: str, config_path: Optional[str],
+                     bn_eps: Optional[float], ema: bool, trust_file: bool, seed: int, batch: int,
+                     input_size: Tuple[int, int], images_dir: Optional[str],
+                     rtol: Optional[float], as_json: bool) -> int:
+    from ..check.verify_artifact import verify_artifact
+    from ..render.console import emit
+    from ..render.verify_artifact import artifact_report_to_dict, render_artifact_report
+
+    if images_dir is not None:
+        raise BadInput("--images applies to checkpoint pairs; an artifact is checked on seeded "
+                       "images")
+    report = verify_artifact(ckpt, artifact,
+                             options=load_options(None, config_path, bn_eps, None, ema,
+                                                  trust_file),
+                             seed=seed, batch=batch, input_size=input_size, rtol=rtol)
+    emit(report, as_json, artifact_report_to_dict, render_artifact_report)
     if not report.passed:
         raise VerificationFailed(report.summary())
     return 0

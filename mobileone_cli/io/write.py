@@ -63,10 +63,24 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def is_package(path: str) -> bool:
+    """A folder package (.mlpackage) with its manifest: what a package export may replace."""
+    return os.path.isfile(os.path.join(path, "Manifest.json"))
+
+
 def check_destination(dst: str, *, force: bool = False, src: Optional[str] = None,
-                      what: str = "file path") -> None:
-    """Refuse, before any work, a DST that cannot or must not be written."""
+                      what: str = "file path", package: bool = False) -> None:
+    """Refuse, before any work, a DST that cannot or must not be written.  ``package``: DST is
+    a folder package (.mlpackage); an existing package folder counts as an existing DST."""
     dst = os.fspath(dst)
+    if package and os.path.isdir(dst) and not os.path.islink(dst):
+        if not is_package(dst):
+            raise BadInput(f"{dst}: is a directory that is not a package; the tool only ever "
+                           f"replaces packages it could have written")
+        if not force:
+            raise BadInput(f"{dst}: already exists",
+                           hint="pass --force (force=True in Python) to overwrite it")
+        return
     if not dst.strip():
         raise BadInput("DST is empty; give a file path")
     if dst.endswith(("/", os.sep)):

@@ -16,8 +16,8 @@ from ..fuse.fusion import DEFAULT_EPS, fuse_state_dict
 from ..spec.arch import ArchSpec, BlockSpec, get_arch
 from ..spec.limits import MAX_STAGES
 
-__all__ = ["MobileOne", "TrainBlock", "DeployBlock", "SqueezeExcite", "build_model",
-           "deploy_copy", "MAX_STAGES"]
+__all__ = ["MobileOne", "TrainBlock", "DeployBlock", "SqueezeExcite", "MeanPoolHead",
+           "build_model", "deploy_copy", "MAX_STAGES"]
 
 
 class SqueezeExcite(nn.Module):
@@ -169,3 +169,35 @@ def deploy_copy(model: MobileOne, eps: Optional[float] = None) -> MobileOne:
     clone.switch_to_deploy(eps)
     clone.train(model.training)
     return clone
+
+
+class MeanPoolHead(nn.Module):
+    """``model``'s function with the head written as ``linear(x.mean((2, 3)))``.
+
+    The same computation as ``linear(flatten(AdaptiveAvgPool2d(1)(x), 1))``, in a form every
+    mobile lowering accepts: litert-torch cannot lower the flatten with a dynamic batch.  The
+    children are ``model``'s own (shared, not copied), registered under the same names, so
+    ``state_dict`` keys are exactly the model's and exporters name constants after them.
+    """
+
+    def __init__(self, model: MobileOne) -> None:
+        super().__init__()
+        self.arch = model.arch
+        for name, child in model.named_children():
+            if name != "gap":
+                self.add_module(name, child)
+        if model.linear is None:  # headless: not a registered child
+            self.linear: Optional[nn.Linear] = None
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stage0(x)
+        x = self.stage1(x)
+        x = self.stage2(x)
+        x = self.stage3(x)
+        x = self.stage4(x)
+        x = self.stage5(x)
+        x = self.stage6(x)
+        if self.linear is None:
+            return x
+        return self.linear(x.mean((2, 3)))

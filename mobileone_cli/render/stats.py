@@ -138,22 +138,31 @@ def _render_file(out, report) -> None:
 def _render_bench(out, b) -> None:
     from rich.table import Table
 
-    t = Table(title=(f"measured on this CPU: batch {b.batch}, {b.threads} thread(s), "
+    torch_rt = b.runtime == "torch"
+    where = "PyTorch (eager)" if torch_rt else b.runtime
+    t = Table(title=(f"measured on this CPU in {where}: batch {b.batch}, {b.threads} thread(s), "
                      f"{b.warmup} warm-up + {b.runs} timed runs, each form in its own process"),
               header_style="bold")
     t.add_column("form", style="bold")
-    for col in ("median ms", "min ms", "max ms", "peak tensors", "peak RSS +", "weights"):
+    cols = ["median ms", "p90 ms", "min ms", "max ms"]
+    cols += ["peak tensors"] if torch_rt else []
+    for col in cols + ["peak RSS +", "weights"]:
         t.add_column(col, justify="right")
     for name, f in b.forms.items():
         rss = _bytes(f.peak_delta) + ("" if f.memory_method == "clear_refs" else " (approx.)")
-        t.add_row(name, f"{f.median_ms:.2f}", f"{f.min_ms:.2f}", f"{f.max_ms:.2f}",
-                  _bytes(f.peak_tensors), rss, _bytes(f.weight_bytes))
+        row = [name, f"{f.median_ms:.2f}", f"{f.p90_ms:.2f}", f"{f.min_ms:.2f}",
+               f"{f.max_ms:.2f}"] + ([_bytes(f.peak_tensors)] if torch_rt else [])
+        t.add_row(*row, rss, _bytes(f.weight_bytes))
     out.print(t)
     ratio = b.memory_ratio
     out.print(f"speed-up from fusion: {b.speedup:.2f}x (median latency, train / deploy)")
-    if ratio:
+    if ratio and torch_rt:
         out.print(f"peak tensor memory of a forward pass, train / deploy: {ratio:.2f}")
-    out.print("peak tensors = op outputs alive at once in one pass (exact, repeatable)")
+    if torch_rt:
+        out.print("peak tensors = op outputs alive at once in one pass (exact, repeatable)")
+    else:
+        out.print(f"each form exported to {b.runtime} first (untimed); timed: the artifact's "
+                  f"run, input conversion included")
     out.print("peak RSS + = resident memory the timed passes added (with allocator and library "
               "scratch)")
     out.print("weights are random (latency does not depend on their values)")

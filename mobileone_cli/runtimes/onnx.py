@@ -1,12 +1,24 @@
-"""ONNX files in onnxruntime (CPU), the ``onnx`` extra."""
+"""ONNX files and onnxruntime (CPU), the ``onnx`` extra.
+
+Two exporters exist in torch.  The ``dynamo`` one (``torch.onnx.export(dynamo=True)``, the default
+since torch 2.9, needs onnxscript) writes opset >= 18; the TorchScript one is deprecated but still
+present in torch 2.13 and can write older opsets.  ``auto`` takes dynamo when it is usable and the
+requested opset allows it, else TorchScript.  Either way the onnxruntime check decides.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
+from ..spec.limits import MAX_BATCH, MAX_INPUT_SIDE
 from . import Artifact
+from ._common import quiet
 
-__all__ = ["load", "require", "graph_io", "describe", "INSTALL_HINT"]
+__all__ = ["load", "require", "graph_io", "describe", "export", "resolve_exporter",
+           "INSTALL_HINT", "EXPORTERS", "DYNAMO_MIN_OPSET"]
+
+EXPORTERS = ("auto", "dynamo", "torchscript")
+DYNAMO_MIN_OPSET = 18
 
 INSTALL_HINT = ("pip install 'mobileone-cli[onnx]'  (or the plain packages: "
                 "pip install onnx onnxruntime onnxscript)")
@@ -27,6 +39,73 @@ def require(packages=("onnx", "onnxruntime")) -> None:
         verb = "is" if len(missing) == 1 else "are"
         raise BadInput(f"this needs {' and '.join(missing)}, which {verb} not installed",
                        hint=INSTALL_HINT)
+
+
+def _dynamo_usable() -> bool:
+    import inspect
+
+    import torch
+
+    try:
+        has_flag = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    except (TypeError, ValueError):
+        has_flag = False
+    return has_flag and _importable("onnxscript")
+
+
+def resolve_exporter(exporter: str = "auto", opset: Optional[int] = None) -> str:
+    """'dynamo' or 'torchscript' for the requested ``exporter`` and ``opset``."""
+    if exporter not in EXPORTERS:
+        raise BadInput(f"--exporter {exporter!r}: choose one of {', '.join(EXPORTERS)}")
+    low_opset = opset is not None and opset < DYNAMO_MIN_OPSET
+    if exporter == "dynamo":
+        if not _dynamo_usable():
+            raise BadInput("--exporter dynamo needs onnxscript (and torch >= 2.5), which is not "
+                           "available", hint=INSTALL_HINT)
+        if low_opset:
+            raise BadInput(f"--opset {opset}: the dynamo exporter writes opset "
+                           f">= {DYNAMO_MIN_OPSET}", hint="use --exporter torchscript for older "
+                           "opsets, or leave --exporter at auto")
+        return "dynamo"
+    if exporter == "torchscript":
+        return "torchscript"
+    return "dynamo" if (_dynamo_usable() and not low_opset) else "torchscript"
+
+
+def export(model, path: str, *, sample, dynamic_batch: bool, dynamic_size: bool,
+           opset: Optional[int], exporter: str, output_name: str) -> None:
+    """Write ``model`` (eval mode) traced on ``sample`` to ``path`` as one ONNX file."""
+    import torch
+
+    out_axes: Dict[int, str] = {}
+    in_axes: Dict[int, str] = {}
+    if dynamic_batch:
+        in_axes[0] = out_axes[0] = "batch"
+    if dynamic_size:
+        in_axes.update({2: "height", 3: "width"})
+        if not model.arch.has_head:  # the feature map's size follows the input's
+            out_axes.update({2: "out_height", 3: "out_width"})
+    with quiet(fd=False), torch.no_grad():
+        try:
+            if exporter == "dynamo":
+                dims = {ax: torch.export.Dim(name, min=1,
+                                             max=MAX_BATCH if ax == 0 else MAX_INPUT_SIDE)
+                        for ax, name in in_axes.items()}
+                torch.onnx.export(model, (sample,), path, dynamo=True, verbose=False,
+                                  input_names=["input"], output_names=[output_name],
+                                  opset_version=opset, external_data=False,
+                                  dynamic_shapes=(dims,) if dims else None)
+            else:
+                torch.onnx.export(model, (sample,), path, dynamo=False,
+                                  input_names=["input"], output_names=[output_name],
+                                  opset_version=opset if opset is not None else 17,
+                                  dynamic_axes={"input": in_axes, output_name: out_axes}
+                                  if in_axes else None, do_constant_folding=True)
+        except Exception as exc:  # the exporters raise many types; the message is what matters
+            raise VerificationFailed(f"the {exporter} ONNX exporter failed: "
+                                     f"{exc.__class__.__name__}: {first_line(str(exc), 200)}",
+                                     hint="run with --exporter torchscript or dynamo to try the "
+                                          "other exporter") from None
 
 
 def graph_io(path: str):
@@ -94,8 +173,8 @@ def describe(path: str) -> Dict[str, Any]:
             "nodes": len(g.node), "checker": problem}
 
 
-def load(path: str) -> Artifact:
-    """``path`` in an onnxruntime CPU session."""
+def load(path: str, threads: Optional[int] = None) -> Artifact:
+    """``path`` in an onnxruntime CPU session (``threads``: intra-op threads)."""
     require()
     import onnxruntime as ort
     import torch
@@ -106,6 +185,9 @@ def load(path: str) -> Artifact:
         raise BadInput(f"{path}: not a readable ONNX model ({first_line(str(exc))})") from None
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
     try:
         sess = ort.InferenceSession(path, sess_options=opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
@@ -122,6 +204,7 @@ def load(path: str) -> Artifact:
             raise VerificationFailed(f"onnxruntime failed at input shape {list(x.shape)}: "
                                      f"{first_line(str(exc))}") from None
 
-    return Artifact(path=path, runtime="onnxruntime", input_name=in_name, input_shape=in_shape,
-                    output_shape=out_shape, input_dtype=dtype, run=run,
-                    details={"opset": opset, "initializers": inits})
+    return Artifact(path=path, runtime="onnxruntime", kind="onnx", input_name=in_name,
+                    input_shape=in_shape,
+                    output_shape=out_shape, input_dtype=dtype, run=run, weight_dtype=dtype,
+                    details={"opset": opset, "initializers": inits, "threads": threads})

@@ -16,6 +16,12 @@ Python-level tools such as tracemalloc do not see tensor memory.
 
 Weights are random (latency does not depend on their values); the deploy model is the fusion of
 the very same train state dict.  Importing this module does not import torch.
+
+``runtime`` other than torch: each form is exported to that runtime's artifact in its process
+(the exporter runs before the clock starts) and the artifact is timed through
+:func:`runtimes.load_artifact` (its ``run`` converts the input tensor; that is microseconds).
+Threads are the runtime's: onnxruntime's intra-op threads, ExecuTorch's thread pool, the LiteRT
+interpreter's ``num_threads``.  Peak tensor memory is a torch measure (0 for the others).
 """
 from __future__ import annotations
 
@@ -29,7 +35,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..spec.arch import ArchSpec
 
-__all__ = ["FormTiming", "BenchResult", "run_bench", "measure_form"]
+__all__ = ["FormTiming", "BenchResult", "run_bench", "measure_form", "BENCH_RUNTIMES"]
+
+# --runtime name -> runtime module (None: eager PyTorch)
+BENCH_RUNTIMES = {"torch": None, "onnxruntime": "onnx", "executorch": "executorch",
+                  "litert": "litert"}
 
 
 @dataclass
@@ -47,6 +57,8 @@ class FormTiming:
     weight_bytes: int  # parameters + buffers of the model
     threads: int
     memory_method: str  # 'clear_refs' (peak of the passes) or 'ru_maxrss' (approximate)
+    p90_ms: float = 0.0
+    runtime: str = "torch"
 
 
 @dataclass
@@ -58,6 +70,7 @@ class BenchResult:
     warmup: int
     runs: int
     forms: Dict[str, FormTiming] = field(default_factory=dict)
+    runtime: str = "torch"
 
     @property
     def speedup(self) -> float:
@@ -76,7 +89,8 @@ class BenchResult:
         return self.forms["train"].peak_delta / d if d > 0 else None
 
     def to_dict(self) -> Dict[str, object]:
-        return {"arch": self.arch, "input_size": list(self.input_size), "batch": self.batch,
+        return {"arch": self.arch, "runtime": self.runtime,
+                "input_size": list(self.input_size), "batch": self.batch,
                 "threads": self.threads, "warmup": self.warmup, "runs": self.runs,
                 "forms": {k: asdict(v) for k, v in self.forms.items()},
                 "speedup": self.speedup, "memory_ratio": self.memory_ratio,
@@ -170,11 +184,42 @@ def _maxrss_bytes() -> int:
     return r if sys.platform == "darwin" else r * 1024
 
 
+def _p90(times: List[float]) -> float:
+    ordered = sorted(times)
+    return ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+
+
+def _runner(model, x, runtime: str, threads: Optional[int], workdir: str):
+    """(forward callable, threads in use) for ``model`` in ``runtime`` (the export happens
+    here, before any timing)."""
+    import torch
+
+    if BENCH_RUNTIMES[runtime] is None:
+        return (lambda: model(x)), torch.get_num_threads()
+    from ..runtimes import load_artifact, runtime_module
+
+    name = BENCH_RUNTIMES[runtime]
+    mod = runtime_module(name)
+    mod.require()
+    path = os.path.join(workdir, "model" + {"onnx": ".onnx", "executorch": ".pte",
+                                            "litert": ".tflite"}[name])
+    if name == "onnx":
+        mod.export(model, path, sample=x, dynamic_batch=False, dynamic_size=False, opset=None,
+                   exporter=mod.resolve_exporter(), output_name="logits")
+    else:
+        from ..models.mobileone import MeanPoolHead
+
+        mod.export(MeanPoolHead(model), path, sample=x)
+    art = load_artifact(path, kind=name, threads=threads)
+    used = art.details.get("threads") or (threads or 0)
+    return (lambda: art.run(x)), int(used)
+
+
 def measure_form(arch: ArchSpec, form: str, *, input_size: Sequence[int], batch: int,
-                 threads: Optional[int], warmup: int, runs: int, seed: int = 0) -> FormTiming:
+                 threads: Optional[int], warmup: int, runs: int, seed: int = 0,
+                 runtime: str = "torch") -> FormTiming:
     """Time ``runs`` forward passes of one form in THIS process (call it in a fresh one)."""
-    import gc
-    import time
+    import tempfile
 
     import torch
 
@@ -195,37 +240,61 @@ def measure_form(arch: ArchSpec, form: str, *, input_size: Sequence[int], batch:
                     generator=torch.Generator().manual_seed(seed))
     weight_bytes = sum(t.numel() * t.element_size()
                        for t in list(model.parameters()) + list(model.buffers()))
+    with tempfile.TemporaryDirectory() as workdir:
+        forward, used_threads = _runner(model, x, runtime, threads, workdir)  # exports here
+        times, rss_before, method, peak = _time(forward, warmup, runs)
+    # after the RSS reading: it adds Python objects; a torch measure only
+    peak_tensors = peak_tensor_bytes(model, x) if runtime == "torch" else 0
+    return FormTiming(form=form, times_ms=times, median_ms=statistics.median(times),
+                      min_ms=min(times), max_ms=max(times), rss_before=rss_before,
+                      peak_delta=max(0, peak - rss_before), peak_tensors=peak_tensors,
+                      weight_bytes=weight_bytes, threads=used_threads,
+                      memory_method=method, p90_ms=_p90(times), runtime=runtime)
+
+
+def _time(forward, warmup: int, runs: int):
+    """(times in ms, RSS before, memory method, peak RSS) of ``runs`` calls after ``warmup``."""
+    import gc
+    import time
+
+    import torch
+
     times: List[float] = []
     with torch.inference_mode():
         for _ in range(warmup):  # also pays one-off costs: lazy init, code pages
-            model(x)
+            forward()
         gc.collect()
         _release_free_heap()
         rss_before = _proc_status_kb("VmRSS") or _maxrss_bytes()
         method = "clear_refs" if _reset_peak() and _proc_status_kb("VmHWM") else "ru_maxrss"
         for _ in range(runs):
             t0 = time.perf_counter()
-            model(x)
+            forward()
             times.append((time.perf_counter() - t0) * 1000.0)
     peak = (_proc_status_kb("VmHWM") if method == "clear_refs" else None) or _maxrss_bytes()
-    peak_tensors = peak_tensor_bytes(model, x)  # after the RSS reading: it adds Python objects
-    return FormTiming(form=form, times_ms=times, median_ms=statistics.median(times),
-                      min_ms=min(times), max_ms=max(times), rss_before=rss_before,
-                      peak_delta=max(0, peak - rss_before), peak_tensors=peak_tensors,
-                      weight_bytes=weight_bytes,
-                      threads=torch.get_num_threads(), memory_method=method)
+    return times, rss_before, method, peak
 
 
 def run_bench(arch: ArchSpec, *, input_size: Sequence[int] = (224, 224), batch: int = 1,
               threads: Optional[int] = None, warmup: int = 5, runs: int = 20,
-              seed: int = 0, timeout: Optional[float] = None) -> BenchResult:
-    """Measure the train form, then the deploy form, each in a fresh subprocess."""
+              seed: int = 0, timeout: Optional[float] = None,
+              runtime: str = "torch") -> BenchResult:
+    """Measure the train form, then the deploy form, each in a fresh subprocess, in
+    ``runtime`` (a key of BENCH_RUNTIMES)."""
     if min(batch, runs, warmup, threads or 1) < 1:
         raise ValueError("batch, runs, warmup and threads must be >= 1")
+    if runtime not in BENCH_RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(BENCH_RUNTIMES)}")
+    if BENCH_RUNTIMES[runtime] is not None:  # refuse here, with the install hint, not in a child
+        from ..runtimes import runtime_module
+
+        runtime_module(BENCH_RUNTIMES[runtime]).require()
     job = {"arch": arch.to_dict(), "input_size": [int(v) for v in input_size], "batch": batch,
-           "threads": threads, "warmup": warmup, "runs": runs, "seed": seed}
+           "threads": threads, "warmup": warmup, "runs": runs, "seed": seed,
+           "runtime": runtime}
     result = BenchResult(arch=arch.name, input_size=(int(input_size[0]), int(input_size[1])),
-                         batch=batch, threads=threads or 0, warmup=warmup, runs=runs)
+                         batch=batch, threads=threads or 0, warmup=warmup, runs=runs,
+                         runtime=runtime)
     for form in ("train", "deploy"):
         proc = subprocess.run([sys.executable, "-m", "mobileone_cli.stats.bench", form],
                               input=json.dumps(job), capture_output=True, text=True,
@@ -264,7 +333,7 @@ def _main(argv: Sequence[str]) -> int:
     job = json.loads(sys.stdin.read())
     timing = measure_form(_arch_from_dict(job["arch"]), form, input_size=job["input_size"],
                           batch=job["batch"], threads=job["threads"], warmup=job["warmup"],
-                          runs=job["runs"], seed=job["seed"])
+                          runs=job["runs"], seed=job["seed"], runtime=job.get("runtime", "torch"))
     sys.stdout.write(json.dumps(asdict(timing)) + "\n")
     return 0
 
