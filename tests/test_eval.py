@@ -36,11 +36,27 @@ def loads(text: str):
     return json.loads(text, parse_constant=refuse)
 
 
-def make_ckpt(path, spec, *, seed=0, head=None, layout="apple"):
-    """A train checkpoint of ``spec`` in ``layout``; returns its Apple-layout state dict."""
-    sd = random_state_dict(spec, form="train", layout="apple", seed=seed)
-    if head is not None:
-        sd["linear.weight"], sd["linear.bias"] = head
+@pytest.fixture(scope="module")
+def s0():
+    """One calibrated s0 backbone for the whole module (calibration is the slow part); each
+    test gives it its own head."""
+    return backbone_of(get_arch("s0"), seed=2)
+
+
+def backbone_of(spec, seed=3):
+    sd = random_state_dict(spec.with_classes(0), form="train", seed=seed)
+    return {k: v for k, v in sd.items() if not k.startswith("linear.")}
+
+
+def make_ckpt(path, spec, backbone, *, seed=0, head=None, layout="apple"):
+    """A train checkpoint of ``spec`` (``backbone`` + a random head, or ``head``) in ``layout``;
+    returns its Apple-layout state dict."""
+    sd = dict(backbone)
+    if spec.has_head:
+        g = torch.Generator().manual_seed(seed)
+        sd["linear.weight"], sd["linear.bias"] = head if head is not None else (
+            torch.randn(spec.num_classes, spec.head_channels, generator=g) / 32,
+            torch.randn(spec.num_classes, generator=g))
     save_checkpoint(str(path), remap(sd, spec, "apple", layout, "train"), force=True)
     return sd
 
@@ -73,14 +89,14 @@ def model_entry(rep, role):
 # ---------------------------------------------------------------- numbers known in advance
 
 
-def test_head_decides_every_prediction_by_construction(tmp_path, run_cli):
+def test_head_decides_every_prediction_by_construction(s0, tmp_path, run_cli):
     """Zero head weights: every image is predicted by the bias ranking, whatever the backbone
     does, so top-1/top-5 and per-class accuracy follow from the folder counts alone."""
     per_class = [3, 2, 4, 1, 2, 3]
     class_tree(str(tmp_path / "data"), per_class, SIZES)
     spec = get_arch("s0", 6)
     bias = [0.5, 3.0, 1.0, 2.0, -1.0, 0.0]  # ranking 1, 3, 2, 0, 5 | 4 last
-    make_ckpt(tmp_path / "m.pth", spec, seed=1, head=constant_head(spec, bias))
+    make_ckpt(tmp_path / "m.pth", spec, s0, seed=1, head=constant_head(spec, bias))
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--json")
     assert res.exit_code == 0, res.output
     rep = loads(res.stdout)
@@ -99,11 +115,11 @@ def test_head_decides_every_prediction_by_construction(tmp_path, run_cli):
     assert rep["preprocessing"]["resize"] == 37 and rep["preprocessing"]["crop"] == [32, 32]
 
 
-def test_accuracy_equals_an_independent_forward(tmp_path, run_cli):
+def test_accuracy_equals_an_independent_forward(s0, tmp_path, run_cli):
     per_class = [3] * 8
     tree = class_tree(str(tmp_path / "data"), per_class, SIZES)
     spec = get_arch("s0", 8)
-    sd = make_ckpt(tmp_path / "m.pth", spec, seed=2)
+    sd = make_ckpt(tmp_path / "m.pth", spec, s0, seed=2)
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--batch", "5",
                   "--json")
     assert res.exit_code == 0, res.output
@@ -125,11 +141,11 @@ def test_accuracy_equals_an_independent_forward(tmp_path, run_cli):
     assert fused["max_abs_diff"] <= 1e-4 * scale
 
 
-def test_labels_file_and_classes_file(tmp_path, run_cli):
+def test_labels_file_and_classes_file(s0, tmp_path, run_cli):
     """The same images as a flat folder with a labels list (indices, or ids mapped by a
     classes file in a non-sorted order) score what the labels say."""
     spec = get_arch("s0", 8)
-    sd = make_ckpt(tmp_path / "m.pth", spec, seed=3)
+    sd = make_ckpt(tmp_path / "m.pth", spec, s0, seed=3)
     data = tmp_path / "flat"
     labels = [(i * 3) % 8 for i in range(16)]
     names = []
@@ -158,10 +174,10 @@ def test_labels_file_and_classes_file(tmp_path, run_cli):
     assert {c["name"] for c in per} == {ids[lab] for lab in labels}
 
 
-def test_limit_takes_images_from_every_class(tmp_path, run_cli):
+def test_limit_takes_images_from_every_class(s0, tmp_path, run_cli):
     class_tree(str(tmp_path / "data"), [5, 5, 5, 5], SIZES)
     spec = get_arch("s0", 4)
-    make_ckpt(tmp_path / "m.pth", spec, seed=4)
+    make_ckpt(tmp_path / "m.pth", spec, s0, seed=4)
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--limit", "4",
                   "--json")
     assert res.exit_code == 0, res.output
@@ -170,14 +186,14 @@ def test_limit_takes_images_from_every_class(tmp_path, run_cli):
     assert [c["images"] for c in model_entry(rep, "train")["per_class"]] == [1, 1, 1, 1]
 
 
-def test_unreadable_images_are_counted_not_fatal(tmp_path, run_cli):
+def test_unreadable_images_are_counted_not_fatal(s0, tmp_path, run_cli):
     class_tree(str(tmp_path / "data"), [2, 2], SIZES)
     good = (tmp_path / "data" / "c0" / "img01.jpg").read_bytes()
     (tmp_path / "data" / "c0" / "cut.jpg").write_bytes(good[: len(good) // 2])
     (tmp_path / "data" / "c1" / "empty.png").write_bytes(b"")
     (tmp_path / "data" / "c1" / "text.png").write_bytes(b"not an image at all")
     spec = get_arch("s0", 2)
-    make_ckpt(tmp_path / "m.pth", spec, seed=5, head=constant_head(spec, [1.0, 0.0]))
+    make_ckpt(tmp_path / "m.pth", spec, s0, seed=5, head=constant_head(spec, [1.0, 0.0]))
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--json")
     assert res.exit_code == 0, res.output
     rep = loads(res.stdout)
@@ -195,10 +211,10 @@ def test_unreadable_images_are_counted_not_fatal(tmp_path, run_cli):
 # ---------------------------------------------------------------- deploy files and artifacts
 
 
-def test_tampered_deploy_block_lowers_agreement_and_names_the_images(tmp_path, run_cli):
+def test_tampered_deploy_block_lowers_agreement_and_names_the_images(s0, tmp_path, run_cli):
     tree = class_tree(str(tmp_path / "data"), [3] * 8, SIZES)
     spec = get_arch("s0", 8)
-    sd = make_ckpt(tmp_path / "m.pth", spec, seed=6)
+    sd = make_ckpt(tmp_path / "m.pth", spec, s0, seed=6)
     assert run_cli("convert", tmp_path / "m.pth", tmp_path / "d.pth").exit_code == 0
     deploy = torch.load(tmp_path / "d.pth", weights_only=True)
     g = torch.Generator().manual_seed(0)
@@ -230,12 +246,12 @@ def test_tampered_deploy_block_lowers_agreement_and_names_the_images(tmp_path, r
     assert "disagree" in text.stdout and sorted(expected)[0] in text.stdout
 
 
-def test_exported_onnx_in_the_same_pass(tmp_path, run_cli):
+def test_exported_onnx_in_the_same_pass(s0, tmp_path, run_cli):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     tree = class_tree(str(tmp_path / "data"), [2] * 8, SIZES)
     spec = get_arch("s0", 8)
-    sd = make_ckpt(tmp_path / "m.pth", spec, seed=7)
+    sd = make_ckpt(tmp_path / "m.pth", spec, s0, seed=7)
     # a fixed batch of 3 and a fixed size: eval feeds it in padded chunks of 3
     res = run_cli("export", tmp_path / "m.pth", tmp_path / "m.onnx", "--input-size", "32",
                   "--batch", "3", "--fixed-size")
@@ -259,12 +275,12 @@ def test_exported_onnx_in_the_same_pass(tmp_path, run_cli):
     assert res.exit_code == 2 and "--crop 32x32" in res.stderr
 
 
-def test_headless_compares_features_only(tmp_path, run_cli):
+def test_headless_compares_features_only(s0, tmp_path, run_cli):
     data = tmp_path / "flat"
     for i in range(5):
         write_image(str(data / f"{i}.png"), pattern(*SIZES[i], salt=i))
     spec = get_arch("s0", 0)
-    sd = make_ckpt(tmp_path / "h.pth", spec, seed=8)
+    sd = make_ckpt(tmp_path / "h.pth", spec, s0, seed=8)
     res = run_cli("eval", tmp_path / "h.pth", data, *SMALL, "--json")
     assert res.exit_code == 0, res.output
     rep = loads(res.stdout)
@@ -279,10 +295,10 @@ def test_headless_compares_features_only(tmp_path, run_cli):
 
 
 @pytest.mark.parametrize("layout", ["mmpretrain", "timm"])
-def test_other_layouts(layout, tmp_path, run_cli):
+def test_other_layouts(s0, layout, tmp_path, run_cli):
     class_tree(str(tmp_path / "data"), [2, 3, 1], SIZES)
     spec = get_arch("s0", 3)
-    make_ckpt(tmp_path / "m.pth", spec, seed=9, layout=layout,
+    make_ckpt(tmp_path / "m.pth", spec, s0, seed=9, layout=layout,
               head=constant_head(spec, [0.0, 1.0, 0.5]))
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--json")
     assert res.exit_code == 0, res.output
@@ -297,7 +313,7 @@ def test_config_with_custom_classes(tmp_path, run_cli):
     assert spec.num_classes == 10
     per_class = [1] * 10
     class_tree(str(tmp_path / "data"), per_class, SIZES)
-    make_ckpt(tmp_path / "m.pth", spec, seed=10,
+    make_ckpt(tmp_path / "m.pth", spec, backbone_of(spec), seed=10,
               head=constant_head(spec, [float(c % 4) for c in range(10)]))
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--config", config,
                   "--json")
@@ -316,9 +332,9 @@ def test_config_with_custom_classes(tmp_path, run_cli):
     ("flat", "--labels"), ("too_many_folders", "--classes"), ("bad_label", "val.txt:2"),
     ("crop", "does not fit"), ("not_dir", "not a directory"), ("deploy_is_train", "train-form"),
     ("headless_labels", None)])
-def test_refusals(case, message, tmp_path, run_cli):
+def test_refusals(s0, case, message, tmp_path, run_cli):
     spec = get_arch("s0", 2)
-    make_ckpt(tmp_path / "m.pth", spec, seed=11)
+    make_ckpt(tmp_path / "m.pth", spec, s0, seed=11)
     data = tmp_path / "data"
     args = [tmp_path / "m.pth", data, *SMALL]
     if case == "flat":
@@ -344,20 +360,20 @@ def test_refusals(case, message, tmp_path, run_cli):
     assert message in res.stderr and "Traceback" not in res.output
 
 
-def test_without_pillow_says_what_to_install(tmp_path, run_cli, monkeypatch):
+def test_without_pillow_says_what_to_install(s0, tmp_path, run_cli, monkeypatch):
     class_tree(str(tmp_path / "data"), [1, 1], SIZES)
-    make_ckpt(tmp_path / "m.pth", get_arch("s0", 2), seed=12)
+    make_ckpt(tmp_path / "m.pth", get_arch("s0", 2), s0, seed=12)
     monkeypatch.setitem(sys.modules, "PIL", None)
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL)
     assert res.exit_code == 2 and "Pillow" in res.stderr and "pip install" in res.stderr
 
 
-def test_progress_is_reported_per_batch(tmp_path):
+def test_progress_is_reported_per_batch(s0, tmp_path):
     from mobileone_cli.data.pipeline import make_preprocessing
     from mobileone_cli.evaluate import evaluate_files
 
     class_tree(str(tmp_path / "data"), [4, 3], SIZES)
-    make_ckpt(tmp_path / "m.pth", get_arch("s0", 2), seed=13)
+    make_ckpt(tmp_path / "m.pth", get_arch("s0", 2), s0, seed=13)
     calls = []
     report = evaluate_files(str(tmp_path / "m.pth"), str(tmp_path / "data"), batch=3,
                             preprocessing=make_preprocessing(resize=37, crop=32),
@@ -383,7 +399,7 @@ def test_memory_does_not_grow_with_the_number_of_images(tmp_path):
     """Peak RSS of a whole evaluation (own process) at 40 and at 200 images: equal within a
     few MB, while keeping the extra 160 preprocessed images alone would take 31 MB."""
     spec = load_config(os.path.join(ROOT, "examples", "custom_3stage.yaml"))
-    make_ckpt(tmp_path / "m.pth", spec, seed=14)
+    make_ckpt(tmp_path / "m.pth", spec, backbone_of(spec), seed=14)
     for n, folder in ((40, "small"), (200, "large")):
         class_tree(str(tmp_path / folder), [n // 10] * 10, [(320, 240), (240, 320)])
     peaks = {}

@@ -93,14 +93,15 @@ def render_eval(r) -> None:
     scored = ref.accuracy is not None
     k = ref.accuracy.k if scored else 5
     t = Table(header_style="bold")
-    for col, just in (("role", "left"), ("model", "left"), ("top-1", "right"),
+    for col, just in (("model", "left"), ("top-1", "right"),
                       (f"top-{k}", "right"), ("agree", "right"), ("max |diff|", "right"),
                       ("rel", "right")):
         if col.startswith("top") and not scored or col == "agree" and not r.logits:
             continue
         t.add_column(col, justify=just)
     for m in r.models:
-        row = [m.role, safe(short_path(m.name, 22))]
+        name = "(fused here)" if m.info.get("path") is None else short_path(m.name, 20)
+        row = [f"{m.role} {safe(name)}"]
         if scored:
             row += [_pct(m.accuracy.top1), _pct(m.accuracy.topk)]
         a = m.agreement
@@ -111,9 +112,11 @@ def render_eval(r) -> None:
                                                                  fmt_rel(a.max_rel)]
         t.add_row(*row)
     out.print(t)
-    what = "logits" if r.logits else "feature maps (min cosine in --json)"
-    out.print(f"agree: top-1 the same as {safe(ref.name)}'s; max |diff|: largest difference of "
-              f"the {what}, rel: over max |reference output|", soft_wrap=False)
+    what = "logit" if r.logits else "feature-map"
+    if r.logits:
+        out.print("agree: images whose top-1 is the first model's", soft_wrap=True)
+    out.print(f"max |diff|: largest {what} difference from the first model; rel: over its "
+              f"max |{what}|", soft_wrap=True)
 
     for m in r.models[1:]:
         a = m.agreement
