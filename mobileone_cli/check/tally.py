@@ -86,7 +86,7 @@ class Agreement:
     max_abs: float = 0.0  # largest |output - reference output| of any element
     scale: float = 0.0  # largest |reference output|
     min_cosine: float = 1.0  # smallest per-image cosine similarity
-    non_finite: int = 0  # images whose output holds NaN/Inf
+    non_finite: int = 0  # images whose output (or the reference's) holds NaN/Inf
     disagreements: List[Disagreement] = field(default_factory=list)  # at most MAX_LISTED
     disagreeing: int = 0  # all of them, listed or not
 
@@ -100,14 +100,14 @@ class Agreement:
         if r.shape != o.shape:
             raise ValueError(f"output shape {list(out.shape)} differs from the reference's "
                              f"{list(ref.shape)}")
-        finite = torch.isfinite(o).all(dim=1)
+        finite = torch.isfinite(o).all(dim=1) & torch.isfinite(r).all(dim=1)
         self.images += r.shape[0]
         self.non_finite += int((~finite).sum())
-        self.scale = max(self.scale, float(r.abs().max()) if r.numel() else 0.0)
+        if bool(finite.any()) and r.shape[1]:
+            self.scale = max(self.scale, float(r[finite].abs().max()))
+            self.max_abs = max(self.max_abs, float((r[finite] - o[finite]).abs().max()))
         if not bool(finite.all()):
             self.max_abs = math.inf
-        elif r.numel():
-            self.max_abs = max(self.max_abs, float((r - o).abs().max()))
         cos = torch.nn.functional.cosine_similarity(r, o, dim=1)
         cos = torch.where(finite, cos, torch.full_like(cos, -1.0))
         if cos.numel():

@@ -227,10 +227,11 @@ def transform(image, p: Preprocessing):
     if size != image.size:  # Pillow returns an unchanged copy at the same size, as mmcv gets
         image = image.resize(size, getattr(Image.Resampling, p.interpolation.upper()))
     image = image.crop(crop_box(image.width, image.height, p.crop))
-    x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-    mean = torch.tensor(p.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(p.std, dtype=torch.float32).view(3, 1, 1)
-    return (x.to(torch.float32) - mean) / std
+    # numpy, not torch: decoding threads must not each start torch's intra-op thread pool.
+    # float32 subtraction and division are correctly rounded in both: the same bits.
+    x = np.asarray(image, dtype=np.uint8).astype(np.float32)
+    x = (x - np.asarray(p.mean, dtype=np.float32)) / np.asarray(p.std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
 def load_tensor(path: str, p: Preprocessing):

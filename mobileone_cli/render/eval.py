@@ -71,28 +71,30 @@ def _data_line(r) -> str:
 
 
 def render_eval(r) -> None:
+    from rich import box
     from rich.table import Table
 
     out = console()
     ref = r.models[0]
-    head = Table(title="mobileone eval", show_header=False)
-    head.add_column("", style="bold")
-    head.add_column("")
+    head = Table.grid(padding=(0, 1))
+    head.add_column(style="bold")
+    head.add_column()
     i = ref.info
     classes = f"{r.arch.num_classes} classes" if r.arch.has_head else "no head"
-    head.add_row("checkpoint", safe(f"{ref.name} ({i.get('layout')}, {i.get('form')} form, "
-                                    f"{r.arch.name}, {classes}, {i.get('dtype')})"))
+    head.add_row("eval", safe(f"{ref.name} ({i.get('layout')}, {i.get('form')} form, "
+                              f"{r.arch.name}, {classes}, {i.get('dtype')})"))
     head.add_row("data", safe(_data_line(r)))
     head.add_row("pipeline", safe(r.preprocessing.describe()))
     rate = r.images_per_second
-    head.add_row("run", f"{r.device}, batch {r.batch}, {r.workers} decoding threads: "
+    head.add_row("run", f"{r.device}, batch {r.batch}, {r.workers} decoding threads; "
                         f"{r.images} images x {len(r.models)} models in {r.seconds:.1f} s"
                         + (f" ({rate:.1f} images/s)" if rate else ""))
     out.print(head)
 
     scored = ref.accuracy is not None
     k = ref.accuracy.k if scored else 5
-    t = Table(header_style="bold")
+    t = Table(header_style="bold", box=box.SIMPLE_HEAD,
+              show_edge=False, pad_edge=False)
     for col, just in (("model", "left"), ("top-1", "right"),
                       (f"top-{k}", "right"), ("agree", "right"), ("max |diff|", "right"),
                       ("rel", "right")):
@@ -100,7 +102,7 @@ def render_eval(r) -> None:
             continue
         t.add_column(col, justify=just)
     for m in r.models:
-        name = "(fused here)" if m.info.get("path") is None else short_path(m.name, 20)
+        name = "(fused here)" if m.info.get("path") is None else short_path(m.name, 24)
         row = [f"{m.role} {safe(name)}"]
         if scored:
             row += [_pct(m.accuracy.top1), _pct(m.accuracy.topk)]
@@ -112,18 +114,17 @@ def render_eval(r) -> None:
                                                                  fmt_rel(a.max_rel)]
         t.add_row(*row)
     out.print(t)
-    what = "logit" if r.logits else "feature-map"
-    if r.logits:
-        out.print("agree: images whose top-1 is the first model's", soft_wrap=True)
-    out.print(f"max |diff|: largest {what} difference from the first model; rel: over its "
-              f"max |{what}|", soft_wrap=True)
+    what = "logit" if r.logits else "feature-map value"
+    out.print(("agree: same top-1 as the reference; " if r.logits else "")
+              + f"rel: max |diff| over max |reference {what}|")
 
     for m in r.models[1:]:
         a = m.agreement
         if a is None or not a.disagreeing:
             continue
-        d = Table(title=f"{a.disagreeing} image(s) where {safe(m.name)} and {safe(ref.name)} "
-                        f"disagree", header_style="bold")
+        out.print(f"{a.disagreeing} image(s) where {safe(m.name)}'s top-1 differs from "
+                  f"{safe(ref.name)}'s:")
+        d = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
         for col in ("image", "label", "reference", "this model"):
             d.add_column(col, justify="left" if col == "image" else "right")
         for x in a.disagreements[:SHOWN]:
@@ -136,7 +137,7 @@ def render_eval(r) -> None:
     if r.unreadable:
         out.print(f"{r.unreadable} unreadable image(s), skipped:")
         for name, why in r.unreadable_listed[:SHOWN]:
-            out.print(f"  {safe(why)}", soft_wrap=True)
+            out.print(f"  {safe(why)}")
         if r.unreadable > SHOWN:
             out.print(f"  ... and {r.unreadable - SHOWN} more (listed in --json)")
     for note in r.notes:
