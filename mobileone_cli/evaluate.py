@@ -22,13 +22,13 @@ from .check.harness import load_model, resolve_device, strict_fp32
 from .check.tally import Accuracy, Agreement
 from .check.verify import Side, pair_sides, read_side
 from .data.folders import Dataset, open_dataset
-from .data.pipeline import Preprocessing
+from .data.pipeline import Preprocessing, pillow
 from .data.stream import default_workers, stream_batches
 from .errors import BadInput
 from .io.source import LoadOptions
 from .runtimes import Artifact, load_artifact, runtime_for
 from .spec.arch import ArchSpec
-from .spec.limits import MAX_LISTED, check_batch
+from .spec.limits import MAX_LISTED, MAX_WORKERS, check_batch
 
 __all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files"]
 
@@ -152,6 +152,9 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
         side = read_side(path, LoadOptions(arch=options.arch, arch_source=options.arch_source,
                                            eps=options.eps, ema=options.ema,
                                            trust=options.trust), deploy=True)
+        if train.form == "deploy" and side.form == "train":
+            raise BadInput(f"the files are swapped: {ckpt} is deploy-form and {path} is "
+                           f"train-form", hint=f"mobileone eval {path} DATA --deploy {ckpt}")
         pair_sides(train, side)
         sides.append(side)
         notes.extend(side.notes)
@@ -188,6 +191,9 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
         raise BadInput(f"--limit {limit}: must be at least 1")
     device = resolve_device(device)
     workers = default_workers() if workers is None else workers
+    if not 0 <= workers <= MAX_WORKERS:
+        raise BadInput(f"--workers {workers}: must be between 0 and {MAX_WORKERS}")
+    pillow()  # say what to install before loading anything
     arch, models, notes = _models(ckpt, deploy, options or LoadOptions(), p, device)
     dataset = open_dataset(data, labels=labels, classes=classes,
                            num_classes=arch.num_classes or None, need_labels=arch.has_head)
