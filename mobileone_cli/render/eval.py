@@ -65,9 +65,10 @@ def _data_line(r) -> str:
         what += f" {ds.labels_file}"
     if ds.class_names:
         what += f", {len(ds.class_names)} classes"
-    some = f"{r.selected} of {ds.total}" if r.selected < ds.total else f"{ds.total}"
-    return (f"{ds.root} ({what}): {some} images, {r.images} evaluated, "
-            f"{r.unreadable} unreadable")
+    some = (f"{r.selected} of {ds.total} images (--limit)" if r.selected < ds.total
+            else f"{ds.total} images")
+    bad = f", {r.unreadable} unreadable (skipped)" if r.unreadable else ""
+    return f"{ds.root} ({what}): {some}{bad}"
 
 
 def render_eval(r) -> None:
@@ -86,9 +87,9 @@ def render_eval(r) -> None:
     head.add_row("data", safe(_data_line(r)))
     head.add_row("pipeline", safe(r.preprocessing.describe()))
     rate = r.images_per_second
-    head.add_row("run", f"{r.device}, batch {r.batch}, {r.workers} decoding threads; "
-                        f"{r.images} images x {len(r.models)} models in {r.seconds:.1f} s"
-                        + (f" ({rate:.1f} images/s)" if rate else ""))
+    head.add_row("run", f"{r.device}, batch {r.batch}, {r.workers} decoding threads")
+    head.add_row("speed", f"{r.images} images x {len(r.models)} models in {r.seconds:.1f} s"
+                          + (f": {rate:.1f} images/s" if rate else ""))
     out.print(head)
 
     scored = ref.accuracy is not None
