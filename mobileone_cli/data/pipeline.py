@@ -28,8 +28,7 @@ from ..errors import BadInput, first_line
 from ..spec.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_INPUT_SIDE
 
 __all__ = ["Preprocessing", "make_preprocessing", "ImageError", "check_image_size", "open_image",
-           "resized_size",
-           "crop_box", "transform", "load_tensor", "pillow", "INTERPOLATIONS",
+           "resized_size", "crop_box", "transform", "load_tensor", "pillow", "INTERPOLATIONS",
            "IMAGE_EXTENSIONS", "MMPRETRAIN_MEAN", "MMPRETRAIN_STD", "PILLOW_HINT"]
 
 MMPRETRAIN_MEAN = (123.675, 116.28, 103.53)
@@ -221,9 +220,10 @@ def transform(image, p: Preprocessing):
 
     Image = pillow()
     size = resized_size(image.width, image.height, p.resize)
-    if size[0] * size[1] > MAX_IMAGE_PIXELS:  # a 1x10000 strip would resize to 2.5 G pixels
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:  # a large --resize of an elongated image
         raise ImageError(f"an image of {image.width}x{image.height} would be resized to "
-                         f"{size[0]}x{size[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels")
+                         f"{size[0]}x{size[1]}, more than the limit of {MAX_IMAGE_PIXELS:,} "
+                         f"pixels")
     if size != image.size:  # Pillow returns an unchanged copy at the same size, as mmcv gets
         image = image.resize(size, getattr(Image.Resampling, p.interpolation.upper()))
     image = image.crop(crop_box(image.width, image.height, p.crop))
