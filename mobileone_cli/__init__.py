@@ -36,6 +36,8 @@ _LAZY = {
     "export_file": "export", "convert_many": "batch", "plan_batch": "batch",
     "inspect_file": "inspection", "stats_for_arch": "stats.report",
     "stats_for_checkpoint": "stats.report",
+    "evaluate_files": "evaluate", "EvalReport": "evaluate", "Preprocessing": "data.pipeline",
+    "make_preprocessing": "data.pipeline", "open_dataset": "data.folders",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 

@@ -28,6 +28,7 @@ COMMANDS = {
     "stats": "Exact params and MACs/FLOPs, train vs deploy form.",
     "inspect": "Show what a checkpoint (or ONNX file) holds, and the health of its numbers.",
     "export": "Export to ONNX, ExecuTorch, LiteRT or Core ML, checked in that runtime.",
+    "eval": "Accuracy on labelled images: train vs deploy vs exported files, one pass.",
     "demo": "Convert and verify a built-in synthetic s0 checkpoint (no download).",
 }
 

@@ -1,120 +1,60 @@
-"""Real images for ``verify --images``: the standard ImageNet evaluation preprocessing.
-
-Reference section 6: resize the short edge to 256 (bilinear), centre-crop 224, scale to [0, 1],
-normalise with the ImageNet mean and std.  For another crop size the resize keeps the same
-256/224 ratio.  Pillow is an optional extra (``pip install 'mobileone-cli[images]'``).
-
-Work is bounded by spec/limits.py before any pixel is decoded (the size is in the file's
-header): at most MAX_IMAGE_PIXELS per file, sides at most MAX_IMAGE_ASPECT to 1 (the resize
-keeps the aspect ratio, so a 118-byte 1x20000 PNG would otherwise become a 256 x 5,120,000
-image), at most MAX_IMAGES files.  Pillow's own decompression-bomb warning is not shown: the
-tool's limit, lower than Pillow's, speaks first and in one line.
+"""Real images for ``verify --images``: a flat folder, run through the tool's one preprocessing
+(:mod:`mobileone_cli.data.pipeline`, mmpretrain's MobileOne test pipeline; for another
+``--input-size`` the crop is that size and the resize keeps the 256:224 ratio).  Work is bounded
+before any pixel is decoded: each file by its header there (``MAX_IMAGE_PIXELS``,
+``MAX_IMAGE_ASPECT``), the folder here (at most ``MAX_IMAGES`` files, one check's batch).
+Pillow is an optional extra.
 """
 from __future__ import annotations
 
 import os
-import warnings
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence
 
+from ..data.pipeline import (IMAGE_EXTENSIONS, PILLOW_HINT, Preprocessing, check_image_size,
+                             load_tensor, make_preprocessing, pillow, transform)
 from ..errors import BadInput
-from ..spec.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_IMAGES
+from ..spec.limits import MAX_IMAGES
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "IMAGE_EXTENSIONS", "list_images", "preprocess",
-           "load_images", "check_image_size", "PILLOW_HINT"]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-RESIZE_RATIO = 256 / 224
-PILLOW_HINT = "pip install 'mobileone-cli[images]'   (or: pip install pillow)"
-
-
-def _pillow():
-    try:
-        from PIL import Image
-    except ImportError:
-        raise BadInput("--images needs Pillow, which is not installed", hint=PILLOW_HINT) from None
-    return Image
+__all__ = ["IMAGE_EXTENSIONS", "list_images", "preprocess", "preprocessing_for", "load_images",
+           "check_image_size", "PILLOW_HINT"]
 
 
 def list_images(folder: str) -> List[str]:
-    """PNG/JPEG files directly inside ``folder``, sorted by name."""
+    """Image files directly inside ``folder``, sorted by name."""
     if not os.path.isdir(folder):
         raise BadInput(f"{folder}: not a directory (--images takes a folder of PNG/JPEG files)")
     files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTENSIONS)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
                    and os.path.isfile(os.path.join(folder, f)))
     if not files:
-        raise BadInput(f"{folder}: no .png/.jpg/.jpeg files in this folder")
+        raise BadInput(f"{folder}: no .png/.jpg/.jpeg (or {', '.join(IMAGE_EXTENSIONS[3:])}) "
+                       f"files in this folder")
     if len(files) > MAX_IMAGES:
         raise BadInput(f"{folder}: {len(files):,} images; one check reads at most {MAX_IMAGES:,}",
-                       hint="copy a sample of them into another folder")
+                       hint="copy a sample of them into another folder (`mobileone eval` "
+                            "streams any number)")
     return files
 
 
-def check_image_size(path: str, width: int, height: int) -> None:
-    """Refuse, from the header's size alone, an image too large or too elongated to check."""
-    if width < 1 or height < 1:
-        raise BadInput(f"{path}: the image is {width}x{height} pixels")
-    if width * height > MAX_IMAGE_PIXELS:
-        raise BadInput(f"{path}: the image is {width}x{height} ({width * height:,} pixels), more "
-                       f"than the limit of {MAX_IMAGE_PIXELS:,} pixels")
-    if max(width, height) > MAX_IMAGE_ASPECT * min(width, height):
-        raise BadInput(f"{path}: the image is {width}x{height}: its long side is more than "
-                       f"{MAX_IMAGE_ASPECT} times its short side (the centre crop would see a "
-                       f"sliver of it)")
+def preprocessing_for(crop: Sequence[int]) -> Preprocessing:
+    """The default pipeline cropping to ``crop`` (H, W)."""
+    return make_preprocessing(crop=(int(crop[0]), int(crop[1])))
 
 
-def _resized_size(width: int, height: int, short: int) -> Tuple[int, int]:
-    """(w, h) with the short edge = ``short`` and the long edge scaled (truncated)."""
-    if width <= height:
-        return short, int(short * height / width)
-    return int(short * width / height), short
+def preprocess(image, crop: Sequence[int] = (224, 224)):
+    """A decoded PIL image -> normalised float32 tensor (3, crop_h, crop_w)."""
+    return transform(image if image.mode == "RGB" else image.convert("RGB"),
+                     preprocessing_for(crop))
 
 
-def preprocess(image, crop: Tuple[int, int] = (224, 224)):
-    """A PIL image -> normalised float32 tensor (3, crop_h, crop_w)."""
+def load_images(folder: str, crop: Sequence[int] = (224, 224),
+                preprocessing: Optional[Preprocessing] = None):
+    """(batch tensor (N, 3, h, w), file names) of every image in ``folder``; an unreadable
+    image is bad input here (the check needs every image it was given)."""
     import torch
 
-    Image = _pillow()
-    crop_h, crop_w = crop
-    short = int(round(min(crop_h, crop_w) * RESIZE_RATIO))
-    image = image.convert("RGB")
-    size = _resized_size(image.width, image.height, short)
-    if size != (image.width, image.height):
-        image = image.resize(size, Image.BILINEAR)
-    w, h = image.size
-    if w < crop_w or h < crop_h:
-        raise BadInput(f"image of {w}x{h} after resizing is smaller than the {crop_w}x{crop_h} crop")
-    top = int(round((h - crop_h) / 2.0))
-    left = int(round((w - crop_w) / 2.0))
-    image = image.crop((left, top, left + crop_w, top + crop_h))
-    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-    t = data.reshape(crop_h, crop_w, 3).permute(2, 0, 1).to(torch.float32) / 255.0
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32).reshape(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32).reshape(3, 1, 1)
-    return (t - mean) / std
-
-
-def load_images(folder: str, crop: Sequence[int] = (224, 224)):
-    """(batch tensor (N, 3, h, w), file names) of every image in ``folder``."""
-    import torch
-
-    Image = _pillow()
+    pillow()  # the install hint before anything else
     files = list_images(folder)
-    out = []
-    for path in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(path)  # reads the header only
-            with im:
-                check_image_size(path, im.width, im.height)
-                out.append(preprocess(im, (int(crop[0]), int(crop[1]))))
-        except Image.DecompressionBombError:
-            raise BadInput(f"{path}: the image is larger than the limit of "
-                           f"{MAX_IMAGE_PIXELS:,} pixels") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as exc:
-            raise BadInput(f"{path}: cannot read image ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'unreadable'})") from None
-    return torch.stack(out), [os.path.basename(p) for p in files]
+    p = preprocessing or preprocessing_for(crop)
+    out = [load_tensor(path, p) for path in files]
+    return torch.stack(out), [os.path.basename(f) for f in files]

@@ -144,11 +144,12 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     options = options or LoadOptions()
     size = parse_input_size(input_size)
     device = resolve_device(device)
-    images = names = None
+    images = names = pipeline = None
     if images_dir is not None:
-        from .images import load_images
+        from .images import load_images, preprocessing_for
 
-        images, names = load_images(images_dir, size)
+        pipeline = preprocessing_for(size)
+        images, names = load_images(images_dir, preprocessing=pipeline)
     train = read_side(train_path, options)
     if deploy_path is None:
         if train.form != "train":
@@ -177,8 +178,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     report.notes.extend(train.notes + deploy.notes)
     if names is not None:
         report.inputs.update(kind="images", dir=os.fspath(images_dir), files=len(names),
-                             preprocessing="resize short edge (bilinear), centre crop, "
-                                           "ImageNet mean/std")
+                             preprocessing=pipeline.describe())
     if deploy_path is not None and not report.passed and _most_blocks_bad(report):
         report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
                             "file made from another checkpoint?")

@@ -31,8 +31,9 @@ from ._options import (MobileOneCommand, bn_eps_option, config_option, input_siz
 @click.option("--batch", type=int, default=4, show_default=True, help="Number of random inputs.")
 @input_size_option()
 @click.option("--images", "images_dir", type=click.Path(), default=None, metavar="DIR",
-              help="Use the PNG/JPEG files in DIR (ImageNet preprocessing: short edge 256, "
-                   "centre crop 224, mean/std) instead of random inputs. Needs Pillow.")
+              help="Use the PNG/JPEG files in DIR (mmpretrain's MobileOne test pipeline, as "
+                   "in eval: short edge 256, centre crop --input-size, mean/std) instead of "
+                   "random inputs. Needs Pillow.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance relative to max |train output| (output and each block). "

@@ -16,8 +16,9 @@ from ..errors import BadInput
 __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
            "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
-           "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "parse_input_size",
-           "check_batch", "check_bn_eps", "resolve_eps", "check_seed"]
+           "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
+           "MAX_LABEL_LINE", "parse_input_size", "check_batch", "check_bn_eps", "resolve_eps",
+           "check_seed"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
@@ -34,12 +35,18 @@ MAX_SEED = 2 ** 63 - 1  # torch generators take a 64-bit seed
 # Tensors in one safetensors file: an s0 train file holds 1,323, a detector with a MobileOne
 # backbone a few thousand; a million empty entries (67 MB of header) cost 27 CPU s to refuse.
 MAX_TENSORS = 100_000
-# Images of ``verify --images``: the pixels one file may decode to (a 64-megapixel photo; RGB
-# 192 MB), how elongated it may be (a panorama; the resize keeps the aspect ratio, so a 1x20000
-# strip would become 256 x 5,120,000) and how many files one check reads (--batch's bound).
+# Images (``verify --images``, ``eval``): the pixels one file may decode to (a 64-megapixel
+# photo; RGB 192 MB; ImageNet's largest is ~16 Mpx), how elongated it may be (a panorama; the
+# resize keeps the aspect ratio, so a 1x20000 strip would become 256 x 5,120,000) and how many
+# files one ``verify`` check reads (--batch's bound; ``eval`` streams any number).
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MAX_IMAGE_ASPECT = 16
 MAX_IMAGES = MAX_BATCH
+# ``eval``: names a report lists (disagreeing or unreadable images; the rest are counted),
+# image-decoding threads, and characters of one line of a labels or classes file.
+MAX_LISTED = 1000
+MAX_WORKERS = 64
+MAX_LABEL_LINE = 4096
 # BatchNorm eps of real models is 1e-5 (PyTorch), 1e-3 (TF ports) or 1e-6; above 1 it is a typo.
 # Checkpoints do not store it: a config or --bn-eps says it, else PyTorch's default.
 DEFAULT_EPS = 1e-5

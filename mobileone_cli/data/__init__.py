@@ -1,0 +1,1 @@
+"""Images for the checks and evaluations: one preprocessing, labelled folders, streaming."""
