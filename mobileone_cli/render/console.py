@@ -3,16 +3,32 @@
 Rendering takes plain data and prints; nothing under ``render/`` computes a result or imports
 torch.  Text that comes from the user or from a file (paths, keys, metadata, messages quoted from
 files) goes through :func:`safe`: rich markup escaped, control characters shown escaped.
+
+Width: every command prints at the same width (:func:`width`): ``COLUMNS`` when set, else the
+terminal's, else 80 (output piped to a file or a program), at most :data:`MAX_WIDTH`.  Tables fit
+it; prose (notes, hints, legends) is wrapped to it by :func:`line`; the one-line verdicts
+(``PASS:``/``FAIL:``, convert's ``check:``) and ``error:`` lines are never wrapped (grep-able).
+
+Verbosity (``-q``/``-v``, set once per command by the CLI): :func:`quiet` renderers print only
+their one-line result; :func:`verbose` renderers add step timings and every per-block row.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["console", "fmt_rel", "emit", "short_path", "shorten_middle", "human_bytes", "safe",
-           "json_emitted"]
+__all__ = ["console", "width", "MAX_WIDTH", "fmt_rel", "emit", "shorten_middle", "shorten_path",
+           "human_bytes", "compact", "safe", "line", "json_emitted", "reset_emitted",
+           "set_verbosity", "verbosity", "quiet", "verbose", "QUIET", "NORMAL", "VERBOSE",
+           "fmt_seconds", "render_timings", "timings_json"]
 
+MAX_WIDTH = 120  # wider terminals get tables of this width at most: lines stay readable
+DEFAULT_WIDTH = 80  # output that is not a terminal, without COLUMNS
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_state = {"verbosity": NORMAL}
 _emitted = []  # JSON documents printed by this process (the CLI prints at most one)
 
 
@@ -26,15 +42,42 @@ def reset_emitted() -> None:
     _emitted.clear()
 
 
-def console(stderr: bool = False, min_width: int = 0):
-    """A rich Console: the terminal's width, or ``COLUMNS``, or 80 when output is not a terminal
-    (rich's own rule); ``min_width`` widens a console that does not write to a terminal."""
+def set_verbosity(level: int) -> None:
+    """QUIET (-q), NORMAL or VERBOSE (-v); the CLI sets it at the start of every command."""
+    _state["verbosity"] = max(QUIET, min(VERBOSE, int(level)))
+
+
+def verbosity() -> int:
+    return _state["verbosity"]
+
+
+def quiet() -> bool:
+    return _state["verbosity"] <= QUIET
+
+
+def verbose() -> bool:
+    return _state["verbosity"] >= VERBOSE
+
+
+def width(stderr: bool = False) -> int:
+    """Columns to print in: ``COLUMNS``, else the terminal's (of stdout, or stderr), else 80;
+    at most MAX_WIDTH.  The same rule for every command, on a terminal or not."""
+    cols = os.environ.get("COLUMNS", "").strip()
+    if cols.isdigit() and int(cols) > 0:
+        n = int(cols)
+    else:
+        try:
+            n = os.get_terminal_size((2 if stderr else 1)).columns or DEFAULT_WIDTH
+        except (OSError, ValueError):
+            n = DEFAULT_WIDTH
+    return min(n, MAX_WIDTH)
+
+
+def console(stderr: bool = False):
+    """A rich Console of :func:`width` columns."""
     from rich.console import Console
 
-    c = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if min_width and not c.is_terminal and c.width < min_width:
-        c = Console(stderr=stderr, highlight=False, soft_wrap=False, width=min_width)
-    return c
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width(stderr))
 
 
 def safe(text: object) -> str:
@@ -46,6 +89,37 @@ def safe(text: object) -> str:
     return escape(printable(text))
 
 
+def line(out, head: str, body: object = "", *, whole: bool = False) -> None:
+    """Print ``head body`` (a note, a hint, a legend): ``head`` is rich markup (already safe),
+    ``body`` plain text (made printable here).  Wrapped at the console's width at spaces, the
+    next lines indented by two; ``whole`` keeps it one line (the verdicts)."""
+    import re
+    import textwrap
+
+    from rich.text import Text
+
+    from ..errors import printable
+
+    head_text = Text.from_markup(head)
+    body = printable(body)
+    plain = head_text.plain + (" " if head_text.plain and body else "") + body
+    if whole or len(plain) <= out.width:
+        out.print(head_text + Text(plain[len(head_text.plain):]), soft_wrap=True)
+        return
+    # A command in backticks (`mobileone convert --generic SRC DST`) is kept on one line.
+    glued = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\x00"), plain)
+    # A word longer than a line (a long path) is folded: nothing of it is lost.
+    rows = [r.replace("\x00", " ") for r in
+            textwrap.wrap(glued, width=out.width, subsequent_indent="  ",
+                          break_long_words=True, break_on_hyphens=False)] or [""]
+    if rows[0].startswith(head_text.plain):
+        out.print(head_text + Text(rows[0][len(head_text.plain):]), soft_wrap=True)
+    else:  # a head wider than the console: plain text
+        out.print(Text(rows[0]), soft_wrap=True)
+    for row in rows[1:]:
+        out.print(Text(row), soft_wrap=True)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -54,12 +128,29 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def compact(n: int) -> str:
+    """An integer in 3 significant digits with an SI suffix: 4825192 -> '4.83 M',
+    1304027392 -> '1.30 G'; below 1000 as is.  (--json and --exact keep every digit.)"""
+    if abs(n) < 1000:
+        return f"{n:d}"
+    for unit, div in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        v = n / div
+        if abs(v) < 999.5 or unit == "T":
+            digits = 2 if abs(v) < 9.995 else 1 if abs(v) < 99.95 else 0
+            return f"{v:.{digits}f} {unit}"
+    return f"{n:d}"  # pragma: no cover
+
+
 def fmt_rel(x: Optional[float]) -> str:
     if x is None:
         return "-"
     if math.isinf(x):
         return "inf"
     return f"{x:.2e}"
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.2f} s"
 
 
 def shorten_middle(text: str, width: int) -> str:
@@ -71,11 +162,31 @@ def shorten_middle(text: str, width: int) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
-def short_path(path: str, width: int = 28) -> str:
-    """The path as given when it fits a table column, else its file name (the user typed it)."""
-    import os
+def shorten_path(path: str, width: int) -> str:
+    """A path cut to ``width`` characters in its folders, keeping the file name whole when it
+    fits ('/tmp/run…/epoch_30.pth'); a name too long is cut in its middle."""
+    if len(path) <= width:
+        return path
+    name = os.path.basename(path)
+    tail = path[len(path) - len(name) - 1:] if len(name) < len(path) else name
+    if len(tail) + 4 <= width:
+        return path[:width - len(tail) - 1] + "…" + tail
+    return shorten_middle(path, width)
 
-    return path if len(path) <= width else os.path.basename(path)
+
+def render_timings(out, timings: Optional[Dict[str, float]]) -> None:
+    """``steps: load 120 ms, detect 3 ms, ...`` (verbose): where the time of a command went."""
+    if not verbose() or not timings:
+        return
+    total = sum(timings.values())
+    line(out, "[bold]steps:[/]", ", ".join(f"{k} {fmt_seconds(v)}" for k, v in timings.items())
+         + f" (total {fmt_seconds(total)})")
+
+
+def timings_json(timings: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """``{"timings_s": {...}}`` under ``-v``, else nothing: a report's JSON stays the same from
+    one run to the next unless timings are asked for."""
+    return {"timings_s": dict(timings)} if verbose() and timings else {}
 
 
 def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
@@ -88,5 +199,3 @@ def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
         _emitted.append(True)
     else:
         render(result, **render_options)
-
-
