@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import console, fmt_rel, human_bytes, safe, short_path
+from .console import (console, fmt_rel, human_bytes, line, quiet, render_timings, safe,
+                      shorten_path, timings_json, verbose)
 from .verdict import finite_json, metrics_to_dict, verdict_to_dict
 
-__all__ = ["convert_to_dict", "render_convert"]
+__all__ = ["convert_to_dict", "render_convert", "result_line"]
 
 # Health topics that convert's own notes already state (io.sanity.preflight: dead channels of
 # running_var 0, mixed float dtypes, NaN/Inf outside the MobileOne): not said twice.
@@ -24,19 +25,33 @@ def convert_to_dict(r) -> Dict[str, Any]:
         "check": verdict_to_dict(r.verdict) if r.verdict is not None else None,
         "notes": r.notes, "dtype_out": r.dtype_out,
         "rounding": metrics_to_dict(r.rounding), "health": r.health,
+        **timings_json(r.timings),
     })
+
+
+def result_line(r) -> str:
+    """The one line ``-q`` prints: what was written, and the verdict."""
+    where = r.dst if r.dst else "(not written)"
+    if r.verdict is not None:
+        return f"{where}: {r.verdict.summary()}"
+    return f"{where}: {r.form_out} form, {r.layout_out} layout (not checked)"
 
 
 def render_convert(r, title: str = "mobileone convert") -> None:
     from rich.table import Table
 
+    out = console()
+    if quiet():
+        line(out, "", result_line(r), whole=True)
+        return
     d = r.detection
     t = Table(title=title, show_header=True, header_style="bold")
-    t.add_column("", style="bold")
-    t.add_column("in")
-    t.add_column("out")
-    t.add_row("file", safe(short_path(r.src)), safe(short_path(r.dst)) if r.dst
-              else "(not written)")
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("in", overflow="fold")
+    t.add_column("out", overflow="fold")
+    room = max(16, (out.width - 12 - 10) // 2)  # the label column, 3 columns' borders
+    t.add_row("file", safe(shorten_path(r.src, room)),
+              safe(shorten_path(r.dst, room)) if r.dst else "(not written)")
     t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", "")
     t.add_row("layout", d.layout + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
               r.layout_out)
@@ -55,18 +70,22 @@ def render_convert(r, title: str = "mobileone convert") -> None:
         t.add_row("max rel diff", "", fmt_rel(m.max_rel) + ("  (float64)" if v.fp64 else ""))
     if r.rounding is not None:
         t.add_row("rounding", f"to {r.dtype_out}", f"{fmt_rel(r.rounding.max_rel)} vs unrounded")
-    out = console()
     out.print(t)
+    if v is not None and verbose():
+        from .verify import render_blocks
+
+        render_blocks(out, v)
     if v is not None:
-        out.print(f"check: {safe(v.summary())}", soft_wrap=True)
+        line(out, "check:", v.summary(), whole=True)  # the verdict: one line, grep-able
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
     h = r.health
     if h is not None and h["verdict"] != "healthy":
         from .health import verdict_line
 
         for issue in h["issues"]:
             if issue["topic"] not in NOTED:
-                out.print(f"{issue['level']}: {safe(issue['message'])}", soft_wrap=True)
-        out.print(f"{verdict_line(h)}: `mobileone inspect {safe(r.src)}` tells more (the eps "
-                  f"sensitivity, the fp16/bf16 range)", soft_wrap=True)
+                line(out, f"{issue['level']}:", issue["message"])
+        line(out, "", f"{verdict_line(h)}: `mobileone inspect {r.src}` tells more (the eps "
+                      f"sensitivity, the fp16/bf16 range)")
+    render_timings(out, r.timings)

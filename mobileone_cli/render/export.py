@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from .console import console, fmt_rel, human_bytes, safe
+from .console import console, fmt_rel, human_bytes, line, quiet, safe, shorten_path
 
 __all__ = ["render_export", "export_to_dict"]
 
@@ -37,15 +37,21 @@ def render_export(r) -> None:
     from rich.table import Table
 
     d = r.detection
-    out = console(min_width=110)
+    out = console()
+    if quiet():  # the one-line result
+        worst = max((c.metrics.max_rel for c in r.checks), default=None)
+        line(out, "", f"{r.dst}: onnxruntime matches at {len(r.checks)} shape(s), max rel diff "
+                      f"{fmt_rel(worst)}", whole=True)
+        return
+    room = max(20, out.width - 12 - 7)  # what the value column has
     t = Table(title="mobileone export", show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("")
-    t.add_row("checkpoint", f"{safe(r.src)}  ({d.layout}, {d.form} form"
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("", overflow="fold")
+    t.add_row("checkpoint", f"{safe(shorten_path(r.src, room))}  ({d.layout}, {d.form} form"
                             + (", fused here)" if r.fused else ")"))
     t.add_row("arch", f"{d.arch.name} ({d.arch.num_classes or 'no'} classes)")
-    t.add_row("onnx", f"{safe(r.dst)}  ({human_bytes(r.size_out)}, opset {r.opset}, "
-                      f"{r.exporter} exporter, {r.dtype})")
+    t.add_row("onnx", f"{safe(shorten_path(r.dst, room))}  ({human_bytes(r.size_out)}, "
+                      f"opset {r.opset}, {r.exporter} exporter, {r.dtype})")
     t.add_row("input", escape(f"{r.input_name} {_dims(r.input_shape)}"))
     t.add_row("output", escape(f"{r.output_name} {_dims(r.output_shape)}"))
     if r.fusion_metrics is not None:
@@ -73,10 +79,10 @@ def render_export(r) -> None:
         c.add_row(*row)
     out.print(c)
     tol = r.checks[0].tolerance if r.checks else r.rtol
-    out.print(f"tolerance: max rel diff <= {tol:g} of max |output|"
-              + (" (--rtol)" if r.rtol is not None else ""))
+    line(out, "tolerance:", f"max rel diff <= {tol:g} of max |output|"
+         + (" (--rtol)" if r.rtol is not None else ""))
     if fp16:
-        out.print("vs fp32 weights: against the unrounded fp32 deploy model (the whole cost of "
-                  "fp16; reported)")
+        line(out, "vs fp32 weights:", "against the unrounded fp32 deploy model (the whole cost "
+                                      "of fp16; reported)")
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
