@@ -92,7 +92,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module = self._module(name)
-        return getattr(module, name, None) if module is not None else None
+        command = getattr(module, name, None) if module is not None else None
+        if command is not None and not command.short_help:
+            command.short_help = COMMANDS[name]  # `mobileone --help` lists whole sentences
+        return command
 
     def invoke(self, ctx: click.Context):
         debug = bool(ctx.params.get("debug"))

@@ -176,16 +176,20 @@ def test_export_and_onnx_inspect_fit(run_cli_env, files):
     assert_fits(res.output, [dst], ["initializers"])
 
 
-def _cli(env_columns: str, *args):
-    env = dict(os.environ, COLUMNS=env_columns)
+def _cli(env_columns, *args):
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    if env_columns is not None:
+        env["COLUMNS"] = env_columns
     return subprocess.run([sys.executable, "-m", "mobileone_cli", *args], capture_output=True,
                           text=True, env=env, check=True).stdout
 
 
 def test_columns_is_honoured_outside_a_terminal_and_capped():
     """Piped output follows COLUMNS like a terminal does: exact numbers where they fit, rounded
-    ones where not; a very wide setting is capped at MAX_WIDTH."""
-    narrow, wide, huge = (_cli(c, "stats", "--arch", "s2") for c in ("80", "110", "400"))
+    ones where not; a very wide setting is capped at MAX_WIDTH; without COLUMNS, 80."""
+    narrow, wide, huge, unset = (_cli(c, "stats", "--arch", "s2")
+                                 for c in ("80", "110", "400", None))
+    assert unset == narrow
     assert "7.88 M" in narrow and max(map(len, narrow.splitlines())) <= 80
     assert "7,884,648" in wide.split("totals")[0] and "7.88 M" not in wide
     assert 80 < max(map(len, wide.splitlines())) <= 110

@@ -26,8 +26,6 @@ def check_plot(path: Optional[str], force: bool) -> None:
     from ..io.write import check_destination
 
     if path is None:
-        if force:
-            raise BadInput("--force overwrites the --plot file; give --plot FILE.svg")
         return
     if not path.lower().endswith(".svg"):
         raise BadInput(f"--plot {path}: the picture is written as SVG; name the file .svg",

@@ -62,15 +62,18 @@ def verbose() -> bool:
 def width(stderr: bool = False) -> int:
     """Columns to print in: ``COLUMNS``, else the terminal's (of stdout, or stderr), else 80;
     at most MAX_WIDTH.  The same rule for every command, on a terminal or not."""
+    import sys
+
     cols = os.environ.get("COLUMNS", "").strip()
     if cols.isdigit() and int(cols) > 0:
-        n = int(cols)
-    else:
-        try:
-            n = os.get_terminal_size((2 if stderr else 1)).columns or DEFAULT_WIDTH
-        except (OSError, ValueError):
-            n = DEFAULT_WIDTH
-    return min(n, MAX_WIDTH)
+        return min(int(cols), MAX_WIDTH)
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        if stream.isatty():
+            return min(os.get_terminal_size(stream.fileno()).columns or DEFAULT_WIDTH, MAX_WIDTH)
+    except (AttributeError, OSError, ValueError):  # a replaced stream (tests, notebooks)
+        pass
+    return DEFAULT_WIDTH
 
 
 def console(stderr: bool = False):

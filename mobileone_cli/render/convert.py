@@ -37,6 +37,27 @@ def result_line(r) -> str:
     return f"{where}: {r.form_out} form, {r.layout_out} layout (not checked)"
 
 
+def _path_rooms(width: int, rows, src: str, dst: str):
+    """Characters the two file names may take: the whole width the table has (the other cells
+    of each column set its least width), shared so the shorter path stays whole."""
+    from rich.text import Text
+
+    label = max(len(row[0]) for row in rows)
+    avail = width - label - 10  # 4 borders, 3 x 2 padding
+    least_in = max(len(Text.from_markup(row[1]).plain) for row in rows)
+    least_out = max(len(Text.from_markup(row[2]).plain) for row in rows)
+    want_in, want_out = max(len(src), least_in), max(len(dst), least_out)
+    if want_in + want_out <= avail:
+        return len(src), len(dst)
+    half = avail // 2
+    if want_out <= half:
+        return max(16, avail - want_out), len(dst)
+    if want_in <= half:
+        return len(src), max(16, avail - want_in)
+    room_in = max(least_in, half)
+    return room_in, max(16, avail - room_in)
+
+
 def render_convert(r, title: str = "mobileone convert") -> None:
     from rich.table import Table
 
@@ -45,31 +66,34 @@ def render_convert(r, title: str = "mobileone convert") -> None:
         line(out, "", result_line(r), whole=True)
         return
     d = r.detection
+    v = r.verdict
+    rows = [("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", ""),
+            ("layout", d.layout + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
+             r.layout_out),
+            ("form", d.form, r.form_out),
+            ("keys", f"{r.keys_in:,}", f"{r.keys_out:,}"),
+            ("params", f"{r.params_in:,}", f"{r.params_out:,}"),
+            ("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")]
+    if r.passthrough:
+        rows.append(("other keys", f"{r.passthrough:,}", "copied unchanged"))
+    if r.dtype_out:
+        rows.append(("dtype", d.dtype, r.dtype_out))
+    if v is not None:
+        m = v.decisive.output
+        rows.append(("check", "train (eval)", f"deploy, {v.deploy_dtype} weights"))
+        rows.append(("max rel diff", "", fmt_rel(m.max_rel) + ("  (float64)" if v.fp64 else "")))
+    if r.rounding is not None:
+        rows.append(("rounding", f"to {r.dtype_out}",
+                     f"{fmt_rel(r.rounding.max_rel)} vs unrounded"))
+    room_in, room_out = _path_rooms(out.width, rows, r.src, r.dst or "(not written)")
     t = Table(title=title, show_header=True, header_style="bold")
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("in", overflow="fold")
     t.add_column("out", overflow="fold")
-    room = max(16, (out.width - 12 - 10) // 2)  # the label column, 3 columns' borders
-    t.add_row("file", safe(shorten_path(r.src, room)),
-              safe(shorten_path(r.dst, room)) if r.dst else "(not written)")
-    t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", "")
-    t.add_row("layout", d.layout + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
-              r.layout_out)
-    t.add_row("form", d.form, r.form_out)
-    t.add_row("keys", f"{r.keys_in:,}", f"{r.keys_out:,}")
-    t.add_row("params", f"{r.params_in:,}", f"{r.params_out:,}")
-    t.add_row("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")
-    if r.passthrough:
-        t.add_row("other keys", f"{r.passthrough:,}", "copied unchanged")
-    if r.dtype_out:
-        t.add_row("dtype", d.dtype, r.dtype_out)
-    v = r.verdict
-    if v is not None:
-        m = v.decisive.output
-        t.add_row("check", "train (eval)", f"deploy, {v.deploy_dtype} weights")
-        t.add_row("max rel diff", "", fmt_rel(m.max_rel) + ("  (float64)" if v.fp64 else ""))
-    if r.rounding is not None:
-        t.add_row("rounding", f"to {r.dtype_out}", f"{fmt_rel(r.rounding.max_rel)} vs unrounded")
+    t.add_row("file", safe(shorten_path(r.src, room_in)),
+              safe(shorten_path(r.dst, room_out)) if r.dst else "(not written)")
+    for row in rows:
+        t.add_row(*row)
     out.print(t)
     if v is not None and verbose():
         from .verify import render_blocks
