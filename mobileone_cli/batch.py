@@ -98,8 +98,10 @@ def default_jobs(files: int) -> int:
 
 
 def is_batch(sources: Sequence[str], dst: str) -> bool:
-    """Several SRCs, a SRC folder, or an existing DST folder: convert file by file into DST."""
-    return len(sources) > 1 or any(os.path.isdir(s) for s in sources) or os.path.isdir(dst)
+    """Several SRCs, a SRC folder, or a DST folder (one that exists, or a name ending in '/'):
+    convert file by file into DST."""
+    return (len(sources) > 1 or any(os.path.isdir(s) for s in sources) or os.path.isdir(dst)
+            or dst.endswith(("/", os.sep)))
 
 
 def find_checkpoints(folder: str, skip: Optional[str] = None) -> List[str]:

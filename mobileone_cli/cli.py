@@ -34,7 +34,7 @@ COMMANDS = {
 
 
 # Options of the whole tool, accepted before or after the subcommand.
-GLOBAL_FLAGS = ("--debug",)
+GLOBAL_FLAGS = ("--debug", "-q", "--quiet", "-v", "--verbose")
 
 
 def _distance(a: str, b: str) -> int:
@@ -97,7 +97,10 @@ class LazyGroup(click.Group):
         if name not in COMMANDS:
             return None
         module = self._module(name)
-        return getattr(module, name, None) if module is not None else None
+        command = getattr(module, name, None) if module is not None else None
+        if command is not None and not command.short_help:
+            command.short_help = COMMANDS[name]  # `mobileone --help` lists whole sentences
+        return command
 
     def main(self, args=None, *more, **extra):
         self.argv = list(sys.argv[1:] if args is None else args)  # what was asked, for messages
@@ -116,10 +119,11 @@ class LazyGroup(click.Group):
 
         debug = bool(ctx.params.get("debug"))
         wants_json = _wants_json(ctx)  # read before click hands the arguments to the command
-        from .render.console import reset_emitted
+        from .render.console import reset_emitted, set_verbosity
 
         reset_emitted()
         published.clear()  # what THIS command writes (several may run in one process)
+        set_verbosity(_verbosity(ctx))
         try:
             return super().invoke(ctx)
         except MobileOneError as exc:
@@ -195,11 +199,26 @@ def _allocation(exc: BaseException) -> str:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mobileone")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
-def cli(debug: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True,
+              help="Print only errors and the one-line result (the verdict, what was written).")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Also print the time each step took and every per-block row.")
+def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     """Convert MobileOne training checkpoints into deploy checkpoints, and prove them right.
 
     Exit codes: 0 ok, 1 verification failed, 2 bad input or usage, 3 internal error.
+    Global options (--debug, -q, -v) go before or after the command. Output fits the
+    terminal's width, or COLUMNS, or 80 columns when piped.
     """
+
+
+def _verbosity(ctx: click.Context) -> int:
+    from .render.console import NORMAL, QUIET, VERBOSE
+
+    quiet, verbose = bool(ctx.params.get("quiet")), bool(ctx.params.get("verbose"))
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other; give one", ctx)
+    return QUIET if quiet else VERBOSE if verbose else NORMAL
 
 
 def _written() -> str:

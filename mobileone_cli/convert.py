@@ -14,6 +14,7 @@ from .io.write import (check_checkpoint_name, check_destination, output_format, 
                        stale_note)
 from .spec.layouts import get_layout, param_count, schema
 from .spec.limits import check_seed
+from .timing import Steps
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
 
@@ -55,6 +56,7 @@ class ConvertResult:
     dtype_out: Optional[str] = None  # --dtype, as a torch dtype name
     rounding: Any = None  # Metrics: the rounded model against the unrounded one (--dtype)
     health: Optional[Dict[str, Any]] = None  # check.health report of SRC (its cheap parts)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v, --json)
 
     @property
     def metrics(self):
@@ -196,9 +198,10 @@ def convert_file(src: str, dst: Optional[str], options: Optional[ConvertOptions]
             layout_out = get_layout(options.layout_out).name
         except KeyError as exc:
             raise BadInput(str(exc.args[0])) from None
-    source = open_source(src, options)
+    steps = Steps()
+    source = open_source(src, options, steps=steps)
     try:
-        return _convert(src, dst, source, options, dtype, layout_out)
+        return _convert(src, dst, source, options, dtype, layout_out, steps)
     except MobileOneError as exc:  # a batch row keeps what was learned before the failure
         det = source.detection
         exc.facts.setdefault("arch", det.arch.name)
@@ -207,7 +210,7 @@ def convert_file(src: str, dst: Optional[str], options: Optional[ConvertOptions]
 
 
 def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions, dtype: Any,
-             layout_out: Optional[str]) -> ConvertResult:
+             layout_out: Optional[str], steps: Steps) -> ConvertResult:
     det, sd = source.detection, source.state_dict
     layout_out = layout_out or det.layout
     fusing = options.fuse and det.form == "train"
@@ -218,17 +221,19 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
     elif not options.fuse:
         notes.append("--no-fuse: train form remapped without fusing")
     notes += source.notes
-    health = source_health(source)
+    with steps("health"):
+        health = source_health(source)
     keep_train = options.verify and fusing
     # --dtype changes the precision: measure what that costs (unless nothing is to be checked).
     rounds = (options.verify and dtype is not None
               and str(dtype).replace("torch.", "") != det.dtype)
-    out = convert_state_dict(sd, det, layout_out=layout_out, fuse=options.fuse, eps=source.eps,
-                             dtype=dtype, consume=not (keep_train or rounds))
-    from .io.sanity import check_fused_finite
+    with steps("fuse" if fusing else "remap"):
+        out = convert_state_dict(sd, det, layout_out=layout_out, fuse=options.fuse,
+                                 eps=source.eps, dtype=dtype, consume=not (keep_train or rounds))
+        from .io.sanity import check_fused_finite
 
-    mob_out = [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)]
-    check_fused_finite(out, mob_out, src)
+        mob_out = [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)]
+        check_fused_finite(out, mob_out, src)
     entries_in = det.entries()
     result = ConvertResult(
         src=src, dst=dst, detection=det, layout_out=layout_out, form_out=form_out,
@@ -237,13 +242,15 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
         params_out=param_count(schema(det.arch, layout_out, form_out)), eps=source.eps,
         size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes,
         dtype_out=str(dtype).replace("torch.", "") if dtype is not None else None,
-        health=health)
+        health=health, timings=steps.seconds)
     if rounds:
-        result.rounding = _rounding(result, sd, out, options)
+        with steps("rounding"):
+            result.rounding = _rounding(result, sd, out, options)
     if keep_train:
         train_sd = {e.key: sd[det.prefix + e.key] for e in entries_in}
         dep = {e.key: out[det.prefix + e.key] for e in schema(det.arch, layout_out, "deploy")}
-        _check(result, train_sd, dep, options)
+        with steps("check"):
+            _check(result, train_sd, dep, options)
     if det.implied_root:
         root = det.implied_root
         out = {(k[len(root):] if k.startswith(root) else k): v for k, v in out.items()}
@@ -251,10 +258,11 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
         meta = {"format": "pt", "mobileone_cli": __version__, "arch": det.arch.name,
                 "layout": layout_out, "form": form_out, "num_classes": str(det.arch.num_classes),
                 "bn_eps": repr(source.eps)}
-        result.size_out = save_checkpoint(
-            dst, out, force=options.force,
-            container=_container(layout_out, det, form_out, source.checkpoint.extras, src),
-            metadata=meta if output_format(dst) == "safetensors" else None)
+        with steps("write"):
+            result.size_out = save_checkpoint(
+                dst, out, force=options.force,
+                container=_container(layout_out, det, form_out, source.checkpoint.extras, src),
+                metadata=meta if output_format(dst) == "safetensors" else None)
         result.notes += filter(None, [stale_note(dst)])
     result.state_dict = out
     return result

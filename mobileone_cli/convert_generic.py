@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from .errors import BadInput, VerificationFailed
 from .fuse.generic import FoundBlock, Kernel
 from .fuse.generic_fuse import GenericReport, check_blocks, fuse_generic
+from .timing import Steps
 
 __all__ = ["GenericResult", "convert_generic_file"]
 
@@ -32,6 +33,7 @@ class GenericResult:
     size_out: int = 0
     notes: List[str] = field(default_factory=list)
     state_dict: Optional[Dict[str, Any]] = None
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step
 
     @property
     def max_rel(self) -> Optional[float]:
@@ -62,15 +64,20 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
         dst = os.fspath(dst)
         check_destination(dst, force=force, src=src)
         check_checkpoint_name(dst)
-    ck = load_checkpoint(src, ema=ema, trust=trust)
+    steps = Steps()
+    with steps("load"):
+        ck = load_checkpoint(src, ema=ema, trust=trust)
     try:
-        out, report = fuse_generic(ck.state_dict, eps=eps, groups=groups,
-                                   norm_kernel=norm_kernel)
+        with steps("fuse"):
+            out, report = fuse_generic(ck.state_dict, eps=eps, groups=groups,
+                                       norm_kernel=norm_kernel)
     except BadInput as exc:
         raise BadInput(f"{src}: {exc.message}", hint=exc.hint) from None
-    result = GenericResult(src=src, dst=dst, report=report, size_in=os.path.getsize(src))
+    result = GenericResult(src=src, dst=dst, report=report, size_in=os.path.getsize(src),
+                           timings=steps.seconds)
     if verify:
-        result.checks = check_blocks(ck.state_dict, out, report.blocks, eps=eps, seed=seed)
+        with steps("check"):
+            result.checks = check_blocks(ck.state_dict, out, report.blocks, eps=eps, seed=seed)
         tol = _default_rtol(out, report.blocks) if rtol is None else rtol
         bad = [(p, r) for p, r in result.checks.items() if not r <= tol]
         if bad:
@@ -97,9 +104,10 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
         metadata = dict(ck.metadata)
         metadata.update({"format": "pt", "mobileone_cli": __version__, "form": "deploy",
                          "fused_blocks": str(len(report.blocks)), "bn_eps": repr(eps)})
-        result.size_out = save_checkpoint(
-            dst, out, force=force, container=container,
-            metadata=metadata if output_format(dst) == "safetensors" else None)
+        with steps("write"):
+            result.size_out = save_checkpoint(
+                dst, out, force=force, container=container,
+                metadata=metadata if output_format(dst) == "safetensors" else None)
         result.notes += filter(None, [stale_note(dst)])
     result.state_dict = out
     return result

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import json
-
 import os
+
+import pytest
 
 
 def test_demo_and_version(run_cli, tmp_path):
@@ -61,3 +62,93 @@ def test_json_failures_print_one_json_object(run_cli, tmp_path, write_ckpt):
     res = run_cli("verify", src, other, "--input-size", "32", "--batch", "1", "--json")
     assert res.exit_code == 1
     assert json.loads(res.stdout)["passed"] is False
+
+
+# ---------------------------------------------------------------- -q / -v, before or after
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_prints_the_one_line_result(run_cli, write_ckpt, tmp_path, where):
+    src, dst = write_ckpt("s0"), str(tmp_path / "d.pth")
+    args = ["convert", src, dst, "--input-size", "32"]
+    res = run_cli(*(["-q"] + args if where == "before" else args + ["--quiet"]))
+    assert res.exit_code == 0, res.output
+    assert res.stdout.splitlines() == [res.stdout.strip()]  # one line
+    assert res.stdout.startswith(f"{dst}: equivalent") and os.path.exists(dst)
+    res = run_cli("verify", src, dst, "--input-size", "32", "--batch", "1", "-q")
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 1
+    assert res.stdout.startswith("PASS: equivalent")
+    res = run_cli("-q", "stats", "--arch", "s0")
+    assert res.stdout.strip() == ("s0 at 224x224: params 5,293,272 train, 2,078,504 deploy; "
+                                  "MACs 1,051,935,232 train, 275,110,400 deploy")
+    res = run_cli("-q", "inspect", dst)
+    assert len(res.stdout.splitlines()) == 1 and "MobileOne s0" in res.stdout
+    res = run_cli("-q", "convert", src, dst, "--input-size", "32")  # errors are still said
+    assert res.exit_code == 2 and res.stdout == "" and "already exists" in res.stderr
+
+
+def test_quiet_batch_says_the_count_and_each_failure(run_cli, write_ckpt, tmp_path):
+    good = write_ckpt("s0")
+    bad = tmp_path / "broken.pth"
+    bad.write_bytes(b"not a checkpoint")
+    res = run_cli("-q", "convert", good, str(bad), str(tmp_path / "out"), "--input-size", "32",
+                  "--jobs", "1")
+    assert res.exit_code == 2
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"1 of 2 converted into {tmp_path / 'out'}" and len(lines) == 2
+    assert lines[1].startswith("bad input:") and "broken.pth" in lines[1]
+
+
+def test_verbose_shows_step_times_and_every_block(run_cli, write_ckpt, tmp_path):
+    src, dst = write_ckpt("s0"), str(tmp_path / "d.pth")
+    res = run_cli("convert", src, dst, "--input-size", "32", "-v")
+    assert res.exit_code == 0, res.output
+    steps = " ".join(res.stdout.split("steps:", 1)[1].split())  # wrapped at 80 columns
+    for step in ("load", "detect", "fuse", "check", "write"):
+        assert f"{step} " in steps
+    res = run_cli("--verbose", "verify", src, dst, "--input-size", "32", "--batch", "1",
+                  "--json")
+    d = json.loads(res.stdout)
+    assert set(d["timings_s"]) == {"load", "detect", "check"}
+    assert all(t >= 0 for t in d["timings_s"].values())
+    res = run_cli("verify", src, dst, "--input-size", "32", "--batch", "1", "--json")
+    assert "timings_s" not in json.loads(res.stdout)  # the same JSON run after run
+    res = run_cli("verify", src, dst, "--input-size", "32", "--batch", "1", "-v")
+    for block in ("stage0", "stage1.3", "stage3.19", "stage4.1", "linear"):  # every block
+        assert any(ln.startswith(f"│ {block} ") for ln in res.stdout.splitlines()), block
+
+
+def test_quiet_and_verbose_exclude_each_other(run_cli):
+    res = run_cli("-q", "stats", "--arch", "s0", "-v")
+    assert res.exit_code == 2 and "exclude each other" in res.output
+
+
+# ---------------------------------------------------------------- messages that name the fix
+
+
+@pytest.mark.parametrize("command", [["convert", "{src}", "{dst}"], ["verify", "{src}"],
+                                     ["stats", "{src}"]])
+def test_mobileone_style_blocks_outside_a_mobileone_suggest_generic(run_cli, tmp_path, command):
+    import torch
+
+    from tests.test_generic import FastVitLike, randomize
+
+    src = str(tmp_path / "fastvit.pth")
+    torch.save(randomize(FastVitLike(), seed=3).state_dict(), src)
+    args = [a.format(src=src, dst=tmp_path / "o.pth") for a in command]
+    res = run_cli(*args)
+    assert res.exit_code == 2 and "no MobileOne found" in res.stderr
+    assert "hint:" in res.stderr and "mobileone convert --generic SRC DST" in res.stderr
+    # a plain non-MobileOne file gets no such hint
+    plain = str(tmp_path / "plain.pth")
+    torch.save({"layer.weight": torch.zeros(2, 2)}, plain)
+    res = run_cli(*[a.replace(src, plain) for a in args])
+    assert res.exit_code == 2 and "--generic" not in res.stderr
+
+
+def test_dst_folder_with_a_slash_is_a_folder(run_cli, write_ckpt, tmp_path):
+    """`convert SRC newdir/` converts into the folder (made), as several SRCs would."""
+    res = run_cli("convert", write_ckpt("s0"), str(tmp_path / "newdir") + "/", "--input-size",
+                  "32")
+    assert res.exit_code == 0, res.output
+    assert os.listdir(tmp_path / "newdir") == ["s0_apple_train_deploy.pth"]

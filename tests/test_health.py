@@ -241,7 +241,7 @@ def test_mixed_dtypes_and_convert_summary(tmp_path, run_cli):
     text = " ".join(res.stdout.split())
     assert "warning: 1 dead branch(es)" in text and "stage2.0.rbr_scale.bn" in text
     assert text.count("mixed float dtypes") == 1  # the note says it; health does not repeat it
-    assert "health: warnings (2 warnings)" in text and f"mobileone inspect {path}" in text
+    assert "health: warnings (2 warnings)" in text and f"`mobileone inspect {path}`" in text
     res = run_cli("convert", path, str(tmp_path / "out2.pth"), "--json", "--no-verify")
     hc = json.loads(res.stdout)["health"]
     assert hc["measured"] == ["finite", "variance", "dead", "dtypes"]  # no value pass, no fusion

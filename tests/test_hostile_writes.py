@@ -195,7 +195,8 @@ def _src(tmp_path, tiny_sd):
     return src
 
 
-@pytest.mark.parametrize("dst,needle", [("", "DST is empty"), ("out/", "DST must be a file path"),
+# ('out/' is not here: a trailing separator names a folder, which batch mode makes.)
+@pytest.mark.parametrize("dst,needle", [("", "DST is empty"),
                                         ("no/such/o.pth", "does not exist")])
 def test_bad_destination_is_refused_before_loading(dst, needle, tmp_path, tiny_sd,
                                                    monkeypatch):

@@ -211,6 +211,7 @@ class Stage:
     block_sensitivity: Dict[str, BlockError] = field(default_factory=dict)
     bad_blocks: List[str] = field(default_factory=list)  # blocks beyond their own bound
     output_bound: float = 0.0  # absolute bound at the output
+    block_bounds: Dict[str, float] = field(default_factory=dict)  # absolute bound of each block
     train_output: Optional[torch.Tensor] = field(default=None, repr=False)
 
     @property
@@ -375,7 +376,8 @@ def _stage(precision: str, train, deploy, make_perturbed, x: torch.Tensor, *, de
     for b in stage.blocks:
         s = stage.block_sensitivity.get(b.name)
         sens = s.own_abs if s is not None and s.finite else 0.0
-        if not (b.finite and b.own_abs <= _bound(rtol, atol, b.scale, sens, adaptive)):
+        stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
+        if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
             stage.bad_blocks.append(b.name)
     return stage
 

@@ -17,10 +17,11 @@ from ..io.source import LoadOptions, open_source
 from ..spec.arch import ArchSpec
 from ..spec.limits import check_batch, parse_input_size
 from ..spec.tolerances import DEFAULT_ATOL
+from ..timing import Steps
 from .harness import Verdict, check_room, judge, non_finite, resolve_device, seeded_inputs
 from .localize import StageError, stage_table
 
-__all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "verify_state_dicts",
+__all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "ProfileRow", "verify_state_dicts",
            "verify_files"]
 
 
@@ -46,10 +47,10 @@ class Side:
 
 
 def read_side(path: str, options: Optional[LoadOptions] = None, *,
-              deploy: bool = False) -> Side:
+              deploy: bool = False, steps: Optional[Steps] = None) -> Side:
     """Open ``path`` and keep only its MobileOne's tensors (a deploy side may hold NaN/Inf: it
     then fails the comparison, it is not bad input)."""
-    src = open_source(path, options, refuse_non_finite=not deploy)
+    src = open_source(path, options, refuse_non_finite=not deploy, steps=steps)
     det = src.detection
     return Side(path=src.path, layout=det.layout, form=det.form, arch=det.arch,
                 prefix=det.prefix, dtype=det.dtype, state_dict=src.mobileone(),
@@ -80,6 +81,21 @@ def pair_sides(train: Side, deploy: Side) -> None:
 
 
 @dataclass
+class ProfileRow:
+    """One bar of the error profile: a stage's block closest to its bound, or the output."""
+
+    name: str  # 'stem', 'stage1', ..., 'head', or 'output'
+    block: str  # that block (or what the output is: 'logits', 'feature map')
+    rel: float  # its own error, relative to max |train block output| (inf: NaN/Inf)
+    bound_rel: Optional[float]  # its bound, relative alike (None: the train output is all 0)
+    within: bool
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"name": self.name, "block": self.block, "rel": self.rel,
+                "bound_rel": self.bound_rel, "within": self.within}
+
+
+@dataclass
 class VerifyReport:
     """Everything ``mobileone verify`` found; ``passed`` is the verdict."""
 
@@ -90,6 +106,7 @@ class VerifyReport:
     inputs: Dict[str, object] = field(default_factory=dict)
     device: str = "cpu"
     notes: List[str] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step
 
     @property
     def passed(self) -> bool:
@@ -102,6 +119,31 @@ class VerifyReport:
 
     def summary(self) -> str:
         return self.verdict.summary()
+
+    def profile(self) -> List[ProfileRow]:
+        """Per stage, the block nearest its bound (own error / bound), then the output: what
+        the verdict rests on, one number and its bound per row."""
+        stage = self.verdict.decisive
+        rows: List[ProfileRow] = []
+        for row, number in zip(self.stages, sorted({b.stage for b in stage.blocks})):
+            blocks = [b for b in stage.blocks if b.stage == number]
+
+            def ratio(b) -> float:
+                bound = stage.block_bounds.get(b.name, 0.0)
+                if not b.finite:
+                    return float("inf")
+                return b.own_abs / bound if bound > 0 else (0.0 if b.own_abs == 0 else 1e300)
+
+            b = max(blocks, key=ratio)
+            bound = stage.block_bounds.get(b.name)
+            rows.append(ProfileRow(row.name, b.name, b.own_rel,
+                                   bound / b.scale if bound is not None and b.scale > 0
+                                   else None, b.name not in stage.bad_blocks))
+        out = stage.output
+        rows.append(ProfileRow("output", self.verdict.compared, out.max_rel,
+                               stage.output_bound / out.scale if out.scale > 0 else None,
+                               stage.output_within))
+        return rows
 
 
 def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, torch.Tensor],
@@ -142,6 +184,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     from ..fuse.fusion import fuse_state_dict
 
     options = options or LoadOptions()
+    steps = Steps()
     size = parse_input_size(input_size)
     device = resolve_device(device)
     images = names = pipeline = None
@@ -149,8 +192,9 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
         from .images import load_images, preprocessing_for
 
         pipeline = preprocessing_for(size)
-        images, names = load_images(images_dir, preprocessing=pipeline)
-    train = read_side(train_path, options)
+        with steps("images"):
+            images, names = load_images(images_dir, preprocessing=pipeline)
+    train = read_side(train_path, options, steps=steps)
     if deploy_path is None:
         if train.form != "train":
             raise BadInput(f"{train_path} is already deploy-form: there is nothing to fuse",
@@ -158,20 +202,24 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
                                 f"mobileone verify TRAIN_CKPT {train_path}")
         # Exactly what convert writes (float64 fusion rounded once to the source dtype), so the
         # two commands judge the same model.
-        fused = fuse_state_dict(dict(train.state_dict), train.arch, eps=train.eps,
-                                layout=train.layout)
+        with steps("fuse"):
+            fused = fuse_state_dict(dict(train.state_dict), train.arch, eps=train.eps,
+                                    layout=train.layout)
         deploy = Side(path=None, layout=train.layout, form="deploy", arch=train.arch,
                       dtype=train.dtype, state_dict=fused,
                       source=f"fused in memory (eps {train.eps:g})")
     else:
         deploy_options = LoadOptions(arch=options.arch, arch_source=options.arch_source,
                                      eps=options.eps, ema=options.ema, trust=options.trust)
-        deploy = read_side(deploy_path, deploy_options, deploy=True)
+        deploy = read_side(deploy_path, deploy_options, deploy=True, steps=steps)
         pair_sides(train, deploy)
-    report = verify_state_dicts(
-        train.state_dict, deploy.state_dict, train.arch, layout=train.layout,
-        deploy_layout=deploy.layout, bn_eps=train.eps, seed=seed, batch=batch, input_size=size,
-        images=images, device=device, rtol=rtol, atol=atol, reference=reference)
+    with steps("check"):
+        report = verify_state_dicts(
+            train.state_dict, deploy.state_dict, train.arch, layout=train.layout,
+            deploy_layout=deploy.layout, bn_eps=train.eps, seed=seed, batch=batch,
+            input_size=size, images=images, device=device, rtol=rtol, atol=atol,
+            reference=reference)
+    report.timings = steps.seconds
     non_finite(report.verdict, train_path, fused_here=deploy_path is None)
     report.train = train.describe()
     report.deploy = deploy.describe()

@@ -13,12 +13,12 @@ def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool, *, 
 
     from ..batch import batch_exit_code, convert_many, default_jobs, plan_batch
     from ..render.batch import batch_to_dict, render_batch
-    from ..render.console import console, emit, safe
+    from ..render.console import console, emit, quiet, safe
 
     pairs = plan_batch(sources, dst, suffix=suffix, template=template)
     with Progress(TextColumn("converting"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), console=console(stderr=True),
-                  transient=True) as bar:
+                  transient=True, disable=quiet()) as bar:
         task = bar.add_task("", total=len(pairs))
         items = convert_many(
             pairs, options, jobs=jobs or default_jobs(len(pairs)), skip_existing=skip_existing,

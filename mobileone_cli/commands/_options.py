@@ -10,11 +10,11 @@ from typing import Any, List, Optional
 import click
 
 from ..errors import BadInput
-from ..spec.arch import ArchSpec, get_arch
+from ..spec.arch import ARCH_NAMES, ArchSpec, get_arch
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "load_options",
-           "resolve_arch", "settle_heap"]
+           "resolve_arch", "settle_heap", "complete_from"]
 
 
 def _join_input_size(args: List[str]) -> List[str]:
@@ -81,8 +81,16 @@ def resolve_arch(name: Optional[str], num_classes: Optional[int] = None,
         raise BadInput(str(exc.args[0])) from None
 
 
+def complete_from(*names: str):
+    """Shell completion of an option's value from a fixed list (``--arch s<TAB>``)."""
+    def complete(ctx: click.Context, param: click.Parameter, incomplete: str):
+        return [n for n in names if n.startswith(incomplete)]
+    return complete
+
+
 def arch_option(default: Optional[str] = None, help_text: Optional[str] = None):
     return click.option("--arch", "arch_name", default=default, metavar="s0..s4|auto",
+                        shell_complete=complete_from(*ARCH_NAMES, "auto"),
                         help=help_text or "MobileOne variant (s2 or timm's mobileone_s2); "
                                           "'auto' (default) detects it from tensor shapes.")
 

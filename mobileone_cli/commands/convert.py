@@ -6,9 +6,11 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
+from ..spec.layouts import LAYOUT_NAMES
 from ..spec.limits import MAX_SEED
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
-                       input_size_option, json_option, load_options, trust_file_option)
+from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
+                       config_option, input_size_option, json_option, load_options,
+                       trust_file_option)
 
 
 def generic_only(**given: Optional[str]) -> None:
@@ -22,15 +24,17 @@ def generic_only(**given: Optional[str]) -> None:
 @click.command(cls=MobileOneCommand,
                help="Fuse a MobileOne train checkpoint into a deploy checkpoint (and/or remap "
                     "its layout). DST's extension picks the format: .safetensors or torch (.pth, "
-                    ".pth.tar, .pt, .bin, .ckpt). Batch mode: 'convert SRC_DIR DST_DIR' or "
-                    "'convert A B ... DST_DIR' converts every checkpoint into DST_DIR under its "
-                    "own name and format, continuing past bad files.")
+                    ".pth.tar, .pt, .bin, .ckpt). Batch mode: 'convert SRC_DIR DST_DIR', "
+                    "'convert A B ... DST_DIR' or 'convert SRC DST_DIR/' converts every "
+                    "checkpoint into DST_DIR (made when missing) under its own name and format, "
+                    "continuing past bad files.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=True),
                 metavar="SRC... DST")
 @arch_option()
 @config_option()
 @bn_eps_option()
 @click.option("--to", "layout_out", default=None, metavar="apple|mmpretrain|timm",
+              shell_complete=complete_from(*LAYOUT_NAMES),
               help="Key layout of DST (default: the layout of SRC; mmcls = mmpretrain).")
 @click.option("--no-fuse", is_flag=True,
               help="Keep the train form: only remap the keys to --to's layout.")

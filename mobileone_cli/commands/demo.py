@@ -25,7 +25,7 @@ def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed
     from ..convert import ConvertOptions, convert_file
     from ..io.write import save_checkpoint
     from ..models.synthetic import random_state_dict
-    from ..render.console import console, safe
+    from ..render.console import console, line, quiet
     from ..render.convert import render_convert
 
     from ..spec.memory import check_memory, job_bytes, weight_elements
@@ -40,15 +40,17 @@ def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed
         src = os.path.join(where, f"mobileone_{arch.name}_unfused.pth.tar")
         dst = os.path.join(where, f"mobileone_{arch.name}.pth")
         save_checkpoint(src, random_state_dict(arch, seed=seed), force=True)
-        out.print(f"synthesized {safe(src)} (Apple layout, train form, random weights, "
-                  f"calibrated BN statistics)")
+        if not quiet():
+            line(out, "", f"synthesized {src} (Apple layout, train form, random weights, "
+                          f"calibrated BN statistics)")
         options = ConvertOptions(arch=arch if config_path else None,
                                  arch_source=f"--config {config_path}" if config_path else None,
                                  force=True)
         result = convert_file(src, dst, options)
-        render_convert(result, title="mobileone demo")
-        out.print(f"[bold green]OK[/]: deploy checkpoint matches the train model "
-                  f"(max rel diff {result.metrics.max_rel:.2e})")
+        if not quiet():
+            render_convert(result, title="mobileone demo")
+        line(out, "[bold green]OK[/]:", f"deploy checkpoint matches the train model "
+                                        f"(max rel diff {result.metrics.max_rel:.2e})", whole=True)
 
     if folder:
         os.makedirs(folder, exist_ok=True)

@@ -10,6 +10,7 @@ import click
 
 from ._options import (MobileOneCommand, config_option, input_size_option, json_option,
                        resolve_arch, trust_file_option)
+from ._plot import check_plot, plot_force_option, plot_option, write_plot
 
 
 @click.command(cls=MobileOneCommand,
@@ -44,15 +45,20 @@ from ._options import (MobileOneCommand, config_option, input_size_option, json_
 @click.option("--warmup", type=click.IntRange(min=1), default=5, show_default=True,
               help="Untimed forward passes per form before timing, for --bench.")
 @trust_file_option()
+@click.option("--exact", is_flag=True,
+              help="Every digit in the tables, whatever the width (by default numbers are "
+                   "rounded to 3 digits, 4.83 M, when exact ones do not fit).")
+@plot_option("the per-part bars (and --bench's latency bars)")
+@plot_force_option()
 @json_option()
 def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[str],
           num_classes: Optional[int],
           input_size, convention: str, bench: bool, runtime: str, batch: int,
-          threads: Optional[int],
-          runs: int, warmup: int, trust_file: bool, as_json: bool) -> int:
+          threads: Optional[int], runs: int, warmup: int, trust_file: bool, exact: bool,
+          plot_path: Optional[str], force: bool, as_json: bool) -> int:
     from ..errors import BadInput
     from ..render.console import emit
-    from ..render.stats import render_stats, stats_to_dict
+    from ..render.stats import render_stats, stats_plot, stats_to_dict
     from ..stats.report import bench_report, stats_for_arch, stats_for_checkpoint
 
     if ckpt is None and arch_name is None and config_path is None:
@@ -60,6 +66,7 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
     if ckpt is not None and num_classes is not None:
         raise BadInput("--num-classes applies to --arch only; a checkpoint's head size is read "
                        "from the file")
+    check_plot(plot_path, force)
     arch = resolve_arch(arch_name, num_classes, config=config_path)
     if ckpt is None and arch is None:
         raise BadInput("--arch auto needs a checkpoint file")
@@ -74,5 +81,6 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
     if bench:
         bench_report(report, batch=batch, threads=threads, runs=runs, warmup=warmup,
                      runtime=runtime)
-    emit(report, as_json, stats_to_dict, render_stats, convention=convention)
+    emit(report, as_json, stats_to_dict, render_stats, convention=convention, exact=exact)
+    write_plot(plot_path, stats_plot(report, convention), force, as_json)
     return 0

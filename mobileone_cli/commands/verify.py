@@ -11,6 +11,7 @@ from ..spec.limits import MAX_SEED
 from ..spec.tolerances import DEFAULT_ATOL
 from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
                        json_option, load_options, trust_file_option)
+from ._plot import check_plot, plot_force_option, plot_option, write_plot
 
 
 @click.command(cls=MobileOneCommand,
@@ -46,19 +47,22 @@ from ._options import (MobileOneCommand, bn_eps_option, config_option, input_siz
                    "decide).")
 @click.option("--ema", is_flag=True, help="Use the EMA weights of both files.")
 @trust_file_option()
-@click.option("--all-blocks", is_flag=True, help="Show the error of every block.")
+@click.option("--all-blocks", is_flag=True, help="Show the error of every block (as -v does).")
+@plot_option("the error profile")
+@plot_force_option()
 @json_option("the report (for CI)")
 def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[str],
            bn_eps: Optional[float], seed: int, batch: int, input_size: Tuple[int, int],
            images_dir: Optional[str], device: str, rtol: Optional[float], atol: float,
            reference: Optional[str], ema: bool, trust_file: bool, all_blocks: bool,
-           as_json: bool) -> int:
+           plot_path: Optional[str], force: bool, as_json: bool) -> int:
     from ..check.verify import verify_files
     from ..render.console import emit
-    from ..render.verify import render_verify, verify_to_dict
+    from ..render.verify import render_verify, verify_plot, verify_to_dict
     from ._options import settle_heap
 
     settle_heap()
+    check_plot(plot_path, force)
     if deploy_ckpt is not None and deploy_ckpt.strip().isdigit() and not os.path.exists(deploy_ckpt):
         raise BadInput(f"{deploy_ckpt!r} is not a checkpoint file",
                        hint="--input-size takes 224, 224x192 or two numbers: 224 192")
@@ -72,6 +76,7 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
                           seed=seed, batch=batch, input_size=input_size, images_dir=images_dir,
                           device=device, rtol=rtol, atol=atol, reference=reference)
     emit(report, as_json, verify_to_dict, render_verify, all_blocks=all_blocks)
+    write_plot(plot_path, verify_plot(report), force, as_json)
     if not report.passed:
         raise VerificationFailed(report.summary())
     return 0

@@ -245,6 +245,20 @@ def _validate(sub: Mapping[str, TensorInfo], det: Detection, where: str) -> List
     return [k for k in sub if k not in expected]
 
 
+def _generic_hint(keys: Sequence[str]) -> Optional[str]:
+    """A hint to try ``--generic`` when keys name MobileOne-style branches (FastViT, MobileCLIP
+    and other networks built of MobileOne blocks), None otherwise."""
+    roots = {dict(lay.parts)[part].split(".")[0] for lay in LAYOUTS.values()
+             for part in ("conv", "scale")}
+    example = next((k for k in keys if any(k.startswith(r + ".") or f".{r}." in k
+                                           for r in roots)), None)
+    if example is None:
+        return None
+    return (f"keys such as {example!r} name MobileOne-style branches outside a known "
+            f"MobileOne: for another network built of such blocks (FastViT, MobileCLIP, ...) "
+            f"try `mobileone convert --generic SRC DST`")
+
+
 def detect_layout(tensors: Mapping[str, TensorInfo], *, layout: Optional[str] = None,
                   prefix: Optional[str] = None, where: str = "checkpoint") -> Detection:
     """Detect layout, form, architecture, classes and prefix of the MobileOne in ``tensors``."""
@@ -268,7 +282,7 @@ def detect_layout(tensors: Mapping[str, TensorInfo], *, layout: Optional[str] = 
                                       if len(keys) > len(shown) else "")) if keys else "none"
         want = "; ".join(f"{n}: {_markers(lay)[0]}" for n, lay in LAYOUTS.items())
         raise BadInput(f"{where}: no MobileOne found (expected a stem key such as {want}; "
-                       f"found {len(keys)} keys such as {sample})")
+                       f"found {len(keys)} keys such as {sample})", hint=_generic_hint(keys))
     if len(cands) > 1:
         # No stem key matches two layouts' markers, so every candidate is another stem: another
         # network (teacher/student, model/EMA copy).  Guessing one (say, the shortest prefix)

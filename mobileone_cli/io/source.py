@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional
 from ..spec.arch import ArchSpec, expect_arch
 from ..spec.layouts import TensorEntry
 from ..spec.limits import resolve_eps
+from ..timing import Steps, step
 from .detect import Detection, TensorInfo, detect_layout, tensor_info
 from .read import Checkpoint, load_checkpoint, loading_notes
 from .sanity import check_finite, preflight
@@ -59,17 +60,25 @@ class Source:
 
 
 def open_source(path: str, options: Optional[LoadOptions] = None, *,
-                refuse_non_finite: bool = True) -> Source:
+                refuse_non_finite: bool = True, steps: Optional[Steps] = None) -> Source:
     """Load ``path`` and find its MobileOne; BadInput (exit 2) on anything that cannot be used.
 
     ``refuse_non_finite=False`` keeps NaN/Inf in the MobileOne: a deploy file under verification
-    that holds them simply fails the check, naming the block."""
+    that holds them simply fails the check, naming the block.  ``steps`` times 'load' (reading
+    the file) and 'detect' (finding, checking and validating the MobileOne)."""
     options = options or LoadOptions()
     path = os.fspath(path)
     arch = options.arch
     eps = resolve_eps(options.eps, arch.bn_eps if arch is not None else None,
                       options.arch_source or "--arch")
-    ck = load_checkpoint(path, ema=options.ema, trust=options.trust)
+    with step(steps, "load"):
+        ck = load_checkpoint(path, ema=options.ema, trust=options.trust)
+    with step(steps, "detect"):
+        return _found(path, ck, options, arch, eps, refuse_non_finite)
+
+
+def _found(path: str, ck: Checkpoint, options: LoadOptions, arch: Optional[ArchSpec], eps: float,
+           refuse_non_finite: bool) -> Source:
     sd = ck.state_dict
     tensors = tensor_info(sd)
     det = detect_layout(tensors, prefix=options.prefix, where=path)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import console, fmt_rel, safe, shorten_middle
+from .console import (console, fmt_rel, fmt_seconds, line, quiet, safe, shorten_middle,
+                      shorten_path, verbose)
 from .convert import convert_to_dict
 
 __all__ = ["render_batch", "batch_to_dict"]
@@ -31,6 +32,10 @@ def render_batch(items) -> None:
     from rich.table import Table
 
     out = console()
+    if quiet():
+        _summary(out, items)
+        return
+    timed = verbose() and any(it.result is not None and it.result.timings for it in items)
     rounded = [it.result.dtype_out for it in items
                if it.result is not None and it.rounded_rel is not None]
     layouts = {it.layout for it in items if it.layout}
@@ -39,11 +44,13 @@ def render_batch(items) -> None:
         ["result", "max rel diff"]
     if rounded:
         cols.append(f"{rounded[0]} cost")
+    if timed:
+        cols.append("time")
     title = "mobileone convert (batch)" + (f": {next(iter(layouts))}" if layouts and one_layout
                                            else "")
     t = Table(title=title, header_style="bold")
     for col in cols:
-        t.add_column(col, justify="right" if col.endswith(("diff", "cost")) else "left",
+        t.add_column(col, justify="right" if col.endswith(("diff", "cost", "time")) else "left",
                      no_wrap=True)
     style = {"ok": "green", "skipped": "dim", "mismatch": "red", "bad input": "yellow",
              "internal error": "red"}
@@ -51,6 +58,9 @@ def render_batch(items) -> None:
     for it in items:
         rest = [it.arch or "-"] + ([] if one_layout else [it.layout or "-"]) + \
             [it.status, fmt_rel(it.max_rel)] + ([fmt_rel(it.rounded_rel)] if rounded else [])
+        if timed:
+            rest.append(fmt_seconds(sum(it.result.timings.values())) if it.result is not None
+                        else "-")
         rows.append((it, rest))
     # The two path columns share what the other columns leave of the width (3 per column rule).
     other = sum(max([len(c)] + [len(r[k]) for _, r in rows]) for k, c in enumerate(cols[2:]))
@@ -58,20 +68,25 @@ def render_batch(items) -> None:
     out_room = min(max(len(os.path.basename(it.dst)) for it in items), room // 2)
     src_room = max(12, room - out_room)
     for it, rest in rows:
-        status = rest[len(rest) - (3 if rounded else 2)]
+        status = it.status
         rest = [safe(v) if v != status else f"[{style.get(status, 'red')}]{safe(v)}[/]"
                 for v in rest]
-        t.add_row(safe(shorten_middle(it.src, src_room)),
+        t.add_row(safe(shorten_path(it.src, src_room)),
                   safe(shorten_middle(os.path.basename(it.dst), out_room)), *rest)
     out.print(t)
+    _summary(out, items)
+
+
+def _summary(out, items) -> None:
+    """'N of M converted into DIR', then one line per failed file (all that -q prints)."""
     ok = sum(it.status == "ok" for it in items)
     skipped = sum(it.status == "skipped" for it in items)
-    out.print(f"{ok} of {len(items)} converted" + (f" into {safe(_common_dir(items))}"
-                                                    if ok else "")
-              + (f", {skipped} skipped (output exists)" if skipped else ""))
-    for it in items:
+    line(out, "", f"{ok} of {len(items)} converted" + (f" into {_common_dir(items)}" if ok else "")
+         + (f", {skipped} skipped (output exists)" if skipped else ""), whole=True)
+    for it in items:  # like the result and error: lines, one line each (grep-able)
         if it.status not in ("ok", "skipped"):
-            out.print(f"[bold]{safe(it.status)}[/]: {safe(it.message)}", soft_wrap=True)
+            line(out, f"[bold]{safe(it.status)}[/]:", f"{it.src}: {it.message}"
+                 if it.src not in it.message else it.message, whole=True)
 
 
 def _common_dir(items) -> str:

@@ -3,18 +3,34 @@
 Rendering takes plain data and prints; nothing under ``render/`` computes a result or imports
 torch.  Text that comes from the user or from a file (paths, keys, metadata, messages quoted from
 files) goes through :func:`safe`: rich markup escaped, control characters shown escaped.
+
+Width: every command prints at the same width (:func:`width`): ``COLUMNS`` when set, else the
+terminal's, else 80 (output piped to a file or a program), at most :data:`MAX_WIDTH`.  Tables fit
+it; prose (notes, hints, legends) is wrapped to it by :func:`line`; the one-line verdicts
+(``PASS:``/``FAIL:``, convert's ``check:``) and ``error:`` lines are never wrapped (grep-able).
+
+Verbosity (``-q``/``-v``, set once per command by the CLI): :func:`quiet` renderers print only
+their one-line result; :func:`verbose` renderers add step timings and every per-block row.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Callable, Dict, Optional
 
-__all__ = ["console", "fmt_rel", "emit", "short_path", "shorten_middle", "human_bytes", "safe",
-           "json_emitted", "MAX_SHOWN"]
+__all__ = ["console", "width", "MAX_WIDTH", "fmt_rel", "emit", "shorten_middle", "shorten_path",
+           "human_bytes", "compact", "safe", "line", "json_emitted", "reset_emitted",
+           "set_verbosity", "verbosity", "quiet", "verbose", "QUIET", "NORMAL", "VERBOSE",
+           "fmt_seconds", "render_timings", "timings_json", "MAX_SHOWN"]
 
 MAX_SHOWN = 1000  # characters of one user- or file-derived string in a table or a line
 
+MAX_WIDTH = 120  # wider terminals get tables of this width at most: lines stay readable
+DEFAULT_WIDTH = 80  # output that is not a terminal, without COLUMNS
+
+QUIET, NORMAL, VERBOSE = -1, 0, 1
+_state = {"verbosity": NORMAL}
 _emitted = []  # JSON documents printed by this process (the CLI prints at most one)
 
 
@@ -28,15 +44,45 @@ def reset_emitted() -> None:
     _emitted.clear()
 
 
-def console(stderr: bool = False, min_width: int = 0):
-    """A rich Console: the terminal's width, or ``COLUMNS``, or 80 when output is not a terminal
-    (rich's own rule); ``min_width`` widens a console that does not write to a terminal."""
+def set_verbosity(level: int) -> None:
+    """QUIET (-q), NORMAL or VERBOSE (-v); the CLI sets it at the start of every command."""
+    _state["verbosity"] = max(QUIET, min(VERBOSE, int(level)))
+
+
+def verbosity() -> int:
+    return _state["verbosity"]
+
+
+def quiet() -> bool:
+    return _state["verbosity"] <= QUIET
+
+
+def verbose() -> bool:
+    return _state["verbosity"] >= VERBOSE
+
+
+def width(stderr: bool = False) -> int:
+    """Columns to print in: ``COLUMNS``, else the terminal's (of stdout, or stderr), else 80;
+    at most MAX_WIDTH.  The same rule for every command, on a terminal or not."""
+    import sys
+
+    cols = os.environ.get("COLUMNS", "").strip()
+    if cols.isdigit() and int(cols) > 0:
+        return min(int(cols), MAX_WIDTH)
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        if stream.isatty():
+            return min(os.get_terminal_size(stream.fileno()).columns or DEFAULT_WIDTH, MAX_WIDTH)
+    except (AttributeError, OSError, ValueError):  # a replaced stream (tests, notebooks)
+        pass
+    return DEFAULT_WIDTH
+
+
+def console(stderr: bool = False):
+    """A rich Console of :func:`width` columns."""
     from rich.console import Console
 
-    c = Console(stderr=stderr, highlight=False, soft_wrap=False)
-    if min_width and not c.is_terminal and c.width < min_width:
-        c = Console(stderr=stderr, highlight=False, soft_wrap=False, width=min_width)
-    return c
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width(stderr))
 
 
 def safe(text: object, width: Optional[int] = None) -> str:
@@ -49,6 +95,38 @@ def safe(text: object, width: Optional[int] = None) -> str:
     return escape(one_line(text, width) if width else one_line(text, MAX_SHOWN))
 
 
+def line(out, head: str, body: object = "", *, whole: bool = False) -> None:
+    """Print ``head body`` (a note, a hint, a legend): ``head`` is rich markup (already safe),
+    ``body`` plain text (made printable here).  Wrapped at the console's width at spaces, the
+    next lines indented by two; ``whole`` keeps it one line (the verdicts)."""
+    import re
+    import textwrap
+
+    from rich.text import Text
+
+    from ..errors import printable
+
+    head_text = Text.from_markup(head)
+    body = printable(body)
+    plain = head_text.plain + (" " if head_text.plain and body else "") + body
+    if whole or len(plain) <= out.width:
+        out.print(head_text + Text(plain[len(head_text.plain):]), soft_wrap=True)
+        return
+    # A command in backticks (`mobileone convert --generic SRC DST`) is kept on one line, and a
+    # word longer than a line (a long path) stays whole on a line of its own: both are copied
+    # and pasted, so a line break inside them would break them.
+    glued = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", "\x00"), plain)
+    rows = [r.replace("\x00", " ") for r in
+            textwrap.wrap(glued, width=out.width, subsequent_indent="  ",
+                          break_long_words=False, break_on_hyphens=False)] or [""]
+    if rows[0].startswith(head_text.plain):
+        out.print(head_text + Text(rows[0][len(head_text.plain):]), soft_wrap=True)
+    else:  # a head wider than the console: plain text
+        out.print(Text(rows[0]), soft_wrap=True)
+    for row in rows[1:]:
+        out.print(Text(row), soft_wrap=True)
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -57,12 +135,29 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GB"
 
 
+def compact(n: int) -> str:
+    """An integer in 3 significant digits with an SI suffix: 4825192 -> '4.83 M',
+    1304027392 -> '1.30 G'; below 1000 as is.  (--json and --exact keep every digit.)"""
+    if abs(n) < 1000:
+        return f"{n:d}"
+    for unit, div in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        v = n / div
+        if abs(v) < 999.5 or unit == "T":
+            digits = 2 if abs(v) < 9.995 else 1 if abs(v) < 99.95 else 0
+            return f"{v:.{digits}f} {unit}"
+    return f"{n:d}"  # pragma: no cover
+
+
 def fmt_rel(x: Optional[float]) -> str:
     if x is None:
         return "-"
     if math.isinf(x):
         return "inf"
     return f"{x:.2e}"
+
+
+def fmt_seconds(s: float) -> str:
+    return f"{s:.2f} s"
 
 
 def shorten_middle(text: str, width: int) -> str:
@@ -74,11 +169,31 @@ def shorten_middle(text: str, width: int) -> str:
     return text[:head] + "…" + text[len(text) - (width - 1 - head):]
 
 
-def short_path(path: str, width: int = 28) -> str:
-    """The path as given when it fits a table column, else its file name (the user typed it)."""
-    import os
+def shorten_path(path: str, width: int) -> str:
+    """A path cut to ``width`` characters in its folders, keeping the file name whole when it
+    fits ('/tmp/run…/epoch_30.pth'); a name too long is cut in its middle."""
+    if len(path) <= width:
+        return path
+    name = os.path.basename(path)
+    tail = path[len(path) - len(name) - 1:] if len(name) < len(path) else name
+    if len(tail) + 4 <= width:
+        return path[:width - len(tail) - 1] + "…" + tail
+    return shorten_middle(path, width)
 
-    return path if len(path) <= width else os.path.basename(path)
+
+def render_timings(out, timings: Optional[Dict[str, float]]) -> None:
+    """``steps: load 120 ms, detect 3 ms, ...`` (verbose): where the time of a command went."""
+    if not verbose() or not timings:
+        return
+    total = sum(timings.values())
+    line(out, "[bold]steps:[/]", ", ".join(f"{k} {fmt_seconds(v)}" for k, v in timings.items())
+         + f" (total {fmt_seconds(total)})")
+
+
+def timings_json(timings: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """``{"timings_s": {...}}`` under ``-v``, else nothing: a report's JSON stays the same from
+    one run to the next unless timings are asked for."""
+    return {"timings_s": dict(timings)} if verbose() and timings else {}
 
 
 def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
@@ -91,5 +206,3 @@ def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
         _emitted.append(True)
     else:
         render(result, **render_options)
-
-

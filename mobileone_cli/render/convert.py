@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import console, fmt_rel, human_bytes, safe, short_path
+from .console import (console, fmt_rel, human_bytes, line, quiet, render_timings, safe,
+                      shorten_path, timings_json, verbose)
 from .verdict import finite_json, metrics_to_dict, verdict_to_dict
 
-__all__ = ["convert_to_dict", "render_convert"]
+__all__ = ["convert_to_dict", "render_convert", "result_line"]
 
 # Health topics that convert's own notes already state (io.sanity.preflight: dead channels of
 # running_var 0, mixed float dtypes, NaN/Inf outside the MobileOne): not said twice.
@@ -24,49 +25,91 @@ def convert_to_dict(r) -> Dict[str, Any]:
         "check": verdict_to_dict(r.verdict) if r.verdict is not None else None,
         "notes": r.notes, "dtype_out": r.dtype_out,
         "rounding": metrics_to_dict(r.rounding), "health": r.health,
+        **timings_json(r.timings),
     })
+
+
+def result_line(r) -> str:
+    """The one line ``-q`` prints: what was written, and the verdict."""
+    where = r.dst if r.dst else "(not written)"
+    if r.verdict is not None:
+        return f"{where}: {r.verdict.summary()}"
+    return f"{where}: {r.form_out} form, {r.layout_out} layout (not checked)"
+
+
+def _path_rooms(width: int, rows, src: str, dst: str):
+    """Characters the two file names may take: the whole width the table has (the other cells
+    of each column set its least width), shared so the shorter path stays whole."""
+    from rich.text import Text
+
+    label = max(len(row[0]) for row in rows)
+    avail = width - label - 10  # 4 borders, 3 x 2 padding
+    least_in = max(len(Text.from_markup(row[1]).plain) for row in rows)
+    least_out = max(len(Text.from_markup(row[2]).plain) for row in rows)
+    want_in, want_out = max(len(src), least_in), max(len(dst), least_out)
+    if want_in + want_out <= avail:
+        return len(src), len(dst)
+    half = avail // 2
+    if want_out <= half:
+        return max(16, avail - want_out), len(dst)
+    if want_in <= half:
+        return len(src), max(16, avail - want_in)
+    room_in = max(least_in, half)
+    return room_in, max(16, avail - room_in)
 
 
 def render_convert(r, title: str = "mobileone convert") -> None:
     from rich.table import Table
 
+    out = console()
+    if quiet():
+        line(out, "", result_line(r), whole=True)
+        return
     d = r.detection
-    t = Table(title=title, show_header=True, header_style="bold")
-    t.add_column("", style="bold")
-    t.add_column("in")
-    t.add_column("out")
-    t.add_row("file", safe(short_path(r.src)), safe(short_path(r.dst)) if r.dst
-              else "(not written)")
-    t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", "")
-    t.add_row("layout", safe(d.layout) + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
-              safe(r.layout_out))
-    t.add_row("form", safe(d.form), safe(r.form_out))
-    t.add_row("keys", f"{r.keys_in:,}", f"{r.keys_out:,}")
-    t.add_row("params", f"{r.params_in:,}", f"{r.params_out:,}")
-    t.add_row("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")
-    if r.passthrough:
-        t.add_row("other keys", f"{r.passthrough:,}", "copied unchanged")
-    if r.dtype_out:
-        t.add_row("dtype", safe(d.dtype), safe(r.dtype_out))
     v = r.verdict
+    rows = [("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)", ""),
+            ("layout", safe(d.layout) + (f" under {safe(repr(d.prefix))}" if d.prefix else ""),
+             safe(r.layout_out)),
+            ("form", safe(d.form), safe(r.form_out)),
+            ("keys", f"{r.keys_in:,}", f"{r.keys_out:,}"),
+            ("params", f"{r.params_in:,}", f"{r.params_out:,}"),
+            ("size", human_bytes(r.size_in), human_bytes(r.size_out) if r.size_out else "-")]
+    if r.passthrough:
+        rows.append(("other keys", f"{r.passthrough:,}", "copied unchanged"))
+    if r.dtype_out:
+        rows.append(("dtype", safe(d.dtype), safe(r.dtype_out)))
     if v is not None:
         m = v.decisive.output
-        t.add_row("check", "train (eval)", f"deploy, {v.deploy_dtype} weights")
-        t.add_row("max rel diff", "", fmt_rel(m.max_rel) + ("  (float64)" if v.fp64 else ""))
+        rows.append(("check", "train (eval)", f"deploy, {v.deploy_dtype} weights"))
+        rows.append(("max rel diff", "", fmt_rel(m.max_rel) + ("  (float64)" if v.fp64 else "")))
     if r.rounding is not None:
-        t.add_row("rounding", f"to {r.dtype_out}", f"{fmt_rel(r.rounding.max_rel)} vs unrounded")
-    out = console()
+        rows.append(("rounding", f"to {r.dtype_out}",
+                     f"{fmt_rel(r.rounding.max_rel)} vs unrounded"))
+    room_in, room_out = _path_rooms(out.width, rows, r.src, r.dst or "(not written)")
+    t = Table(title=title, show_header=True, header_style="bold")
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("in", overflow="fold")
+    t.add_column("out", overflow="fold")
+    t.add_row("file", safe(shorten_path(r.src, room_in)),
+              safe(shorten_path(r.dst, room_out)) if r.dst else "(not written)")
+    for row in rows:
+        t.add_row(*row)
     out.print(t)
+    if v is not None and verbose():
+        from .verify import render_blocks
+
+        render_blocks(out, v)
     if v is not None:
-        out.print(f"check: {safe(v.summary())}", soft_wrap=True)
+        line(out, "check:", v.summary(), whole=True)  # the verdict: one line, grep-able
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
     h = r.health
     if h is not None and h["verdict"] != "healthy":
         from .health import verdict_line
 
         for issue in h["issues"]:
             if issue["topic"] not in NOTED:
-                out.print(f"{issue['level']}: {safe(issue['message'])}", soft_wrap=True)
-        out.print(f"{verdict_line(h)}: `mobileone inspect {safe(r.src)}` tells more (the eps "
-                  f"sensitivity, the fp16/bf16 range)", soft_wrap=True)
+                line(out, f"{issue['level']}:", issue["message"])
+        line(out, "", f"{verdict_line(h)}: `mobileone inspect {r.src}` tells more (the eps "
+                      f"sensitivity, the fp16/bf16 range)")
+    render_timings(out, r.timings)

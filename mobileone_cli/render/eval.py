@@ -5,7 +5,7 @@ import contextlib
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from .console import console, fmt_rel, safe, short_path
+from .console import console, fmt_rel, safe, shorten_path
 from .verdict import finite_json
 
 __all__ = ["eval_to_dict", "render_eval", "progress_bar"]
@@ -103,7 +103,7 @@ def render_eval(r) -> None:
             continue
         t.add_column(col, justify=just)
     for m in r.models:
-        name = "(fused here)" if m.info.get("path") is None else short_path(m.name, 24)
+        name = "(fused here)" if m.info.get("path") is None else shorten_path(m.name, 24)
         row = [f"{m.role} {safe(name)}"]
         if scored:
             row += [_pct(m.accuracy.top1), _pct(m.accuracy.topk)]

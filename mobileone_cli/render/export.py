@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from .console import console, fmt_rel, human_bytes, safe
+from .console import console, fmt_rel, human_bytes, line, quiet, safe, shorten_path
 
 __all__ = ["render_export", "export_to_dict", "checks_to_list", "render_checks"]
 
@@ -53,11 +53,11 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
     ref = ("our deploy model (float64) holding its fp16 weights" if fp16
            else "our deploy model (float64)")
     c = Table(title=f"{runtime} against {ref}, seeded images", header_style="bold")
-    for col in ("input", "max abs diff", "max rel diff", "bound", "top-1"):
-        c.add_column(col, justify="left" if col == "input" else "right")
+    for col in ("input", "max abs\ndiff", "max rel\ndiff", "bound", "top-1"):
+        c.add_column(col, justify="left" if col == "input" else "right", no_wrap=True)
     if fp16:
-        c.add_column("vs fp32 weights", justify="right")
-    c.add_column("result")
+        c.add_column("vs fp32\nweights", justify="right", no_wrap=True)
+    c.add_column("result", no_wrap=True)
     for ch in checks:
         m = ch.metrics
         row = [f"{ch.batch}x{channels}x{ch.height}x{ch.width}", f"{m.max_abs:.3e}",
@@ -69,16 +69,16 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
         c.add_row(*row)
     out.print(c)
     if rtol_fixed:
-        out.print("bound: the fixed --rtol, relative to max |output|")
+        line(out, "bound:", "the fixed --rtol, relative to max |output|")
     else:
         prec = "fp16" if checks and checks[0].arithmetic == "float16" else "fp32"
         from ..spec.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
 
-        out.print(f"bound: {EXPORT_RTOL[dtype]:g} + {EXPORT_SENSITIVITY_FACTOR:g}x the effect of "
-                  f"{prec} arithmetic on this network (docs/export.md)", soft_wrap=True)
+        line(out, "bound:", f"{EXPORT_RTOL[dtype]:g} + {EXPORT_SENSITIVITY_FACTOR:g}x the effect "
+                            f"of {prec} arithmetic on this network (docs/export.md)")
     if fp16:
-        out.print("vs fp32 weights: against the unrounded deploy model (the whole cost of "
-                  "fp16)")
+        line(out, "vs fp32 weights:", "against the unrounded deploy model (the whole cost of "
+                                      "fp16)")
 
 
 def render_weights(out, w, runtime: str) -> None:
@@ -92,21 +92,37 @@ def render_weights(out, w, runtime: str) -> None:
                       + (f" (+{len(items) - 5} more)" if len(items) > 5 else ""), soft_wrap=True)
 
 
+def result_line(r) -> str:
+    """``-q``: where the artifact went and what checked it."""
+    if not r.executed:
+        w = r.weights
+        state = "weights read back equal" if w is not None and w.passed else "weights DIFFER"
+        return f"{r.dst}: not executed here ({state})"
+    worst = max((c.metrics.max_rel for c in r.checks), default=None)
+    return (f"{r.dst}: {r.runtime} matches at {len(r.checks)} shape(s), max rel diff "
+            f"{fmt_rel(worst)}")
+
+
 def render_export(r) -> None:
     from rich.table import Table
 
     d = r.detection
-    out = console(min_width=110)
+    out = console()
+    if quiet():  # the one-line result
+        line(out, "", result_line(r), whole=True)
+        return
+    room = max(20, out.width - 12 - 7)  # what the value column has
     t = Table(title="mobileone export", show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("")
-    t.add_row("checkpoint", f"{safe(r.src)}  ({safe(d.layout)}, {safe(d.form)} form"
-                            + (", fused here)" if r.fused else ")"))
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("", overflow="fold")
+    t.add_row("checkpoint", f"{safe(shorten_path(r.src, room))}  ({safe(d.layout)}, "
+                            f"{safe(d.form)} form" + (", fused here)" if r.fused else ")"))
     t.add_row("arch", f"{safe(d.arch.name)} ({d.arch.num_classes or 'no'} classes)")
     how = (f"opset {r.opset}, {r.exporter} exporter, " if r.target == "onnx" else "")
     if r.details.get("deployment_target"):
         how += f"{safe(str(r.details['deployment_target']))}, "
-    t.add_row(r.target, f"{safe(r.dst)}  ({human_bytes(r.size_out)}, {how}{r.dtype})")
+    t.add_row(r.target, f"{safe(shorten_path(r.dst, room))}  ({human_bytes(r.size_out)}, "
+                        f"{how}{r.dtype})")
     t.add_row("input", safe(f"{r.input_name} {_dims(r.input_shape)}"))
     t.add_row("output", safe(f"{r.output_name} {_dims(r.output_shape)}"))
     if r.fusion_metrics is not None:
@@ -119,7 +135,7 @@ def render_export(r) -> None:
         render_checks(out, r.checks, runtime=r.runtime, dtype=r.dtype,
                       channels=d.arch.in_channels, rtol_fixed=r.rtol is not None)
     if not r.executed:
-        out.print(f"[bold yellow]{safe(r.not_executed or 'not executed')}[/] (the weights "
-                  f"above are what was checked)", soft_wrap=True)
+        line(out, f"[bold yellow]{safe(r.not_executed or 'not executed')}[/]",
+             "(the weights above are what was checked)")
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)

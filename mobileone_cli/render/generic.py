@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import console, fmt_rel, human_bytes, safe
+from .console import (console, fmt_rel, human_bytes, line, quiet, render_timings, safe,
+                      shorten_path, timings_json)
 
 __all__ = ["generic_to_dict", "render_generic"]
 
@@ -16,7 +17,7 @@ def generic_to_dict(r) -> Dict[str, Any]:
         "already_fused": rep.already_fused, "size_in": r.size_in, "size_out": r.size_out,
         "max_rel_diff": r.max_rel,
         "blocks": [dict(b.to_dict(), max_rel_diff=r.checks.get(b.path)) for b in rep.blocks],
-        "notes": r.notes,
+        "notes": r.notes, **timings_json(r.timings),
     }
 
 
@@ -48,9 +49,16 @@ def render_generic(r) -> None:
 
     rep = r.report
     out = console()
-    blocks = Table(title="MobileOne-style blocks fused", header_style="bold", box=box.SIMPLE)
-    for col in ("block", "naming", "branches", "kernel", "groups", "channels", "max rel diff"):
-        blocks.add_column(col, no_wrap=col in ("block", "branches"))
+    if quiet():
+        line(out, "", f"{r.dst or '(not written)'}: {len(rep.blocks)} block(s) fused"
+             + (f", max rel diff {fmt_rel(r.max_rel)}" if r.checks else " (not checked)"),
+             whole=True)
+        return
+    blocks = Table(title="MobileOne-style blocks fused", header_style="bold", box=box.SIMPLE,
+                   pad_edge=False, collapse_padding=True, show_edge=False)
+    for col in ("block", "naming", "branches", "kernel", "groups", "channels", "rel diff"):
+        blocks.add_column(col, no_wrap=col != "block", overflow="fold",
+                          justify="right" if col == "rel diff" else "left")
     assumed = []
     for b in rep.blocks:
         note = _assumed(b)
@@ -62,15 +70,18 @@ def render_generic(r) -> None:
         blocks.add_row(safe(b.path or "(top level)"), safe(b.naming), _branches(b), kernel, groups,
                        _channels(b), fmt_rel(r.checks.get(b.path)) if r.checks else "-")
     out.print(blocks)
-    for line in assumed:
-        out.print(f"* {safe(line)}")
+    line(out, "", "rel diff: max rel diff of each fused block against its branches")
+    for text in assumed:
+        line(out, "*", text)
     if any(b.groups is None for b in rep.blocks):
-        out.print("groups '-': no identity branch, so groups are neither needed nor read; the "
-                  "fused conv keeps the train conv's groups and weight shape")
+        line(out, "", "groups '-': no identity branch, so groups are neither needed nor read; "
+                      "the fused conv keeps the train conv's groups and weight shape")
     t = Table(title="mobileone convert --generic", show_header=False)
-    t.add_column("", style="bold")
-    t.add_column("")
-    t.add_row("file", safe(f"{r.src} -> {r.dst or '(not written)'}"))
+    t.add_column("", style="bold", no_wrap=True)
+    t.add_column("", overflow="fold")
+    room = max(20, out.width - 12 - 7)
+    t.add_row("file", safe(shorten_path(r.src, room)))
+    t.add_row("output", safe(shorten_path(r.dst, room)) if r.dst else "(not written)")
     t.add_row("fused blocks", f"{len(rep.blocks):,}")
     t.add_row("keys", f"{rep.keys_in:,} -> {rep.keys_out:,}")
     t.add_row("other keys", f"{rep.passthrough:,} copied unchanged")
@@ -81,4 +92,5 @@ def render_generic(r) -> None:
               f"relative to max |output|)")
     out.print(t)
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
+    render_timings(out, r.timings)

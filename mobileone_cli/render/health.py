@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from .console import console, safe
+from .console import console, line, safe, verbose
 
 __all__ = ["render_health", "health_lines", "verdict_line"]
 
@@ -11,6 +11,8 @@ SHOWN = 3  # names listed per row; --json lists them all
 
 
 def _few(items: List[str], n: int = SHOWN) -> str:
+    if verbose():  # -v: every name
+        n = len(items)
     more = f" and {len(items) - n} more" if len(items) > n else ""
     return safe(", ".join(items[:n]) + more)
 
@@ -107,9 +109,12 @@ def render_health(h: Optional[Dict[str, Any]]) -> None:
         return
     t = Table(title="health", show_header=False)
     t.add_column("", style="bold", no_wrap=True)
-    t.add_column("")
+    t.add_column("", overflow="fold")
     for name, text in _rows(h):
         t.add_row(name, text)
     out.print(t)
-    for line in health_lines(h):
-        out.print(line, soft_wrap=True)
+    for m in h["faults"]:
+        line(out, "fault:", m)
+    for m in h["warnings"]:
+        line(out, "warning:", m)
+    line(out, "", verdict_line(h))

@@ -17,25 +17,40 @@ VALUE_SHOWN = 200  # characters of one key or metadata value in the table
 
 
 def _few(items: List[str], n: int) -> str:
+    from .console import verbose
+
+    if verbose():  # -v: every name
+        n = len(items)
     more = f" ... and {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def _path(r: Dict[str, Any], key: str = "file") -> str:
+    """The file's path, shortened in its folders to what the value column has (the table's
+    first column is at most ~18 characters wide)."""
+    from .console import safe, shorten_path, width
+
+    return safe(shorten_path(r[key], max(20, width() - 25)))
 
 
 def _file_rows(t, r: Dict[str, Any]) -> None:
     """What every checkpoint report has: file, container, how it was read."""
     from .console import human_bytes, safe
 
-    t.add_row("file", safe(r["file"]))
+    t.add_row("file", _path(r))
     t.add_row("format", f"{r['file_format']} ({human_bytes(r['size'])})")
     rows = r.get("structure") or []
     if r["file_format"] != "safetensors" and rows:
+        from .console import verbose
+
+        shown_n = len(rows) if verbose() else STRUCTURE_SHOWN
         shown = [f"{safe(x['key'])}: {safe(x['kind'])}"
                  + (f" ({x['items']:,} item{'s' if x['items'] != 1 else ''})"
                     if x["items"] is not None else "")
                  + (f", {x['tensors']:,} tensors, {human_bytes(x['tensor_bytes'])}"
                     if x["tensors"] and not x["kind"].startswith("tensor") else "")
-                 for x in rows[:STRUCTURE_SHOWN]]
-        more = len(rows) - STRUCTURE_SHOWN
+                 for x in rows[:shown_n]]
+        more = len(rows) - shown_n
         t.add_row("top level", "\n".join(shown + ([f"... and {more} more"] if more > 0 else [])))
     if r.get("wrapper"):
         t.add_row("wrapper", safe(repr(r["wrapper"])) + " entry")
@@ -103,7 +118,7 @@ def _onnx(t, r: Dict[str, Any]) -> None:
         shape = "?" if v["shape"] is None else "[" + ", ".join(map(str, v["shape"])) + "]"
         return safe(f"{v['name']}: {v['dtype']} {shape}")
 
-    t.add_row("file", safe(r["file"]))
+    t.add_row("file", _path(r))
     t.add_row("format", f"ONNX, IR version {r['ir_version']} ({human_bytes(r['size'])})")
     if r["producer"]:
         t.add_row("producer", safe(r["producer"]))
@@ -115,18 +130,40 @@ def _onnx(t, r: Dict[str, Any]) -> None:
     t.add_row("checker", "passes" if r["checker"] is None else "FAILS: " + safe(r["checker"]))
 
 
+def result_line(r: Dict[str, Any]) -> str:
+    """The one line ``-q`` prints: what the file is, and its health verdict."""
+    if r["kind"] == "onnx":
+        return (f"{r['file']}: ONNX, {r['initializers']:,} initializers, {r['nodes']:,} nodes, "
+                f"checker {'passes' if r['checker'] is None else 'FAILS'}")
+    if r["kind"] == "mobileone":
+        what = (f"MobileOne {r['variant']}, {r['layout']} layout, {r['form']} form, "
+                f"{r['keys']:,} keys")
+    else:
+        what = f"not a MobileOne the tool recognises, {r['keys']:,} keys"
+    h = r.get("health")
+    if h is not None:
+        from .health import verdict_line
+
+        what += f"; {verdict_line(h)}"
+    return f"{r['file']}: {what}"
+
+
 def render_inspect(r: Dict[str, Any]) -> None:
     from rich.table import Table
 
-    from .console import console, safe
+    from .console import console, line, quiet, safe
     from .health import render_health
 
+    out = console()
+    if quiet():
+        line(out, "", result_line(r), whole=True)
+        return
     t = Table(title="mobileone inspect", show_header=False)
     t.add_column("", style="bold", no_wrap=True)
-    t.add_column("")
+    t.add_column("", overflow="fold")
     if r["kind"] == "onnx":
         _onnx(t, r)
-        console().print(t)
+        out.print(t)
         return
     _file_rows(t, r)
     (_mobileone if r["kind"] == "mobileone" else _checkpoint)(t, r)
@@ -137,8 +174,7 @@ def render_inspect(r: Dict[str, Any]) -> None:
     if len(metadata) > METADATA_SHOWN:
         t.add_row("metadata", f"... and {len(metadata) - METADATA_SHOWN:,} more entries "
                               f"(--json lists them all)")
-    out = console()
     out.print(t)
     if r.get("hint"):
-        out.print(f"hint: {safe(r['hint'])}", soft_wrap=True)
+        line(out, "hint:", r["hint"])
     render_health(r.get("health"))

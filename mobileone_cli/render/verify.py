@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .console import console, fmt_rel, safe
+from .console import (console, fmt_rel, line, quiet, render_timings, safe, shorten_path,
+                      timings_json, verbose)
 from .verdict import finite_json, verdict_to_dict
 
-__all__ = ["render_verify", "verify_to_dict"]
+__all__ = ["render_verify", "verify_to_dict", "render_blocks", "verify_plot"]
 
 
 def verify_to_dict(report) -> Dict[str, Any]:
@@ -20,17 +21,18 @@ def verify_to_dict(report) -> Dict[str, Any]:
         "device": report.device,
         "stages": [s.to_dict() for s in report.stages],
         "blocks": [dict(b.to_dict(), bad=b.name in stage.bad_blocks) for b in stage.blocks],
-        "notes": list(report.notes),
+        "profile": [r.to_dict() for r in report.profile()],
+        "notes": list(report.notes), **timings_json(report.timings),
     })
 
 
-def _side(d) -> str:
+def _side(d, room: int = 1000) -> str:
     if d.get("path") is None:
         return f"{d.get('source')}, {d.get('layout')} layout"
     where = f" under {d['prefix']!r}" if d.get("prefix") else ""
     classes = f"{d['num_classes']} classes" if d.get("num_classes") else "no head"
-    return (f"{d['path']}  ({d['layout']}{where}, {d['form']} form, {d['arch']}, {classes}, "
-            f"{d['dtype']})")
+    return (f"{shorten_path(d['path'], room)}  ({d['layout']}{where}, {d['form']} form, "
+            f"{d['arch']}, {classes}, {d['dtype']})")
 
 
 def _inputs(d) -> str:
@@ -44,19 +46,48 @@ def _frac(x: Optional[float]) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def render_blocks(out, v) -> None:
+    """Every block's error (``--all-blocks``, ``-v``): end to end, its own and its bound."""
+    from rich.table import Table
+
+    stage = v.decisive
+    bad = set(stage.bad_blocks)
+    b = Table(title="per block (own: fed the train model's input)", header_style="bold")
+    for col in ("block", "end to end", "own", "bound", "min cosine", "scale", ""):
+        b.add_column(col, justify="left" if col in ("block", "") else "right", no_wrap=True)
+    for e in stage.blocks:
+        bound = stage.block_bounds.get(e.name)
+        b.add_row(safe(e.name), fmt_rel(e.max_rel), fmt_rel(e.own_rel),
+                  fmt_rel(bound / e.scale) if bound is not None and e.scale > 0 else "-",
+                  f"{e.cosine:.6f}", f"{e.scale:.3g}",
+                  "[bold red]BAD[/]" if e.name in bad else "ok")
+    out.print(b)
+
+
+def verdict_line(report) -> str:
+    word = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
+    return f"{word}:"
+
+
 def render_verify(report, all_blocks: bool = False) -> None:
     from rich.table import Table
 
+    from .pictures import error_profile, mark_char
+
     v = report.verdict
     out = console()
+    if quiet():  # the verdict alone: one line, grep-able
+        line(out, verdict_line(report), report.summary(), whole=True)
+        return
     tol = f"rtol {v.rtol:g}" + (f", atol {v.atol:g}" if v.atol else "")
     if v.adaptive:
         tol += " + 4x the measured rounding sensitivity"
     head = Table(title="mobileone verify", show_header=False)
-    head.add_column("", style="bold")
-    head.add_column("")
-    head.add_row("train", safe(_side(report.train)))
-    head.add_row("deploy", safe(_side(report.deploy)))
+    head.add_column("", style="bold", no_wrap=True)
+    head.add_column("", overflow="fold")
+    room = max(20, out.width - 9 - 7) - 2
+    head.add_row("train", safe(_side(report.train, room)))
+    head.add_row("deploy", safe(_side(report.deploy, room)))
     head.add_row("inputs", safe(_inputs(report.inputs)))
     head.add_row("mode", f"eval (running BN statistics), fp32"
                          f"{', float64 referee' if v.fp64 is not None else ''}, {report.device}")
@@ -70,7 +101,7 @@ def render_verify(report, all_blocks: bool = False) -> None:
     t = Table(title=f"output ({v.compared}), deploy vs train", header_style="bold")
     t.add_column("metric", style="bold")
     for name, _ in cols:
-        t.add_column(name, justify="right")
+        t.add_column(name, justify="right", no_wrap=True)
     t.add_row("max abs diff", *(f"{m.max_abs:.3e}" for _, m in cols))
     t.add_row("max rel diff", *(fmt_rel(m.max_rel) for _, m in cols))
     t.add_row("min cosine", *(f"{m.cosine:.9f}" for _, m in cols))
@@ -79,30 +110,37 @@ def render_verify(report, all_blocks: bool = False) -> None:
     t.add_row("scale (max |ref|)", *(f"{m.scale:.4g}" for _, m in cols))
     out.print(t)
     if sens is not None and v.amplification is not None:
-        out.print(f"rounding sensitivity: one unit roundoff of {v.deploy_dtype} on every weight "
-                  f"moves the output by {fmt_rel(sens.max_rel)} (x{v.amplification:.2g})")
+        line(out, "rounding sensitivity:", f"one unit roundoff of {v.deploy_dtype} on every "
+             f"weight moves the output by {fmt_rel(sens.max_rel)} (x{v.amplification:.2g})")
 
     s = Table(title="per stage (own = block fed the train model's input)", header_style="bold")
     for col, just in (("stage", "left"), ("blocks", "right"), ("at output", "right"),
                       ("worst block", "left"), ("own", "right"), ("", "left")):
-        s.add_column(col, justify=just)
+        s.add_column(col, justify=just, no_wrap=True)
     for row in report.stages:
         s.add_row(safe(row.name), str(row.blocks), fmt_rel(row.max_rel), safe(row.worst_block),
                   fmt_rel(row.worst_own_rel), "ok" if row.within else "[bold red]BAD[/]")
     out.print(s)
 
-    if all_blocks:
-        bad = set(v.decisive.bad_blocks)
-        b = Table(title="per block", header_style="bold")
-        for col in ("block", "end to end", "own", "min cosine", "scale", ""):
-            b.add_column(col, justify="left" if col in ("block", "") else "right")
-        for e in v.decisive.blocks:
-            b.add_row(safe(e.name), fmt_rel(e.max_rel), fmt_rel(e.own_rel), f"{e.cosine:.6f}",
-                      f"{e.scale:.3g}", "[bold red]BAD[/]" if e.name in bad else "")
-        out.print(b)
+    line(out, "[bold]error profile[/]", f"(log scale): each stage's block nearest its bound "
+         f"(own rel diff), {mark_char(out)} = that bound; last, the output")
+    for row in error_profile(out, report.profile()):
+        out.print(row, soft_wrap=True)
 
-    # soft_wrap: the verdict stays one line, whatever the terminal width (grep-able in CI logs)
-    word = "[bold green]PASS[/]" if report.passed else "[bold red]FAIL[/]"
-    out.print(f"{word}: {safe(report.summary())}", soft_wrap=True)
+    if all_blocks or verbose():
+        render_blocks(out, v)
+
+    # The verdict stays one line, whatever the terminal width (grep-able in CI logs).
+    line(out, verdict_line(report), report.summary(), whole=True)
     for note in report.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
+    render_timings(out, report.timings)
+
+
+def verify_plot(report) -> str:
+    """The error profile as an SVG document (``--plot``)."""
+    from .svg import verify_svg
+
+    train = report.train.get("path") or "train"
+    word = "PASS" if report.passed else "FAIL"
+    return verify_svg(report.profile(), f"mobileone verify {train}: {word}")

@@ -8,10 +8,11 @@ that the report shows what the file holds next to what the architecture implies.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from ..errors import BadInput
 from ..spec.arch import ArchSpec
+from ..timing import Steps
 from .counting import DEFAULT_SIZE, ArchStats, FileCount, arch_stats, file_count
 
 __all__ = ["StatsReport", "stats_for_arch", "stats_for_checkpoint", "bench_report"]
@@ -28,6 +29,7 @@ class StatsReport:
     file: Optional[FileCount] = None
     bench: Optional[object] = None  # bench.BenchResult
     notes: List[str] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step
 
     @property
     def file_matches(self) -> Optional[bool]:
@@ -46,7 +48,10 @@ def _stats(arch: ArchSpec, input_size) -> ArchStats:
 
 def stats_for_arch(arch: ArchSpec, input_size=DEFAULT_SIZE) -> StatsReport:
     """Counts of a named architecture; nothing is read."""
-    return StatsReport(stats=_stats(arch, input_size))
+    steps = Steps()
+    with steps("count"):
+        stats = _stats(arch, input_size)
+    return StatsReport(stats=stats, timings=steps.seconds)
 
 
 def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
@@ -60,9 +65,12 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
     from ..io.contents import list_tensors
     from ..spec.arch import expect_arch
 
-    listing = list_tensors(path, trust=trust)
+    steps = Steps()
+    with steps("load"):
+        listing = list_tensors(path, trust=trust)
     tensors = listing.tensors
-    det = detect_layout(tensors, where=path)
+    with steps("detect"):
+        det = detect_layout(tensors, where=path)
     spec = det.arch
     notes: List[str] = []
     if arch is not None:
@@ -74,10 +82,13 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
                   else ("--arch" if arch is not None else "an assumption"))
         notes.append(f"a deploy file does not record the train form's conv branches; the train "
                      f"column uses k = {k} per stage ({source})")
-    report = StatsReport(stats=_stats(spec, input_size), source=path, layout=det.layout,
+    with steps("count"):
+        stats = _stats(spec, input_size)
+        count = file_count(tensors, det)
+    report = StatsReport(stats=stats, source=path, layout=det.layout,
                          form=det.form, prefix=listing.stripped_prefix + det.prefix,
-                         file_format=listing.file_format, notes=notes)
-    report.file = file_count(tensors, det)
+                         file_format=listing.file_format, notes=notes, timings=steps.seconds)
+    report.file = count
     if det.extra_keys:
         report.notes.append(f"{len(det.extra_keys)} tensor(s) in the file are not part of the "
                             f"MobileOne and are not counted as its parameters")
@@ -100,8 +111,12 @@ def bench_report(report: StatsReport, **kwargs) -> StatsReport:
                  f"of {size[0]}x{size[1]}",
                  hint="use a smaller --batch or --input-size; without --bench, stats only "
                       "counts, which needs no memory")
+    steps = Steps()
     try:
-        report.bench = run_bench(report.stats.arch, input_size=report.stats.input_size, **kwargs)
+        with steps("bench"):
+            report.bench = run_bench(report.stats.arch, input_size=report.stats.input_size,
+                                     **kwargs)
     except ValueError as exc:
         raise BadInput(f"--bench: {exc}") from None
+    report.timings.update(steps.seconds)
     return report
