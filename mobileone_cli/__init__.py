@@ -25,7 +25,7 @@ _LAZY = {
     "deploy_copy": "models.mobileone", "random_state_dict": "models.synthetic",
     "load_checkpoint": "io.read", "save_checkpoint": "io.write", "LoadOptions": "io.source",
     "open_source": "io.source",
-    "judge": "check.harness", "Verdict": "check.harness", "compare_outputs": "check.harness",
+    "judge": "check.verdict", "Verdict": "check.verdict", "compare_outputs": "check.harness",
     "verify_files": "check.verify", "verify_state_dicts": "check.verify",
     "checkpoint_health": "check.health",
     "verify_artifact": "check.verify_artifact", "check_artifact": "check.artifact",

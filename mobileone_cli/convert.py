@@ -49,7 +49,7 @@ class ConvertResult:
     eps: float = 1e-5
     size_in: int = 0
     size_out: int = 0
-    verdict: Any = None  # check.harness.Verdict, when checked
+    verdict: Any = None  # check.verdict.Verdict, when checked
     passthrough: int = 0  # keys outside the MobileOne copied unchanged
     notes: List[str] = field(default_factory=list)
     state_dict: Optional[Dict[str, Any]] = None  # the output, for API users
@@ -128,8 +128,9 @@ def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any],
 
 def _check(result: ConvertResult, train_sd: Dict[str, Any], deploy_sd: Dict[str, Any],
            options: ConvertOptions) -> None:
-    """The shared verdict (check.harness.judge) on one seeded image; refuse to write on FAIL."""
-    from .check.harness import check_room, judge, non_finite, seeded_inputs
+    """The shared verdict (check.verdict.judge) on one seeded image; refuse to write on FAIL."""
+    from .check.harness import check_room, seeded_inputs
+    from .check.verdict import judge, non_finite
 
     det = result.detection
     check_room(det.arch, options.input_size, 1, "the check")

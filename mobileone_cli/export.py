@@ -3,7 +3,7 @@
 The target is chosen by OUT's extension (:data:`runtimes.TARGETS`): ``.onnx`` (onnxruntime),
 ``.pte`` (ExecuTorch, XNNPACK delegate), ``.tflite`` (LiteRT), ``.mlpackage`` (Core ML ML program).
 Train-form input is fused and the fusion judged first (:func:`convert.convert_file`, the rule of
-:func:`check.harness.judge`).  The artifact is written to a temporary name, then executed in its
+:func:`check.verdict.judge`).  The artifact is written to a temporary name, then executed in its
 runtime on seeded images at every shape it claims to accept and compared with our deploy model
 holding exactly its weights (:mod:`check.artifact`); it is renamed to OUT only if that passes.
 Core ML executes only on macOS: elsewhere every weight stored in the package is read back and

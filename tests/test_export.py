@@ -1,4 +1,4 @@
-"""Issue 8: `mobileone export` to ONNX, checked in onnxruntime.
+"""`mobileone export` to ONNX, checked in onnxruntime.
 
 The exported files are run here with onnxruntime directly, and compared with an independent
 computation: the TRAIN-form model in eval mode built from the original checkpoint (so neither the

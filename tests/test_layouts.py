@@ -1,4 +1,4 @@
-"""Issue 3: Apple, mmpretrain and timm layouts in and out, wrappers, embedded backbones, safe loading.
+"""Apple, mmpretrain and timm layouts in and out, wrappers, embedded backbones, safe loading.
 
 Expected keys are derived here, independently of mobileone_cli.spec.layouts: a generator of Apple keys
 written from section 1 of shared/reference/mobileone.md, and a translator to the other layouts

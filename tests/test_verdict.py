@@ -1,4 +1,4 @@
-"""The one verdict rule (check.harness.judge), on realistic and on ill-conditioned networks.
+"""The one verdict rule (check.verdict.judge), on realistic and on ill-conditioned networks.
 
 For s0..s4, with BatchNorm statistics calibrated like a trained network's and with random ones
 (activations ~1e9, saturated SE gates), the rule must never fail an exact fusion in any storage
@@ -15,7 +15,8 @@ import json
 import pytest
 import torch
 
-from mobileone_cli.check.harness import judge, perturb, seeded_inputs
+from mobileone_cli.check.harness import perturb, seeded_inputs
+from mobileone_cli.check.verdict import judge
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.spec.arch import get_arch

@@ -22,6 +22,7 @@ from mobileone_cli.spec.layouts import remap
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.check import harness as H
+from mobileone_cli.check import verdict as J
 from mobileone_cli.check import verify as V
 from mobileone_cli.spec.tolerances import DEFAULT_RTOL as RTOL
 
@@ -255,7 +256,7 @@ def test_half_precision_deploy_passes_with_defaults_and_a_wrong_one_fails(tmp_pa
         assert strict_json(res.stdout)["first_bad_block"]["name"] == "stage2.5"
 
 
-# ---------------------------------------------------------------- Apple issue 8 cannot happen
+# -------------------------------- eval mode whatever the mode at save time (Apple issue 8)
 
 
 def test_train_or_eval_mode_at_save_time_gives_the_same_answer(tmp_path, run_cli, monkeypatch):
@@ -277,7 +278,7 @@ def test_train_or_eval_mode_at_save_time_gives_the_same_answer(tmp_path, run_cli
             mod.register_forward_pre_hook(lambda mod, inp: seen.append(mod.training))
         return m
 
-    monkeypatch.setattr(H, "load_model", load_in_train_mode)
+    monkeypatch.setattr(J, "load_model", load_in_train_mode)  # the models the verdict runs
     reports = []
     for path in (in_train, in_eval):
         res = run_cli("verify", path, deploy_p, "--input-size", "32", "--batch", "2",

@@ -3,7 +3,7 @@ off macOS) its stored weights read back.
 
 Reference: our deploy model in float64 holding exactly the artifact's weights (the deploy
 weights rounded as the target stores them, e.g. fp16), on seeded images rounded as the artifact
-takes them.  The fusion itself (train vs deploy) is judged before, by :func:`.harness.judge`.
+takes them.  The fusion itself (train vs deploy) is judged before, by :func:`.verdict.judge`.
 
 The bound follows the network, like the verdict for checkpoints.  An artifact computes in fp32
 or fp16; how far that precision moves THIS network's output is measured on our model:

@@ -1,7 +1,7 @@
 """``mobileone verify``: a train checkpoint against a deploy checkpoint (or its own fusion).
 
 Files are opened with :func:`~mobileone_cli.io.source.open_source`, paired (forms, architecture,
-head), and judged by :func:`.harness.judge`, the rule ``convert`` uses too.  The report adds the
+head), and judged by :func:`.verdict.judge`, the rule ``convert`` uses too.  The report adds the
 per-stage table, the network's conditioning and the inputs used.
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from ..spec.arch import ArchSpec
 from ..spec.limits import check_batch, parse_input_size
 from ..spec.tolerances import DEFAULT_ATOL
 from ..timing import Steps
-from .harness import Verdict, check_room, judge, non_finite, resolve_device, seeded_inputs
+from .harness import check_room, resolve_device, seeded_inputs
+from .verdict import Verdict, judge, non_finite
 from .localize import StageError, stage_table
 
 __all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "ProfileRow", "verify_state_dicts",

@@ -1,7 +1,7 @@
 """``mobileone verify CKPT ARTIFACT``: an exported artifact against a checkpoint, later.
 
 Two steps, the same as ``export`` makes before it keeps a file: a train-form CKPT is fused in
-memory and the fusion judged by :func:`.harness.judge` (a deploy-form CKPT is taken as is); then
+memory and the fusion judged by :func:`.verdict.judge` (a deploy-form CKPT is taken as is); then
 the artifact runs in its runtime and is compared with our deploy model holding its weights
 (:func:`.artifact.check_artifact`).  The artifact's precision is read from the file.  A Core ML
 package off macOS cannot run: every weight it stores is compared instead, and the report says
@@ -17,7 +17,7 @@ from ..io.source import LoadOptions
 from ..spec.arch import ArchSpec
 from ..spec.limits import check_batch, parse_input_size
 from .artifact import ShapeCheck, WeightCheck, check_artifact, check_weights, precision_note
-from .harness import Verdict
+from .verdict import Verdict
 
 __all__ = ["ArtifactReport", "verify_artifact"]
 

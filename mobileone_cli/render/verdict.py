@@ -1,4 +1,4 @@
-"""The shared verdict (check.harness.Verdict) as plain data: convert, verify and export print it
+"""The shared verdict (check.verdict.Verdict) as plain data: convert, verify and export print it
 the same way."""
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Every tolerance of the tool, in one place (torch-free, so ``--help`` can show them).
 
-Checkpoint checks (convert, verify) use one rule, :func:`mobileone_cli.check.harness.judge`:
+Checkpoint checks (convert, verify) use one rule, :func:`mobileone_cli.check.verdict.judge`:
 a deploy model passes when it is within ``DEFAULT_RTOL`` of max |train output| plus
 ``SENSITIVITY_FACTOR`` times what perturbing its own weights by one unit roundoff of their dtype
 changes, at the output and in every block.  So the tolerance follows the checked file's dtype
