@@ -49,3 +49,18 @@ def test_the_checker_fails_on_a_stale_output(tmp_path):
     assert any("shown line not in the output" in p for p in problems), problems
     assert any("exit code 0, documented 1" in p for p in problems), problems
     assert any("python block exits 3" in p for p in problems), problems
+
+
+def test_ci_runs_the_readme_set_up_commands_as_written():
+    """The README's two set-up commands are what CI runs: if one changes, CI checks the new one."""
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
+        ci = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    block = readme.split("## Set-up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    commands = [re.sub(r"\s+#.*$", "", ln).strip() for ln in block.splitlines() if ln.strip()]
+    assert len(commands) == 2 and "torch==2.13.0" in commands[0]
+    for command in commands:
+        assert command in ci, command
