@@ -11,6 +11,10 @@ a block can use files that earlier ones wrote), at ``COLUMNS=80``.
     python docs/examples.py --update [FILE ...]   # run, and rewrite the outputs shown
     python docs/examples.py --check [FILE ...]    # run, and fail where a shown line is gone
 
+A document that shows optional runtimes declares them in a comment,
+``<!-- examples need: executorch litert_torch -->`` (module names): :func:`missing` lists those
+not installed, and tests/test_docs.py skips that document with the reason.
+
 ``--check`` compares with numbers masked (timings, sizes and low digits of errors vary from one
 machine to the next): every shown line must appear in the real output, in order, and the exit
 code must match.  tests/test_docs.py runs the check for every document.
@@ -49,6 +53,20 @@ def documents(paths: Optional[List[str]] = None) -> List[str]:
         return [os.path.abspath(p) for p in paths]
     docs = sorted(os.path.join(HERE, n) for n in os.listdir(HERE) if n.endswith(".md"))
     return [os.path.join(ROOT, "README.md")] + docs
+
+
+NEEDS = re.compile(r"<!--\s*examples need:\s*([\w. ]+?)\s*-->")
+
+
+def missing(path: str) -> List[str]:
+    """The modules a document declares it needs (``<!-- examples need: ... -->``) that are not
+    installed here."""
+    import importlib.util
+
+    with open(path, encoding="utf-8") as fh:
+        m = NEEDS.search(fh.read())
+    return [name for name in (m.group(1).split() if m else [])
+            if importlib.util.find_spec(name) is None]
 
 
 def parse(block: str) -> List[Command]:
