@@ -52,16 +52,9 @@ def check_zip_directory(path: str) -> None:
     try:
         with zipfile.ZipFile(path) as zf:
             infos = zf.infolist()
-    except zipfile.BadZipFile as exc:
-        msg = str(exc)
-        if "not a zip file" in msg:
-            msg = "no zip central directory: truncated or damaged"
-        raise BadInput(f"{path}: corrupt checkpoint file ({msg})",
-                       hint="download or copy the file again") from None
-    except (OSError, EOFError, ValueError, NotImplementedError, struct.error,
-            OverflowError, RuntimeError) as exc:
-        raise BadInput(f"{path}: corrupt checkpoint file "
-                       f"({first_line(str(exc)) or type(exc).__name__})") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            struct.error, OverflowError, RuntimeError) as exc:
+        raise _corrupt(path, exc) from None
     for info in infos:
         if info.compress_type != zipfile.ZIP_STORED:
             raise BadInput(f"{path}: zip record {_printable(info.filename)} is compressed; torch "
@@ -70,6 +63,17 @@ def check_zip_directory(path: str) -> None:
         if info.file_size > size or info.compress_size > size:
             raise BadInput(f"{path}: zip record {_printable(info.filename)} declares "
                            f"{info.file_size:,} bytes in a {size:,}-byte file")
+
+
+def _corrupt(path: str, exc: BaseException) -> BadInput:
+    """The one message for a zip that cannot be read (a damaged copy, usually)."""
+    import zipfile
+
+    reason = first_line(str(exc)) or type(exc).__name__
+    if isinstance(exc, zipfile.BadZipFile) and "not a zip file" in reason:
+        reason = "no zip central directory: truncated or damaged"
+    return BadInput(f"{path}: corrupt checkpoint file ({reason})",
+                    hint="download or copy the file again")
 
 
 def _printable(name: str, width: int = 80) -> str:
@@ -98,14 +102,6 @@ def check_zip_integrity(path: str) -> None:
                     # freed (+10 MiB peak RSS on an s4 conversion).
                     while fh.read(1 << 16):
                         pass
-    except zipfile.BadZipFile as exc:
-        msg = str(exc)
-        if "not a zip file" in msg:
-            msg = "no zip central directory: truncated or damaged"
-        raise BadInput(f"{path}: corrupt checkpoint file ({msg})",
-                       hint="download or copy the file again") from None
-    except (OSError, EOFError, ValueError, NotImplementedError, zlib.error, struct.error,
-            OverflowError, RuntimeError) as exc:
-        reason = first_line(str(exc)) or type(exc).__name__
-        raise BadInput(f"{path}: corrupt checkpoint file ({reason})",
-                       hint="download or copy the file again") from None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError,
+            zlib.error, struct.error, OverflowError, RuntimeError) as exc:
+        raise _corrupt(path, exc) from None

@@ -190,14 +190,10 @@ class MeanPoolHead(nn.Module):
             self.linear: Optional[nn.Linear] = None
         self.train(model.training)
 
+    forward_features = MobileOne.forward_features  # the same stages, the same order
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stage0(x)
-        x = self.stage1(x)
-        x = self.stage2(x)
-        x = self.stage3(x)
-        x = self.stage4(x)
-        x = self.stage5(x)
-        x = self.stage6(x)
+        x = self.forward_features(x)
         if self.linear is None:
             return x
         return self.linear(x.mean((2, 3)))
