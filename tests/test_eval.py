@@ -114,6 +114,24 @@ def test_head_decides_every_prediction_by_construction(s0, tmp_path, run_cli):
     assert rep["preprocessing"]["resize"] == 37 and rep["preprocessing"]["crop"] == [32, 32]
 
 
+def test_quiet_and_80_columns(s0, tmp_path, run_cli):
+    """-q prints one line whose numbers are the report's; the tables fit 80 columns."""
+    per_class = [3, 2, 4, 1, 2, 3]
+    class_tree(str(tmp_path / "data"), per_class, SIZES)
+    spec = get_arch("s0", 6)
+    bias = [0.5, 3.0, 1.0, 2.0, -1.0, 0.0]
+    make_ckpt(tmp_path / "m.pth", spec, s0, seed=1, head=constant_head(spec, bias))
+    res = run_cli("-q", "eval", tmp_path / "m.pth", tmp_path / "data", *SMALL)
+    assert res.exit_code == 0, res.output
+    n = sum(per_class)
+    top1, top5 = f"{100 * per_class[1] / n:.2f}%", f"{100 * (n - per_class[4]) / n:.2f}%"
+    assert res.stdout.splitlines() == [
+        f"{n} images: train top-1 {top1}, top-5 {top5}; deploy top-1 {top1}, top-5 {top5}, "
+        f"agrees 100.00%, rel 0.00e+00"]
+    res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL)
+    assert res.exit_code == 0 and max(map(len, res.stdout.splitlines())) <= 80, res.stdout
+
+
 def test_accuracy_equals_an_independent_forward(s0, tmp_path, run_cli):
     per_class = [3] * 8
     tree = class_tree(str(tmp_path / "data"), per_class, SIZES)

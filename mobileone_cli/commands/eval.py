@@ -64,14 +64,14 @@ def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  
          trust_file: bool, as_json: bool) -> int:
     from ..data.pipeline import make_preprocessing
     from ..evaluate import evaluate_files
-    from ..render.console import emit
+    from ..render.console import emit, quiet
     from ..render.eval import eval_to_dict, progress_bar, render_eval
     from ._options import settle_heap
 
     preprocessing = make_preprocessing(resize, crop, interpolation, mean, std)
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file)
     settle_heap()
-    with progress_bar() as progress:
+    with progress_bar(enabled=not quiet()) as progress:
         report = evaluate_files(ckpt, data, deploy=deploy, labels=labels, classes=classes,
                                 options=options, preprocessing=preprocessing, limit=limit,
                                 batch=batch, workers=workers, device=device, progress=progress)

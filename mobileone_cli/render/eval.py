@@ -5,7 +5,7 @@ import contextlib
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from .console import console, fmt_rel, safe, shorten_path
+from .console import console, fmt_rel, line, quiet, safe, shorten_path
 from .verdict import finite_json
 
 __all__ = ["eval_to_dict", "render_eval", "progress_bar"]
@@ -71,11 +71,30 @@ def _data_line(r) -> str:
     return f"{ds.root} ({what}): {some}{bad}"
 
 
+def result_line(r) -> str:
+    """``-q``: each model's accuracy (when scored) and its agreement with the reference."""
+    parts = []
+    for m in r.models:
+        bits = []
+        if m.accuracy is not None:
+            bits.append(f"top-1 {_pct(m.accuracy.top1)}, top-{m.accuracy.k} "
+                        f"{_pct(m.accuracy.topk)}")
+        a = m.agreement
+        if a is not None:
+            bits.append((f"agrees {_pct(a.agreement)}, " if r.logits else "")
+                        + f"rel {fmt_rel(a.max_rel)}")
+        parts.append(f"{m.role} {', '.join(bits) or 'reference'}")
+    return f"{r.images} images: " + "; ".join(parts)
+
+
 def render_eval(r) -> None:
     from rich import box
     from rich.table import Table
 
     out = console()
+    if quiet():
+        line(out, "", result_line(r), whole=True)
+        return
     ref = r.models[0]
     head = Table.grid(padding=(0, 1))
     head.add_column(style="bold")
@@ -116,8 +135,8 @@ def render_eval(r) -> None:
         t.add_row(*row)
     out.print(t)
     what = "logit" if r.logits else "feature-map value"
-    out.print(("agree: same top-1 as the reference; " if r.logits else "")
-              + f"rel: max |diff| over max |reference {what}|")
+    line(out, "", ("agree: same top-1 as the reference; " if r.logits else "")
+         + f"rel: max |diff| over max |reference {what}|")
 
     for m in r.models[1:]:
         a = m.agreement
@@ -142,7 +161,7 @@ def render_eval(r) -> None:
         if r.unreadable > SHOWN:
             out.print(f"  ... and {r.unreadable - SHOWN} more (listed in --json)")
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
 
 
 @contextlib.contextmanager

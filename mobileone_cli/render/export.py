@@ -50,9 +50,9 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
     from rich.table import Table
 
     fp16 = dtype == "fp16"
-    ref = ("our deploy model (float64) holding its fp16 weights" if fp16
-           else "our deploy model (float64)")
-    c = Table(title=f"{runtime} against {ref}, seeded images", header_style="bold")
+    ref = ("our float64 deploy model holding its fp16 weights, seeded images" if fp16
+           else "our float64 deploy model, seeded images")
+    c = Table(title=f"{runtime} vs {ref}", header_style="bold")
     for col in ("input", "max abs\ndiff", "max rel\ndiff", "bound", "top-1"):
         c.add_column(col, justify="left" if col == "input" else "right", no_wrap=True)
     if fp16:

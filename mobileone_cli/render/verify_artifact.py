@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import console, fmt_rel, safe
+from .console import console, fmt_rel, line, quiet, safe, shorten_path
 from .export import checks_to_list, render_checks, render_weights
 from .verdict import finite_json, verdict_to_dict
 
@@ -28,14 +28,21 @@ def render_artifact_report(r) -> None:
     from rich.table import Table
 
     out = console()
+    word = "[bold green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
+    if quiet():  # the verdict alone, as verify prints it for two checkpoints
+        line(out, f"{word}:", r.summary(), whole=True)
+        return
     a, c = r.artifact, r.checkpoint
+    room = max(20, out.width - 12 - 7)  # what the value column has
     head = Table(title="mobileone verify (artifact)", show_header=False)
-    head.add_column("", style="bold")
-    head.add_column("")
-    head.add_row("checkpoint", safe(f"{c['path']}  ({c['layout']}, {c['form']} form, "
-                                    f"{c['arch']}, {c['dtype']})"))
-    head.add_row("artifact", safe(f"{a['path']}  ({a['runtime']}, {r.dtype} weights, input "
-                                  f"{a['input_shape']})"))
+    head.add_column("", style="bold", no_wrap=True)
+    head.add_column("", overflow="fold")
+    head.add_row("checkpoint", f"{safe(shorten_path(c['path'], room))}  "
+                               + safe(f"({c['layout']}, {c['form']} form, {c['arch']}, "
+                                      f"{c['dtype']})"))
+    head.add_row("artifact", f"{safe(shorten_path(a['path'], room))}  "
+                             + safe(f"({a['runtime']}, {r.dtype} weights, input "
+                                    f"{a['input_shape']})"))
     if r.fusion is not None:
         head.add_row("fusion", f"{'ok' if r.fusion.passed else 'FAIL'}: train vs deploy max rel "
                                f"diff {fmt_rel(r.fusion.decisive.output.max_rel)}")
@@ -45,7 +52,6 @@ def render_artifact_report(r) -> None:
     if r.checks:
         render_checks(out, r.checks, runtime=a["runtime"], dtype=r.dtype,
                       channels=r.arch.in_channels, rtol_fixed=r.rtol is not None)
-    word = "[bold green]PASS[/]" if r.passed else "[bold red]FAIL[/]"
-    out.print(f"{word}: {safe(r.summary())}", soft_wrap=True)
+    line(out, f"{word}:", r.summary(), whole=True)
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)
