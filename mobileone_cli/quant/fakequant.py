@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 import torch
 
 __all__ = ["SCHEMES", "W_QMAX", "A_QMIN", "A_QMAX", "quantize_weight", "Observer",
-           "fake_quant", "Noise", "sqnr_db", "channel_spread"]
+           "fake_quant", "Noise", "ChannelNoise", "sqnr_db", "channel_spread"]
 
 SCHEMES = ("per-channel", "per-tensor")
 W_QMAX = 127  # symmetric weights: [-127, 127]
@@ -97,6 +97,40 @@ class Noise:
     @property
     def db(self) -> Optional[float]:
         return sqnr_db(self.signal, self.noise) if self.finite else None
+
+
+class ChannelNoise:
+    """Signal and noise energy per channel (dim 1) of one tensor, over every image seen; the
+    median channel's SQNR says what the typical channel keeps, which one loud channel (a wide
+    range crushing the others) hides from the tensor's SQNR."""
+
+    def __init__(self) -> None:
+        self.signal: Optional[torch.Tensor] = None
+        self.noise: Optional[torch.Tensor] = None
+        self.finite = True
+
+    def update(self, ref: torch.Tensor, out: torch.Tensor) -> None:
+        r = ref.detach().to(torch.float64)
+        o = out.detach().to(torch.float64)
+        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(o).all())):
+            self.finite = False
+            return
+        dims = [d for d in range(r.dim()) if d != 1]
+        sig, noi = r.pow(2).sum(dims), (r - o).pow(2).sum(dims)
+        self.signal = sig if self.signal is None else self.signal + sig
+        self.noise = noi if self.noise is None else self.noise + noi
+
+    @property
+    def median_db(self) -> Optional[float]:
+        """The median over channels with a signal of their SQNR (lower median); None when no
+        channel has one."""
+        if not self.finite or self.signal is None:
+            return None
+        live = self.signal > 0
+        if not bool(live.any()):
+            return None
+        ratio = self.signal[live] / self.noise[live]  # inf where there is no noise
+        return 10.0 * math.log10(float(ratio.median()))
 
 
 def sqnr_db(signal: float, noise: float) -> Optional[float]:

@@ -15,8 +15,9 @@ own forward runs.  For each unit two SQNRs of its output against the fp32 model'
 * ``own``: only this unit quantized, fed the fp32 model's input of the unit;
 * ``cumulative``: every unit quantized (the whole int8 network), measured at this unit.
 
-A unit whose own SQNR is far below the typical unit's (``QUANT_FLAG_DB``) is flagged: it is
-where the int8 error comes from.
+and, only this unit quantized, the SQNR of its median output channel.  A unit whose median
+channel keeps far less than the typical unit's (``QUANT_FLAG_DB``) is flagged: it is where the
+int8 error comes from (see :func:`flag_blocks`).
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from ..check.localize import HEAD, compared_modules
 from ..check.tally import Accuracy, Agreement
 from ..models.mobileone import DeployBlock, TrainBlock
 from ..spec.tolerances import QUANT_FLAG_DB
-from .fakequant import Noise, Observer, channel_spread, fake_quant, quantize_weight
+from .fakequant import ChannelNoise, Noise, Observer, channel_spread, fake_quant, quantize_weight
 
 __all__ = ["Unit", "BlockResult", "FormResult", "plan_units", "measure", "flag_blocks",
            "Batches"]
@@ -58,8 +59,9 @@ class BlockResult:
     name: str
     stage: int
     spread: Optional[float]  # max/median of per-channel max |w| (train: the worst branch)
-    own_db: Optional[float]
-    cumulative_db: Optional[float]
+    own_db: Optional[float]  # the block's output, only this block int8
+    cumulative_db: Optional[float]  # the block's output, every block int8
+    channel_db: Optional[float] = None  # the median channel's SQNR, only this block int8
     branches: int = 1
     flagged: bool = False
 
@@ -81,7 +83,7 @@ class FormResult:
     accuracy_int8: Optional[Tuple[Optional[float], Optional[float]]] = None
     topk: int = 5
     flagged: List[str] = field(default_factory=list)  # worst first
-    typical_db: Optional[float] = None  # the median own SQNR
+    typical_db: Optional[float] = None  # the median block's channel_db
     unmeasurable: List[str] = field(default_factory=list)  # ranges or sums not finite
 
 
@@ -267,6 +269,7 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
     capture = _Capture(units)
     own = {u.name: Noise() for u in units}
     cumulative = {u.name: Noise() for u in units}
+    channels = {u.name: ChannelNoise() for u in units}
     out_noise = Noise()
     agreement = Agreement(logits=logits)
     top5 = 0
@@ -288,8 +291,9 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
                 for u in units:
                     hooks.active = {u.name}
                     with _int8_weights([u]):
-                        own[u.name].update(capture.outputs[u.name],
-                                           u.module(capture.inputs[u.name]))
+                        y = u.module(capture.inputs[u.name])
+                    own[u.name].update(capture.outputs[u.name], y)
+                    channels[u.name].update(capture.outputs[u.name], y)
                 hooks.active = {u.name for u in units}
                 capture.mode, capture.reference = "compare", capture.outputs
                 with _int8_weights(units):
@@ -310,7 +314,8 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
         hooks.remove()
         capture.remove()
     blocks = [BlockResult(name=u.name, stage=u.stage, spread=u.spread, own_db=own[u.name].db,
-                          cumulative_db=cumulative[u.name].db, branches=u.branches)
+                          cumulative_db=cumulative[u.name].db,
+                          channel_db=channels[u.name].median_db, branches=u.branches)
               for u in units]
     res = FormResult(form=form, scheme=scheme, blocks=blocks, output_db=out_noise.db,
                      images=agreement.images, max_abs_diff=agreement.max_abs,
@@ -327,14 +332,18 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
 
 
 def flag_blocks(blocks: Sequence[BlockResult]) -> Tuple[List[str], Optional[float]]:
-    """Blocks whose own SQNR is at least QUANT_FLAG_DB below the median block's, worst first
-    (their own noise is 10x the typical block's or more: they dominate the int8 error)."""
-    known = sorted(b.own_db for b in blocks if b.own_db is not None and math.isfinite(b.own_db))
+    """Blocks whose median channel, quantized alone, keeps at least QUANT_FLAG_DB less SQNR
+    than the median block's does (10x the noise or more), worst first: they dominate the int8
+    error.  The median channel, not the whole tensor: one channel with a wide range crushes
+    every other channel of the block, yet carries most of the tensor's energy, so the tensor's
+    SQNR barely shows what the next block receives."""
+    known = sorted(b.channel_db for b in blocks
+                   if b.channel_db is not None and math.isfinite(b.channel_db))
     if not known:
         return [], None
     typical = known[(len(known) - 1) // 2]
-    bad = sorted((b for b in blocks if b.own_db is not None
-                  and b.own_db <= typical - QUANT_FLAG_DB), key=lambda b: b.own_db)
+    bad = sorted((b for b in blocks if b.channel_db is not None
+                  and b.channel_db <= typical - QUANT_FLAG_DB), key=lambda b: b.channel_db)
     for b in bad:
         b.flagged = True
     return [b.name for b in bad], typical

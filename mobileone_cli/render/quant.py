@@ -56,7 +56,8 @@ def _spread(x: Optional[float]) -> str:
 @dataclass
 class ProfileRow:
     """A row of the picture, in the terms of render.pictures.error_profile: the relative RMS
-    quantization noise of the block alone (10^(-SQNR/20)) against the flag level."""
+    quantization noise of the block's median channel, the block alone int8 (10^(-SQNR/20)),
+    against the flag level."""
 
     name: str
     block: str  # the SQNR, shown after the value
@@ -70,9 +71,9 @@ def profile_rows(form) -> List[ProfileRow]:
              else 10 ** (-(form.typical_db - QUANT_FLAG_DB) / 20))
     rows = []
     for b in form.blocks:
-        rel = None if b.own_db is None else (0.0 if math.isinf(b.own_db)
-                                             else 10 ** (-b.own_db / 20))
-        rows.append(ProfileRow(b.name, f"{_db(b.own_db):>5} dB", rel, bound, not b.flagged))
+        db = b.channel_db
+        rel = None if db is None else (0.0 if math.isinf(db) else 10 ** (-db / 20))
+        rows.append(ProfileRow(b.name, f"{_db(db):>5} dB", rel, bound, not b.flagged))
     return rows
 
 
@@ -107,23 +108,24 @@ def _blocks(r, out) -> None:
 
     out.print("[bold]per block[/]: SQNR in dB (higher is better), deploy form")
     t = Table(header_style="bold", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    cols = ["block", "w spread", "own", "cumul."]
+    cols = ["block", "w spread", "own", "own ch.", "cumul."]
     if r.train is not None:
-        cols += ["train own", "train cumul."]
+        cols += ["train ch.", "train cumul."]
     cols.append("")
     for col in cols:
         t.add_column(col, justify="left" if col in ("block", "") else "right")
     train = {b.name: b for b in r.train.blocks} if r.train is not None else {}
     for b in r.deploy.blocks:
-        row = [safe(b.name), _spread(b.spread), _db(b.own_db), _db(b.cumulative_db)]
+        row = [safe(b.name), _spread(b.spread), _db(b.own_db), _db(b.channel_db),
+               _db(b.cumulative_db)]
         if r.train is not None:
             tb = train.get(b.name)
-            row += [_db(tb.own_db), _db(tb.cumulative_db)] if tb else ["", ""]
+            row += [_db(tb.channel_db), _db(tb.cumulative_db)] if tb else ["", ""]
         row.append("[bold red]FLAG[/]" if b.flagged else "")
         t.add_row(*row)
     out.print(t)
     out.print("w spread: max/median of per-channel max |w|; own: only this block int8; "
-              "cumul.: every block int8, measured here")
+              "own ch.: its median output channel; cumul.: every block int8, measured here")
 
 
 def _end_to_end(r, out) -> None:
@@ -166,16 +168,16 @@ def _verdict_line(r, out) -> None:
         out.print("no block's SQNR could be measured")
         return
     if not f.flagged:
-        out.print(f"no block dominates: every block is within {QUANT_FLAG_DB:g} dB of the "
-                  f"typical block's own SQNR ({f.typical_db:.1f} dB)")
+        out.print(f"no block dominates: every block's median channel is within "
+                  f"{QUANT_FLAG_DB:g} dB of the typical block's ({f.typical_db:.1f} dB)")
         return
     by = {b.name: b for b in f.blocks}
     worst = by[f.flagged[0]]
     more = f" and {len(f.flagged) - 1} more" if len(f.flagged) > 1 else ""
-    out.print(f"[bold red]FLAG[/]: {safe(worst.name)}{more} dominate the int8 error: own SQNR "
-              f"{_db(worst.own_db)} dB, {f.typical_db - worst.own_db:.1f} dB below the typical "
-              f"block's {f.typical_db:.1f} dB (weight spread {_spread(worst.spread)})",
-              soft_wrap=False)
+    out.print(f"[bold red]FLAG[/]: {safe(worst.name)}{more} dominate the int8 error: its median "
+              f"channel keeps {_db(worst.channel_db)} dB, {f.typical_db - worst.channel_db:.1f} "
+              f"dB below the typical block's {f.typical_db:.1f} dB (weight spread "
+              f"{_spread(worst.spread)})")
 
 
 def render_quant(r) -> None:
@@ -184,7 +186,7 @@ def render_quant(r) -> None:
     out = console()
     _head(r, out)
     _blocks(r, out)
-    out.print(f"[bold]own SQNR per block[/] as relative RMS noise, 10^(-dB/20), log scale; "
+    out.print(f"[bold]own ch.[/] per block as relative RMS noise, 10^(-dB/20), log scale; "
               f"{mark_char(out)} = {QUANT_FLAG_DB:g} dB below the typical block")
     for line in error_profile(out, profile_rows(r.deploy)):
         out.print(line)
