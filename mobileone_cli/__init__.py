@@ -38,6 +38,7 @@ _LAZY = {
     "stats_for_checkpoint": "stats.report",
     "evaluate_files": "evaluate", "EvalReport": "evaluate", "Preprocessing": "data.pipeline",
     "make_preprocessing": "data.pipeline", "open_dataset": "data.folders",
+    "quantize_file": "quantize", "QuantOptions": "quantize", "QuantReport": "quantize",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 

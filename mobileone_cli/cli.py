@@ -29,6 +29,7 @@ COMMANDS = {
     "inspect": "Show what a checkpoint (or ONNX file) holds, and the health of its numbers.",
     "export": "Export to ONNX, ExecuTorch, LiteRT or Core ML, checked in that runtime.",
     "eval": "Accuracy on labelled images: train vs deploy vs exported files, one pass.",
+    "quant": "int8 readiness: per-block quantization error, and a checked int8 .pte.",
     "demo": "Convert and verify a built-in synthetic s0 checkpoint (no download).",
 }
 

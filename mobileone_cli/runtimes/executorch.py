@@ -95,7 +95,14 @@ def lower(program, path: str, *, max_batch: Optional[int] = None) -> Dict[str, A
                                      f"{first_line(str(exc), 200)}") from None
     with open(path, "wb") as fh:
         fh.write(buffer)
-    return {"outside_delegate": [o.split(":")[0].strip("<>") for o in ops]}
+    return {"outside_delegate": [_op_name(o) for o in ops]}
+
+
+def _op_name(target: str) -> str:
+    """'aten.mean.dim' of '<EdgeOpOverload: aten.mean.dim>: schema = ...'."""
+    if target.startswith("<") and ": " in target and ">" in target:
+        return target[target.index(": ") + 2:target.index(">")]
+    return target.split(":")[0].strip("<>")
 
 
 def _binding():

@@ -47,3 +47,8 @@ FORMAT_RANGE = {
 }
 # Share of the nonzero values that would round to zero in a format, above which health warns.
 FLUSH_WARN_SHARE = 1e-3
+
+# int8 quantization (``mobileone quant``): a block whose own SQNR (only it quantized) is this
+# many dB below the median block's carries 10x the typical block's quantization noise or more,
+# and is flagged as dominating the int8 error.
+QUANT_FLAG_DB = 10.0

@@ -1,0 +1,74 @@
+"""``mobileone quant CKPT``."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import click
+
+from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
+                       input_size_option, json_option, load_options, trust_file_option)
+
+__all__ = ["quant"]
+
+
+@click.command("quant", cls=MobileOneCommand,
+               help="What int8 post-training quantization does to CKPT's deploy form (fused in "
+                    "memory when CKPT is a train checkpoint): per block, the weight range "
+                    "spread across output channels and the SQNR of the block output with only "
+                    "that block int8 and with every block int8; the blocks that dominate the "
+                    "error are flagged; end to end, the output's SQNR and top-1/top-5 "
+                    "agreement with fp32 (accuracy when DIR has labels). Weights: symmetric "
+                    "int8; activations: affine int8 per tensor, calibrated on the images in DIR "
+                    "(eval's preprocessing) or on N seeded random images. --export writes a "
+                    "real int8 ExecuTorch program (PT2E, XNNPACK) and runs it.")
+@click.argument("ckpt", type=click.Path(dir_okay=True))
+@click.option("--calib", "calib", type=click.Path(), default=None, metavar="DIR",
+              help="Calibrate and measure on these images: a folder of class folders or of "
+                   "images, read as eval reads them. Needs Pillow.")
+@click.option("--calib-synthetic", "synthetic", type=int, default=None, metavar="N",
+              help="Calibrate and measure on N seeded random images [32 without --calib].")
+@click.option("--scheme", type=click.Choice(["per-channel", "per-tensor"]),
+              default="per-channel", show_default=True, help="Scales of the int8 weights.")
+@click.option("--export", "export", type=click.Path(dir_okay=False), default=None,
+              metavar="OUT.pte", help="Also write an int8 ExecuTorch program (PT2E with the "
+                                      "XNNPACK quantizer, calibrated on the same images), run "
+                                      "it and report its agreement. Needs the executorch "
+                                      "extra.")
+@click.option("--force", is_flag=True, help="Overwrite OUT.pte if it exists.")
+@click.option("--compare-train", is_flag=True,
+              help="Also quantize the unfused train model (each branch's conv+BN folded and "
+                   "quantized on its own), to show what fusion costs under int8.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Use N of DIR's images, spread evenly over it.")
+@click.option("--batch", type=int, default=8, show_default=True, help="Images per pass.")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Image-decoding threads (default: the cores, at most 8; 0: none).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the synthetic images (image i uses seed + i).")
+@input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
+@arch_option()
+@config_option()
+@bn_eps_option()
+@click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
+@click.option("--ema", is_flag=True, help="Use the checkpoint's EMA weights.")
+@trust_file_option()
+@json_option("the report, every block and every number")
+def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
+          export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
+          batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
+          arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
+          prefix: Optional[str], ema: bool, trust_file: bool, as_json: bool) -> int:
+    from ..quantize import QuantOptions, quantize_file
+    from ..render.console import emit
+    from ..render.quant import quant_to_dict, render_quant
+    from ._options import settle_heap
+
+    options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
+                           cls=QuantOptions, calib=calib, synthetic=synthetic, scheme=scheme,
+                           export=export, force=force, compare_train=compare_train,
+                           limit=limit, batch=batch, workers=workers, seed=seed,
+                           input_size=tuple(input_size))
+    settle_heap()
+    report = quantize_file(ckpt, options)
+    emit(report, as_json, quant_to_dict, render_quant)
+    return 0
