@@ -7,6 +7,7 @@ import click
 
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
                        input_size_option, json_option, load_options, trust_file_option)
+from ._plot import check_plot, plot_option, write_plot
 
 __all__ = ["quant"]
 
@@ -34,7 +35,7 @@ __all__ = ["quant"]
                                       "XNNPACK quantizer, calibrated on the same images), run "
                                       "it and report its agreement. Needs the executorch "
                                       "extra.")
-@click.option("--force", is_flag=True, help="Overwrite OUT.pte if it exists.")
+@click.option("--force", is_flag=True, help="Overwrite OUT.pte and the --plot file if they exist.")
 @click.option("--compare-train", is_flag=True,
               help="Also quantize the unfused train model (each branch's conv+BN folded and "
                    "quantized on its own), to show what fusion costs under int8.")
@@ -52,17 +53,20 @@ __all__ = ["quant"]
 @click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
 @click.option("--ema", is_flag=True, help="Use the checkpoint's EMA weights.")
 @trust_file_option()
+@plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
           export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
           arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
-          prefix: Optional[str], ema: bool, trust_file: bool, as_json: bool) -> int:
+          prefix: Optional[str], ema: bool, trust_file: bool, plot_path: Optional[str],
+          as_json: bool) -> int:
     from ..quantize import QuantOptions, quantize_file
     from ..render.console import emit
-    from ..render.quant import quant_to_dict, render_quant
+    from ..render.quant import quant_plot, quant_to_dict, render_quant
     from ._options import settle_heap
 
+    check_plot(plot_path, force)
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=QuantOptions, calib=calib, synthetic=synthetic, scheme=scheme,
                            export=export, force=force, compare_train=compare_train,
@@ -71,4 +75,5 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
     settle_heap()
     report = quantize_file(ckpt, options)
     emit(report, as_json, quant_to_dict, render_quant)
+    write_plot(plot_path, quant_plot(report), force, as_json)
     return 0

@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from ..spec.tolerances import QUANT_FLAG_DB
-from .console import console, human_bytes, safe
+from .console import console, human_bytes, line, quiet, safe
 from .verdict import finite_json
 
-__all__ = ["quant_to_dict", "render_quant", "profile_rows"]
+__all__ = ["quant_to_dict", "render_quant", "profile_rows", "quant_plot", "result_line"]
 
 
 def _form(f) -> Optional[Dict[str, Any]]:
@@ -162,45 +162,72 @@ def _end_to_end(r, out) -> None:
     out.print(t)
 
 
-def _verdict_line(r, out) -> None:
+def verdict_text(r) -> str:
+    """The one-line finding: which block dominates the int8 error, or that none does."""
     f = r.deploy
     if f.typical_db is None:
-        out.print("no block's SQNR could be measured")
-        return
+        return "no block's SQNR could be measured"
     if not f.flagged:
-        out.print(f"no block dominates: every block's median channel is within "
-                  f"{QUANT_FLAG_DB:g} dB of the typical block's ({f.typical_db:.1f} dB)")
-        return
+        return (f"no block dominates: every block's median channel is within "
+                f"{QUANT_FLAG_DB:g} dB of the typical block's ({f.typical_db:.1f} dB)")
     by = {b.name: b for b in f.blocks}
     worst = by[f.flagged[0]]
     more = f" and {len(f.flagged) - 1} more" if len(f.flagged) > 1 else ""
-    out.print(f"[bold red]FLAG[/]: {safe(worst.name)}{more} dominate the int8 error: its median "
-              f"channel keeps {_db(worst.channel_db)} dB, {f.typical_db - worst.channel_db:.1f} "
-              f"dB below the typical block's {f.typical_db:.1f} dB (weight spread "
-              f"{_spread(worst.spread)})")
+    return (f"FLAG: {worst.name}{more} dominate the int8 error: its median channel keeps "
+            f"{_db(worst.channel_db)} dB, {f.typical_db - worst.channel_db:.1f} dB below the "
+            f"typical block's {f.typical_db:.1f} dB (weight spread {_spread(worst.spread)})")
+
+
+def result_line(r) -> str:
+    """``-q``: the output SQNR and agreement, the finding, and the program when exported."""
+    f = r.deploy
+    text = (f"int8 {r.scheme}: logits SQNR {_db(f.output_db)} dB, top-1 agreement "
+            f"{_pct(f.top1_agreement)}; {verdict_text(r)}")
+    if r.export is not None:
+        e = r.export
+        text += f"; {e.path}: {_db(e.output_db)} dB, top-1 agreement {_pct(e.top1_agreement)}"
+    return text
+
+
+def quant_plot(r) -> str:
+    """The per-block picture as an SVG document (``--plot``)."""
+    from .svg import verify_svg
+
+    name = r.source.get("path") or "CKPT"
+    return verify_svg(profile_rows(r.deploy), f"mobileone quant {name}: int8 {r.scheme}",
+                      subtitle=f"relative RMS int8 noise of each block's median channel, the "
+                               f"block alone int8 (log scale; black line = {QUANT_FLAG_DB:g} dB "
+                               f"below the typical block)")
 
 
 def render_quant(r) -> None:
     from .pictures import error_profile, mark_char
 
     out = console()
+    if quiet():
+        line(out, "", result_line(r), whole=True)
+        return
     _head(r, out)
     _blocks(r, out)
-    out.print(f"[bold]own ch.[/] per block as relative RMS noise, 10^(-dB/20), log scale; "
+    line(out, "[bold]own ch.[/]", f"per block as relative RMS noise, 10^(-dB/20), log scale; "
               f"{mark_char(out)} = {QUANT_FLAG_DB:g} dB below the typical block")
-    for line in error_profile(out, profile_rows(r.deploy)):
-        out.print(line)
+    for row in error_profile(out, profile_rows(r.deploy)):
+        out.print(row)
     _end_to_end(r, out)
-    _verdict_line(r, out)
+    finding = verdict_text(r)
+    if finding.startswith("FLAG: "):
+        line(out, "[bold red]FLAG:[/]", finding[len("FLAG: "):], whole=True)
+    else:
+        line(out, "", finding)
     if r.train is not None and r.train.output_db is not None and r.deploy.output_db is not None:
         d = r.train.output_db - r.deploy.output_db
-        out.print(f"fusion under int8: the unfused model's output SQNR is {abs(d):.1f} dB "
-                  f"{'higher' if d >= 0 else 'lower'} than the fused one's")
+        line(out, "", f"fusion under int8: the unfused model's output SQNR is {abs(d):.1f} dB "
+                      f"{'higher' if d >= 0 else 'lower'} than the fused one's")
     e = r.export
     if e is not None:
         outside = (f"; outside the XNNPACK delegate: {', '.join(e.outside_delegate)}"
                    if e.outside_delegate else "")
-        out.print(safe(f"wrote {e.path} ({human_bytes(e.size)}, int8 {e.scheme}, PT2E + XNNPACK)"
-                       f": executed in the ExecuTorch runtime on {e.images} images{outside}"))
+        line(out, "", f"wrote {e.path} ({human_bytes(e.size)}, int8 {e.scheme}, PT2E + XNNPACK)"
+                      f": executed in the ExecuTorch runtime on {e.images} images{outside}")
     for note in r.notes:
-        out.print(f"note: {safe(note)}", soft_wrap=True)
+        line(out, "note:", note)

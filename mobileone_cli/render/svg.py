@@ -49,14 +49,18 @@ def _document(height: float, title: str, body: List[str]) -> str:
         + body + ["</svg>", ""])
 
 
-def verify_svg(rows, title: str) -> str:
-    """The error profile: per row a bar on a log axis, its bound as a vertical line."""
+VERIFY_SUBTITLE = ("own rel diff of the block nearest its bound, per stage; last, the output "
+                   "(log scale; black line = bound)")
+
+
+def verify_svg(rows, title: str, subtitle: str = VERIFY_SUBTITLE) -> str:
+    """The error profile (verify, and quant's per-block noise): per row a bar on a log axis,
+    its bound as a vertical line."""
     from .console import fmt_rel
 
     x0, x1 = LABEL_W, WIDTH - TEXT_W
     span = log_span([r.rel for r in rows] + [r.bound_rel for r in rows])
-    body = [_text(10, 38, "own rel diff of the block nearest its bound, per stage; last, the "
-                          "output (log scale; black line = bound)", "subtitle")]
+    body = [_text(10, 38, subtitle, "subtitle")]
     bottom = TOP + ROW_H * len(rows)
     lo, hi = span
     for d in range(lo, hi + 1):
