@@ -120,9 +120,11 @@ def render_eval(r) -> None:
                       ("rel", "right")):
         if col.startswith("top") and not scored or col == "agree" and not r.logits:
             continue
-        t.add_column(col, justify=just)
+        t.add_column(col, justify=just, no_wrap=True)
+    room = max(24, out.width - 54)  # what the other columns leave to "role name"
     for m in r.models:
-        name = "(fused here)" if m.info.get("path") is None else shorten_path(m.name, 24)
+        name = ("(fused here)" if m.info.get("path") is None
+                else shorten_path(m.name, max(12, room - len(m.role) - 1)))
         row = [f"{m.role} {safe(name)}"]
         if scored:
             row += [_pct(m.accuracy.top1), _pct(m.accuracy.topk)]
