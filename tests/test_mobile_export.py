@@ -357,6 +357,7 @@ def test_mlpackage_destination_rules(tmp_path):
     check_destination(str(plain), force=True, package=True)
 
 
+@pytest.mark.slow  # two processes, each importing torch and a toolchain and exporting: 15-25 s
 @pytest.mark.parametrize("runtime, needed", [("onnxruntime", ("onnx", "onnxruntime")),
                                              ("executorch", ("executorch",)),
                                              ("litert", ("litert_torch", "ai_edge_litert"))])
