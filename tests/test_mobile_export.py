@@ -58,8 +58,10 @@ CASES = {
     "s0_pte": ("s0", "apple", 31, ".pte", ["--batch", "dynamic", "--max-batch", "17"]),
     "s4_pte_fp16": ("s4", "mmpretrain", 32, ".pte", ["--dtype", "fp16"]),
     "custom_pte": ("custom", "mmpretrain", 33, ".pte", []),
-    "s0_tflite_fp16": ("s0", "mmpretrain", 34, ".tflite", ["--dtype", "fp16"]),
-    "s4_tflite": ("s4", "apple", 35, ".tflite", ["--batch", "dynamic"]),
+    # fp16 and a dynamic batch in one s0 conversion (s4 costs LiteRT's converter ~20 s; the
+    # custom network covers SE on LiteRT, in fp32)
+    "s0_tflite_fp16": ("s0", "mmpretrain", 34, ".tflite", ["--dtype", "fp16", "--batch",
+                                                          "dynamic"]),
     "custom_tflite": ("custom", "apple", 36, ".tflite", []),
     "s0_mlpackage_fp16": ("s0", "apple", 37, ".mlpackage", ["--dtype", "fp16"]),
     "s4_mlpackage": ("s4", "mmpretrain", 38, ".mlpackage", ["--batch", "dynamic"]),
@@ -161,10 +163,10 @@ def _run_tflite(path, x):
     return torch.from_numpy(interp.get_tensor(interp.get_output_details()[0]["index"]).copy())
 
 
-EXECUTED = ["s0_pte", "s4_pte_fp16", "custom_pte", "s0_tflite_fp16", "s4_tflite",
+EXECUTED = ["s0_pte", "s4_pte_fp16", "custom_pte", "s0_tflite_fp16",
             "custom_tflite"]
 # s0/s4 lowerings take 10-60 s each: the quick tier keeps the small custom network.
-SLOW = {"s0_pte", "s4_pte_fp16", "s0_tflite_fp16", "s4_tflite", "s0_mlpackage_fp16",
+SLOW = {"s0_pte", "s4_pte_fp16", "s0_tflite_fp16", "s0_mlpackage_fp16",
         "s4_mlpackage"}
 
 
