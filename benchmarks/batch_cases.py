@@ -7,7 +7,7 @@ import os
 from common import MOBILEONE, Report, make_checkpoints, measure
 
 
-def run(report: Report, folder: str, runs: int) -> None:
+def run(report: Report, folder: str, runs: int, quick: bool = False) -> None:
     src = os.path.join(folder, "batch_src")
     os.makedirs(src, exist_ok=True)
     make_checkpoints(src, {f"m{i}.pth": "s0:train" for i in range(8)})

@@ -7,13 +7,16 @@ child's own ru_maxrss (os.wait4).  Each case runs ``runs`` times; the median is 
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -21,37 +24,58 @@ PY = sys.executable
 MOBILEONE = [PY, "-m", "mobileone_cli"]
 
 
-def run_once(cmd: Sequence[str], env: Dict[str, str] = None) -> Tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one child process; a failing child stops the run."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            cwd=ROOT, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    code = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    proc.stderr.close()
-    if code != 0:
-        raise SystemExit(f"benchmark case failed ({code}): {' '.join(cmd)}\n{err}")
-    return wall, usage.ru_maxrss / 1024.0
+def run_once(cmd: Sequence[str], env: Dict[str, str] = None) -> Tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of one child process; a failing child stops the
+    run.  Output goes to files, not pipes: a chatty child cannot block on a full pipe."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, cwd=ROOT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        code = os.waitstatus_to_exitcode(status)
+        proc.returncode = code
+        out.seek(0)
+        err.seek(0)
+        text = out.read().decode(errors="replace")
+        if code != 0:
+            raise CaseFailed(f"benchmark case failed ({code}): {' '.join(cmd)}\n"
+                             f"{err.read().decode(errors='replace')[-3000:]}")
+    return wall, usage.ru_maxrss / 1024.0, text
+
+
+class CaseFailed(SystemExit):
+    """A case's process exited non-zero (a section may catch it and report the case)."""
 
 
 def measure(cmd: Sequence[str], runs: int, cleanup: Sequence[str] = (),
-            env: Dict[str, str] = None) -> Dict[str, float]:
-    """Median wall time and peak RSS of ``runs`` runs of ``cmd`` (``cleanup`` removed first)."""
-    walls, rss = [], []
+            env: Dict[str, str] = None, parse: bool = False) -> Dict[str, Any]:
+    """Median wall time and peak RSS of ``runs`` runs of ``cmd`` (``cleanup`` removed first).
+
+    ``parse``: the child prints a JSON object as its last stdout line (what it measured inside,
+    e.g. images and seconds of a pass); the list of them, one per run, is under "json"."""
+    walls, rss, docs = [], [], []
     for _ in range(runs):
         for path in cleanup:
             if os.path.isdir(path):
-                import shutil
-
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.unlink(path)
-        w, r = run_once(cmd, env)
+        w, r, text = run_once(cmd, env)
         walls.append(w)
         rss.append(r)
-    return {"wall": statistics.median(walls), "rss": statistics.median(rss)}
+        if parse:
+            docs.append(json.loads(_last_json(text)))
+    m: Dict[str, Any] = {"wall": statistics.median(walls), "rss": statistics.median(rss)}
+    if parse:
+        m["json"] = docs
+    return m
+
+
+def _last_json(text: str) -> str:
+    """The child's JSON: its last line, or (``--json`` of a command) the whole output."""
+    text = text.strip()
+    last = text.splitlines()[-1] if text else "{}"
+    return last if last.startswith("{") else text
 
 
 MAKE = """
@@ -87,8 +111,11 @@ class Report:
     checks: List[Tuple[str, float, float, str]] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
 
-    def case(self, name: str, m: Dict[str, float]) -> Dict[str, float]:
+    def case(self, name: str, m: Dict[str, Any]) -> Dict[str, Any]:
         self.rows.append((name, m))
+        shown = (f"{m['wall']:.2f} s, {m['rss']:.0f} MiB" if "wall" in m
+                 else f"{m['value']:.3g} {m.get('unit', '')}")
+        print(f"  {name}: {shown}", file=sys.stderr, flush=True)
         return m
 
     def target(self, name: str, measured: float, limit: float, unit: str = "x",

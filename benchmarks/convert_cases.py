@@ -63,7 +63,7 @@ torch.save(fused.state_dict(), sys.argv[2])
 """
 
 
-def run(report: Report, folder: str, runs: int) -> None:
+def run(report: Report, folder: str, runs: int, quick: bool = False) -> None:
     ck = make_checkpoints(folder, {"s0.pth.tar": "s0:train", "s4.pth.tar": "s4:train",
                                    "s4.safetensors": "s4:train",
                                    "s4_deploy.safetensors": "s4:deploy"})

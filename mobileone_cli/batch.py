@@ -198,7 +198,13 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     import concurrent.futures
     import multiprocessing
 
-    ctx = multiprocessing.get_context("spawn")  # no forked OpenMP state; torch loads per worker
+    # forkserver: a fresh process imports torch once (never running a parallel region, so no
+    # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "mobileone_cli.convert", "mobileone_cli.batch"])
+    else:  # Windows
+        ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
                                                 initializer=_init_worker) as pool:
         futures = {pool.submit(_convert_one, pairs[i][0], pairs[i][1], options): i for i in todo}

@@ -14,6 +14,8 @@ Errors are absolute; :class:`BlockError` relates them to max |train block output
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -127,14 +129,19 @@ def _flat(t: torch.Tensor) -> torch.Tensor:
 
 def _update(err: BlockError, base_e2e: torch.Tensor, e2e: torch.Tensor, base_own: torch.Tensor,
             own: torch.Tensor, train_out: torch.Tensor) -> None:
+    # Differences in float64 (exact for float32 inputs); each tensor converted once (the train
+    # run's output is often both references).  A NaN or Inf in any input makes its difference's
+    # max NaN or Inf (max propagates NaN), so the maxima tell whether all four were finite.
     r, o = _flat(base_e2e), _flat(e2e)
-    ro, s = _flat(base_own), _flat(own)
-    if not all(bool(torch.isfinite(t).all()) for t in (r, o, ro, s)):
+    ro, s = (r if base_own is base_e2e else _flat(base_own)), _flat(own)
+    max_abs, own_abs = float((r - o).abs().max()), float((ro - s).abs().max())
+    if not (math.isfinite(max_abs) and math.isfinite(own_abs)):
         err.finite = False
         return
-    err.max_abs = max(err.max_abs, float((r - o).abs().max()))
-    err.own_abs = max(err.own_abs, float((ro - s).abs().max()))
-    err.scale = max(err.scale, float(_flat(train_out).abs().max()))
+    err.max_abs = max(err.max_abs, max_abs)
+    err.own_abs = max(err.own_abs, own_abs)
+    # abs and max are exact in any dtype
+    err.scale = max(err.scale, float((r if train_out is base_e2e else train_out).abs().max()))
     if r.shape[1] > 0:
         cos = torch.nn.functional.cosine_similarity(r, o, dim=1)
         err.cosine = min(err.cosine, float(cos.min()))

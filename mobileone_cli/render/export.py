@@ -17,7 +17,7 @@ def checks_to_list(checks) -> List[Dict[str, Any]]:
     return [{"batch": c.batch, "height": c.height, "width": c.width, "passed": c.passed,
              "tolerance": c.tolerance, "metrics": _m(c.metrics),
              "sensitivity": _m(c.sensitivity), "arithmetic": c.arithmetic,
-             "metrics_vs_fp32": _m(c.metrics_fp32)}
+             "reference": c.reference, "metrics_vs_fp32": _m(c.metrics_fp32)}
             for c in checks]
 
 
@@ -50,8 +50,9 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
     from rich.table import Table
 
     fp16 = dtype == "fp16"
-    ref = ("our float64 deploy model holding its fp16 weights, seeded images" if fp16
-           else "our float64 deploy model, seeded images")
+    refs = sorted({"fp32" if ch.reference == "float32" else "float64" for ch in checks})
+    ref = (f"our {'/'.join(refs) or 'float64'} deploy model"
+           + (" holding its fp16 weights" if fp16 else "") + ", seeded images")
     c = Table(title=f"{runtime} vs {ref}", header_style="bold")
     for col in ("input", "max abs\ndiff", "max rel\ndiff", "bound", "top-1"):
         c.add_column(col, justify="left" if col == "input" else "right", no_wrap=True)
@@ -76,6 +77,9 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
 
         line(out, "bound:", f"{EXPORT_RTOL[dtype]:g} + {EXPORT_SENSITIVITY_FACTOR:g}x the effect "
                             f"of {prec} arithmetic on this network (docs/export.md)")
+        if "fp32" in refs:
+            line(out, "fp32:", f"within {EXPORT_RTOL[dtype]:g} of our fp32 model, which implies "
+                               f"the bound (float64 referee elsewhere; docs/export.md)")
     if fp16:
         line(out, "vs fp32 weights:", "against the unrounded deploy model (the whole cost of "
                                       "fp16)")
