@@ -24,3 +24,16 @@ def test_non_finite_keys_across_dtypes_and_positions():
     assert expected == ["t1", "t6", "t11", "scalar"]
     assert non_finite_keys(sd, keys) == expected
     assert non_finite_keys(sd, ["t0", "ints", "empty", "missing"]) == []
+
+
+def test_huge_finite_tensors_are_not_taken_for_inf():
+    """The fused norm that screens for NaN/Inf overflows on huge finite values (3e38 in fp32,
+    60000 in fp16); those tensors must be settled exactly, not reported."""
+    import torch
+
+    from mobileone_cli.io.sanity import non_finite_keys
+
+    sd = {"ok": torch.ones(10), "huge32": torch.full((4,), 3e38),
+          "huge16": torch.full((3,), 60000.0).half(), "nan": torch.tensor([1.0, float("nan")]),
+          "inf16": torch.tensor([float("inf")]).half(), "ints": torch.arange(3)}
+    assert non_finite_keys(sd, list(sd)) == ["nan", "inf16"]
