@@ -114,10 +114,15 @@ def run(cmd: Command, cwd: str) -> None:
 BORDER = re.compile(r"^[\s\u2500-\u257f]*$")  # table rules: their width follows the numbers
 
 
+# A bar of a terminal picture (block elements, and the bound mark '│' among them): its length
+# follows the numbers, so it is masked like them.
+BAR = re.compile(r"[\u2502 ]*[\u2580-\u259f][\u2580-\u259f\u2502 ]*")
+
+
 def _norm(line: str) -> str:
     if BORDER.match(line):
         return ""
-    return " ".join(NUMBER.sub("#", line).split())
+    return " ".join(BAR.sub(" ▮ ", NUMBER.sub("#", line)).split())
 
 
 def mismatch(cmd: Command) -> Optional[str]:
