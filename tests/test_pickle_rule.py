@@ -119,7 +119,12 @@ def test_loaded_placeholders_survive_and_torch_globals_are_restored(tmp_path, ti
     src = _save({"state_dict": tiny_sd, "args": argparse.Namespace(a=1)}, tmp_path / "n.pth")
     before = torch.serialization.get_safe_globals()
     load_inert(src)
-    assert torch.serialization.get_safe_globals() == before
+    after = torch.serialization.get_safe_globals()
+    assert after[:len(before)] == before
+    # A library imported during the load may register its own (torchao does); none is ours.
+    added = [repr(g) for g in after[len(before):]]
+    assert not [g for g in added if "builtins.getattr" in g or "numpy" in g
+                or "Namespace" in g], added
     with pytest.raises(Exception, match="argparse.Namespace"):
         torch.load(src, weights_only=True)
 

@@ -184,15 +184,18 @@ def _allowed(session: _Session) -> Iterator[None]:
 
     with _LOCK:
         before = ts.get_safe_globals()
+        ours = ([(_inert_getattr, "builtins.getattr")] + _numpy_globals()
+                + [(c, n) for n, c in session.stubs.items()])
         try:
-            ts.add_safe_globals([(_inert_getattr, "builtins.getattr")] + _numpy_globals()
-                                + [(c, n) for n, c in session.stubs.items()])
+            ts.add_safe_globals(ours)
             _session.current = session
             yield
         finally:
             _session.current = None
+            # Ours go; what a library imported during the load registered (torchao does) stays.
+            during = [g for g in ts.get_safe_globals() if g not in before and g not in ours]
             ts.clear_safe_globals()
-            ts.add_safe_globals(before)
+            ts.add_safe_globals(before + during)
 
 
 def _unsafe_globals(path: str) -> List[str]:
