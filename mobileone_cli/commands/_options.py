@@ -95,6 +95,17 @@ def arch_option(default: Optional[str] = None, help_text: Optional[str] = None):
                                           "'auto' (default) detects it from tensor shapes.")
 
 
+def prefix_option(help_text: str = "Key prefix of the MobileOne inside the checkpoint (e.g. "
+                                     "'backbone.'); default: found automatically when there is "
+                                     "one."):
+    return click.option("--prefix", default=None, metavar="PFX", help=help_text)
+
+
+def ema_option(help_text: str = "Use the checkpoint's EMA weights (ema_state_dict, ...) instead "
+                                "of the state_dict."):
+    return click.option("--ema", is_flag=True, help=help_text)
+
+
 def config_option():
     return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
                         metavar="FILE",

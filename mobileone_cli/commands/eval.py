@@ -5,8 +5,8 @@ from typing import Optional, Tuple
 
 import click
 
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, json_option,
-                       load_options, trust_file_option)
+from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, ema_option,
+                       json_option, load_options, prefix_option, trust_file_option)
 
 __all__ = ["eval"]
 
@@ -52,8 +52,8 @@ __all__ = ["eval"]
 @arch_option()
 @config_option()
 @bn_eps_option()
-@click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
-@click.option("--ema", is_flag=True, help="Use the checkpoints' EMA weights.")
+@prefix_option()
+@ema_option("Use the checkpoints' EMA weights.")
 @trust_file_option()
 @json_option("the report, with per-class accuracy and every disagreeing image")
 def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  # noqa: A001

@@ -7,8 +7,9 @@ import click
 
 from ..errors import BadInput
 from ..spec.limits import MAX_SEED
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
-                       input_size_option, json_option, load_options, trust_file_option)
+from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, ema_option,
+                       input_size_option, json_option, load_options, prefix_option,
+                       trust_file_option)
 
 
 def parse_batch(value: Optional[str]):
@@ -59,8 +60,8 @@ def parse_batch(value: Optional[str]):
 @arch_option()
 @config_option()
 @bn_eps_option()
-@click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
-@click.option("--ema", is_flag=True, help="Use the checkpoint's EMA weights.")
+@prefix_option()
+@ema_option()
 @trust_file_option()
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the check images.")

@@ -5,8 +5,9 @@ from typing import Optional, Tuple
 
 import click
 
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option,
-                       input_size_option, json_option, load_options, trust_file_option)
+from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, ema_option,
+                       input_size_option, json_option, load_options, prefix_option,
+                       trust_file_option)
 from ._plot import check_plot, plot_option, write_plot
 
 __all__ = ["quant"]
@@ -50,8 +51,8 @@ __all__ = ["quant"]
 @arch_option()
 @config_option()
 @bn_eps_option()
-@click.option("--prefix", default=None, help="Key prefix of the MobileOne inside the checkpoint.")
-@click.option("--ema", is_flag=True, help="Use the checkpoint's EMA weights.")
+@prefix_option()
+@ema_option()
 @trust_file_option()
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
