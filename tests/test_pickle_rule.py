@@ -193,6 +193,18 @@ def test_payload_inside_a_real_mmengine_file_is_refused(glob, real_mmengine_dict
     assert not marker.exists()
 
 
+def test_stubs_made_during_a_load_do_not_outlive_it(foreign, tmp_path):
+    """A placeholder made for a foreign global is the session's: left registered, the next
+    load of that global would meet a stale class (and --trust-file would not run the real one)."""
+    mod, _ = foreign
+    for i, hook in enumerate([Call(mod.Tool.run, ("x",)), Call(getattr, (mod.Tool, "run"))]):
+        src = _save({"state_dict": {"w": torch.zeros(2)}, "hook": hook}, tmp_path / f"{i}.pth")
+        before = torch.serialization.get_safe_globals()
+        load_inert(src)
+        left = [g for g in torch.serialization.get_safe_globals() if g not in before]
+        assert not [g for g in left if "Placeholder" in repr(g)], left
+
+
 def test_trust_file_still_runs_the_real_unpickler(foreign, tmp_path, tiny_sd, run_cli):
     """--trust-file is the user's explicit decision: the file's own code runs."""
     mod, marker = foreign

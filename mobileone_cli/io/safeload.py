@@ -192,7 +192,9 @@ def _allowed(session: _Session) -> Iterator[None]:
             yield
         finally:
             _session.current = None
-            # Ours go; what a library imported during the load registered (torchao does) stays.
+            # Ours go (the stand-ins, and the stubs made during the load); what a library
+            # imported meanwhile registered (torchao does) stays.
+            ours += [(c, n) for n, c in session.stubs.items()]
             during = [g for g in ts.get_safe_globals() if g not in before and g not in ours]
             ts.clear_safe_globals()
             ts.add_safe_globals(before + during)
