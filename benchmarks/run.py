@@ -1,6 +1,6 @@
 """Whole-process benchmarks of mobileone, each against a baseline measured in the same run.
 
-    python benchmarks/run.py [--runs N] [--quick] [--only convert verify batch export eval]
+    python benchmarks/run.py [--runs N] [--quick] [--only convert verify batch export eval quant]
                              [--update-docs]
 
 Sections (one module each, ``<name>_cases.py``): convert (and the torch-free start-up paths),
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import PY, ROOT, Report  # noqa: E402
 
-SECTIONS = ("convert", "verify", "batch", "export", "eval")
+SECTIONS = ("convert", "verify", "batch", "export", "eval", "quant")
 DOC = os.path.join(ROOT, "docs", "performance.md")
 BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
 
