@@ -4,8 +4,7 @@
                              [--update-docs]
 
 Sections (one module each, ``<name>_cases.py``): convert (and the torch-free start-up paths),
-verify, batch, export, eval.  Each
-prints its cases (median wall time and peak RSS of whole processes) and its targets with
+verify, batch, export, eval, quant.  Each prints its cases (median wall time and peak RSS of whole processes) and its targets with
 PASS/MISS; --update-docs writes the report into docs/performance.md.  Nothing here is asserted in
 the test suite: speed belongs to benchmarks, not tests.
 """
