@@ -10,8 +10,8 @@ from . import __version__
 from .errors import BadInput, MobileOneError, VerificationFailed
 from .io.detect import Detection
 from .io.source import LoadOptions, open_source
-from .io.write import (check_checkpoint_name, check_destination, output_format, save_checkpoint,
-                       stale_note)
+from .io.leftovers import stale_note
+from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
 from .spec.layouts import get_layout, param_count, schema
 from .spec.limits import check_seed
 from .timing import Steps

@@ -53,8 +53,8 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     """
     from . import __version__
     from .io.read import load_checkpoint, loading_notes
-    from .io.write import (check_checkpoint_name, check_destination, output_format,
-                           save_checkpoint, stale_note)
+    from .io.leftovers import stale_note
+    from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
     from .spec.limits import check_bn_eps, check_seed
 
     src = os.fspath(src)

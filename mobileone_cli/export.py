@@ -20,7 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from .check.artifact import ShapeCheck, WeightCheck, check_shapes
 from .errors import BadInput, VerificationFailed
 from .io.source import LoadOptions
-from .io.write import atomic_write, stale_note
+from .io.leftovers import stale_note
+from .io.write import atomic_write
 from .runtimes import TARGETS, Target, runtime_module, target_for
 from .runtimes.onnx import EXPORTERS, export as export_model, resolve_exporter
 from .spec.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch

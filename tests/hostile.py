@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
-from mobileone_cli.io.write import TEMP_PREFIX
+from mobileone_cli.io.leftovers import TEMP_PREFIX
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.spec.arch import ArchSpec

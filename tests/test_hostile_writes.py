@@ -493,7 +493,7 @@ def test_ctrl_c_during_interpreter_exit_changes_nothing(tmp_path, tiny_sd):
 def test_temp_file_of_a_killed_run_is_reported(tmp_path, tiny_sd):
     """SIGKILL cannot be caught: the temp file stays.  It is named so that the next run
     writing into that folder recognises it (its process is gone) and says so."""
-    from mobileone_cli.io.write import TEMP_PREFIX
+    from mobileone_cli.io.leftovers import TEMP_PREFIX
     from .hostile import invoke
 
     src = _src(tmp_path, tiny_sd)
@@ -516,6 +516,6 @@ def test_temp_file_of_a_killed_run_is_reported(tmp_path, tiny_sd):
     # A temp file of a run still alive (this process) is not called stale.
     mine = tmp_path / f"{TEMP_PREFIX}{os.getpid()}-abc.tmp"
     mine.write_bytes(b"")
-    from mobileone_cli.io.write import stale_temp_files
+    from mobileone_cli.io.leftovers import stale_temp_files
 
     assert stale_temp_files(str(tmp_path)) == [str(tmp_path / left[0])]

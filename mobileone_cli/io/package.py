@@ -14,7 +14,8 @@ import tempfile
 from typing import Callable, Optional
 
 from ..errors import BadInput
-from .write import TEMP_PREFIX, check_destination, is_package, published
+from .leftovers import TEMP_PREFIX
+from .write import check_destination, is_package, published
 
 __all__ = ["atomic_write_dir", "is_package", "folder_size"]
 

@@ -6,7 +6,8 @@ then published in one step, so DST is either untouched or complete.
 * With ``force`` only a regular file (or a link, which is replaced, never written through) may be
   replaced: a device, FIFO, socket or directory never is.
 * Temp files are named ``.mobileone-tmp-<pid>-<random>`` (short, so any legal DST name works) and
-  removed on every catchable exit; a later run names stale ones left by a killed process.
+  removed on every catchable exit; a later run names stale ones left by a killed process
+  (:mod:`.leftovers`).
 * :data:`published` records what this process has written, so an interrupt can say so truthfully.
 """
 from __future__ import annotations
@@ -18,13 +19,12 @@ import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ..errors import BadInput
+from .leftovers import TEMP_PREFIX
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
-           "output_format", "stale_temp_files", "stale_note", "published",
-           "CHECKPOINT_EXTENSIONS", "TEMP_PREFIX"]
+           "output_format", "published", "CHECKPOINT_EXTENSIONS"]
 
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-TEMP_PREFIX = ".mobileone-tmp-"
 published: List[str] = []  # paths this process has published, in order
 
 
@@ -109,44 +109,6 @@ def check_destination(dst: str, *, force: bool = False, src: Optional[str] = Non
     if not os.access(parent, os.W_OK | os.X_OK, effective_ids=effective):
         raise BadInput(f"{dst}: cannot create a file in {parent} (not writable: permission "
                        f"denied or a read-only file system)")
-
-
-def stale_temp_files(folder: str) -> List[str]:
-    """Temp files of this tool in ``folder`` whose process is gone (killed during a write)."""
-    out = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return out
-    for name in names:
-        if not name.startswith(TEMP_PREFIX):
-            continue
-        pid = name[len(TEMP_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            out.append(os.path.join(folder, name))
-    return sorted(out)
-
-
-def stale_note(dst: str) -> Optional[str]:
-    """A note naming the temp files a killed run left beside ``dst``, or None."""
-    folder = os.path.dirname(os.path.abspath(dst))
-    stale = stale_temp_files(folder)
-    if not stale:
-        return None
-    names = ", ".join(os.path.basename(p) for p in stale[:3])
-    more = f" and {len(stale) - 3} more" if len(stale) > 3 else ""
-    return (f"{len(stale)} temp file(s) in {folder} were left by a run that was killed while "
-            f"writing ({names}{more}); they are incomplete and safe to delete")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _publish(tmp: str, dst: str, force: bool) -> None:
