@@ -77,6 +77,15 @@ def fake_quant(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
     return ((q - zero) * scale).to(x.dtype)
 
 
+def _float64_if_finite(ref: torch.Tensor, out: torch.Tensor):
+    """(ref, out) in float64, or None when either holds a NaN/Inf (the SQNR is then undefined)."""
+    r = ref.detach().to(torch.float64)
+    o = out.detach().to(torch.float64)
+    if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(o).all())):
+        return None
+    return r, o
+
+
 @dataclass
 class Noise:
     """Running sums of signal and noise energy of one tensor, over every image seen."""
@@ -86,11 +95,11 @@ class Noise:
     finite: bool = True
 
     def update(self, ref: torch.Tensor, out: torch.Tensor) -> None:
-        r = ref.detach().to(torch.float64)
-        o = out.detach().to(torch.float64)
-        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(o).all())):
+        pair = _float64_if_finite(ref, out)
+        if pair is None:
             self.finite = False
             return
+        r, o = pair
         self.signal += float(r.pow(2).sum())
         self.noise += float((r - o).pow(2).sum())
 
@@ -110,11 +119,11 @@ class ChannelNoise:
         self.finite = True
 
     def update(self, ref: torch.Tensor, out: torch.Tensor) -> None:
-        r = ref.detach().to(torch.float64)
-        o = out.detach().to(torch.float64)
-        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(o).all())):
+        pair = _float64_if_finite(ref, out)
+        if pair is None:
             self.finite = False
             return
+        r, o = pair
         dims = [d for d in range(r.dim()) if d != 1]
         sig, noi = r.pow(2).sum(dims), (r - o).pow(2).sum(dims)
         self.signal = sig if self.signal is None else self.signal + sig
