@@ -94,7 +94,7 @@ def test_sensitivity_is_the_effect_of_one_unit_roundoff_on_the_deploy_weights():
     """The measured sensitivity equals a hand-made perturbed run (independent of the harness)."""
     arch, sd, exact = network("s1", "calibrated")
     stored = {k: v.half() for k, v in exact.items()}
-    v = verdict(sd, stored, arch, measure_sensitivity=True)
+    v = verdict(sd, stored, arch)
     from mobileone_cli.models.mobileone import MobileOne
 
     def run(weights):

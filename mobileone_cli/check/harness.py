@@ -5,11 +5,14 @@ rule built on them lives in :mod:`.verdict`.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import torch
+from torch import nn
 
 from ..errors import BadInput
 from ..spec.arch import ArchSpec
@@ -19,7 +22,7 @@ from ..spec.memory import check_memory, job_bytes
 from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
-           "resolve_device", "perturb", "float_dtype", "CHUNK", "per_pass", "check_room"]
+           "resolve_device", "perturb", "perturb_", "perturb_module", "float_dtype", "CHUNK", "per_pass", "check_room"]
 
 CHUNK = 4  # images per forward pass while block outputs are kept (bounds memory)
 
@@ -115,20 +118,55 @@ def seeded_inputs(seed: int = 0, batch: int = 1, input_size: Sequence[int] = (22
         device=device, dtype=dtype)
 
 
+PERTURB_SEED = 1234
+
+
+PERTURB_CHUNK = 1 << 18  # elements perturbed at a time: a few MiB of temporaries at most
+_BIT_SHIFTS = torch.arange(8, dtype=torch.uint8)
+
+
+def perturb_(tensor: torch.Tensor, key: str, unit: float, seed: int = PERTURB_SEED) -> None:
+    """``tensor`` (named ``key``) times (1 +- ``unit``) in place, signs at random, made in its
+    own dtype: w + w * (+-unit) is w * (1 +- unit) rounded once.
+
+    The signs are the bits of random bytes (a fair coin each) from a generator seeded by the
+    name and the slice, so a tensor gets the same signs whether a whole state dict or one block
+    is perturbed, and the temporaries stay small."""
+    flat = tensor.view(-1)
+    base = seed + zlib.crc32(key.encode())
+    for start in range(0, flat.numel(), PERTURB_CHUNK):
+        part = flat[start:start + PERTURB_CHUNK]
+        g = torch.Generator().manual_seed(base + start // PERTURB_CHUNK)
+        words = torch.randint(0, 256, ((part.numel() + 7) // 8,), generator=g,
+                              dtype=torch.uint8)
+        bits = ((words.unsqueeze(1) >> _BIT_SHIFTS) & 1).reshape(-1)[:part.numel()]
+        part.addcmul_(part, bits.to(part).mul_(2 * unit).sub_(unit))
+
+
 def perturb(state_dict: Mapping[str, torch.Tensor], unit: float,
-            seed: int = 1234) -> Dict[str, torch.Tensor]:
-    """Every float tensor times (1 +- ``unit``), signs at random: a rounding-sized change of
-    every weight, in float64 (counters pass through)."""
-    g = torch.Generator().manual_seed(seed)
+            seed: int = PERTURB_SEED) -> Dict[str, torch.Tensor]:
+    """Every float tensor times (1 +- ``unit``) (:func:`perturb_`), in float64: a rounding-sized
+    change of every weight (counters pass through)."""
     out: Dict[str, torch.Tensor] = {}
     for k, v in state_dict.items():
         if isinstance(v, torch.Tensor) and v.is_floating_point():
-            sign = torch.randint(0, 2, v.shape, generator=g, dtype=torch.int8).to(
-                torch.float64) * 2 - 1
-            out[k] = v.to(torch.float64) * (1 + unit * sign)
+            out[k] = v.to(torch.float64, copy=True).contiguous()
+            perturb_(out[k], k, unit, seed)
         else:
             out[k] = v
     return out
+
+
+def perturb_module(module: nn.Module, name: str, unit: float,
+                   seed: int = PERTURB_SEED) -> nn.Module:
+    """A copy of ``module`` (named ``name`` in its model) with :func:`perturb`'s change, made in
+    the module's dtype (the value :func:`perturb` followed by a cast to that dtype gives)."""
+    copy_ = copy.deepcopy(module)
+    with torch.no_grad():
+        for key, v in list(copy_.named_parameters()) + list(copy_.named_buffers()):
+            if v.is_floating_point():
+                perturb_(v, f"{name}.{key}", unit, seed)
+    return copy_
 
 
 @contextlib.contextmanager

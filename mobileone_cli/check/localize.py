@@ -1,9 +1,10 @@
 """Where two MobileOnes part: block-by-block comparison against a reference (train) model.
 
 Both forms name their blocks alike (``stage0``, ``stage1.0``, ... ``stage4.1``, then the head
-``linear``), so forward hooks pair them up by name.  For a candidate model C (the deploy model,
-or a copy of it with perturbed weights) and a base B (the train model, or the deploy model) each
-block gets two numbers:
+``linear``), so the models are run side by side, block by block, in forward order
+(:func:`lockstep`): only the current block's activations are alive, never a stored copy of every
+block's output.  For a candidate model C (the deploy model, or a copy of it with perturbed
+weights) and a base B (the train model, or the deploy model) each block gets two numbers:
 
 * ``own`` -- C's block fed the *train* model's input of that block, against B's block on the same
   input: the block's own error, free of anything upstream.
@@ -14,15 +15,17 @@ Errors are absolute; :class:`BlockError` relates them to max |train block output
 """
 from __future__ import annotations
 
+import copy
 import math
-
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["BlockError", "StageError", "compared_modules", "run_train", "run_candidate",
+from .harness import perturb_module
+
+__all__ = ["BlockError", "StageError", "compared_modules", "lockstep",
            "stage_table", "stage_label", "HEAD"]
 
 HEAD = "linear"  # the classifier, compared like a block (stage = number of stages + 1)
@@ -92,97 +95,105 @@ def compared_modules(model: nn.Module) -> List[Tuple[str, int, nn.Module]]:
     return out
 
 
-class _Capture:
-    """Forward hooks that keep each block's input and output for the duration of a ``with``.
-
-    A block's input is the previous block's output (the same tensor), so this costs one set of
-    activations, not two."""
-
-    def __init__(self, model: nn.Module, inputs: bool) -> None:
-        self.units = compared_modules(model)
-        self.keep_inputs = inputs
-        self.inputs: Dict[str, torch.Tensor] = {}
-        self.outputs: Dict[str, torch.Tensor] = {}
-        self._handles: list = []
-
-    def __enter__(self) -> "_Capture":
-        for name, _, mod in self.units:
-            self._handles.append(mod.register_forward_hook(self._hook(name)))
-        return self
-
-    def _hook(self, name: str):
-        def keep(_mod, inp, out):
-            if self.keep_inputs:
-                self.inputs[name] = inp[0].detach()
-            self.outputs[name] = out.detach()
-        return keep
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
-
-
-def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.float64).reshape(t.shape[0], -1)
-
-
 def _update(err: BlockError, base_e2e: torch.Tensor, e2e: torch.Tensor, base_own: torch.Tensor,
-            own: torch.Tensor, train_out: torch.Tensor) -> None:
-    # Differences in float64 (exact for float32 inputs); each tensor converted once (the train
-    # run's output is often both references).  A NaN or Inf in any input makes its difference's
-    # max NaN or Inf (max propagates NaN), so the maxima tell whether all four were finite.
-    r, o = _flat(base_e2e), _flat(e2e)
-    ro, s = (r if base_own is base_e2e else _flat(base_own)), _flat(own)
-    max_abs, own_abs = float((r - o).abs().max()), float((ro - s).abs().max())
+            own: torch.Tensor, train_out: torch.Tensor, cosine: bool = True) -> None:
+    # Differences in the run's dtype: two floats within a factor 2 of each other subtract
+    # exactly (Sterbenz), so the small differences a verdict turns on are exact, and abs and max
+    # are exact in any dtype.  A NaN or Inf in any input makes its difference's max NaN or Inf
+    # (max propagates NaN), so the maxima tell whether all four were finite.
+    delta = base_e2e - e2e
+    max_abs = float(delta.abs().max())
+    own_abs = (max_abs if own is e2e and base_own is base_e2e
+               else float((base_own - own).abs().max()))
     if not (math.isfinite(max_abs) and math.isfinite(own_abs)):
         err.finite = False
         return
     err.max_abs = max(err.max_abs, max_abs)
     err.own_abs = max(err.own_abs, own_abs)
-    # abs and max are exact in any dtype
-    err.scale = max(err.scale, float((r if train_out is base_e2e else train_out).abs().max()))
-    if r.shape[1] > 0:
-        cos = torch.nn.functional.cosine_similarity(r, o, dim=1)
-        err.cosine = min(err.cosine, float(cos.min()))
+    err.scale = max(err.scale, float(train_out.abs().max()))
+    if cosine and base_e2e[0].numel() > 0:
+        err.cosine = min(err.cosine, float(cosines(base_e2e, delta).min()))
+
+
+def cosines(ref: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Per image, the cosine similarity of ``ref`` and ``ref - delta``, in float64.
+
+    From the exact difference: 1 - cos = (|r|^2 |d|^2 - (r.d)^2) / (|r||o| (|r||o| + r.o)),
+    which keeps the digits a direct float64 cosine loses near 1, without a float64 copy of
+    either activation (the sums accumulate in float64).  Identical zero outputs count as 1."""
+    r, d = ref.reshape(ref.shape[0], -1), delta.reshape(delta.shape[0], -1)
+
+    def dot(a, b):
+        return torch.sum(a * b, 1, dtype=torch.float64)
+
+    rr, dd, rd = dot(r, r), dot(d, d), dot(r, d)
+    ro = rr - rd  # r.o
+    norms = (rr * (rr - 2 * rd + dd).clamp_min(0)).sqrt()  # |r||o|
+    near = 1 - (rr * dd - rd * rd).clamp_min(0) / (norms * (norms + ro))
+    cos = torch.where(ro > 0, near, ro / norms)
+    return torch.where(norms > 0, cos, (dd == 0).to(torch.float64)).clamp(-1, 1)
+
+
+def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` itself when its floating tensors are ``dtype``, else a copy cast to it: only
+    the block being run exists in the stage's precision."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    if all(t.dtype == dtype for t in tensors if t.is_floating_point()):
+        return module
+    return copy.deepcopy(module).to(dtype)
 
 
 @torch.no_grad()
-def run_train(train: nn.Module, x: torch.Tensor) -> Tuple["_Capture", torch.Tensor]:
-    """The train model on ``x``, every block's input and output kept (the references)."""
-    with _Capture(train, inputs=True) as tc:
-        out = train(x)
-    return tc, out
+def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
+             errors: Dict[str, Dict[str, BlockError]], *, unit: Optional[float] = None,
+             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Run the train model T, the deploy model D and, with ``unit``, P (D with every weight
+    perturbed by ``unit``, :func:`~.harness.perturb_module`) block by block on ``x``, in
+    ``x``'s dtype, and accumulate the block errors: ``errors['deploy']`` (D against T) and
+    ``errors['perturbed']`` (P against D, both fed the same inputs).
 
-
-@torch.no_grad()
-def run_candidate(model: nn.Module, x: torch.Tensor, tc: "_Capture",
-                  errors: Dict[str, BlockError],
-                  base: Optional[Tuple[nn.Module, Dict[str, torch.Tensor]]] = None
-                  ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """Run ``model`` on ``x`` and accumulate its block errors into ``errors``.
-
-    Compared with the train run ``tc``, or with ``base`` = (another model, its end-to-end block
-    outputs on the same ``x``): a perturbed deploy model against the deploy model.  Each block's
-    own output is computed on the train model's input of that block and dropped at once.
-    Returns the final output and the end-to-end block outputs.
+    Only the current block's activations are alive, and each block exists in ``x``'s dtype only
+    while it runs (``keep``: a dict that holds the cast and perturbed blocks for the next chunk
+    of images).  Returns the outputs of T, D and P (None without ``unit``): the same tensors
+    the models' own forward gives, since the blocks run in forward order.
     """
-    with _Capture(model, inputs=False) as cc:
-        out = model(x)
-    mods = {n: m for n, _, m in cc.units}
-    base_mods = {n: m for n, _, m in compared_modules(base[0])} if base is not None else None
-    # The hooks are gone: these calls record nothing and cannot recurse.
-    for block, stage, _ in tc.units:
-        ref = tc.outputs[block]
-        own = mods[block](tc.inputs[block])
-        if base is None:
-            base_e2e, base_own = ref, ref
-        else:
-            base_e2e, base_own = base[1][block], base_mods[block](tc.inputs[block])
-        err = errors.setdefault(block, BlockError(block, stage))
-        _update(err, base_e2e, cc.outputs[block], base_own, own, ref)
-        del own, base_own
-    return out, cc.outputs
+    dtype = x.dtype
+    t = d = p = x
+
+    def block(role: str, name: str, make) -> nn.Module:
+        if keep is None:
+            return make()
+        if (role, name) not in keep:
+            keep[role, name] = make()
+        return keep[role, name]
+
+    for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
+                                                  compared_modules(deploy)):
+        if name == HEAD:  # the head takes the pooled, flattened features
+            t, d = _pooled(train, t), _pooled(deploy, d)
+            p = _pooled(deploy, p) if unit is not None else None
+        t_blk = block("train", name, lambda: _in_dtype(t_mod, dtype))
+        d_blk = block("deploy", name, lambda: _in_dtype(d_mod, dtype))
+        t_out = t_blk(t)
+        d_out = d_blk(d)
+        d_own = d_out if d is t else d_blk(t)
+        _update(errors["deploy"].setdefault(name, BlockError(name, stage)),
+                t_out, d_out, t_out, d_own, t_out)
+        if unit is not None:
+            p_blk = block("perturbed", name, lambda: perturb_module(d_blk, name, unit))
+            p_out = p_blk(p)
+            p_own = p_out if p is t else p_blk(t)
+            _update(errors["perturbed"].setdefault(name, BlockError(name, stage)),
+                    d_out, p_out, d_own, p_own, t_out, cosine=False)
+            p = p_out
+        t, d = t_out, d_out
+    return t, d, (p if unit is not None else None)
+
+
+def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the model's head is fed (MobileOne.forward: flatten(gap(features)))."""
+    return torch.flatten(model.gap(x), 1)
 
 
 def stage_table(errors: Sequence[BlockError], bad: Sequence[str]) -> List[StageError]:

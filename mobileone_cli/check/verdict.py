@@ -9,9 +9,9 @@ every block (each fed the train model's input, see :mod:`.localize`), it is no f
 The last term is the network's own sensitivity to rounding D's weights, measured on D itself
 (never on the fusion code under test): ~0 for fp32 weights of a well-conditioned network, the
 size of honest fp16/bf16 rounding for half-precision files, and large where the network amplifies
-rounding.  It is measured only on the images where D is beyond ``atol + rtol * scale`` (and on the first
-ones when ``measure_sensitivity``).  An explicit ``rtol`` drops it: the user's tolerance is the
-tolerance.
+rounding.  It is measured on the same images, in the same block-by-block pass (two more runs of
+each deploy block), and counts only where D is beyond ``atol + rtol * scale``.  An explicit
+``rtol`` drops it: the user's tolerance is the tolerance.
 
 The comparison runs in fp32 first.  When fp32 cannot decide (D beyond its bound), a float64 run
 of both models on the same inputs (D's weights upcast exactly) referees: fp32 rounding amplified
@@ -31,8 +31,8 @@ from ..errors import BadInput
 from ..spec.arch import ArchSpec
 from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from .harness import (CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass,
-                      perturb, strict_fp32)
-from .localize import BlockError, run_candidate, run_train
+                      strict_fp32)
+from .localize import BlockError, lockstep
 
 __all__ = ["Stage", "Verdict", "judge", "non_finite"]
 
@@ -50,6 +50,7 @@ class Stage:
     output_bound: float = 0.0  # absolute bound at the output
     block_bounds: Dict[str, float] = field(default_factory=dict)  # absolute bound of each block
     train_output: Optional[torch.Tensor] = field(default=None, repr=False)
+    plain_within: bool = True  # within atol + rtol * scale everywhere (no sensitivity needed)
 
     @property
     def output_within(self) -> bool:
@@ -114,8 +115,7 @@ class Verdict:
         out = stage.output
         rel_bound = stage.output_bound / out.scale if out.scale > 0 else 0.0
         tol = f"rtol {self.rtol:g}" + (f", atol {self.atol:g}" if self.atol else "")
-        if self.adaptive and rel_bound > self.rtol * 1.0001 + (self.atol / out.scale
-                                                              if out.scale else 0):
+        if self.adaptive and not stage.plain_within:
             tol = (f"bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the rounding "
                    f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
@@ -166,49 +166,30 @@ def _bound(rtol: float, atol: float, scale: float, sens_abs: float, adaptive: bo
     return atol + rtol * scale + (SENSITIVITY_FACTOR * sens_abs if adaptive else 0.0)
 
 
-def _beyond_plain_bound(errors: Dict[str, BlockError], out: Metrics, rtol: float,
-                        atol: float) -> bool:
-    """D is beyond atol + rtol * scale somewhere: only then is its sensitivity needed."""
-    if not out.within(rtol, atol):
-        return True
-    return any(not (b.finite and b.own_abs <= atol + rtol * b.scale) for b in errors.values())
-
-
-def _stage(precision: str, train, deploy, make_perturbed, x: torch.Tensor, *, device: str,
-           chunk: int, logits: bool, rtol: float, atol: float, adaptive: bool,
-           measure: bool) -> Stage:
-    """D against T on ``x``, chunk by chunk; D's sensitivity (``make_perturbed()``: D with every
-    weight perturbed) is measured on the chunks where D is beyond the plain bound, and on the
-    first chunk when ``measure``."""
+def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype, device: str,
+           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float]) -> Stage:
+    """D against T on ``x`` in ``dtype``, ``chunk`` images at a time, and (``unit``: the
+    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
-    refs, outs, pouts, prefs = [], [], [], []
-    perturbed = None
-    dtype = next(train.parameters()).dtype
+    refs, outs, pouts = [], [], []
+    keep = {} if x.shape[0] > chunk else None  # cast/perturbed blocks serve every chunk
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             xi = x[i:i + chunk].to(device=device, dtype=dtype)
-            tc, ref = run_train(train, xi)
-            out, d_e2e = run_candidate(deploy, xi, tc, errors["deploy"])
+            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep)
             refs.append(ref.cpu())
             outs.append(out.cpu())
-            chunk_out = compare_outputs(ref, out, logits)
-            if adaptive and ((measure and i == 0) or
-                             _beyond_plain_bound(errors["deploy"], chunk_out, rtol, atol)):
-                if perturbed is None:
-                    perturbed = make_perturbed()
-                pout, _ = run_candidate(perturbed, xi, tc, errors["perturbed"],
-                                        base=(deploy, d_e2e))
+            if pout is not None:
                 pouts.append(pout.cpu())
-                prefs.append(out.cpu())
-            del tc, d_e2e
     ref, out = torch.cat(refs), torch.cat(outs)
     stage = Stage(precision=precision, output=compare_outputs(ref, out, logits),
                   blocks=list(errors["deploy"].values()), train_output=ref)
     sens_out = 0.0
     if pouts:
-        stage.sensitivity = compare_outputs(torch.cat(prefs), torch.cat(pouts), logits)
+        stage.sensitivity = compare_outputs(out, torch.cat(pouts), logits)
         stage.block_sensitivity = errors["perturbed"]
         sens_out = stage.sensitivity.max_abs if stage.sensitivity.finite else 0.0
+    adaptive = unit is not None
     stage.output_bound = _bound(rtol, atol, stage.output.scale, sens_out, adaptive)
     for b in stage.blocks:
         s = stage.block_sensitivity.get(b.name)
@@ -216,6 +197,8 @@ def _stage(precision: str, train, deploy, make_perturbed, x: torch.Tensor, *, de
         stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
         if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
             stage.bad_blocks.append(b.name)
+    stage.plain_within = stage.output.within(rtol, atol) and all(
+        b.finite and b.own_abs <= atol + rtol * b.scale for b in stage.blocks)
     return stage
 
 
@@ -224,8 +207,7 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
           arch: ArchSpec, x: torch.Tensor, *, train_layout: str = "apple",
           deploy_layout: Optional[str] = None, bn_eps: Optional[float] = None,
           rtol: Optional[float] = None, atol: float = DEFAULT_ATOL, device: str = "cpu",
-          chunk: int = CHUNK, measure_sensitivity: bool = False,
-          referee: bool = False) -> Verdict:
+          chunk: int = CHUNK, referee: bool = False) -> Verdict:
     """The verdict on ``deploy_sd`` against ``train_sd`` on images ``x`` (see module docstring).
 
     ``referee`` runs the float64 stage even when fp32 decides (``verify --reference fp64``).
@@ -240,22 +222,17 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     d_dtype = float_dtype(deploy_sd)
     unit = UNIT_ROUNDOFF[str(d_dtype).replace("torch.", "")]
     logits = arch.has_head
-    # Every block's output is held for one chunk: fewer images per chunk for large inputs.
     chunk = per_pass(x.shape[2:], chunk)
+    # The models hold the files' tensors as they are (no copy); each stage runs every block in
+    # its own precision, one block at a time.  .eval(): running statistics are what fusion
+    # folds (Apple issue 8).
+    train = load_model(train_sd, arch, "train", layout=train_layout, bn_eps=bn_eps,
+                       device=device).eval()
+    deploy = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device).eval()
 
     def run(precision: str, dtype: torch.dtype) -> Stage:
-        # .eval() here as well: running statistics are what fusion folds (Apple issue 8).
-        t = load_model(train_sd, arch, "train", layout=train_layout, bn_eps=bn_eps,
-                       device=device, dtype=dtype).eval()
-        d = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device,
-                       dtype=dtype).eval()
-
-        def perturbed():
-            return load_model(perturb(deploy_sd, unit), arch, "deploy", layout=deploy_layout,
-                              device=device, dtype=dtype).eval()
-
-        return _stage(precision, t, d, perturbed, x, device=device, chunk=chunk, logits=logits,
-                      rtol=rtol, atol=atol, adaptive=adaptive, measure=measure_sensitivity)
+        return _stage(precision, train, deploy, x, dtype=dtype, device=device, chunk=chunk,
+                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None)
 
     fp32 = run("fp32", torch.float32)
     verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,

@@ -170,7 +170,7 @@ def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, t
         check_room(arch, x.shape[2:], x.shape[0], "verify")
     verdict = judge(train_sd, deploy_sd, arch, x, train_layout=layout,
                     deploy_layout=deploy_layout, bn_eps=bn_eps, rtol=rtol, atol=atol,
-                    device=device, measure_sensitivity=True, referee=reference == "fp64")
+                    device=device, referee=reference == "fp64")
     return VerifyReport(arch=arch, verdict=verdict, device=str(device),
                         inputs={"kind": "images" if images is not None else "random",
                                 "seed": seed, "shape": list(x.shape)})
