@@ -1,5 +1,5 @@
 """``python -m mobileone_cli`` is the ``mobileone`` command."""
-from .cli import main
+from .cli import entry_point
 
 if __name__ == "__main__":
-    main()
+    entry_point()

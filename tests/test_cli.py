@@ -25,6 +25,55 @@ def test_python_dash_m_entry_point():
     assert "convert" in out.stdout
 
 
+def test_command_line_exit_flushes_output_runs_exit_handlers_and_keeps_codes(tmp_path):
+    """The console script (entry_point) ends a command that imported torch without the
+    interpreter's teardown: its output, its file, its exit handlers and its exit code are all
+    still there; main() still hands a caller its SystemExit."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from mobileone_cli.fuse.fusion import fuse_state_dict
+    from mobileone_cli.io.write import save_checkpoint
+    from mobileone_cli.models.synthetic import random_state_dict
+    from mobileone_cli.spec.arch import get_arch
+
+    arch = get_arch("s0")
+    sd = random_state_dict(arch, seed=31)
+    src, dst = tmp_path / "train.pth", tmp_path / "deploy.pth"
+    save_checkpoint(str(src), sd)
+    script = ("import atexit, sys\n"
+              "atexit.register(lambda: print('exit handler ran', flush=True))\n"
+              "from mobileone_cli.cli import entry_point\n"
+              "sys.argv = ['mobileone'] + sys.argv[1:]\n"
+              "entry_point()\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-c", script, *args], capture_output=True,
+                              text=True, timeout=300)
+
+    ok = run("convert", str(src), str(dst), "--json", "--input-size", "64")
+    assert ok.returncode == 0, ok.stderr
+    report, handler = ok.stdout.rsplit("}", 1)
+    assert json.loads(report + "}")["check"]["passed"]  # the whole JSON document came out
+    assert handler.strip() == "exit handler ran"
+    written = torch.load(dst, weights_only=True)
+    want = fuse_state_dict(dict(sd), arch)
+    assert written.keys() == want.keys()
+    assert all(torch.equal(written[k], want[k]) for k in want)
+    bad = run("convert", str(tmp_path / "missing.pth"), str(tmp_path / "x.pth"))
+    assert bad.returncode == 2 and bad.stderr.startswith("error:"), bad.stderr
+    exists = run("convert", str(src), str(dst), "--no-verify")  # no --force: refused
+    assert exists.returncode == 2 and "exit handler ran" in exists.stdout
+    caller = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom mobileone_cli.cli import main\n"
+         "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n"
+         "    print('caller got', exc.code)\n", "convert", str(src), str(dst), "--no-verify"],
+        capture_output=True, text=True, timeout=300)
+    assert caller.stdout.strip().endswith("caller got 2"), caller.stdout + caller.stderr
+
+
 # ---------------------------------------------------------------- habits: typos, globals, JSON
 
 
