@@ -21,6 +21,7 @@ from ..errors import BadInput
 from ..spec.arch import ArchSpec, BlockSpec
 from ..spec.layouts import get_layout
 from ..spec.limits import DEFAULT_EPS
+from ..spec.memory import release_freed_heap
 
 __all__ = ["BatchNormStats", "bn_scale_shift", "fuse_branches", "fuse_block", "fuse_state_dict",
            "DEFAULT_EPS"]
@@ -183,6 +184,8 @@ def fuse_state_dict(state_dict: MutableMapping[str, torch.Tensor], arch: ArchSpe
     for block in arch.block_specs():
         out.update(fuse_block(state_dict, block, eps=eps, dtype=dtype, layout=layout,
                               consume=consume))
+        if consume:  # the block's train tensors are gone: give their pages back
+            release_freed_heap()
     if arch.has_head:
         get = state_dict.pop if consume else state_dict.__getitem__
         for leaf in ("weight", "bias"):
