@@ -25,7 +25,7 @@ from torch import nn
 
 from .harness import perturb_module
 
-__all__ = ["BlockError", "StageError", "compared_modules", "lockstep",
+__all__ = ["BlockError", "StageError", "compared_modules", "head_input", "lockstep",
            "stage_table", "stage_label", "HEAD"]
 
 HEAD = "linear"  # the classifier, compared like a block (stage = number of stages + 1)
@@ -171,8 +171,8 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
                                                   compared_modules(deploy)):
         if name == HEAD:  # the head takes the pooled, flattened features
-            t, d = _pooled(train, t), _pooled(deploy, d)
-            p = _pooled(deploy, p) if unit is not None else None
+            t, d = head_input(train, t), head_input(deploy, d)
+            p = head_input(deploy, p) if unit is not None else None
         t_blk = block("train", name, lambda: _in_dtype(t_mod, dtype))
         d_blk = block("deploy", name, lambda: _in_dtype(d_mod, dtype))
         t_out = t_blk(t)
@@ -191,7 +191,7 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     return t, d, (p if unit is not None else None)
 
 
-def _pooled(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def head_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the model's head is fed (MobileOne.forward: flatten(gap(features)))."""
     return torch.flatten(model.gap(x), 1)
 

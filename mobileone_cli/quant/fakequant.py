@@ -71,19 +71,31 @@ class Observer:
 
 def fake_quant(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
     """``x`` quantized to affine int8 with (scale, zero point) and dequantized, in ``x``'s dtype
-    (computed in float64, so the grid is exact)."""
-    x64 = x.to(torch.float64)
-    q = torch.clamp(torch.round(x64 / scale) + zero, A_QMIN, A_QMAX)
-    return ((q - zero) * scale).to(x.dtype)
+    (computed in float64, so the grid is exact; in place on one float64 copy)."""
+    q = x.to(torch.float64, copy=True)
+    q.div_(scale).round_().add_(zero).clamp_(A_QMIN, A_QMAX)
+    return q.sub_(zero).mul_(scale).to(x.dtype)
 
 
-def _float64_if_finite(ref: torch.Tensor, out: torch.Tensor):
-    """(ref, out) in float64, or None when either holds a NaN/Inf (the SQNR is then undefined)."""
-    r = ref.detach().to(torch.float64)
-    o = out.detach().to(torch.float64)
-    if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(o).all())):
-        return None
-    return r, o
+def _float64_rows(ref: torch.Tensor, out: torch.Tensor):
+    """(ref[i], out[i]) in float64, image by image (temporaries of one image); ``None`` for the
+    first pair holding a NaN/Inf (the SQNR is then undefined), and nothing after it."""
+    for r, o in zip(ref.detach(), out.detach()):
+        r, o = r.to(torch.float64, copy=True), o.to(torch.float64, copy=True)
+        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(o).all())):
+            yield None
+            return
+        yield r, o
+
+
+def _energies(r: torch.Tensor, o: torch.Tensor, dims) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(sum of r^2, sum of (r - o)^2) over ``dims`` of one image (all of it when ``dims`` is
+    None), reusing the float64 copies."""
+    noise = o.sub_(r).pow_(2)
+    signal = r.pow_(2)
+    if dims is None:
+        return signal.sum(), noise.sum()
+    return (signal.sum(dims), noise.sum(dims)) if dims else (signal, noise)
 
 
 @dataclass
@@ -95,13 +107,13 @@ class Noise:
     finite: bool = True
 
     def update(self, ref: torch.Tensor, out: torch.Tensor) -> None:
-        pair = _float64_if_finite(ref, out)
-        if pair is None:
-            self.finite = False
-            return
-        r, o = pair
-        self.signal += float(r.pow(2).sum())
-        self.noise += float((r - o).pow(2).sum())
+        for pair in _float64_rows(ref, out):
+            if pair is None:
+                self.finite = False
+                return
+            sig, noi = _energies(*pair, None)
+            self.signal += float(sig)
+            self.noise += float(noi)
 
     @property
     def db(self) -> Optional[float]:
@@ -119,15 +131,13 @@ class ChannelNoise:
         self.finite = True
 
     def update(self, ref: torch.Tensor, out: torch.Tensor) -> None:
-        pair = _float64_if_finite(ref, out)
-        if pair is None:
-            self.finite = False
-            return
-        r, o = pair
-        dims = [d for d in range(r.dim()) if d != 1]
-        sig, noi = r.pow(2).sum(dims), (r - o).pow(2).sum(dims)
-        self.signal = sig if self.signal is None else self.signal + sig
-        self.noise = noi if self.noise is None else self.noise + noi
+        for pair in _float64_rows(ref, out):
+            if pair is None:
+                self.finite = False
+                return
+            sig, noi = _energies(*pair, list(range(1, pair[0].dim())))  # channel: dim 0 now
+            self.signal = sig if self.signal is None else self.signal + sig
+            self.noise = noi if self.noise is None else self.noise + noi
 
     @property
     def median_db(self) -> Optional[float]:

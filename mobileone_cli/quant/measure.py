@@ -9,8 +9,9 @@ A *unit* is a block of :func:`~mobileone_cli.check.localize.compared_modules` (`
 * its output rounded to affine int8 with the range seen during calibration (train form: every
   branch's output too, before the sum), and, for the stem and the head, their input as well.
 
-Forward hooks do the activation rounding and the weights are swapped in place, so the model's
-own forward runs.  For each unit two SQNRs of its output against the fp32 model's:
+Forward hooks do the activation rounding and the weights are swapped in place, so each unit's
+own forward runs; the fp32 and the int8 networks run side by side, unit by unit, in forward
+order.  For each unit two SQNRs of its output against the fp32 model's:
 
 * ``own``: only this unit quantized, fed the fp32 model's input of the unit;
 * ``cumulative``: every unit quantized (the whole int8 network), measured at this unit.
@@ -24,12 +25,12 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..check.localize import HEAD, compared_modules
+from ..check.localize import HEAD, compared_modules, head_input
 from ..check.tally import Accuracy, Agreement
 from ..models.mobileone import DeployBlock, TrainBlock
 from ..spec.tolerances import QUANT_FLAG_DB
@@ -220,40 +221,6 @@ def _int8_weights(units: Iterable[Unit]) -> Iterator[None]:
             p.data = data
 
 
-class _Capture:
-    """Each unit's input and output (hooks registered after the quantizing ones: they see what
-    the next unit sees); in 'compare' mode outputs are folded into Noise, not kept."""
-
-    def __init__(self, units: Sequence[Unit]) -> None:
-        self.inputs: Dict[str, torch.Tensor] = {}
-        self.outputs: Dict[str, torch.Tensor] = {}
-        self.mode = "idle"  # 'record' (fp32 pass), 'compare' (int8 pass) or 'idle'
-        self.reference: Dict[str, torch.Tensor] = {}
-        self.noise: Dict[str, Noise] = {}
-        self.handles = []
-        for u in units:
-            self.handles.append(u.module.register_forward_pre_hook(self._pre(u.name)))
-            self.handles.append(u.module.register_forward_hook(self._post(u.name)))
-
-    def _pre(self, name: str):
-        def hook(mod, args):
-            if self.mode == "record":
-                self.inputs[name] = args[0]
-        return hook
-
-    def _post(self, name: str):
-        def hook(mod, args, out):
-            if self.mode == "record":
-                self.outputs[name] = out
-            elif self.mode == "compare":
-                self.noise[name].update(self.reference[name], out)
-        return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 def _chunks(batches: Batches, per_pass: int):
     for x, labels, names in batches():
         for i in range(0, x.shape[0], per_pass):
@@ -266,7 +233,6 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
     the whole int8 network, the output's agreement (and accuracy when labelled)."""
     units = plan_units(model, scheme)
     hooks = _Hooks(units)
-    capture = _Capture(units)
     own = {u.name: Noise() for u in units}
     cumulative = {u.name: Noise() for u in units}
     channels = {u.name: ChannelNoise() for u in units}
@@ -282,24 +248,24 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
             for x, _, _ in _chunks(batches, per_pass):
                 model(x)
             hooks.observing = False
-            capture.noise = cumulative
             for x, labels, names in _chunks(batches, per_pass):
-                capture.mode = "record"
-                capture.inputs, capture.outputs = {}, {}
-                ref = model(x)
-                capture.mode = "idle"
+                # The fp32 network and the int8 one side by side, unit by unit, in forward
+                # order (only the current activations alive); each unit also runs int8 on the
+                # fp32 input (its own error).
+                ref = out = x
                 for u in units:
+                    if u.name == HEAD:
+                        ref, out = head_input(model, ref), head_input(model, out)
+                    hooks.active = set()
+                    y = u.module(ref)
                     hooks.active = {u.name}
                     with _int8_weights([u]):
-                        y = u.module(capture.inputs[u.name])
-                    own[u.name].update(capture.outputs[u.name], y)
-                    channels[u.name].update(capture.outputs[u.name], y)
-                hooks.active = {u.name for u in units}
-                capture.mode, capture.reference = "compare", capture.outputs
-                with _int8_weights(units):
-                    out = model(x)
-                capture.mode = "idle"
-                hooks.active = set()
+                        alone, out = u.module(ref), u.module(out)
+                    hooks.active = set()
+                    own[u.name].update(y, alone)
+                    channels[u.name].update(y, alone)
+                    cumulative[u.name].update(y, out)
+                    ref = y
                 out_noise.update(ref, out)
                 agreement.update(ref, out, names, labels)
                 if logits:
@@ -312,7 +278,6 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
                         acc8.update(out, labels)
     finally:
         hooks.remove()
-        capture.remove()
     blocks = [BlockResult(name=u.name, stage=u.stage, spread=u.spread, own_db=own[u.name].db,
                           cumulative_db=cumulative[u.name].db,
                           channel_db=channels[u.name].median_db, branches=u.branches)
