@@ -145,6 +145,20 @@ def json_option(what: str = "the report"):
     return click.option("--json", "as_json", is_flag=True, help=f"Print {what} as JSON.")
 
 
+def reading_options(ema_help: Optional[str] = None):
+    """--arch, --config, --bn-eps, --prefix, --ema and --trust-file: how a checkpoint is read,
+    the parameters :func:`load_options` takes, in the order --help lists them."""
+    stack = [arch_option(), config_option(), bn_eps_option(), prefix_option(),
+             ema_option(ema_help) if ema_help else ema_option(), trust_file_option()]
+
+    def apply(command):
+        for option in reversed(stack):
+            command = option(command)
+        return command
+
+    return apply
+
+
 def load_options(arch_name: Optional[str] = None, config_path: Optional[str] = None,
                  bn_eps: Optional[float] = None, prefix: Optional[str] = None,
                  ema: bool = False, trust_file: bool = False, cls=None, **more: Any):

@@ -5,8 +5,7 @@ from typing import Optional, Tuple
 
 import click
 
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, ema_option,
-                       json_option, load_options, prefix_option, trust_file_option)
+from ._options import (MobileOneCommand, json_option, load_options, reading_options)
 
 __all__ = ["eval"]
 
@@ -49,12 +48,7 @@ __all__ = ["eval"]
               help="Mean on 0..255 [123.675,116.28,103.53]; values <= 1 are fractions of 255.")
 @click.option("--std", default=None, metavar="R,G,B",
               help="Std on 0..255 [58.395,57.12,57.375]; values <= 1 are fractions of 255.")
-@arch_option()
-@config_option()
-@bn_eps_option()
-@prefix_option()
-@ema_option("Use the checkpoints' EMA weights.")
-@trust_file_option()
+@reading_options(ema_help="Use the checkpoints' EMA weights.")
 @json_option("the report, with per-class accuracy and every disagreeing image")
 def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  # noqa: A001
          classes: Optional[str], limit: Optional[int], batch: int, workers: Optional[int],

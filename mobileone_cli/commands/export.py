@@ -7,9 +7,8 @@ import click
 
 from ..errors import BadInput
 from ..spec.limits import MAX_SEED
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, ema_option,
-                       input_size_option, json_option, load_options, prefix_option,
-                       trust_file_option)
+from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
+                       reading_options)
 
 
 def parse_batch(value: Optional[str]):
@@ -57,12 +56,7 @@ def parse_batch(value: Optional[str]):
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
               show_default=True, help="torch.onnx exporter; auto = dynamo when onnxscript is "
                                       "installed and the opset allows it.")
-@arch_option()
-@config_option()
-@bn_eps_option()
-@prefix_option()
-@ema_option()
-@trust_file_option()
+@reading_options()
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the check images.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,

@@ -5,9 +5,8 @@ from typing import Optional, Tuple
 
 import click
 
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, config_option, ema_option,
-                       input_size_option, json_option, load_options, prefix_option,
-                       trust_file_option)
+from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
+                       reading_options)
 from ._plot import check_plot, plot_option, write_plot
 
 __all__ = ["quant"]
@@ -48,12 +47,7 @@ __all__ = ["quant"]
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the synthetic images (image i uses seed + i).")
 @input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
-@arch_option()
-@config_option()
-@bn_eps_option()
-@prefix_option()
-@ema_option()
-@trust_file_option()
+@reading_options()
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
