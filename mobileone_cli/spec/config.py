@@ -15,9 +15,9 @@ An ``arch`` mapping takes our ArchSpec names (``widths``, ``blocks``, ``conv_bra
 they map cleanly (``num_blocks``, ``width_factor`` (x 64/128/256/512), ``num_conv_branches``,
 ``num_se_blocks``) and ``base: sN`` to start from a built-in and override fields.  Without
 ``stem_channels`` the stem is min(64, first width), mmpretrain's rule; ``conv_branches`` may be
-one number for every stage; ``se_blocks`` defaults to none.  Every problem
-is reported as one line naming the field (``model.backbone.arch.widths``) and what is wrong.  A BatchNorm eps (``norm_cfg.eps``,
+one number for every stage; ``se_blocks`` defaults to none.  A BatchNorm eps (``norm_cfg.eps``,
 mmpretrain's spelling, or ``bn_eps``) becomes the spec's ``bn_eps`` and reaches the fusion.
+Every problem is one line naming the field (``model.backbone.arch.widths``) and what is wrong.
 
 This module never imports torch.
 """
@@ -99,9 +99,8 @@ def load_config(path: str) -> ArchSpec:
         raise BadInput(f"{path}: not a text file (YAML must be UTF-8)") from None
     data = _read_yaml(text, path)
     stem = os.path.basename(path)
-    for ext in (".yaml", ".yml"):
-        if stem.lower().endswith(ext):
-            stem = stem[: -len(ext)]
+    if stem.lower().endswith((".yaml", ".yml")):
+        stem = stem.rsplit(".", 1)[0]
     return parse_config(data, where=path, default_name=stem or "custom")
 
 
