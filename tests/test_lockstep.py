@@ -81,9 +81,12 @@ def test_perturbed_model_is_the_perturbed_state_dict(pair):
             assert torch.equal(v, moved[f"{name}.{key}"].float()), f"{name}.{key}"
             changed = (v != mod.state_dict()[key]).float().mean()
             assert 0.99 < changed <= 1, f"{name}.{key}"  # every weight moved, none lost
-        signs = torch.sign(moved["stage0.reparam_conv.weight"] - half[
-            "stage0.reparam_conv.weight"].double())
-        assert abs(float(signs.mean())) < 0.1  # a fair coin
+    signs = torch.sign(moved["stage0.reparam_conv.weight"] - half[
+        "stage0.reparam_conv.weight"].double())
+    assert abs(float(signs.mean())) < 0.1  # a fair coin
+    for key, w in half.items():  # the definition: w * (1 +- unit), exact in float64
+        w64 = w.double()
+        assert torch.equal((moved[key] - w64).abs(), w64.abs() * unit), key
     # the model's own tensors are untouched
     assert all(torch.equal(v.float(), half[k].float()) for k, v in model.state_dict().items())
 

@@ -50,7 +50,6 @@ class Stage:
     output_bound: float = 0.0  # absolute bound at the output
     block_bounds: Dict[str, float] = field(default_factory=dict)  # absolute bound of each block
     train_output: Optional[torch.Tensor] = field(default=None, repr=False)
-    plain_within: bool = True  # within atol + rtol * scale everywhere (no sensitivity needed)
 
     @property
     def output_within(self) -> bool:
@@ -100,6 +99,13 @@ class Verdict:
         return self.fp64 is not None and self.fp64.passed
 
     @property
+    def sensitivity_used(self) -> bool:
+        """The bound needed the sensitivity term: D is beyond atol + rtol * scale somewhere."""
+        stage, bound = self.decisive, lambda scale: self.atol + self.rtol * scale
+        return self.adaptive and not (stage.output.within(self.rtol, self.atol) and all(
+            b.finite and b.own_abs <= bound(b.scale) for b in stage.blocks))
+
+    @property
     def amplification(self) -> Optional[float]:
         """Output sensitivity per unit roundoff of relative weight change (the network's
         conditioning for this check); None when not measured."""
@@ -115,7 +121,7 @@ class Verdict:
         out = stage.output
         rel_bound = stage.output_bound / out.scale if out.scale > 0 else 0.0
         tol = f"rtol {self.rtol:g}" + (f", atol {self.atol:g}" if self.atol else "")
-        if self.adaptive and not stage.plain_within:
+        if self.sensitivity_used:
             tol = (f"bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the rounding "
                    f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
@@ -197,8 +203,6 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
         stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
         if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
             stage.bad_blocks.append(b.name)
-    stage.plain_within = stage.output.within(rtol, atol) and all(
-        b.finite and b.own_abs <= atol + rtol * b.scale for b in stage.blocks)
     return stage
 
 
