@@ -80,7 +80,7 @@ def _last_json(text: str) -> str:
 
 MAKE = """
 import sys
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.synthetic import random_state_dict

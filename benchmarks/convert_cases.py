@@ -22,7 +22,7 @@ torch.save(sd, sys.argv[2])
 MODEL_ROUTE = """
 import copy, sys, torch
 from torch import nn
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.models.mobileone import DeployBlock, MobileOne, TrainBlock
 
 def branch_kernel(seq_or_bn, spec):

@@ -22,7 +22,7 @@ import os, sys, numpy as np
 from PIL import Image
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 arch, folder, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 save_checkpoint(os.path.join(folder, arch + ".pth"),
                 random_state_dict(get_arch(arch), form="train", seed=0), force=True)
@@ -40,7 +40,7 @@ import torch
 from mobileone_cli.data.folders import open_dataset
 from mobileone_cli.data.pipeline import Preprocessing, load_tensor
 from mobileone_cli.data.stream import default_workers, stream_batches
-from mobileone_cli.evaluate import _models, evaluate_files
+from mobileone_cli.jobs.eval import _models, evaluate_files
 from mobileone_cli.io.source import LoadOptions
 mode, ckpt, data, batch, limit = sys.argv[1:6]
 batch, limit, workers = int(batch), int(limit), default_workers()

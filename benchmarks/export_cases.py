@@ -33,7 +33,7 @@ import sys, torch
 from mobileone_cli.check.harness import load_model
 from mobileone_cli.models.mobileone import MeanPoolHead
 from mobileone_cli.runtimes import runtime_module
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 src, dst, arch, module = sys.argv[1:5]
 mod = runtime_module(module)
 spec = get_arch(arch)

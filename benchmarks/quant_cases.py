@@ -17,7 +17,7 @@ import torch
 from mobileone_cli.check.harness import load_model
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.io.read import load_checkpoint
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 path, n = sys.argv[1], int(sys.argv[2])
 arch = get_arch("s0")
 sd = fuse_state_dict(load_checkpoint(path).state_dict, arch)

@@ -12,11 +12,11 @@ __version__ = "0.2.0"
 
 _LAZY = {
     # architectures and layouts (no torch)
-    "ArchSpec": "spec.arch", "BlockSpec": "spec.arch", "get_arch": "spec.arch",
-    "builtin_archs": "spec.arch", "LAYOUTS": "spec.layouts", "schema": "spec.layouts",
-    "key_map": "spec.layouts", "remap": "spec.layouts", "load_config": "spec.config",
-    "parse_config": "spec.config", "detect_layout": "io.detect", "Detection": "io.detect",
-    "read_safetensors_header": "io.read", "arch_stats": "stats.counting",
+    "ArchSpec": "arch.specs", "BlockSpec": "arch.specs", "get_arch": "arch.specs",
+    "builtin_archs": "arch.specs", "LAYOUTS": "arch.layouts", "schema": "arch.layouts",
+    "key_map": "arch.layouts", "remap": "arch.layouts", "load_config": "arch.config",
+    "parse_config": "arch.config", "detect_layout": "io.detect", "Detection": "io.detect",
+    "read_safetensors_header": "io.read", "arch_stats": "arch.counting",
     # tensors
     "fuse_branches": "fuse.fusion", "fuse_block": "fuse.fusion", "fuse_state_dict": "fuse.fusion",
     "bn_scale_shift": "fuse.fusion", "BatchNormStats": "fuse.fusion",
@@ -26,19 +26,19 @@ _LAZY = {
     "load_checkpoint": "io.read", "save_checkpoint": "io.write", "LoadOptions": "io.source",
     "open_source": "io.source",
     "judge": "check.verdict", "Verdict": "check.verdict", "compare_outputs": "check.harness",
-    "verify_files": "check.verify", "verify_state_dicts": "check.verify",
+    "verify_files": "jobs.verify", "verify_state_dicts": "jobs.verify",
     "checkpoint_health": "check.health",
-    "verify_artifact": "check.verify_artifact", "check_artifact": "check.artifact",
+    "verify_artifact": "jobs.verify_artifact", "check_artifact": "check.artifact",
     "load_artifact": "runtimes", "Artifact": "runtimes",
     # the jobs
-    "ConvertOptions": "convert", "convert_file": "convert", "convert_state_dict": "convert",
-    "convert_generic_file": "convert_generic", "ExportOptions": "export",
-    "export_file": "export", "convert_many": "batch", "plan_batch": "batch",
-    "inspect_file": "inspection", "stats_for_arch": "stats.report",
-    "stats_for_checkpoint": "stats.report",
-    "evaluate_files": "evaluate", "EvalReport": "evaluate", "Preprocessing": "data.pipeline",
+    "ConvertOptions": "jobs.convert", "convert_file": "jobs.convert", "convert_state_dict": "jobs.convert",
+    "convert_generic_file": "jobs.convert_generic", "ExportOptions": "jobs.export",
+    "export_file": "jobs.export", "convert_many": "jobs.batch", "plan_batch": "jobs.batch",
+    "inspect_file": "jobs.inspect", "stats_for_arch": "jobs.stats",
+    "stats_for_checkpoint": "jobs.stats",
+    "evaluate_files": "jobs.eval", "EvalReport": "jobs.eval", "Preprocessing": "data.pipeline",
     "make_preprocessing": "data.pipeline", "open_dataset": "data.folders",
-    "quantize_file": "quantize", "QuantOptions": "quantize", "QuantReport": "quantize",
+    "quantize_file": "jobs.quant", "QuantOptions": "jobs.quant", "QuantReport": "jobs.quant",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 

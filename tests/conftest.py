@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.cli import cli
 from mobileone_cli.models.synthetic import random_state_dict

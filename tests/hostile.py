@@ -28,8 +28,8 @@ import torch
 from mobileone_cli.io.leftovers import TEMP_PREFIX
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import ArchSpec
-from mobileone_cli.spec.layouts import remap
+from mobileone_cli.arch.specs import ArchSpec
+from mobileone_cli.arch.layouts import remap
 
 from .conftest import invoke  # noqa: F401 (the CLI in this process, for the test files)
 
@@ -247,7 +247,7 @@ def alias_bomb(levels: int = 9, fan: int = 9, field: str = "widths") -> str:
             f"    arch: {{base: s0, {field}: *a{levels}}}\n")
 
 
-# A config inside every per-field bound of spec/limits.py that describes ~1.7e12 weights.
+# A config inside every per-field bound of rules/limits.py that describes ~1.7e12 weights.
 HUGE_CONFIG = ("model:\n  backbone:\n    arch: {widths: [16384, 16384, 16384, 16384, 16384, 16384],"
                " blocks: [64, 64, 64, 64, 64, 64], conv_branches: 16, kernel_size: 15}\n")
 

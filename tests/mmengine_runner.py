@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from mobileone_cli.models.mobileone import MobileOne
-from mobileone_cli.spec.arch import ArchSpec
-from mobileone_cli.spec.layouts import key_map, remap
+from mobileone_cli.arch.specs import ArchSpec
+from mobileone_cli.arch.layouts import key_map, remap
 
 # The small custom MobileOne of tests/fixtures/mmpretrain (make_mmpretrain_fixtures.ARCH).
 ARCH = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 64, 64), blocks=(1, 1, 2, 1),

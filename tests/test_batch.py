@@ -14,13 +14,13 @@ import os
 import pytest
 import torch
 
-from mobileone_cli.spec.arch import ArchSpec
-from mobileone_cli.batch import (BatchItem, batch_exit_code, convert_many, find_checkpoints,
+from mobileone_cli.arch.specs import ArchSpec
+from mobileone_cli.jobs.batch import (BatchItem, batch_exit_code, convert_many, find_checkpoints,
                                  plan_batch)
 from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.errors import BadInput
-from mobileone_cli.spec.layouts import remap, schema
+from mobileone_cli.arch.layouts import remap, schema
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
@@ -193,7 +193,7 @@ def test_find_checkpoints_extensions_and_skips(tmp_path):
 
 def test_convert_many_records_every_failure_kind(tmp_path, monkeypatch):
     """Library level: a mismatch and an internal error are recorded, the run goes on."""
-    import mobileone_cli.convert as conv
+    import mobileone_cli.jobs.convert as conv
     from mobileone_cli.errors import VerificationFailed
 
     good = tmp_path / "good.pth"
@@ -240,7 +240,7 @@ def test_plan_batch_mirrors_subfolders(tmp_path):
 
 
 def test_output_names():
-    from mobileone_cli.batch import output_name
+    from mobileone_cli.jobs.batch import output_name
 
     assert output_name("mobileone_s0_unfused.pth.tar", "_deploy") == "mobileone_s0_deploy.pth.tar"
     assert output_name("ema.safetensors", "_deploy") == "ema_deploy.safetensors"

@@ -13,7 +13,7 @@ import torch
 from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 
 from .conftest import ARCHS, expected_deploy_keys, fold_by_hand
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import mobileone_cli.fuse.fusion as fusion
-from mobileone_cli.spec.arch import ArchSpec
+from mobileone_cli.arch.specs import ArchSpec
 from mobileone_cli.io.read import load_checkpoint
-from mobileone_cli.convert import convert_file
+from mobileone_cli.jobs.convert import convert_file
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict

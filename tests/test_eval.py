@@ -15,9 +15,9 @@ import torch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
-from mobileone_cli.spec.config import load_config
-from mobileone_cli.spec.layouts import remap
+from mobileone_cli.arch.specs import get_arch
+from mobileone_cli.arch.config import load_config
+from mobileone_cli.arch.layouts import remap
 
 from .imaging import class_tree, pattern, reference_file, write_image
 
@@ -386,7 +386,7 @@ def test_without_pillow_says_what_to_install(s0, tmp_path, run_cli, monkeypatch)
 
 def test_progress_is_reported_per_batch(s0, tmp_path):
     from mobileone_cli.data.pipeline import make_preprocessing
-    from mobileone_cli.evaluate import evaluate_files
+    from mobileone_cli.jobs.eval import evaluate_files
 
     class_tree(str(tmp_path / "data"), [4, 3], SIZES)
     make_ckpt(tmp_path / "m.pth", get_arch("s0", 2), s0, seed=13)
@@ -402,7 +402,7 @@ def test_progress_is_reported_per_batch(s0, tmp_path):
 MEASURE = """
 import os, resource, sys
 from mobileone_cli.data.pipeline import make_preprocessing
-from mobileone_cli.evaluate import evaluate_files
+from mobileone_cli.jobs.eval import evaluate_files
 r = evaluate_files(sys.argv[1], sys.argv[2], batch=8, workers=2,
                    preprocessing=make_preprocessing(resize=146, crop=128))
 assert r.images == int(sys.argv[3]) and r.unreadable == 0, (r.images, r.unreadable)

@@ -16,11 +16,11 @@ import sys
 import pytest
 import torch
 
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.errors import VerificationFailed
-from mobileone_cli.export import check_onnx, export_file
+from mobileone_cli.jobs.export import check_onnx, export_file
 from mobileone_cli.fuse.fusion import fuse_state_dict
-from mobileone_cli.spec.layouts import remap
+from mobileone_cli.arch.layouts import remap
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
@@ -131,7 +131,7 @@ def test_onnx_check_catches_a_different_model(exported):
 def test_failed_check_writes_nothing(write_ckpt, tmp_path, monkeypatch):
     """A graph that computes something else (here: one bias changed before export) -> exit 1,
     no OUT, no temp file."""
-    import mobileone_cli.export as ex
+    import mobileone_cli.jobs.export as ex
 
     real = ex.export_model
 

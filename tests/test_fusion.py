@@ -11,7 +11,7 @@ from mobileone_cli.fuse import fusion
 from mobileone_cli.fuse.fusion import BatchNormStats, fuse_branches, fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 
 from .conftest import ARCHS
 

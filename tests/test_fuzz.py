@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save
 
-from mobileone_cli.spec.arch import ArchSpec, get_arch
-from mobileone_cli.spec.layouts import remap
+from mobileone_cli.arch.specs import ArchSpec, get_arch
+from mobileone_cli.arch.layouts import remap
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 

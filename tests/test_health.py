@@ -15,11 +15,11 @@ import torch
 from safetensors.torch import save_file
 
 from mobileone_cli.check.health import checkpoint_health
-from mobileone_cli.inspection import inspect_file
+from mobileone_cli.jobs.inspect import inspect_file
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import ArchSpec
-from mobileone_cli.spec.layouts import remap
-from mobileone_cli.spec.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE
+from mobileone_cli.arch.specs import ArchSpec
+from mobileone_cli.arch.layouts import remap
+from mobileone_cli.rules.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE
 
 from .conftest import fold_by_hand
 

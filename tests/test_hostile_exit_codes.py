@@ -140,7 +140,7 @@ def _image(size, needle):
 
 
 def _allocation_failure(t, sd, mp):
-    import mobileone_cli.check.verify as verify_mod
+    import mobileone_cli.jobs.verify as verify_mod
 
     def fail(*a, **k):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate "

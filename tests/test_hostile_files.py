@@ -240,7 +240,7 @@ def test_deep_header_costs_neither_time_nor_memory(tmp_path):
 def test_a_million_tensor_entries_are_refused_from_the_count(tmp_path):
     """67 MB of empty entries: 27 CPU s and 2.3 GB for convert to find no MobileOne in them.
     Refused from the count, torch-free, before any of them is looked at."""
-    from mobileone_cli.spec.limits import MAX_TENSORS
+    from mobileone_cli.rules.limits import MAX_TENSORS
 
     n = MAX_TENSORS + 1
     src = tmp_path / "many.safetensors"

@@ -2,7 +2,7 @@
 more memory than a machine has.
 
 A small input must not buy unbounded work: YAML alias bombs, nesting and huge integers, configs
-beyond the bounds of spec/limits.py (or within them but too large to build), images whose
+beyond the bounds of rules/limits.py (or within them but too large to build), images whose
 decoded or resized size explodes, batches and input sizes that cannot fit.  Each is exit 2 with
 one line naming the limit; the ones that used to cost gigabytes or minutes are measured in a
 subprocess.
@@ -27,7 +27,7 @@ def test_bad_bn_eps_option(eps, tmp_path, tiny_sd, run_cli):
 
 
 def test_bn_eps_is_checked_in_the_library_too(tmp_path, tiny_sd):
-    from mobileone_cli.convert import convert_file
+    from mobileone_cli.jobs.convert import convert_file
     from mobileone_cli.errors import BadInput
 
     src = tmp_path / "ok.pth"
@@ -120,7 +120,7 @@ def test_seed_out_of_range_is_a_usage_error(command, tmp_path, tiny_sd, run_cli)
 
 def test_seed_out_of_range_in_the_library(tmp_path, tiny_sd):
     from mobileone_cli.check.harness import seeded_inputs
-    from mobileone_cli.convert import convert_file
+    from mobileone_cli.jobs.convert import convert_file
     from mobileone_cli.errors import BadInput
 
     src = tmp_path / "ok.pth"
@@ -142,12 +142,12 @@ def test_seed_out_of_range_in_the_library(tmp_path, tiny_sd):
 def test_batches_and_sizes_that_cannot_fit_are_refused(args, needle, tmp_path, tiny_sd,
                                                        run_cli, monkeypatch):
     """--batch 1024 --input-size 4096 passed the option checks and died allocating (exit 3).
-    Now the pass bound (spec/limits.py) or the memory estimate refuses it up front; the
+    Now the pass bound (rules/limits.py) or the memory estimate refuses it up front; the
     machine here is made to have 8 GB so the answer does not depend on the test machine."""
     if args[0] == "export":
         pytest.importorskip("onnx")
         pytest.importorskip("onnxruntime")
-    import mobileone_cli.spec.memory as memory
+    import mobileone_cli.platform as memory
 
     monkeypatch.setattr(memory, "available_memory", lambda: 8 * 10 ** 9)
     src = tmp_path / "ok.pth"
@@ -167,7 +167,7 @@ def test_allocation_failure_is_bad_input_naming_what_was_asked(exc, tmp_path, ti
                                                                monkeypatch):
     """An allocation the estimate did not foresee still fails as exit 2 (it used to be an
     'internal error' with a bug hint), quoting the command and the size torch asked for."""
-    import mobileone_cli.check.verify as verify_mod
+    import mobileone_cli.jobs.verify as verify_mod
 
     def fail(*a, **k):
         raise exc
@@ -194,7 +194,7 @@ def test_real_allocation_failure_under_a_memory_cap(tmp_path, tiny_sd):
 def test_benchmark_child_killed_for_memory_is_bad_input(run_cli, monkeypatch):
     import subprocess as sp
 
-    import mobileone_cli.stats.bench as bench
+    import mobileone_cli.jobs.stats_bench as bench
 
     monkeypatch.setattr(bench.subprocess, "run",
                         lambda *a, **k: sp.CompletedProcess(a, -9, "", "Killed\n"))
@@ -239,7 +239,7 @@ def test_decompression_bomb_png_is_refused_quietly(tmp_path, tiny_sd, run_cli):
 
 def test_too_many_images_are_refused(tmp_path, tiny_sd, run_cli):
     pytest.importorskip("PIL")
-    from mobileone_cli.spec.limits import MAX_IMAGES
+    from mobileone_cli.rules.limits import MAX_IMAGES
 
     for i in range(MAX_IMAGES + 1):
         _image(tmp_path / "imgs", f"{i}.png", (8, 8))
@@ -253,8 +253,8 @@ def test_security_doc_states_the_limits_the_code_uses():
     """docs/security.md lists every limit with the value the code holds inputs to."""
     import mobileone_cli.errors as errors
     import mobileone_cli.io.header as header
-    import mobileone_cli.spec.config as config
-    import mobileone_cli.spec.limits as limits
+    import mobileone_cli.arch.config as config
+    import mobileone_cli.rules.limits as limits
 
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "security.md")).read()
     values = {n: getattr(limits, n) for n in dir(limits) if n.startswith("MAX_")}

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.limits import MAX_META_DEPTH
+from mobileone_cli.rules.limits import MAX_META_DEPTH
 
 from .hostile import TINY, assert_refused
 
@@ -96,7 +96,7 @@ def test_metadata_nested_too_deep_is_refused(mm_sd, tmp_path):
 
 
 def test_metadata_with_too_many_objects_is_refused(mm_sd, tmp_path, run_cli):
-    from mobileone_cli.spec.limits import MAX_META_ITEMS
+    from mobileone_cli.rules.limits import MAX_META_ITEMS
 
     src = tmp_path / "wide.pth"
     torch.save({"meta": {"steps": [1] * (MAX_META_ITEMS + 1)}, "state_dict": mm_sd}, src)

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mobileone_cli.spec.arch import ArchSpec, get_arch
+from mobileone_cli.arch.specs import ArchSpec, get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.fuse.fusion import fuse_state_dict
-from mobileone_cli.inspection import inspect_file
+from mobileone_cli.jobs.inspect import inspect_file
 from mobileone_cli.models.synthetic import random_state_dict
 
 from .test_layouts import COUNTS, LAYOUTS, as_layout

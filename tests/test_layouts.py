@@ -1,6 +1,6 @@
 """Apple, mmpretrain and timm layouts in and out, wrappers, embedded backbones, safe loading.
 
-Expected keys are derived here, independently of mobileone_cli.spec.layouts: a generator of Apple keys
+Expected keys are derived here, independently of mobileone_cli.arch.layouts: a generator of Apple keys
 written from section 1 of shared/reference/mobileone.md, and a translator to the other layouts
 written from the table of section 3 (checked against literal keys and the exact key counts).
 """
@@ -14,10 +14,10 @@ import types
 import pytest
 import torch
 
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.io.write import save_checkpoint
-from mobileone_cli.convert import convert_state_dict
+from mobileone_cli.jobs.convert import convert_state_dict
 from mobileone_cli.io.detect import detect_layout, tensor_info
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne
@@ -306,7 +306,7 @@ def test_cli_timm_deploy_to_apple_and_no_fuse_to_mmpretrain(sources, tmp_path, r
 
 
 def test_convert_file_checks_a_foreign_layout(sources, tmp_path):
-    from mobileone_cli.convert import convert_file
+    from mobileone_cli.jobs.convert import convert_file
 
     src = tmp_path / "timm_train.pth"
     save_checkpoint(str(src), as_layout(sources("s1")["train"], "timm"))

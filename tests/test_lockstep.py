@@ -9,7 +9,7 @@ import torch
 from mobileone_cli.check.harness import load_model, perturb, perturb_module, seeded_inputs
 from mobileone_cli.check.localize import HEAD, compared_modules, cosines, lockstep
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 
 from .conftest import fold_by_hand
 

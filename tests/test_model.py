@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne, build_model, deploy_copy
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 
 
 def _functional_block(x, sd, pre, stride, groups, eps, se):

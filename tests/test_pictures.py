@@ -28,7 +28,7 @@ def _bar_cells(text: str) -> float:
 
 
 def test_log_axis_and_terminal_profile_geometry():
-    from mobileone_cli.check.verify import ProfileRow
+    from mobileone_cli.jobs.verify import ProfileRow
 
     rows = [ProfileRow("stem", "stage0", 1e-7, 1e-4, True),
             ProfileRow("stage1", "stage1.0", 1e-5, 1e-4, True),
@@ -86,7 +86,7 @@ def _svg(path):
 
 @pytest.fixture
 def pair(write_ckpt, tmp_path):
-    from mobileone_cli.convert import convert_file
+    from mobileone_cli.jobs.convert import convert_file
 
     train = write_ckpt("s0")
     good = str(tmp_path / "good.pth")

@@ -157,7 +157,7 @@ def _png_header_only(path, w, h):
 
 
 def test_decoding_is_bounded(tmp_path):
-    from mobileone_cli.spec.limits import MAX_IMAGE_PIXELS
+    from mobileone_cli.rules.limits import MAX_IMAGE_PIXELS
 
     bomb = str(tmp_path / "bomb.png")
     _png_header_only(bomb, 60000, 60000)

@@ -21,8 +21,8 @@ from mobileone_cli.check.harness import load_model, seeded_inputs
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.quantize import quantize_file
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.jobs.quant import quantize_file
+from mobileone_cli.arch.specs import get_arch
 
 from .conftest import fold_by_hand, invoke
 
@@ -205,7 +205,7 @@ def _execute_pte(path, xs):
 def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(
         arch_source, tmp_path, write_ckpt):
     if arch_source == "custom":
-        from mobileone_cli.spec.config import load_config
+        from mobileone_cli.arch.config import load_config
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         arch = load_config(os.path.join(root, "examples", "custom_3stage.yaml"))
@@ -293,7 +293,7 @@ def test_quiet_line_and_plot_show_the_reported_numbers(outlier_ckpt, tmp_path):
 
 
 def test_labelled_images_give_the_accuracy_eval_gives(tmp_path, outlier_ckpt):
-    from mobileone_cli.evaluate import evaluate_files
+    from mobileone_cli.jobs.eval import evaluate_files
 
     from .imaging import pattern, write_image
 

@@ -12,7 +12,7 @@ def test_builtin_table_reads_the_same_as_yaml_and_matches_the_reference():
     """builtin.yaml is read with json for speed; a YAML parser must see the same table."""
     import yaml
 
-    from mobileone_cli.spec.arch import _BUILTIN_YAML, builtin_archs
+    from mobileone_cli.arch.specs import _BUILTIN_YAML, builtin_archs
 
     with open(_BUILTIN_YAML, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)

@@ -1,6 +1,6 @@
 """`mobileone stats`, exact params and MACs/FLOPs, train vs deploy, and --bench.
 
-Every count is checked against something that does not use mobileone_cli.stats.counting: the numbers of
+Every count is checked against something that does not use mobileone_cli.arch.counting: the numbers of
 section 5 of shared/reference/mobileone.md typed in again, parameter and buffer sizes of the torch
 model (model.build_model on the meta device: shapes without memory), torch's own
 FlopCounterMode, and a from-scratch counter of fvcore's rules written below.
@@ -17,10 +17,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.errors import BadInput
-from mobileone_cli.spec.limits import parse_input_size
-from mobileone_cli.stats.counting import arch_stats, conv_out
+from mobileone_cli.rules.limits import parse_input_size
+from mobileone_cli.arch.counting import arch_stats, conv_out
 from mobileone_cli.models.mobileone import build_model
 from mobileone_cli.models.synthetic import random_state_dict
 
@@ -339,9 +339,9 @@ def test_bench_structure(run_cli):
                                                        for v in sd.values())
 
 def test_bench_rendering(capsys):
-    from mobileone_cli.stats.bench import BenchResult, FormTiming
+    from mobileone_cli.jobs.stats_bench import BenchResult, FormTiming
     from mobileone_cli.render.stats import render_stats
-    from mobileone_cli.stats.report import stats_for_arch
+    from mobileone_cli.jobs.stats import stats_for_arch
 
     report = stats_for_arch(get_arch("s1"), 64)
     report.bench = BenchResult(arch="s1", input_size=(64, 64), batch=2, threads=3, warmup=1,

@@ -25,8 +25,8 @@ import torch
 from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.io.safeload import Placeholder
 from mobileone_cli.models.mobileone import MobileOne
-from mobileone_cli.spec.arch import ArchSpec
-from mobileone_cli.spec.layouts import remap
+from mobileone_cli.arch.specs import ArchSpec
+from mobileone_cli.arch.layouts import remap
 
 from .mmengine_runner import ARCH as MMP_ARCH
 

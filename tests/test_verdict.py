@@ -19,8 +19,8 @@ from mobileone_cli.check.harness import perturb, seeded_inputs
 from mobileone_cli.check.verdict import judge
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.spec.arch import get_arch
-from mobileone_cli.spec.tolerances import DEFAULT_RTOL, SENSITIVITY_FACTOR
+from mobileone_cli.arch.specs import get_arch
+from mobileone_cli.rules.tolerances import DEFAULT_RTOL, SENSITIVITY_FACTOR
 
 from .conftest import ARCHS, fold_by_hand
 

@@ -15,16 +15,16 @@ import sys
 import pytest
 import torch
 
-from mobileone_cli.spec.arch import get_arch
+from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.fuse.fusion import fuse_state_dict
-from mobileone_cli.spec.layouts import remap
+from mobileone_cli.arch.layouts import remap
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.check import harness as H
 from mobileone_cli.check import verdict as J
-from mobileone_cli.check import verify as V
-from mobileone_cli.spec.tolerances import DEFAULT_RTOL as RTOL
+from mobileone_cli.jobs import verify as V
+from mobileone_cli.rules.tolerances import DEFAULT_RTOL as RTOL
 
 from .conftest import ARCHS
 

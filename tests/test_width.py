@@ -73,7 +73,7 @@ def files(tmp_path_factory):
     """A train s0 file and its fusion under a deep folder (long paths), a FastViT-like file."""
     from mobileone_cli.io.write import save_checkpoint
     from mobileone_cli.models.synthetic import random_state_dict
-    from mobileone_cli.spec.arch import get_arch
+    from mobileone_cli.arch.specs import get_arch
 
     root = tmp_path_factory.mktemp("width")
     deep = root / "experiments" / "imagenet_mobileone_reparameterization_runs" / "seed_0"
@@ -81,7 +81,7 @@ def files(tmp_path_factory):
     train = str(deep / "mobileone_s0_unfused_checkpoint_epoch_300.pth")
     save_checkpoint(train, random_state_dict(get_arch("s0")), force=True)
     deploy = str(deep / "mobileone_s0_deploy_checkpoint_epoch_300.pth")
-    from mobileone_cli.convert import convert_file
+    from mobileone_cli.jobs.convert import convert_file
 
     convert_file(train, deploy, input_size=(32, 32))
     fastvit = str(deep / "fastvit_like_network_weights.pth")
@@ -102,7 +102,7 @@ def test_batch_convert_fits(run_cli_env, files, tmp_path):
     res = run80(run_cli_env, "convert", files["train"], files["fastvit"], out + "/",
                 "--input-size", "32", "--jobs", "1")
     assert res.exit_code == 2, res.output  # the FastViT file is bad input, the s0 file converts
-    from mobileone_cli.batch import output_name
+    from mobileone_cli.jobs.batch import output_name
 
     dsts = [os.path.join(out, output_name(os.path.basename(p), suffix="_deploy"))
             for p in (files["train"], files["fastvit"])]
@@ -122,7 +122,7 @@ def test_verify_fits(run_cli_env, files, extra):
 def test_failing_verify_fits(run_cli_env, files, tmp_path):
     from mobileone_cli.io.write import save_checkpoint
     from mobileone_cli.models.synthetic import random_state_dict
-    from mobileone_cli.spec.arch import get_arch
+    from mobileone_cli.arch.specs import get_arch
 
     other = str(tmp_path / "another_run_deploy.pth")
     save_checkpoint(other, random_state_dict(get_arch("s0"), form="deploy", seed=5), force=True)

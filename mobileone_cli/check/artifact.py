@@ -18,7 +18,7 @@ artifact passes at every checked shape when
     max |artifact - reference| <= rtol * max |reference| + EXPORT_SENSITIVITY_FACTOR * sensitivity
 
 with ``rtol`` = ``EXPORT_RTOL[dtype]``; an explicit ``--rtol`` replaces the whole bound.  The
-measured levels are in spec/tolerances.py and docs/export.md.
+measured levels are in rules/tolerances.py and docs/export.md.
 """
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..errors import VerificationFailed
-from ..spec.arch import ArchSpec
-from ..spec.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
+from ..arch.specs import ArchSpec
+from ..rules.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
 from .harness import Metrics, compare_outputs, load_model, seeded_inputs
 
 __all__ = ["ShapeCheck", "WeightCheck", "stored_weights", "check_artifact", "check_weights",

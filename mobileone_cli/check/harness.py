@@ -15,11 +15,11 @@ import torch
 from torch import nn
 
 from ..errors import BadInput
-from ..spec.arch import ArchSpec
-from ..spec.layouts import remap
-from ..spec.limits import check_seed
-from ..spec.memory import check_memory, job_bytes
-from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
+from ..arch.specs import ArchSpec
+from ..arch.layouts import remap
+from ..rules.limits import check_seed
+from ..platform import check_memory, job_bytes
+from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
            "resolve_device", "perturb", "perturb_", "perturb_module", "float_dtype", "CHUNK", "per_pass", "check_room"]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..io.detect import Detection, TensorInfo
-from ..spec.layouts import get_layout
-from ..spec.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE, FORMAT_RANGE
+from ..arch.layouts import get_layout
+from ..rules.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE, FORMAT_RANGE
 
 __all__ = ["checkpoint_health", "eps_sensitivity", "block_name", "PARTS", "CHEAP_PARTS"]
 

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 from ..data.pipeline import (IMAGE_EXTENSIONS, PILLOW_HINT, Preprocessing, check_image_size,
                              load_tensor, make_preprocessing, pillow, transform)
 from ..errors import BadInput
-from ..spec.limits import MAX_IMAGES
+from ..rules.limits import MAX_IMAGES
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "preprocess", "preprocessing_for", "load_images",
            "check_image_size", "PILLOW_HINT"]

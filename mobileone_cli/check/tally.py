@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ..spec.limits import MAX_LISTED
+from ..rules.limits import MAX_LISTED
 
 __all__ = ["Accuracy", "Agreement", "Disagreement", "topk_of"]
 

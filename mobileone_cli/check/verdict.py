@@ -28,8 +28,8 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from ..errors import BadInput
-from ..spec.arch import ArchSpec
-from ..spec.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
+from ..arch.specs import ArchSpec
+from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from .harness import (CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass,
                       strict_fp32)
 from .localize import BlockError, lockstep

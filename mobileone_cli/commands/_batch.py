@@ -11,7 +11,7 @@ def run_batch(sources: Sequence[str], dst: str, options: Any, as_json: bool, *, 
               jobs: Optional[int] = None) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from ..batch import batch_exit_code, convert_many, default_jobs, plan_batch
+    from ..jobs.batch import batch_exit_code, convert_many, default_jobs, plan_batch
     from ..render.batch import batch_to_dict, render_batch
     from ..render.console import console, emit, quiet, safe
 

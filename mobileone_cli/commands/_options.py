@@ -10,7 +10,7 @@ from typing import Any, List, Optional
 import click
 
 from ..errors import BadInput
-from ..spec.arch import ARCH_NAMES, ArchSpec, get_arch
+from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "load_options",
@@ -49,7 +49,7 @@ class InputSize(click.ParamType):
     name = "input_size"
 
     def convert(self, value: Any, param, ctx) -> Any:
-        from ..spec.limits import parse_input_size
+        from ..rules.limits import parse_input_size
 
         if isinstance(value, tuple):
             return value
@@ -69,7 +69,7 @@ def resolve_arch(name: Optional[str], num_classes: Optional[int] = None,
         if name is not None and name.lower() != "auto":
             raise BadInput("give --arch or --config, not both",
                            hint="a config can start from a built-in: arch: {base: s0, ...}")
-        from ..spec.config import load_config
+        from ..arch.config import load_config
 
         spec = load_config(config)
         return spec if num_classes is None else spec.with_classes(num_classes)
@@ -115,7 +115,7 @@ def config_option():
 
 
 def _valid_bn_eps(ctx: click.Context, param: click.Parameter, value: Optional[float]):
-    from ..spec.limits import check_bn_eps
+    from ..rules.limits import check_bn_eps
 
     return None if value is None else check_bn_eps(value)
 

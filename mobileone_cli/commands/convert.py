@@ -6,8 +6,8 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
-from ..spec.layouts import LAYOUT_NAMES
-from ..spec.limits import MAX_SEED
+from ..arch.layouts import LAYOUT_NAMES
+from ..rules.limits import MAX_SEED
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
                        config_option, input_size_option, json_option, load_options,
                        trust_file_option)
@@ -83,8 +83,8 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             skip_existing: bool, jobs: Optional[int], no_verify: bool,
             as_json: bool, generic: bool, groups: Optional[int],
             norm_kernel: Optional[str]) -> int:
-    from ..batch import is_batch
-    from ..convert import ConvertOptions, convert_file
+    from ..jobs.batch import is_batch
+    from ..jobs.convert import ConvertOptions, convert_file
     from ..render.console import emit
     from ..render.convert import convert_to_dict, render_convert
     from ._options import settle_heap
@@ -103,7 +103,7 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         if no_fuse or prefix is not None:
             raise BadInput("--no-fuse and --prefix do not apply with --generic")
         generic_only(arch=arch_name, config=config_path, to=layout_out, dtype=dtype)
-        from ..convert_generic import convert_generic_file
+        from ..jobs.convert_generic import convert_generic_file
         from ..fuse.generic import parse_kernel
         from ..render.generic import generic_to_dict, render_generic
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from ..spec.limits import MAX_SEED
+from ..rules.limits import MAX_SEED
 from ._options import resolve_arch
 
 
@@ -22,13 +22,13 @@ from ._options import resolve_arch
                                    "(see examples/).")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
 def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
-    from ..convert import ConvertOptions, convert_file
+    from ..jobs.convert import ConvertOptions, convert_file
     from ..io.write import save_checkpoint
     from ..models.synthetic import random_state_dict
     from ..render.console import console, line, quiet
     from ..render.convert import render_convert
 
-    from ..spec.memory import check_memory, job_bytes, weight_elements
+    from ..platform import check_memory, job_bytes, weight_elements
 
     arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
     check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",

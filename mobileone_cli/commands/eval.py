@@ -57,7 +57,7 @@ def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  
          config_path: Optional[str], bn_eps: Optional[float], prefix: Optional[str], ema: bool,
          trust_file: bool, as_json: bool) -> int:
     from ..data.pipeline import make_preprocessing
-    from ..evaluate import evaluate_files
+    from ..jobs.eval import evaluate_files
     from ..render.console import emit, quiet
     from ..render.eval import eval_to_dict, progress_bar, render_eval
     from ._options import settle_heap

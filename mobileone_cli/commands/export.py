@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
-from ..spec.limits import MAX_SEED
+from ..rules.limits import MAX_SEED
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
                        reading_options)
 
@@ -71,7 +71,7 @@ def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: Optiona
            config_path: Optional[str], bn_eps: Optional[float], prefix: Optional[str],
            ema: bool, trust_file: bool, seed: int, rtol: Optional[float], force: bool,
            as_json: bool) -> int:
-    from ..export import ExportOptions, export_file
+    from ..jobs.export import ExportOptions, export_file
     from ..render.console import emit
     from ..render.export import export_to_dict, render_export
     from ._options import settle_heap

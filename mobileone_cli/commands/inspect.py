@@ -35,7 +35,7 @@ from ._options import config_option, json_option, resolve_arch, trust_file_optio
 def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, strict: bool,
             no_health: bool, trust_file: bool, config_path: Optional[str]) -> int:
     from ..errors import BadInput, VerificationFailed
-    from ..inspection import inspect_file
+    from ..jobs.inspect import inspect_file
     from ..render.console import emit
     from ..render.inspect import render_inspect
     from ..render.verdict import finite_json

@@ -56,7 +56,7 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
           arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
           prefix: Optional[str], ema: bool, trust_file: bool, plot_path: Optional[str],
           as_json: bool) -> int:
-    from ..quantize import QuantOptions, quantize_file
+    from ..jobs.quant import QuantOptions, quantize_file
     from ..render.console import emit
     from ..render.quant import quant_plot, quant_to_dict, render_quant
     from ._options import settle_heap

@@ -59,7 +59,7 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
     from ..errors import BadInput
     from ..render.console import emit
     from ..render.stats import render_stats, stats_plot, stats_to_dict
-    from ..stats.report import bench_report, stats_for_arch, stats_for_checkpoint
+    from ..jobs.stats import bench_report, stats_for_arch, stats_for_checkpoint
 
     if ckpt is None and arch_name is None and config_path is None:
         raise BadInput("give a checkpoint file or --arch", hint="e.g. mobileone stats --arch s2")

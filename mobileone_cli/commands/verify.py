@@ -7,8 +7,8 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput, VerificationFailed
-from ..spec.limits import MAX_SEED
-from ..spec.tolerances import DEFAULT_ATOL
+from ..rules.limits import MAX_SEED
+from ..rules.tolerances import DEFAULT_ATOL
 from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
                        json_option, load_options, trust_file_option)
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
@@ -56,7 +56,7 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
            images_dir: Optional[str], device: str, rtol: Optional[float], atol: float,
            reference: Optional[str], ema: bool, trust_file: bool, all_blocks: bool,
            plot_path: Optional[str], force: bool, as_json: bool) -> int:
-    from ..check.verify import verify_files
+    from ..jobs.verify import verify_files
     from ..render.console import emit
     from ..render.verify import render_verify, verify_plot, verify_to_dict
     from ._options import settle_heap
@@ -86,7 +86,7 @@ def _verify_artifact(ckpt: str, artifact: str, config_path: Optional[str],
                      bn_eps: Optional[float], ema: bool, trust_file: bool, seed: int, batch: int,
                      input_size: Tuple[int, int], images_dir: Optional[str],
                      rtol: Optional[float], as_json: bool) -> int:
-    from ..check.verify_artifact import verify_artifact
+    from ..jobs.verify_artifact import verify_artifact
     from ..render.console import emit
     from ..render.verify_artifact import artifact_report_to_dict, render_artifact_report
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import BadInput, printable
-from ..spec.limits import MAX_CLASSES, MAX_LABEL_LINE
+from ..rules.limits import MAX_CLASSES, MAX_LABEL_LINE
 from .pipeline import IMAGE_EXTENSIONS
 
 __all__ = ["Item", "Dataset", "open_dataset", "read_classes", "spread"]

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..errors import BadInput, first_line
-from ..spec.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_INPUT_SIDE
+from ..rules.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_INPUT_SIDE
 
 __all__ = ["Preprocessing", "make_preprocessing", "ImageError", "check_image_size", "open_image",
            "resized_size", "crop_box", "transform", "load_tensor", "pillow", "INTERPOLATIONS",
@@ -127,7 +127,7 @@ def make_preprocessing(resize: Optional[int] = None, crop: Any = None,
     fits either way round).  Mean and std are on 0..255;
     three values that are all <= 1 (torchvision's 0.485, ...) are read as fractions of 255.
     """
-    from ..spec.limits import parse_input_size
+    from ..rules.limits import parse_input_size
 
     crop_hw = parse_input_size(crop, option="--crop") if crop is not None else (224, 224)
     if resize is None:

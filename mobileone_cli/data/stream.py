@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import BadInput
-from ..spec.limits import MAX_WORKERS
+from ..rules.limits import MAX_WORKERS
 from .folders import Item
 from .pipeline import ImageError, Preprocessing, load_tensor
 

@@ -18,10 +18,10 @@ from typing import Dict, MutableMapping, Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import BadInput
-from ..spec.arch import ArchSpec, BlockSpec
-from ..spec.layouts import get_layout
-from ..spec.limits import DEFAULT_EPS
-from ..spec.memory import release_freed_heap
+from ..arch.specs import ArchSpec, BlockSpec
+from ..arch.layouts import get_layout
+from ..rules.limits import DEFAULT_EPS
+from ..platform import release_freed_heap
 
 __all__ = ["BatchNormStats", "bn_scale_shift", "fuse_branches", "fuse_block", "fuse_state_dict",
            "DEFAULT_EPS"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import BadInput
-from ..spec.layouts import BN_LEAVES, LAYOUTS, Layout
+from ..arch.layouts import BN_LEAVES, LAYOUTS, Layout
 
 __all__ = ["Kernel", "Naming", "NAMINGS", "BN_REQUIRED", "group_keys"]
 

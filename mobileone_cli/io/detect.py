@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput
-from ..spec.arch import ArchSpec, match_builtin
-from ..spec.layouts import LAYOUTS, Layout, TensorEntry, get_layout, schema
+from ..arch.specs import ArchSpec, match_builtin
+from ..arch.layouts import LAYOUTS, Layout, TensorEntry, get_layout, schema
 
 __all__ = ["Detection", "detect_layout", "find_candidates", "implied_root", "TensorInfo"]
 
@@ -200,7 +200,7 @@ def _few(items: Sequence[str], n: int = 4, width: int = 120) -> str:
 
 def _name_spec(spec: ArchSpec, form: str) -> ArchSpec:
     """Give a detected spec its built-in name; for deploy files k is unknowable, so borrow it."""
-    from ..spec.arch import builtin_archs
+    from ..arch.specs import builtin_archs
 
     for name, known in builtin_archs().items():
         candidate = spec

@@ -14,7 +14,7 @@ bounded by the header's size:
   the last one ends at the end of the file (the library's "invalid offset" and "incomplete
   metadata" rules);
 * ``__metadata__`` is absent, null, or an object of text values;
-* at most ``MAX_TENSORS`` entries (spec/limits.py): beyond that, reading, detecting and
+* at most ``MAX_TENSORS`` entries (rules/limits.py): beyond that, reading, detecting and
   loading cost seconds per hundred thousand entries for no MobileOne.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 from ..errors import BadInput
-from ..spec.limits import MAX_TENSORS
+from ..rules.limits import MAX_TENSORS
 
 __all__ = ["read_header", "SAFETENSORS_DTYPES", "DTYPE_BITS", "MAX_HEADER"]
 

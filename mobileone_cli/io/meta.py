@@ -15,7 +15,7 @@ from collections import OrderedDict
 from typing import Any, Dict, List, Tuple
 
 from ..errors import BadInput
-from ..spec.limits import MAX_META_DEPTH, MAX_META_ITEMS
+from ..rules.limits import MAX_META_DEPTH, MAX_META_ITEMS
 from .safeload import Placeholder
 
 __all__ = ["plain_data"]

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..spec.arch import ArchSpec, expect_arch
-from ..spec.layouts import TensorEntry
-from ..spec.limits import resolve_eps
+from ..arch.specs import ArchSpec, expect_arch
+from ..arch.layouts import TensorEntry
+from ..rules.limits import resolve_eps
 from ..timing import Steps, step
 from .detect import Detection, TensorInfo, detect_layout, tensor_info
 from .read import Checkpoint, load_checkpoint, loading_notes

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..fuse.fusion import DEFAULT_EPS, fuse_state_dict
-from ..spec.arch import ArchSpec, BlockSpec, get_arch
-from ..spec.limits import MAX_STAGES
+from ..arch.specs import ArchSpec, BlockSpec, get_arch
+from ..rules.limits import MAX_STAGES
 
 __all__ = ["MobileOne", "TrainBlock", "DeployBlock", "SqueezeExcite", "MeanPoolHead",
            "build_model", "deploy_copy", "MAX_STAGES"]

@@ -19,8 +19,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..spec.arch import ArchSpec
-from ..spec.layouts import remap, schema
+from ..arch.specs import ArchSpec
+from ..arch.layouts import remap, schema
 
 __all__ = ["random_state_dict", "STATS", "CALIBRATION_SIZE", "CALIBRATION_BATCHES"]
 

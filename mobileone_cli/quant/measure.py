@@ -33,7 +33,7 @@ from torch import nn
 from ..check.localize import HEAD, compared_modules, head_input
 from ..check.tally import Accuracy, Agreement
 from ..models.mobileone import DeployBlock, TrainBlock
-from ..spec.tolerances import QUANT_FLAG_DB
+from ..rules.tolerances import QUANT_FLAG_DB
 from .fakequant import ChannelNoise, Noise, Observer, channel_spread, fake_quant, quantize_weight
 
 __all__ = ["Unit", "BlockResult", "FormResult", "plan_units", "measure", "flag_blocks",

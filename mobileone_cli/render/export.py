@@ -73,7 +73,7 @@ def render_checks(out, checks, *, runtime: str, dtype: str, channels: int,
         line(out, "bound:", "the fixed --rtol, relative to max |output|")
     else:
         prec = "fp16" if checks and checks[0].arithmetic == "float16" else "fp32"
-        from ..spec.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
+        from ..rules.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
 
         line(out, "bound:", f"{EXPORT_RTOL[dtype]:g} + {EXPORT_SENSITIVITY_FACTOR:g}x the effect "
                             f"of {prec} arithmetic on this network (docs/export.md)")

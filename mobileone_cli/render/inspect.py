@@ -1,4 +1,4 @@
-"""Rich tables of an :func:`mobileone_cli.inspection.inspect_file` report (any ``kind``).
+"""Rich tables of an :func:`mobileone_cli.jobs.inspect.inspect_file` report (any ``kind``).
 
 Everything in the report came from the file: every string goes through ``safe`` (markup
 escaped, control characters shown escaped, long strings cut), and lists are cut to a few

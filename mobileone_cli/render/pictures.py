@@ -85,7 +85,7 @@ def _axis(span: Tuple[int, int], cells: int, indent: int) -> str:
 
 
 def error_profile(out, rows) -> List:
-    """Lines of the verify picture; ``rows``: check.verify.ProfileRow (name, block, rel,
+    """Lines of the verify picture; ``rows``: jobs.verify.ProfileRow (name, block, rel,
     bound_rel, within)."""
     from rich.text import Text
 

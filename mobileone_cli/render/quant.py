@@ -5,7 +5,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
-from ..spec.tolerances import QUANT_FLAG_DB
+from ..rules.tolerances import QUANT_FLAG_DB
 from .console import console, human_bytes, line, quiet, safe
 from .verdict import finite_json
 

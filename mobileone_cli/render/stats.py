@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Dict, Optional
 
-from ..stats.counting import CONVENTIONS
+from ..arch.counting import CONVENTIONS
 from .console import (compact, console, human_bytes, line, quiet, render_timings, safe,
                       shorten_path, timings_json)
 

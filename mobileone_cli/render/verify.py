@@ -1,4 +1,4 @@
-"""Output of ``mobileone verify`` (a check.verify.VerifyReport): tables, or plain data."""
+"""Output of ``mobileone verify`` (a jobs.verify.VerifyReport): tables, or plain data."""
 from __future__ import annotations
 
 from typing import Any, Dict, Optional

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
-from ..spec.limits import MAX_BATCH, MAX_INPUT_SIDE
+from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE
 from . import Artifact
 from ._common import quiet
 

@@ -84,7 +84,7 @@ class ArchSpec:
     @property
     def eps(self) -> float:
         """The BatchNorm eps to fuse with: the stated one, else PyTorch's default."""
-        from .limits import DEFAULT_EPS
+        from ..rules.limits import DEFAULT_EPS
 
         return self.bn_eps if self.bn_eps is not None else DEFAULT_EPS
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import BadInput
-from ..spec.arch import ArchSpec
+from ..arch.specs import ArchSpec
 from ..timing import Steps
-from .counting import DEFAULT_SIZE, ArchStats, FileCount, arch_stats, file_count
+from ..arch.counting import DEFAULT_SIZE, ArchStats, FileCount, arch_stats, file_count
 
 __all__ = ["StatsReport", "stats_for_arch", "stats_for_checkpoint", "bench_report"]
 
@@ -63,7 +63,7 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
     conv branches the train form had, which a fused file no longer records."""
     from ..io.detect import detect_layout
     from ..io.contents import list_tensors
-    from ..spec.arch import expect_arch
+    from ..arch.specs import expect_arch
 
     steps = Steps()
     with steps("load"):
@@ -101,8 +101,8 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
 
 def bench_report(report: StatsReport, **kwargs) -> StatsReport:
     """Add measured latency and memory of both forms (see :mod:`.bench`)."""
-    from ..spec.memory import check_memory, job_bytes, weight_elements
-    from .bench import run_bench
+    from ..platform import check_memory, job_bytes, weight_elements
+    from .stats_bench import run_bench
 
     arch, size = report.stats.arch, report.stats.input_size
     batch = int(kwargs.get("batch", 1))

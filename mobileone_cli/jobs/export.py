@@ -17,15 +17,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from .check.artifact import ShapeCheck, WeightCheck, check_shapes
-from .errors import BadInput, VerificationFailed
-from .io.source import LoadOptions
-from .io.leftovers import stale_note
-from .io.write import atomic_write
-from .runtimes import TARGETS, Target, runtime_module, target_for
-from .runtimes.onnx import EXPORTERS, export as export_model, resolve_exporter
-from .spec.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
-from .spec.tolerances import EXPORT_RTOL
+from ..check.artifact import ShapeCheck, WeightCheck, check_shapes
+from ..errors import BadInput, VerificationFailed
+from ..io.source import LoadOptions
+from ..io.leftovers import stale_note
+from ..io.write import atomic_write
+from ..runtimes import TARGETS, Target, runtime_module, target_for
+from ..runtimes.onnx import EXPORTERS, export as export_model, resolve_exporter
+from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
+from ..rules.tolerances import EXPORT_RTOL
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model",
            "check_onnx", "check_shapes", "require_onnx", "resolve_exporter", "EXPORT_RTOL",
@@ -67,8 +67,8 @@ def require_onnx() -> None:
 def check_onnx(path: str, deploy_sd, arch, shapes, *, dtype: str = "fp32", seed: int = 0,
                rtol: Optional[float] = None) -> List[ShapeCheck]:
     """An ONNX file in onnxruntime against our deploy model (see :mod:`check.artifact`)."""
-    from .check.artifact import check_artifact
-    from .runtimes import load_artifact
+    from ..check.artifact import check_artifact
+    from ..runtimes import load_artifact
 
     return check_artifact(load_artifact(path, kind="onnx"), deploy_sd, arch, shapes, dtype=dtype,
                           compute=_compute(TARGETS[".onnx"], dtype), seed=seed, rtol=rtol)
@@ -122,7 +122,7 @@ def _plan(o: ExportOptions, dst: str) -> Tuple[Target, Optional[int], bool, Opti
             raise BadInput(f"{name} applies to .onnx only, not {target.extension}")
     if target.module != "coreml" and o.coreml_target != "iOS16":
         raise BadInput(f"--coreml-target applies to .mlpackage only, not {target.extension}")
-    from .runtimes.coreml import DEPLOYMENT_TARGETS
+    from ..runtimes.coreml import DEPLOYMENT_TARGETS
 
     if o.coreml_target not in DEPLOYMENT_TARGETS:
         raise BadInput(f"--coreml-target {o.coreml_target!r}: choose one of "
@@ -132,7 +132,7 @@ def _plan(o: ExportOptions, dst: str) -> Tuple[Target, Optional[int], bool, Opti
         max_batch = o.max_batch or DEFAULT_MAX_BATCH
         if not 1 <= max_batch <= MAX_BATCH:
             raise BadInput(f"--max-batch {max_batch}: must be between 1 and {MAX_BATCH}")
-        from .runtimes.executorch import MIN_EXAMPLE_BATCH
+        from ..runtimes.executorch import MIN_EXAMPLE_BATCH
 
         if target.module == "executorch" and max_batch <= MIN_EXAMPLE_BATCH:
             raise BadInput(f"--max-batch {max_batch}: an ExecuTorch program with a dynamic "
@@ -158,7 +158,7 @@ def _validate_shape(input_size: Tuple[int, int], batch: Optional[int]) -> None:
 def _deploy(src: str, o: ExportOptions, input_size):
     """Load, fuse (and judge the fusion): (convert result, Apple-key deploy state dict)."""
     from .convert import ConvertOptions, convert_file
-    from .spec.layouts import schema
+    from ..arch.layouts import schema
 
     load = {f.name: getattr(o, f.name) for f in dataclasses.fields(LoadOptions)}
     conv = convert_file(src, None, ConvertOptions(**load, layout_out="apple", fuse=True,
@@ -182,7 +182,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     src, dst = os.fspath(src), os.fspath(dst)
     input_size = tuple(o.input_size)
     target, batch, dynamic_size, max_batch = _plan(o, dst)
-    from .io.write import check_destination
+    from ..io.write import check_destination
 
     check_destination(dst, force=o.force, src=src, what=f"path ending in {target.extension}",
                       package=target.module == "coreml")
@@ -192,8 +192,8 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
 
     import torch
 
-    from .check.harness import check_room, load_model
-    from .spec.limits import check_seed
+    from ..check.harness import check_room, load_model
+    from ..rules.limits import check_seed
 
     check_seed(o.seed)
     conv, deploy_sd = _deploy(src, o, input_size)
@@ -210,7 +210,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     net = load_model(deploy_sd, det.arch, "deploy", dtype=torch.float32)
     half_net = o.dtype == "fp16" and target.fp16_input
     if target.module != "onnx":
-        from .models.mobileone import MeanPoolHead
+        from ..models.mobileone import MeanPoolHead
 
         net = MeanPoolHead(net)
     if half_net:
@@ -228,7 +228,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     check = _check_step(result, target, deploy_sd, det.arch, o, batch, dynamic_size, max_batch,
                         input_size)
     if target.module == "coreml":
-        from .io.package import atomic_write_dir
+        from ..io.package import atomic_write_dir
 
         result.size_out = atomic_write_dir(dst, write, force=o.force, check=check)
     else:
@@ -272,11 +272,11 @@ def _check_step(result: ExportResult, target: Target, deploy_sd, arch, o: Export
     """``check(tmp)`` for atomic_write: the artifact in its runtime (Core ML off macOS: its
     weights read back) against our deploy model; raises VerificationFailed on a mismatch."""
     def check(tmp: str) -> None:
-        from .check.artifact import check_artifact, precision_note
-        from .runtimes import load_artifact
+        from ..check.artifact import check_artifact, precision_note
+        from ..runtimes import load_artifact
 
         if target.module == "onnx":
-            from .runtimes.onnx import graph_io
+            from ..runtimes.onnx import graph_io
 
             result.opset = graph_io(tmp)[0]
             if o.opset is not None and result.opset != o.opset:
@@ -320,8 +320,8 @@ def _check_step(result: ExportResult, target: Target, deploy_sd, arch, o: Export
 
 def _check_package(result: ExportResult, path: str, deploy_sd) -> None:
     """Every weight stored in a Core ML package against the deploy weights."""
-    from .check.artifact import check_weights
-    from .runtimes.coreml import const_name, read_weights
+    from ..check.artifact import check_weights
+    from ..runtimes.coreml import const_name, read_weights
 
     names = {k: const_name(k, result.dtype) for k in deploy_sd}
     result.weights = w = check_weights(read_weights(path), deploy_sd, names, result.dtype)

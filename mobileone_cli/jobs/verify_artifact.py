@@ -14,10 +14,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import BadInput
 from ..io.source import LoadOptions
-from ..spec.arch import ArchSpec
-from ..spec.limits import check_batch, parse_input_size
-from .artifact import ShapeCheck, WeightCheck, check_artifact, check_weights, precision_note
-from .verdict import Verdict
+from ..arch.specs import ArchSpec
+from ..rules.limits import check_batch, parse_input_size
+from ..check.artifact import ShapeCheck, WeightCheck, check_artifact, check_weights, precision_note
+from ..check.verdict import Verdict
 
 __all__ = ["ArtifactReport", "verify_artifact"]
 
@@ -90,7 +90,7 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
     """A checkpoint (train: fused and judged here; deploy: as is) against an artifact."""
     from ..fuse.fusion import fuse_state_dict
     from ..runtimes import TARGETS, load_artifact, target_for
-    from ..spec.layouts import remap
+    from ..arch.layouts import remap
     from .verify import read_side, verify_state_dicts
 
     size = parse_input_size(input_size)

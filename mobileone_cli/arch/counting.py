@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-from ..spec.arch import ArchSpec, BlockSpec
-from ..spec.layouts import FORMS
+from .specs import ArchSpec, BlockSpec
+from .layouts import FORMS
 
 __all__ = ["Count", "FormCount", "ArchStats", "FileCount", "CONVENTIONS", "FORMS", "conv_out",
            "block_count", "count_form", "arch_stats", "file_count", "part_name"]
@@ -204,7 +204,7 @@ def count_form(arch: ArchSpec, form: str,
 
 def arch_stats(arch: ArchSpec, input_size: Sequence[int] = DEFAULT_SIZE) -> ArchStats:
     """Train and deploy counts of ``arch`` at ``input_size`` (an int, ``(H, W)`` or '224x160')."""
-    from ..spec.limits import parse_input_size
+    from ..rules.limits import parse_input_size
 
     size = parse_input_size(input_size)
     train, out = count_form(arch, "train", size)

@@ -28,9 +28,9 @@ import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from .arch import ArchSpec, builtin_archs, match_builtin
+from .specs import ArchSpec, builtin_archs, match_builtin
 from .fields import Fields, cut, join, quote, type_name
-from .limits import MAX_CHANNELS, MAX_STAGES
+from ..rules.limits import MAX_CHANNELS, MAX_STAGES
 
 __all__ = ["load_config", "parse_config", "BASE_CHANNELS", "MAX_CONFIG_BYTES"]
 

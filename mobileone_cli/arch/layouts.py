@@ -13,7 +13,7 @@ import functools
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Tuple
 
-from .arch import ArchSpec, BlockSpec
+from .specs import ArchSpec, BlockSpec
 
 __all__ = ["Layout", "LAYOUTS", "LAYOUT_NAMES", "FORMS", "TensorEntry", "schema", "key_map",
            "get_layout", "BN_LEAVES"]

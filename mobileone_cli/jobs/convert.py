@@ -6,15 +6,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from . import __version__
-from .errors import BadInput, MobileOneError, VerificationFailed
-from .io.detect import Detection
-from .io.source import LoadOptions, open_source
-from .io.leftovers import stale_note
-from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
-from .spec.layouts import get_layout, param_count, schema
-from .spec.limits import check_seed
-from .timing import Steps
+from .. import __version__
+from ..errors import BadInput, MobileOneError, VerificationFailed
+from ..io.detect import Detection
+from ..io.source import LoadOptions, open_source
+from ..io.leftovers import stale_note
+from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
+from ..arch.layouts import get_layout, param_count, schema
+from ..rules.limits import check_seed
+from ..timing import Steps
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
 
@@ -29,7 +29,7 @@ class ConvertOptions(LoadOptions):
     fuse: bool = True
     dtype: Optional[str] = None  # 'fp32', 'fp16', 'bf16' (or the torch names); None: the source's
     verify: bool = True
-    rtol: Optional[float] = None  # None: the shared rule's tolerance (spec/tolerances.py)
+    rtol: Optional[float] = None  # None: the shared rule's tolerance (rules/tolerances.py)
     seed: int = 0
     input_size: Tuple[int, int] = (224, 224)
     force: bool = False
@@ -82,8 +82,8 @@ def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Option
                        consume: bool = False) -> Dict[str, Any]:
     """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
     other key copied through in its original position."""
-    from .fuse.fusion import fuse_state_dict
-    from .spec.layouts import remap
+    from ..fuse.fusion import fuse_state_dict
+    from ..arch.layouts import remap
 
     layout_out = layout_out or det.layout
     pfx = det.prefix
@@ -117,7 +117,7 @@ def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any],
     """mmpretrain loaders expect {'meta', 'state_dict'}; Apple and timm files are bare dicts."""
     if layout != "mmpretrain":
         return None
-    from .io.meta import plain_data
+    from ..io.meta import plain_data
 
     # Placeholders (foreign objects never loaded) become strings: the output stays weights-only.
     meta = plain_data(extras["meta"], where=src) if isinstance(extras.get("meta"), dict) \
@@ -129,8 +129,8 @@ def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any],
 def _check(result: ConvertResult, train_sd: Dict[str, Any], deploy_sd: Dict[str, Any],
            options: ConvertOptions) -> None:
     """The shared verdict (check.verdict.judge) on one seeded image; refuse to write on FAIL."""
-    from .check.harness import check_room, seeded_inputs
-    from .check.verdict import judge, non_finite
+    from ..check.harness import check_room, seeded_inputs
+    from ..check.verdict import judge, non_finite
 
     det = result.detection
     check_room(det.arch, options.input_size, 1, "the check")
@@ -149,7 +149,7 @@ def _rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any],
     """--dtype: what rounding to the output dtype costs, against the unrounded conversion."""
     import torch
 
-    from .check.harness import compare_outputs, load_model, seeded_inputs
+    from ..check.harness import compare_outputs, load_model, seeded_inputs
 
     det = result.detection
     ref_sd = convert_state_dict(sd, det, layout_out=result.layout_out, fuse=options.fuse,
@@ -167,8 +167,8 @@ def source_health(source) -> Dict[str, Any]:
     """The cheap parts of ``inspect``'s health report (check.health.CHEAP_PARTS) of an opened
     source: BatchNorm tensors, dtypes, NaN/Inf outside the MobileOne (open_source has refused
     NaN/Inf inside it, and negative variances).  No pass over every value, no second fusion."""
-    from .check.health import CHEAP_PARTS, checkpoint_health
-    from .io.arrays import ArrayView
+    from ..check.health import CHEAP_PARTS, checkpoint_health
+    from ..io.arrays import ArrayView
 
     # open_source keys the state dict by the layout's full names (an implied root included)
     det = dataclasses.replace(source.detection, implied_root="")
@@ -231,7 +231,7 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
     with steps("fuse" if fusing else "remap"):
         out = convert_state_dict(sd, det, layout_out=layout_out, fuse=options.fuse,
                                  eps=source.eps, dtype=dtype, consume=not (keep_train or rounds))
-        from .io.sanity import check_fused_finite
+        from ..io.sanity import check_fused_finite
 
         mob_out = [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)]
         check_fused_finite(out, mob_out, src)

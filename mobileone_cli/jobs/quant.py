@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from .errors import BadInput
-from .io.source import LoadOptions
-from .spec.limits import MAX_IMAGES, check_batch, check_seed
+from ..errors import BadInput
+from ..io.source import LoadOptions
+from ..rules.limits import MAX_IMAGES, check_batch, check_seed
 
 __all__ = ["QuantOptions", "Calibration", "ExportCheck", "QuantReport", "quantize_file",
            "DEFAULT_SYNTHETIC"]
@@ -82,7 +82,7 @@ class ExportCheck:
 class QuantReport:
     """Everything ``mobileone quant`` measured."""
 
-    source: Dict[str, Any]  # check.verify.Side.describe()
+    source: Dict[str, Any]  # jobs.verify.Side.describe()
     arch: Any  # ArchSpec
     scheme: str
     calibration: Calibration
@@ -95,7 +95,7 @@ class QuantReport:
 
 
 def _validate(o: QuantOptions, ckpt: str) -> None:
-    from .quant.fakequant import SCHEMES
+    from ..quant.fakequant import SCHEMES
 
     if o.scheme not in SCHEMES:
         raise BadInput(f"--scheme {o.scheme!r}: choose one of {', '.join(SCHEMES)}")
@@ -112,8 +112,8 @@ def _validate(o: QuantOptions, ckpt: str) -> None:
     check_seed(o.seed)
     check_seed(o.seed + (o.synthetic or DEFAULT_SYNTHETIC))
     if o.export is not None:
-        from .io.write import check_destination
-        from .quant.pt2e import require
+        from ..io.write import check_destination
+        from ..quant.pt2e import require
 
         if not os.fspath(o.export).lower().endswith(".pte"):
             raise BadInput(f"--export {o.export}: the int8 program is an ExecuTorch file; name "
@@ -140,7 +140,7 @@ class _Images:
                 yield x, torch.full((len(ids),), -1, dtype=torch.int64), \
                     [f"synthetic-{j}" for j in ids]
             return
-        from .data.stream import stream_batches
+        from ..data.stream import stream_batches
 
         def unreadable(item, reason: str) -> None:
             if not self._counted:
@@ -162,7 +162,7 @@ class _Images:
 
 
 def _synthetic(seed: int, shape: List[int]):
-    from .check.harness import seeded_inputs
+    from ..check.harness import seeded_inputs
 
     return seeded_inputs(seed, 1, (shape[1], shape[2]), channels=shape[0])
 
@@ -176,8 +176,8 @@ def _images(o: QuantOptions, arch, notes: List[str]) -> _Images:
                          f"give the ranges a deployed model sees")
         return _Images(o, arch, Calibration(kind="synthetic", images=n,
                                             shape=[arch.in_channels, h, w], seed=o.seed))
-    from .data.folders import open_dataset
-    from .data.pipeline import Preprocessing, make_preprocessing, pillow
+    from ..data.folders import open_dataset
+    from ..data.pipeline import Preprocessing, make_preprocessing, pillow
 
     pillow()
     if arch.in_channels != 3:
@@ -202,10 +202,10 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
     start = time.perf_counter()
     import torch
 
-    from .check.harness import check_room, load_model, per_pass
-    from .check.verify import read_side
-    from .fuse.fusion import fuse_state_dict
-    from .quant.measure import measure
+    from ..check.harness import check_room, load_model, per_pass
+    from .verify import read_side
+    from ..fuse.fusion import fuse_state_dict
+    from ..quant.measure import measure
 
     side = read_side(ckpt, o)
     arch = side.arch
@@ -250,13 +250,13 @@ def _export(deploy, images: _Images, o: QuantOptions) -> ExportCheck:
     every calibration image against the fp32 deploy model; the numbers are the file's."""
     import torch
 
-    from .check.harness import compare_outputs
-    from .check.tally import Agreement
-    from .io.write import atomic_write
-    from .models.mobileone import MeanPoolHead
-    from .quant.fakequant import Noise
-    from .quant.pt2e import quantize_program, write_program
-    from .runtimes import load_artifact
+    from ..check.harness import compare_outputs
+    from ..check.tally import Agreement
+    from ..io.write import atomic_write
+    from ..models.mobileone import MeanPoolHead
+    from ..quant.fakequant import Noise
+    from ..quant.pt2e import quantize_program, write_program
+    from ..runtimes import load_artifact
 
     t0 = time.perf_counter()
     net = MeanPoolHead(deploy).eval()

@@ -13,9 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
+from ..errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
                      is_out_of_memory, most_serious)
-from .io.write import CHECKPOINT_EXTENSIONS
+from ..io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
            "convert_many", "batch_exit_code", "output_name", "default_jobs"]
@@ -175,7 +175,7 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     import dataclasses
 
     from .convert import ConvertOptions
-    from .io.write import published
+    from ..io.write import published
 
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
     todo = []
@@ -202,7 +202,7 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "mobileone_cli.convert", "mobileone_cli.batch"])
+        ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert", "mobileone_cli.jobs.batch"])
     else:  # Windows
         ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
 
-from ..errors import BadInput
-from .arch import ArchSpec
+from .errors import BadInput
+from .arch.specs import ArchSpec
 
 __all__ = ["available_memory", "weight_elements", "activation_elements", "job_bytes",
            "check_memory", "WEIGHT_COPIES", "human", "release_freed_heap"]

@@ -14,13 +14,13 @@ import torch
 
 from ..errors import BadInput
 from ..io.source import LoadOptions, open_source
-from ..spec.arch import ArchSpec
-from ..spec.limits import check_batch, parse_input_size
-from ..spec.tolerances import DEFAULT_ATOL
+from ..arch.specs import ArchSpec
+from ..rules.limits import check_batch, parse_input_size
+from ..rules.tolerances import DEFAULT_ATOL
 from ..timing import Steps
-from .harness import check_room, resolve_device, seeded_inputs
-from .verdict import Verdict, judge, non_finite
-from .localize import StageError, stage_table
+from ..check.harness import check_room, resolve_device, seeded_inputs
+from ..check.verdict import Verdict, judge, non_finite
+from ..check.localize import StageError, stage_table
 
 __all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "ProfileRow", "verify_state_dicts",
            "verify_files"]
@@ -190,7 +190,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     device = resolve_device(device)
     images = names = pipeline = None
     if images_dir is not None:
-        from .images import load_images, preprocessing_for
+        from ..check.images import load_images, preprocessing_for
 
         pipeline = preprocessing_for(size)
         with steps("images"):

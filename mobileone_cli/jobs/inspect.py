@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Mapping, Optional
 
-from .errors import BadInput
-from .io.detect import Detection, TensorInfo, detect_layout, tensor_info
-from .spec.arch import expect_arch
-from .spec.layouts import param_count
+from ..errors import BadInput
+from ..io.detect import Detection, TensorInfo, detect_layout, tensor_info
+from ..arch.specs import expect_arch
+from ..arch.layouts import param_count
 
 __all__ = ["inspect_file", "describe"]
 
@@ -61,7 +61,7 @@ def describe(listing: Mapping[str, TensorInfo], det: Detection, /, **file_facts:
 
 def _generic_blocks(keys: List[str]) -> Dict[str, Any]:
     """MobileOne-style blocks found by key names (what ``convert --generic`` would fuse)."""
-    from .fuse.generic_keys import group_keys
+    from ..fuse.generic_keys import group_keys
 
     try:
         blocks, fused, _ = group_keys(keys)
@@ -74,7 +74,7 @@ def _generic_blocks(keys: List[str]) -> Dict[str, Any]:
 
 def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
                    **facts: Any) -> Dict[str, Any]:
-    from .io.contents import tensor_totals
+    from ..io.contents import tensor_totals
 
     report = {"kind": "checkpoint", **facts, "reason": reason, "keys": len(infos),
               **tensor_totals(infos), "unknown_keys": list(infos), "generic": None,
@@ -89,7 +89,7 @@ def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
 
 
 def _onnx(path: str) -> Dict[str, Any]:
-    from .runtimes.onnx import describe as describe_onnx
+    from ..runtimes.onnx import describe as describe_onnx
 
     if os.path.isdir(path):
         raise BadInput(f"{path}: is a directory, not an ONNX file")
@@ -101,8 +101,8 @@ def _onnx(path: str) -> Dict[str, Any]:
 
 def _safetensors(path: str, ema: bool, health: bool):
     """(facts, tensor listing, values or None, unread keys) of a safetensors file."""
-    from .io.arrays import tensor_bytes
-    from .io.read import read_safetensors_header, strip_prefix
+    from ..io.arrays import tensor_bytes
+    from ..io.read import read_safetensors_header, strip_prefix
 
     if ema:
         raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
@@ -116,7 +116,7 @@ def _safetensors(path: str, ema: bool, health: bool):
                             "tensor_bytes": sum(tensor_bytes(d, s) for d, s in infos.values())}]}
     values, unread = None, []
     if health:
-        from .io.arrays import safetensors_arrays
+        from ..io.arrays import safetensors_arrays
 
         raw, unread = safetensors_arrays(path)
         values = {k[len(stripped):]: v for k, v in raw.items()}
@@ -127,9 +127,9 @@ def _safetensors(path: str, ema: bool, health: bool):
 def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
     """(facts, tensor listing, values or None, the unwrapping problem or None) of a torch file;
     ``strict``: a file that holds no state dict is an error, not a description."""
-    from .io.arrays import ArrayView
-    from .io.contents import flat_tensors, structure
-    from .io.read import as_checkpoint, load_object, unwrap
+    from ..io.arrays import ArrayView
+    from ..io.contents import flat_tensors, structure
+    from ..io.read import as_checkpoint, load_object, unwrap
 
     fmt, obj, metadata, stubbed = load_object(path, trust=trust)
     facts = {"file": path, "file_format": fmt, "size": os.path.getsize(path),
@@ -159,13 +159,13 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
     network; the report then uses its name.  A file without a MobileOne is described, not
     refused, unless ``prefix`` or ``arch`` asked for one."""
-    from .runtimes import runtime_for
+    from ..runtimes import runtime_for
 
     path = os.fspath(path)
     wanted = prefix is not None or arch is not None  # the user asked for a MobileOne
     if runtime_for(path) == "onnx":
         return _onnx(path)
-    from .io.read import sniff_format
+    from ..io.read import sniff_format
 
     if sniff_format(path) == "safetensors":
         facts, infos, values, unread = _safetensors(path, ema, health)
@@ -188,14 +188,14 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
         det.arch = expect_arch(arch, det.arch, det.form, where=path,
                                source=arch_source or "--arch", compare_head=True)
     if det is not None:
-        from .io.contents import tensor_totals
+        from ..io.contents import tensor_totals
 
         report = describe(infos, det, **facts, **tensor_totals(infos))
     else:
         report = _not_mobileone(infos, problem, unwrapped=unwrapped, **facts)
     report["health"] = None
     if health:
-        from .check.health import checkpoint_health
+        from ..check.health import checkpoint_health
 
         report["health"] = checkpoint_health(values, infos, det, unread=unread)
     return report

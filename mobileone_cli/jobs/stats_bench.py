@@ -1,6 +1,6 @@
 """Measured CPU latency and peak memory of the train form against the deploy form.
 
-Each form runs in its own fresh Python process (``python -m mobileone_cli.stats.bench``), so that one
+Each form runs in its own fresh Python process (``python -m mobileone_cli.jobs.stats_bench``), so that one
 form's allocator caches, thread pools and warm-up cannot flatter the other, and so that the memory
 figure is the process's own.  Two memory figures are reported.  Peak tensor memory is exact and
 repeatable: one extra forward pass runs under a dispatch mode that tracks every op's output
@@ -33,7 +33,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..spec.arch import ArchSpec
+from ..arch.specs import ArchSpec
 
 __all__ = ["FormTiming", "BenchResult", "run_bench", "measure_form", "BENCH_RUNTIMES"]
 
@@ -296,7 +296,7 @@ def run_bench(arch: ArchSpec, *, input_size: Sequence[int] = (224, 224), batch: 
                          batch=batch, threads=threads or 0, warmup=warmup, runs=runs,
                          runtime=runtime)
     for form in ("train", "deploy"):
-        proc = subprocess.run([sys.executable, "-m", "mobileone_cli.stats.bench", form],
+        proc = subprocess.run([sys.executable, "-m", "mobileone_cli.jobs.stats_bench", form],
                               input=json.dumps(job), capture_output=True, text=True,
                               timeout=timeout, env=_child_env())
         if proc.returncode != 0:

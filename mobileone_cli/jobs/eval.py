@@ -18,17 +18,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .check.harness import load_model, resolve_device, strict_fp32
-from .check.tally import Accuracy, Agreement
-from .check.verify import Side, pair_sides, read_side
-from .data.folders import Dataset, open_dataset
-from .data.pipeline import Preprocessing, pillow
-from .data.stream import default_workers, stream_batches
-from .errors import BadInput
-from .io.source import LoadOptions
-from .runtimes import Artifact, load_artifact, runtime_for
-from .spec.arch import ArchSpec
-from .spec.limits import MAX_LISTED, MAX_WORKERS, check_batch
+from ..check.harness import load_model, resolve_device, strict_fp32
+from ..check.tally import Accuracy, Agreement
+from .verify import Side, pair_sides, read_side
+from ..data.folders import Dataset, open_dataset
+from ..data.pipeline import Preprocessing, pillow
+from ..data.stream import default_workers, stream_batches
+from ..errors import BadInput
+from ..io.source import LoadOptions
+from ..runtimes import Artifact, load_artifact, runtime_for
+from ..arch.specs import ArchSpec
+from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
 
 __all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files"]
 
@@ -137,7 +137,7 @@ def _artifact(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
 
 def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preprocessing,
             device: str) -> Tuple[ArchSpec, List[Model], List[str]]:
-    from .fuse.fusion import fuse_state_dict
+    from ..fuse.fusion import fuse_state_dict
 
     train = read_side(ckpt, options)
     arch = train.arch

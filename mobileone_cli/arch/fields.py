@@ -9,13 +9,13 @@ import difflib
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput
-from .limits import (MAX_BRANCHES, MAX_CHANNELS, MAX_CLASSES, MAX_KERNEL, MAX_PAIRS,
+from ..rules.limits import (MAX_BRANCHES, MAX_CHANNELS, MAX_CLASSES, MAX_KERNEL, MAX_PAIRS,
                      MAX_STAGES)
 
 __all__ = ["Fields", "quote", "cut", "join", "type_name"]
 
 MAX_QUOTED = 60  # characters of a value quoted in an error message
-# Largest value of each integer field (spec/limits.py says why they are bounded).
+# Largest value of each integer field (rules/limits.py says why they are bounded).
 INT_MAX = {"stem_channels": MAX_CHANNELS, "in_channels": MAX_CHANNELS, "widths": MAX_CHANNELS,
            "kernel_size": MAX_KERNEL, "num_classes": MAX_CLASSES, "blocks": MAX_PAIRS,
            "conv_branches": MAX_BRANCHES, "stem_conv_branches": MAX_BRANCHES,

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from .errors import BadInput, VerificationFailed
-from .fuse.generic import FoundBlock, Kernel
-from .fuse.generic_fuse import GenericReport, check_blocks, fuse_generic
-from .timing import Steps
+from ..errors import BadInput, VerificationFailed
+from ..fuse.generic import FoundBlock, Kernel
+from ..fuse.generic_fuse import GenericReport, check_blocks, fuse_generic
+from ..timing import Steps
 
 __all__ = ["GenericResult", "convert_generic_file"]
 
@@ -51,11 +51,11 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     mmpretrain/FastViT ``{'state_dict': ...}`` wrapper keeps its ``meta``; nothing is written
     when a block is refused or fails its check.
     """
-    from . import __version__
-    from .io.read import load_checkpoint, loading_notes
-    from .io.leftovers import stale_note
-    from .io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
-    from .spec.limits import check_bn_eps, check_seed
+    from .. import __version__
+    from ..io.read import load_checkpoint, loading_notes
+    from ..io.leftovers import stale_note
+    from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
+    from ..rules.limits import check_bn_eps, check_seed
 
     src = os.fspath(src)
     eps = check_bn_eps(eps)
@@ -95,7 +95,7 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     if dst is not None:
         container = None
         if ck.wrapper == "state_dict" and output_format(dst) != "safetensors":
-            from .io.meta import plain_data
+            from ..io.meta import plain_data
 
             # Placeholders (foreign objects never loaded) become strings: output stays weights-only.
             meta = ck.extras.get("meta")
