@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -67,6 +67,8 @@ class StageError:
     worst_block: str  # the block with the largest own error in the stage
     worst_own_rel: float
     within: bool  # every block of the stage within its bound on its own
+    label: str = ""  # the stage as the deploy file names it, canonical name beside it
+    worst_label: str = ""  # the worst block alike
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -196,9 +198,14 @@ def head_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(model.gap(x), 1)
 
 
-def stage_table(errors: Sequence[BlockError], bad: Sequence[str]) -> List[StageError]:
+def stage_table(errors: Sequence[BlockError], bad: Sequence[str],
+                names: Optional[Mapping[str, str]] = None) -> List[StageError]:
     """One row per stage (stem first, head last): error at its output and its worst block;
-    ``bad`` names the blocks outside their bound."""
+    ``bad`` names the blocks outside their bound, ``names`` how the file names blocks and
+    stages (:func:`~..arch.layouts.in_layout`)."""
+    from ..arch.layouts import in_layout
+
+    names = names or {}
     rows: List[StageError] = []
     stages = sorted({e.stage for e in errors})
     num_stages = max(e.stage for e in errors if e.name != HEAD) if errors else 0
@@ -209,5 +216,7 @@ def stage_table(errors: Sequence[BlockError], bad: Sequence[str]) -> List[StageE
         rows.append(StageError(name=stage_label(s, num_stages), blocks=len(blocks),
                                max_rel=blocks[-1].max_rel, worst_block=worst.name,
                                worst_own_rel=worst.own_rel,
-                               within=not any(e.name in bad_set for e in blocks)))
+                               within=not any(e.name in bad_set for e in blocks),
+                               label=in_layout(stage_label(s, num_stages), names),
+                               worst_label=in_layout(worst.name, names)))
     return rows

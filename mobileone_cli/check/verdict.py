@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from ..errors import BadInput
+from ..arch.layouts import block_names, in_layout, stage_names
 from ..arch.specs import ArchSpec
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from .harness import (CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass,
@@ -73,6 +74,13 @@ class Verdict:
     fp32: Stage
     fp64: Optional[Stage] = None  # the referee, when fp32 could not decide
     train_fp32_vs_fp64: Optional[Metrics] = None  # how far fp32 arithmetic moves the train model
+    # {canonical block or stage name: its name in the deploy file's layout}; empty for Apple's
+    names: Dict[str, str] = field(default_factory=dict)
+
+    def label(self, name: str) -> str:
+        """A block or stage as the deploy file names it, the canonical name beside it
+        (``stages.1.5 (stage2.5)``)."""
+        return in_layout(name, self.names)
 
     @property
     def decisive(self) -> Stage:
@@ -126,7 +134,7 @@ class Verdict:
                    f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
             where = self.first_divergent
-            part = f", parting from {where.name} on" if where is not None else ""
+            part = f", parting from {self.label(where.name)} on" if where is not None else ""
             amp = self.amplification
             amp_text = f"; rounding is amplified x{amp:.2g} here" if amp else ""
             return (f"equivalent up to fp32 rounding: in fp32 the {self.compared} differ by "
@@ -142,11 +150,11 @@ class Verdict:
             bound = _bound(self.rtol, self.atol, bad.scale,
                            sens.own_abs if sens is not None and sens.finite else 0.0,
                            self.adaptive)
-            where = (f"; first block that breaks: {bad.name} (its own rel diff "
+            where = (f"; first block that breaks: {self.label(bad.name)} (its own rel diff "
                      f"{bad.own_rel:.2e}, bound {bound / bad.scale if bad.scale else 0:.2e})")
         elif self.first_divergent is not None:
             where = (f"; no block is wrong on its own, the difference builds up from "
-                     f"{self.first_divergent.name} on")
+                     f"{self.label(self.first_divergent.name)} on")
         precision = "" if stage.precision == "fp32" else " (float64 referee)"
         return (f"NOT equivalent{precision}: max rel diff of the {self.compared} "
                 f"{out.max_rel:.2e} ({tol}){where}")
@@ -242,6 +250,8 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,
                       deploy_dtype=str(d_dtype).replace("torch.", ""), unit=unit,
                       compared="logits" if logits else "feature map", fp32=fp32)
+    if deploy_layout != "apple":
+        verdict.names = {**stage_names(arch, deploy_layout), **block_names(arch, deploy_layout)}
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):

@@ -85,8 +85,8 @@ def pair_sides(train: Side, deploy: Side) -> None:
 class ProfileRow:
     """One bar of the error profile: a stage's block closest to its bound, or the output."""
 
-    name: str  # 'stem', 'stage1', ..., 'head', or 'output'
-    block: str  # that block (or what the output is: 'logits', 'feature map')
+    name: str  # 'stem', 'stage1', ..., 'head', or 'output' (as the deploy file names it)
+    block: str  # that block, alike (or what the output is: 'logits', 'feature map')
     rel: float  # its own error, relative to max |train block output| (inf: NaN/Inf)
     bound_rel: Optional[float]  # its bound, relative alike (None: the train output is all 0)
     within: bool
@@ -116,7 +116,7 @@ class VerifyReport:
     @property
     def stages(self) -> List[StageError]:
         stage = self.verdict.decisive
-        return stage_table(stage.blocks, stage.bad_blocks)
+        return stage_table(stage.blocks, stage.bad_blocks, self.verdict.names)
 
     def summary(self) -> str:
         return self.verdict.summary()
@@ -137,7 +137,7 @@ class VerifyReport:
 
             b = max(blocks, key=ratio)
             bound = stage.block_bounds.get(b.name)
-            rows.append(ProfileRow(row.name, b.name, b.own_rel,
+            rows.append(ProfileRow(row.label or row.name, self.verdict.label(b.name), b.own_rel,
                                    bound / b.scale if bound is not None and b.scale > 0
                                    else None, b.name not in stage.bad_blocks))
         out = stage.output

@@ -20,7 +20,8 @@ def verify_to_dict(report) -> Dict[str, Any]:
         "train": report.train, "deploy": report.deploy, "inputs": report.inputs,
         "device": report.device,
         "stages": [s.to_dict() for s in report.stages],
-        "blocks": [dict(b.to_dict(), bad=b.name in stage.bad_blocks) for b in stage.blocks],
+        "blocks": [dict(b.to_dict(), label=v.label(b.name), bad=b.name in stage.bad_blocks)
+                   for b in stage.blocks],
         "profile": [r.to_dict() for r in report.profile()],
         "notes": list(report.notes), **timings_json(report.timings),
     })
@@ -54,10 +55,12 @@ def render_blocks(out, v) -> None:
     bad = set(stage.bad_blocks)
     b = Table(title="per block (own: fed the train model's input)", header_style="bold")
     for col in ("block", "end to end", "own", "bound", "min cosine", "scale", ""):
-        b.add_column(col, justify="left" if col in ("block", "") else "right", no_wrap=True)
+        # A long name (``stages.1.5 (stage2.5)``) wraps at its space; numbers never do.
+        b.add_column(col, justify="left" if col in ("block", "") else "right",
+                     no_wrap=col != "block", min_width=None if col == "block" else len(col))
     for e in stage.blocks:
         bound = stage.block_bounds.get(e.name)
-        b.add_row(safe(e.name), fmt_rel(e.max_rel), fmt_rel(e.own_rel),
+        b.add_row(safe(v.label(e.name)), fmt_rel(e.max_rel), fmt_rel(e.own_rel),
                   fmt_rel(bound / e.scale) if bound is not None and e.scale > 0 else "-",
                   f"{e.cosine:.6f}", f"{e.scale:.3g}",
                   "[bold red]BAD[/]" if e.name in bad else "ok")
@@ -116,9 +119,10 @@ def render_verify(report, all_blocks: bool = False) -> None:
     s = Table(title="per stage (own = block fed the train model's input)", header_style="bold")
     for col, just in (("stage", "left"), ("blocks", "right"), ("at output", "right"),
                       ("worst block", "left"), ("own", "right"), ("", "left")):
-        s.add_column(col, justify=just, no_wrap=True)
+        s.add_column(col, justify=just, no_wrap=just == "right", min_width=len(col))
     for row in report.stages:
-        s.add_row(safe(row.name), str(row.blocks), fmt_rel(row.max_rel), safe(row.worst_block),
+        s.add_row(safe(row.label or row.name), str(row.blocks), fmt_rel(row.max_rel),
+                  safe(row.worst_label or row.worst_block),
                   fmt_rel(row.worst_own_rel), "ok" if row.within else "[bold red]BAD[/]")
     out.print(s)
 
