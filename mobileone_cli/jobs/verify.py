@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from ..errors import BadInput
-from ..io.source import LoadOptions, open_source
+from ..io.source import LoadOptions, open_source, recorded_eps
 from ..arch.specs import ArchSpec
 from ..rules.limits import check_batch, parse_input_size
 from ..rules.tolerances import DEFAULT_ATOL
@@ -40,6 +40,8 @@ class Side:
     source: str = "file"  # 'file' or 'fused in memory'
     notes: List[str] = field(default_factory=list)  # how the file was read
     eps: float = 1e-5
+    eps_from: str = "default"  # '--bn-eps', a config, 'metadata' or 'default' (Source.eps_from)
+    recorded_eps: Optional[float] = None  # the bn_eps in the file's own metadata
 
     def describe(self) -> Dict[str, object]:
         return {"path": self.path, "source": self.source, "layout": self.layout,
@@ -55,7 +57,9 @@ def read_side(path: str, options: Optional[LoadOptions] = None, *,
     det = src.detection
     return Side(path=src.path, layout=det.layout, form=det.form, arch=det.arch,
                 prefix=det.prefix, dtype=det.dtype, state_dict=src.mobileone(),
-                notes=[f"{src.path}: {n}" for n in src.notes], eps=src.eps)
+                notes=[f"{src.path}: {n}" for n in src.notes], eps=src.eps,
+                eps_from=src.eps_from,
+                recorded_eps=recorded_eps(src.checkpoint.metadata, src.path))
 
 
 def pair_sides(train: Side, deploy: Side) -> None:
@@ -214,6 +218,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
                                      eps=options.eps, ema=options.ema, trust=options.trust)
         deploy = read_side(deploy_path, deploy_options, deploy=True, steps=steps)
         pair_sides(train, deploy)
+        _eps_from_deploy(train, deploy)
     with steps("check"):
         report = verify_state_dicts(
             train.state_dict, deploy.state_dict, train.arch, layout=train.layout,
@@ -222,7 +227,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
             reference=reference)
     report.timings = steps.seconds
     non_finite(report.verdict, train_path, fused_here=deploy_path is None)
-    report.train = train.describe()
+    report.train = dict(train.describe(), bn_eps=train.eps, bn_eps_from=train.eps_from)
     report.deploy = deploy.describe()
     report.notes.extend(train.notes + deploy.notes)
     if names is not None:
@@ -232,6 +237,17 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
         report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
                             "file made from another checkpoint?")
     return report
+
+
+def _eps_from_deploy(train: Side, deploy: Side) -> None:
+    """The train model runs with the eps recorded in the deploy file's metadata (``convert``
+    writes the eps it fused with) when nothing stronger (--bn-eps, a config, the train file's
+    own metadata) set it."""
+    if train.eps_from != "default" or deploy.recorded_eps is None:
+        return
+    train.eps, train.eps_from = deploy.recorded_eps, f"metadata of {deploy.path}"
+    train.notes.append(f"BatchNorm eps {train.eps:g} for {train.path}, as recorded in "
+                       f"{deploy.path}'s metadata (--bn-eps overrides it)")
 
 
 def _most_blocks_bad(report: VerifyReport) -> bool:

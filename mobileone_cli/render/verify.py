@@ -94,6 +94,9 @@ def render_verify(report, all_blocks: bool = False) -> None:
     head.add_row("inputs", safe(_inputs(report.inputs)))
     head.add_row("mode", f"eval (running BN statistics), fp32"
                          f"{', float64 referee' if v.fp64 is not None else ''}, {report.device}")
+    if report.train.get("bn_eps_from", "default") != "default":
+        head.add_row("BN eps", safe(f"{report.train['bn_eps']:g} "
+                                    f"(from {report.train['bn_eps_from']})"))
     head.add_row("tolerance", f"{tol} (relative to max |train output|)")
     out.print(head)
 
