@@ -35,6 +35,7 @@ class BatchItem:
     message: str = ""
     result: Any = None  # convert.ConvertResult (without its state dict) when status is 'ok'
     facts: dict = field(default_factory=dict)  # what a failed file revealed (arch, layout, ...)
+    exists: bool = False  # refused because its output exists (a re-run without --force)
 
     @property
     def arch(self) -> Optional[str]:
@@ -183,6 +184,12 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     for i, (src, dst) in enumerate(pairs):
         if skip_existing and os.path.lexists(dst):
             items[i] = BatchItem(src, dst, "skipped", EXIT_OK, f"{dst} exists (--skip-existing)")
+            if on_done:
+                on_done(i, items[i])
+        elif not options.force and os.path.lexists(dst):  # a re-run: say both ways on
+            items[i] = BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
+                                 f"{dst}: already exists (use --skip-existing or --force)",
+                                 exists=True)
             if on_done:
                 on_done(i, items[i])
         else:
