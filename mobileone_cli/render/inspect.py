@@ -95,6 +95,19 @@ def _mobileone(t, r: Dict[str, Any]) -> None:
               else "none")
 
 
+def _damaged(t, r: Dict[str, Any]) -> None:
+    from .console import safe
+
+    classes = f"{r['num_classes']} classes" if r["num_classes"] else "no head"
+    where = f" under {r['prefix']!r}" if r["prefix"] else ""
+    t.add_row("MobileOne", safe(f"DAMAGED {r['layout']} {r['form']}-form {r['variant']} "
+                                f"({classes}){where}: convert refuses it"))
+    for problem in r["damage"]:
+        t.add_row("damage", safe(problem))
+    t.add_row("keys", f"{r['keys']:,}")
+    _tensor_rows(t, r)
+
+
 def _checkpoint(t, r: Dict[str, Any]) -> None:
     from .console import safe
 
@@ -166,7 +179,7 @@ def render_inspect(r: Dict[str, Any]) -> None:
         out.print(t)
         return
     _file_rows(t, r)
-    (_mobileone if r["kind"] == "mobileone" else _checkpoint)(t, r)
+    {"mobileone": _mobileone, "damaged": _damaged}.get(r["kind"], _checkpoint)(t, r)
     metadata = r.get("metadata") or {}
     # A header may hold a million entries: sorting them all is fine, a row each is not.
     for k in sorted(metadata)[:METADATA_SHOWN]:
