@@ -130,7 +130,8 @@ class LazyGroup(click.Group):
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {one_line(exc.message)}", err=True)
+            if not exc.shown:  # a verdict the report printed is not repeated
+                click.echo(f"error: {one_line(exc.message)}", err=True)
             if exc.hint:
                 click.echo(f"hint: {one_line(exc.hint)}", err=True)
             from .render.console import json_emitted

@@ -34,8 +34,8 @@ def test_damaged_s0_is_named_not_generic(write_ckpt, tmp_path, run_cli):
 
     doc = json.loads(run_cli("inspect", path, "--json").stdout)
     assert doc["kind"] == "damaged" and doc["variant"] == "s0" and len(doc["damage"]) == 3
-    assert ("1 wrong shape(s): stage2.2.rbr_conv.0.conv.weight has shape [48, 1, 1, 1], "
-            "expected [48, 1, 3, 3]") in doc["damage"]
+    assert ("1 wrong shape(s): stage2.2.rbr_conv.0.conv.weight has shape [128, 1, 1, 1], "
+            "expected [128, 1, 3, 3]") in doc["damage"]
     assert doc["health"]["verdict"] == "faults"
 
     strict = run_cli("inspect", "--strict", path)

@@ -37,6 +37,10 @@ def test_tampered_timm_block_is_named_in_timm_terms(write_ckpt, tmp_path, run_cl
     assert res.exit_code == 1
     assert "first block that breaks: stages.1.5 (stage2.5)" in res.stdout
     assert "stages.1 (stage2)" in res.stdout  # the per-stage table
+    # The failure is said once: the FAIL line of the report, not again as an error line.
+    assert res.output.count("NOT equivalent") == 1 and "error:" not in res.stderr
+    quiet = run_cli("-q", "verify", train, bad, "--input-size", "64", "--batch", "1")
+    assert quiet.exit_code == 1 and quiet.output.count("NOT equivalent") == 1
 
     res = run_cli("verify", train, bad, "--input-size", "64", "--batch", "1", "--json")
     doc = json.loads(res.stdout)

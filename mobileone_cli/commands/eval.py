@@ -20,7 +20,7 @@ __all__ = ["eval"]
                     "Unreadable images are counted and skipped. Needs Pillow.")
 @click.argument("ckpt", type=click.Path(dir_okay=True))
 @click.argument("data", type=click.Path())
-@click.option("--deploy", "deploy", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--deploy", "deploy", multiple=True, type=click.Path(dir_okay=True),
               metavar="FILE", help="A deploy checkpoint, or an exported .onnx (and any format "
                                    "`mobileone export` writes) to evaluate beside CKPT; "
                                    "repeatable. Without a deploy checkpoint, a train-form CKPT "

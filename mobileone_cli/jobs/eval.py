@@ -104,6 +104,10 @@ def _static(dim: Any) -> Optional[int]:
 
 def _artifact(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
     art: Artifact = load_artifact(path)
+    if not art.executes:
+        raise BadInput(f"{path}: eval cannot score it here: {art.runtime} runs only on macOS",
+                       hint=f"`mobileone verify CKPT {path}` reads its weights back here; "
+                            f"eval it on a Mac")
     shape = list(art.input_shape) + [None] * (4 - len(art.input_shape))
     b, c, h, w = (_static(d) for d in shape[:4])
     if c is not None and c != 3:

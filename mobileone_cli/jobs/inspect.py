@@ -166,6 +166,10 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     wanted = prefix is not None or arch is not None  # the user asked for a MobileOne
     if runtime_for(path) == "onnx":
         return _onnx(path)
+    if runtime_for(path) is not None:
+        from .inspect_artifact import inspect_artifact
+
+        return inspect_artifact(path)
     from ..io.read import sniff_format
 
     if sniff_format(path) == "safetensors":

@@ -124,6 +124,26 @@ def _checkpoint(t, r: Dict[str, Any]) -> None:
         t.add_row("blocks", text)
 
 
+def _artifact(t, r: Dict[str, Any]) -> None:
+    from .console import human_bytes, safe
+
+    def io(v: Dict[str, Any]) -> str:
+        name = f"{v['name']}: " if v.get("name") else ""
+        return safe(f"{name}{v['dtype']} [" + ", ".join(map(str, v["shape"])) + "]")
+
+    t.add_row("file", _path(r))
+    t.add_row("format", safe(f"{r['file_format']} for {r['runtime']} "
+                             f"({human_bytes(r['size'])})"))
+    t.add_row("input", io(r["inputs"][0]))
+    t.add_row("output", io(r["outputs"][0]))
+    t.add_row("weights", safe(r["weight_dtype"]))
+    for k, v in sorted(r["details"].items()):
+        t.add_row(safe(k.replace("_", " ")), safe(v))
+    t.add_row("runs here", "yes" if r["executes_here"] else
+              safe(f"no: {r['runtime']} runs only on macOS; verify reads its weights "
+                   f"back"))
+
+
 def _onnx(t, r: Dict[str, Any]) -> None:
     from .console import human_bytes, safe
 
@@ -148,9 +168,16 @@ def result_line(r: Dict[str, Any]) -> str:
     if r["kind"] == "onnx":
         return (f"{r['file']}: ONNX, {r['initializers']:,} initializers, {r['nodes']:,} nodes, "
                 f"checker {'passes' if r['checker'] is None else 'FAILS'}")
+    if r["kind"] == "artifact":
+        i, o = r["inputs"][0], r["outputs"][0]
+        return (f"{r['file']}: {r['file_format']} for {r['runtime']}, input {i['name']} "
+                f"{i['dtype']} {i['shape']}, output {o['shape']}, {r['weight_dtype']} weights")
     if r["kind"] == "mobileone":
         what = (f"MobileOne {r['variant']}, {r['layout']} layout, {r['form']} form, "
                 f"{r['keys']:,} keys")
+    elif r["kind"] == "damaged":
+        what = (f"DAMAGED MobileOne {r['variant']}, {r['layout']} layout, {r['form']} form: "
+                + "; ".join(r["damage"]))
     else:
         what = f"not a MobileOne the tool recognises, {r['keys']:,} keys"
     h = r.get("health")
@@ -174,8 +201,8 @@ def render_inspect(r: Dict[str, Any]) -> None:
     t = Table(title="mobileone inspect", show_header=False)
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("", overflow="fold")
-    if r["kind"] == "onnx":
-        _onnx(t, r)
+    if r["kind"] in ("onnx", "artifact"):
+        (_onnx if r["kind"] == "onnx" else _artifact)(t, r)
         out.print(t)
         return
     _file_rows(t, r)
