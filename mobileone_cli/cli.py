@@ -63,6 +63,14 @@ def _wants_json(ctx: click.Context) -> bool:
     return "--json" in rest
 
 
+def _progress(wants_json: bool):
+    """Progress of the command's slow steps on a terminal stderr (never with -q or --json)."""
+    from .render.console import quiet
+    from .render.progress import shown
+
+    return shown(enabled=not wants_json and not quiet())
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on demand, with one error policy for all."""
 
@@ -126,7 +134,8 @@ class LazyGroup(click.Group):
         published.clear()  # what THIS command writes (several may run in one process)
         set_verbosity(_verbosity(ctx))
         try:
-            return super().invoke(ctx)
+            with _progress(wants_json):
+                return super().invoke(ctx)
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()

@@ -28,6 +28,7 @@ from typing import Dict, List, Mapping, Optional
 import torch
 
 from ..errors import BadInput
+from ..timing import step
 from ..arch.layouts import block_names, in_layout, stage_names
 from ..arch.specs import ArchSpec
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
@@ -246,7 +247,8 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
         return _stage(precision, train, deploy, x, dtype=dtype, device=device, chunk=chunk,
                       logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None)
 
-    fp32 = run("fp32", torch.float32)
+    with step(None, "fp32 pass"):
+        fp32 = run("fp32", torch.float32)
     verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,
                       deploy_dtype=str(d_dtype).replace("torch.", ""), unit=unit,
                       compared="logits" if logits else "feature map", fp32=fp32)
@@ -255,7 +257,8 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
-        verdict.fp64 = run("fp64", torch.float64)
+        with step(None, "float64 referee"):
+            verdict.fp64 = run("fp64", torch.float64)
         verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
                                                      fp32.train_output, logits)
     for stage in (verdict.fp32, verdict.fp64):

@@ -65,7 +65,7 @@ def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  
     preprocessing = make_preprocessing(resize, crop, interpolation, mean, std)
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file)
     settle_heap()
-    with progress_bar(enabled=not quiet()) as progress:
+    with progress_bar(enabled=not quiet() and not as_json) as progress:
         report = evaluate_files(ckpt, data, deploy=deploy, labels=labels, classes=classes,
                                 options=options, preprocessing=preprocessing, limit=limit,
                                 batch=batch, workers=workers, device=device, progress=progress)

@@ -48,14 +48,16 @@ __all__ = ["quant"]
               help="Seed of the synthetic images (image i uses seed + i).")
 @input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
 @reading_options()
+@click.option("--all-blocks", is_flag=True,
+              help="Show every block's SQNR and the noise picture (as -v does).")
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
           export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
           arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
-          prefix: Optional[str], ema: bool, trust_file: bool, plot_path: Optional[str],
-          as_json: bool) -> int:
+          prefix: Optional[str], ema: bool, trust_file: bool, all_blocks: bool,
+          plot_path: Optional[str], as_json: bool) -> int:
     from ..jobs.quant import QuantOptions, quantize_file
     from ..render.console import emit
     from ..render.quant import quant_plot, quant_to_dict, render_quant
@@ -69,6 +71,6 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
                            input_size=tuple(input_size))
     settle_heap()
     report = quantize_file(ckpt, options)
-    emit(report, as_json, quant_to_dict, render_quant)
+    emit(report, as_json, quant_to_dict, render_quant, all_blocks=all_blocks)
     write_plot(plot_path, quant_plot(report), force, as_json)
     return 0

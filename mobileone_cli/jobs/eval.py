@@ -29,6 +29,7 @@ from ..io.source import LoadOptions
 from ..runtimes import Artifact, load_artifact, runtime_for
 from ..arch.specs import ArchSpec
 from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
+from ..timing import Steps, step
 
 __all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files"]
 
@@ -71,6 +72,7 @@ class EvalReport:
     unreadable_listed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0  # the pass, from the first image to the last
     forward_seconds: float = 0.0  # of which in the models
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v)
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -140,10 +142,11 @@ def _artifact(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
 
 
 def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preprocessing,
-            device: str) -> Tuple[ArchSpec, List[Model], List[str]]:
+            device: str, steps: Optional[Steps] = None
+            ) -> Tuple[ArchSpec, List[Model], List[str]]:
     from ..fuse.fusion import fuse_state_dict
 
-    train = read_side(ckpt, options)
+    train = read_side(ckpt, options, steps=steps)
     arch = train.arch
     if arch.in_channels != 3:
         raise BadInput(f"{ckpt}: this MobileOne takes {arch.in_channels}-channel input; "
@@ -155,7 +158,7 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
     for path in files:
         side = read_side(path, LoadOptions(arch=options.arch, arch_source=options.arch_source,
                                            eps=options.eps, ema=options.ema,
-                                           trust=options.trust), deploy=True)
+                                           trust=options.trust), deploy=True, steps=steps)
         if train.form == "deploy" and side.form == "train":
             raise BadInput(f"the files are swapped: {ckpt} is deploy-form and {path} is "
                            f"train-form", hint=f"mobileone eval {path} DATA --deploy {ckpt}")
@@ -163,7 +166,9 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
         sides.append(side)
         notes.extend(side.notes)
     if train.form == "train" and not sides:
-        fused = fuse_state_dict(dict(train.state_dict), arch, eps=train.eps, layout=train.layout)
+        with step(steps, "fuse"):
+            fused = fuse_state_dict(dict(train.state_dict), arch, eps=train.eps,
+                                    layout=train.layout)
         sides.append(Side(path=None, layout=train.layout, form="deploy", arch=arch,
                           dtype=train.dtype, state_dict=fused,
                           source=f"fused in memory (eps {train.eps:g})", eps=train.eps))
@@ -174,7 +179,8 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
                             else "fused in memory", info=side.describe(),
                             run=_torch_model(side, "deploy", device)))
         side.state_dict = {}  # the model holds the tensors now
-    models += [_artifact(path, arch, p) for path in exported]
+    with step(steps, "runtimes"):
+        models += [_artifact(path, arch, p) for path in exported]
     return arch, models, notes
 
 
@@ -198,7 +204,8 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
     if not 0 <= workers <= MAX_WORKERS:
         raise BadInput(f"--workers {workers}: must be between 0 and {MAX_WORKERS}")
     pillow()  # say what to install before loading anything
-    arch, models, notes = _models(ckpt, deploy, options or LoadOptions(), p, device)
+    steps = Steps()
+    arch, models, notes = _models(ckpt, deploy, options or LoadOptions(), p, device, steps)
     dataset = open_dataset(data, labels=labels, classes=classes,
                            num_classes=arch.num_classes or None, need_labels=arch.has_head)
     scored = arch.has_head and dataset.labelled
@@ -237,6 +244,7 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
             if progress is not None:
                 progress(report.images + report.unreadable, selected)
     report.seconds = time.perf_counter() - start
+    report.timings = dict(steps.seconds, images=report.seconds)
     if progress is not None:
         progress(selected, selected)
     if report.images == 0:

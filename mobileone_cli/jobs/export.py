@@ -26,6 +26,7 @@ from ..runtimes import TARGETS, Target, runtime_module, target_for
 from ..runtimes.onnx import EXPORTERS, export as export_model, resolve_exporter
 from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
 from ..rules.tolerances import EXPORT_RTOL
+from ..timing import Steps
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model",
            "check_onnx", "check_shapes", "require_onnx", "resolve_exporter", "EXPORT_RTOL",
@@ -58,6 +59,7 @@ class ExportResult:
     not_executed: Optional[str] = None
     weights: Optional[WeightCheck] = None  # stored weights read back (Core ML)
     details: Dict[str, Any] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v)
 
 
 def require_onnx() -> None:
@@ -197,6 +199,8 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
 
     check_seed(o.seed)
     conv, deploy_sd = _deploy(src, o, input_size)
+    steps = Steps()
+    steps.seconds.update(conv.timings or {})
     det = conv.detection
     shapes = check_shapes(batch, input_size, dynamic_size)
     check_room(det.arch, max(s[1:] for s in shapes), max(s[0] for s in shapes),
@@ -224,9 +228,11 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
                           dtype=o.dtype, input_name="input", output_name=output_name,
                           input_shape=[], output_shape=[], rtol=o.rtol, notes=list(conv.notes),
                           target=target.module, runtime=target.runtime)
-    write = _write_step(result, runtime, net, sample, o, batch, dynamic_size, max_batch)
-    check = _check_step(result, target, deploy_sd, det.arch, o, batch, dynamic_size, max_batch,
-                        input_size)
+    write = _timed(steps, f"export ({target.runtime})",
+                   _write_step(result, runtime, net, sample, o, batch, dynamic_size, max_batch))
+    check = _timed(steps, f"{target.runtime} check",
+                   _check_step(result, target, deploy_sd, det.arch, o, batch, dynamic_size,
+                               max_batch, input_size))
     if target.module == "coreml":
         from ..io.package import atomic_write_dir
 
@@ -234,7 +240,17 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     else:
         result.size_out = atomic_write(dst, write, force=o.force, check=check)
     result.notes += filter(None, [stale_note(dst)])
+    result.timings = steps.seconds
     return result
+
+
+def _timed(steps: Steps, name: str, fn):
+    """``fn(tmp)`` run as the step ``name`` (timed for -v, shown as progress)."""
+    def run(tmp: str) -> None:
+        with steps(name):
+            fn(tmp)
+
+    return run
 
 
 def _write_step(result: ExportResult, runtime, net, sample, o: ExportOptions,

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import (console, fmt_rel, fmt_seconds, line, quiet, safe, shorten_middle,
-                      shorten_path, verbose)
+from .console import console, fmt_rel, fmt_seconds, line, quiet, safe, verbose
 from .convert import convert_to_dict
 from .shorten import distinct_cut
 
