@@ -53,6 +53,7 @@ class StepProgress:
         if self.bar is not None and self.task is not None:
             self.bar.update(self.task, description=" › ".join(self.stack),
                             visible=bool(self.stack))
+            self.bar.refresh()  # a step is drawn when it starts, however short
 
     def __call__(self, event: str, name: str) -> None:
         if event == "start":
@@ -79,6 +80,7 @@ class StepProgress:
             rate = f"{done / elapsed:.1f} {unit}/s" if done and elapsed > 0 else ""
             self.bar.update(task[0], completed=done, total=total, rate=rate,
                             count=f"{done}/{total}")
+            self.bar.refresh()
 
         try:
             yield update
