@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -148,8 +148,9 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 @torch.no_grad()
 def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
              errors: Dict[str, Dict[str, BlockError]], *, unit: Optional[float] = None,
-             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None
-             ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None,
+             stop: Optional[Callable[[str], bool]] = None
+             ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Run the train model T, the deploy model D and, with ``unit``, P (D with every weight
     perturbed by ``unit``, :func:`~.harness.perturb_module`) block by block on ``x``, in
     ``x``'s dtype, and accumulate the block errors: ``errors['deploy']`` (D against T) and
@@ -158,7 +159,8 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     Only the current block's activations are alive, and each block exists in ``x``'s dtype only
     while it runs (``keep``: a dict that holds the cast and perturbed blocks for the next chunk
     of images).  Returns the outputs of T, D and P (None without ``unit``): the same tensors
-    the models' own forward gives, since the blocks run in forward order.
+    the models' own forward gives, since the blocks run in forward order.  ``stop(name)``,
+    asked after each block, ends the run there (all three outputs are then None).
     """
     dtype = x.dtype
     t = d = p = x
@@ -190,6 +192,8 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
                     d_out, p_out, d_own, p_own, t_out, cosine=False)
             p = p_out
         t, d = t_out, d_out
+        if stop is not None and stop(name):
+            return None, None, None
     return t, d, (p if unit is not None else None)
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 
@@ -52,6 +52,9 @@ class Stage:
     output_bound: float = 0.0  # absolute bound at the output
     block_bounds: Dict[str, float] = field(default_factory=dict)  # absolute bound of each block
     train_output: Optional[torch.Tensor] = field(default=None, repr=False)
+    # The referee of a failing check stops at the first block it confirms beyond its bound:
+    # that block's name; the blocks after it and the output are then the fp32 stage's numbers.
+    stopped_at: Optional[str] = None
 
     @property
     def output_within(self) -> bool:
@@ -181,17 +184,39 @@ def _bound(rtol: float, atol: float, scale: float, sens_abs: float, adaptive: bo
     return atol + rtol * scale + (SENSITIVITY_FACTOR * sens_abs if adaptive else 0.0)
 
 
+def _first_bad(errors: Dict[str, Dict[str, BlockError]], rtol: float, atol: float,
+               adaptive: bool) -> Callable[[str], bool]:
+    """``stop(name)`` for :func:`lockstep`: whether block ``name`` is beyond its bound (the
+    same bound :func:`_stage` applies), so a failing check's referee ends there."""
+    def stop(name: str) -> bool:
+        b = errors["deploy"][name]
+        s = errors["perturbed"].get(name)
+        sens = s.own_abs if s is not None and s.finite else 0.0
+        return not (b.finite and b.own_abs <= _bound(rtol, atol, b.scale, sens, adaptive))
+
+    return stop
+
+
 def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype, device: str,
-           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float]) -> Stage:
+           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float],
+           fallback: Optional[Stage] = None) -> Stage:
     """D against T on ``x`` in ``dtype``, ``chunk`` images at a time, and (``unit``: the
-    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images."""
+    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images.
+
+    ``fallback`` (the fp32 stage of a failing check, all images in one pass): the run stops at
+    the first block beyond its bound, which decides the check; the rest is ``fallback``'s."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
     refs, outs, pouts = [], [], []
     keep = {} if x.shape[0] > chunk else None  # cast/perturbed blocks serve every chunk
+    stop = (_first_bad(errors, rtol, atol, unit is not None)
+            if fallback is not None and x.shape[0] <= chunk else None)
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             xi = x[i:i + chunk].to(device=device, dtype=dtype)
-            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep)
+            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep,
+                                      stop=stop)
+            if ref is None:
+                return _stopped(precision, errors, fallback, rtol, atol, unit is not None)
             refs.append(ref.cpu())
             outs.append(out.cpu())
             if pout is not None:
@@ -212,6 +237,26 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
         stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
         if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
             stage.bad_blocks.append(b.name)
+    return stage
+
+
+def _stopped(precision: str, errors: Dict[str, Dict[str, BlockError]], fallback: Stage,
+             rtol: float, atol: float, adaptive: bool) -> Stage:
+    """The referee's stage when it stopped at its first bad block: its blocks up to there,
+    the fp32 stage's blocks after it and its output."""
+    blocks = list(errors["deploy"].values())
+    last = blocks[-1].name
+    done = {b.name for b in blocks}
+    stage = Stage(precision=precision, output=fallback.output,
+                  blocks=blocks + [b for b in fallback.blocks if b.name not in done],
+                  sensitivity=fallback.sensitivity, output_bound=fallback.output_bound,
+                  bad_blocks=[last], stopped_at=last)
+    stage.block_sensitivity = dict(fallback.block_sensitivity, **errors["perturbed"])
+    stage.block_bounds = dict(fallback.block_bounds)
+    for b in blocks:
+        s = errors["perturbed"].get(b.name)
+        sens = s.own_abs if s is not None and s.finite else 0.0
+        stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
     return stage
 
 
@@ -243,9 +288,10 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
                        device=device).eval()
     deploy = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device).eval()
 
-    def run(precision: str, dtype: torch.dtype) -> Stage:
+    def run(precision: str, dtype: torch.dtype, fallback: Optional[Stage] = None) -> Stage:
         return _stage(precision, train, deploy, x, dtype=dtype, device=device, chunk=chunk,
-                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None)
+                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None,
+                      fallback=fallback)
 
     with step(None, "fp32 pass"):
         fp32 = run("fp32", torch.float32)
@@ -257,10 +303,14 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
+        # A referee of a failing check ends at the first block it confirms (what makes a
+        # failing check cost about what a passing one does); --reference fp64 runs it whole.
         with step(None, "float64 referee"):
-            verdict.fp64 = run("fp64", torch.float64)
-        verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
-                                                     fp32.train_output, logits)
+            verdict.fp64 = run("fp64", torch.float64,
+                               fallback=None if referee or not fp32.bad_blocks else fp32)
+        if verdict.fp64.train_output is not None:
+            verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
+                                                         fp32.train_output, logits)
     for stage in (verdict.fp32, verdict.fp64):
         if stage is not None:
             stage.train_output = None  # the verdict keeps numbers, not activations

@@ -79,7 +79,7 @@ def open_source(path: str, options: Optional[LoadOptions] = None, *,
     with step(steps, "load"):
         ck = load_checkpoint(path, ema=options.ema, trust=options.trust)
     stored = recorded_eps(ck.metadata, path)
-    if eps_from == "default" and stored is not None:
+    if eps_from == "default" and stored is not None and stored != eps:
         eps, eps_from = stored, "metadata"
     with step(steps, "detect"):
         src = _found(path, ck, options, arch, eps, refuse_non_finite)

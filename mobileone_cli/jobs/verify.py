@@ -175,9 +175,15 @@ def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, t
     verdict = judge(train_sd, deploy_sd, arch, x, train_layout=layout,
                     deploy_layout=deploy_layout, bn_eps=bn_eps, rtol=rtol, atol=atol,
                     device=device, referee=reference == "fp64")
-    return VerifyReport(arch=arch, verdict=verdict, device=str(device),
-                        inputs={"kind": "images" if images is not None else "random",
-                                "seed": seed, "shape": list(x.shape)})
+    report = VerifyReport(arch=arch, verdict=verdict, device=str(device),
+                          inputs={"kind": "images" if images is not None else "random",
+                                  "seed": seed, "shape": list(x.shape)})
+    if verdict.fp64 is not None and verdict.fp64.stopped_at is not None:
+        report.notes.append(f"the float64 referee stopped at "
+                            f"{verdict.label(verdict.fp64.stopped_at)}, the first block it "
+                            f"confirms beyond its bound; the blocks after it and the output "
+                            f"are fp32 numbers (--reference fp64 runs it whole)")
+    return report
 
 
 def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
@@ -243,7 +249,7 @@ def _eps_from_deploy(train: Side, deploy: Side) -> None:
     """The train model runs with the eps recorded in the deploy file's metadata (``convert``
     writes the eps it fused with) when nothing stronger (--bn-eps, a config, the train file's
     own metadata) set it."""
-    if train.eps_from != "default" or deploy.recorded_eps is None:
+    if train.eps_from != "default" or deploy.recorded_eps in (None, train.eps):
         return
     train.eps, train.eps_from = deploy.recorded_eps, f"metadata of {deploy.path}"
     train.notes.append(f"BatchNorm eps {train.eps:g} for {train.path}, as recorded in "
