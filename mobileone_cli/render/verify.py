@@ -149,5 +149,6 @@ def verify_plot(report) -> str:
     from .svg import verify_svg
 
     train = report.train.get("path") or "train"
+    deploy = report.deploy.get("path") or report.deploy.get("source") or "deploy"
     word = "PASS" if report.passed else "FAIL"
-    return verify_svg(report.profile(), f"mobileone verify {train}: {word}")
+    return verify_svg(report.profile(), f"mobileone verify {train} {deploy}: {word}")
