@@ -243,14 +243,15 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
 def _stopped(precision: str, errors: Dict[str, Dict[str, BlockError]], fallback: Stage,
              rtol: float, atol: float, adaptive: bool) -> Stage:
     """The referee's stage when it stopped at its first bad block: its blocks up to there,
-    the fp32 stage's blocks after it and its output."""
+    the fp32 stage's blocks (and their fp32 verdicts) after it and its output."""
     blocks = list(errors["deploy"].values())
     last = blocks[-1].name
     done = {b.name for b in blocks}
     stage = Stage(precision=precision, output=fallback.output,
                   blocks=blocks + [b for b in fallback.blocks if b.name not in done],
                   sensitivity=fallback.sensitivity, output_bound=fallback.output_bound,
-                  bad_blocks=[last], stopped_at=last)
+                  bad_blocks=[last] + [b for b in fallback.bad_blocks if b not in done],
+                  stopped_at=last)
     stage.block_sensitivity = dict(fallback.block_sensitivity, **errors["perturbed"])
     stage.block_bounds = dict(fallback.block_bounds)
     for b in blocks:
