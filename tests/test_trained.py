@@ -69,8 +69,9 @@ def test_network_input_is_nearest_upsampling_and_normalization():
     x = to_network_input(pixels[:3])
     assert x.shape == (3, 3, assets.SIZE, assets.SIZE) and x.dtype == torch.float32
     p = pixels[1].astype(np.float64)
-    for i, j in ((0, 0), (5, 17), (31, 31)):
-        want = (p[i // 4, j // 4] - 127.5) / 127.5
+    k = assets.SCALE
+    for i, j in ((0, 0), (5, 17), (assets.SIZE - 1, assets.SIZE - 1)):
+        want = (p[i // k, j // k] - 127.5) / 127.5
         assert x[1, 0, i, j].item() == pytest.approx(want, abs=1e-7)
         assert x[1, 0, i, j] == x[1, 2, i, j]
 
