@@ -116,6 +116,27 @@ def test_url_rule_refuses_plain_http_and_downgrades():
             check_url(url)
     with pytest.raises(BadInput, match="redirected from https://a.example"):
         check_url("http://b.example/x", came_from="https://a.example/x")
+    with pytest.raises(BadInput, match="password") as caught:
+        check_url("https://me:secret@a.example/x?token=abc")
+    assert "secret" not in caught.value.message and "abc" not in caught.value.message
+    with pytest.raises(BadInput, match="port"):
+        check_url("https://a.example:http/x")
+
+
+def test_sha256_pins_a_local_file_too(files, tmp_path):
+    src = tmp_path / "s0.pth"
+    src.write_bytes(files["apple"])
+    res = invoke("inspect", src, "--no-health", "--sha256", "0" * 64)
+    _refused(res, "s0.pth", "--sha256 pins 0000")
+    res = invoke("inspect", src, "--no-health", "--sha256", _sha(files["apple"]))
+    assert res.exit_code == 0, res.output
+
+
+def test_unusable_cache_folder_is_bad_input(net, files, tmp_path):
+    net.files[S0] = files["apple"]
+    (tmp_path / "a_file").write_text("x")
+    res = invoke("fetch", "apple:s0", "--cache-dir", tmp_path / "a_file" / "cache")
+    _refused(res, "cannot use the cache")
 
 
 # --------------------------------------------------------------------------- end to end

@@ -149,15 +149,16 @@ def check_record(path: str, record: Dict[str, Any], name: str,
 
 @contextlib.contextmanager
 def locked(path: str) -> Iterator[None]:
-    """Hold ``path``.lock exclusively (POSIX): two commands fetching one file take turns instead
-    of writing one partial file together.  Elsewhere, no lock."""
+    """Hold ``.NAME.lock`` beside ``path`` exclusively (POSIX): two commands fetching one file
+    take turns instead of writing one partial file together.  Elsewhere, no lock."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a+b") as fh:
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, f".{name}.lock"), "a+b") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield

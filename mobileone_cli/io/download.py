@@ -34,10 +34,19 @@ from urllib.parse import urlsplit
 from ..errors import BadInput, first_line, printable
 from ..rules import limits
 
-__all__ = ["Transfer", "download", "check_url", "is_loopback", "Progress", "discard"]
+__all__ = ["Transfer", "download", "check_url", "is_loopback", "Progress", "discard", "shown"]
 
 Progress = Callable[[int, Optional[int]], None]  # (bytes on disk, total or None)
 CHUNK = 256 * 1024
+
+
+def shown(url: str, width: int = 300) -> str:
+    """``url`` for a message: without a user:password part or a query (signed addresses carry
+    tokens there), printable, cut to ``width``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    text = f"{parts.scheme}://{netloc}{parts.path}" + ("?..." if parts.query else "")
+    return printable(text)[:width]
 
 
 def is_loopback(host: Optional[str]) -> bool:
@@ -55,15 +64,22 @@ def check_url(url: str, came_from: Optional[str] = None) -> str:
     """``url`` when it may be fetched: https, or http to this machine; BadInput otherwise."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    via = f" (redirected from {printable(came_from)[:200]})" if came_from else ""
+    via = f" (redirected from {shown(came_from)})" if came_from else ""
+    try:
+        parts.port
+    except ValueError:
+        raise BadInput(f"{shown(url)}: not a valid address (its port){via}") from None
+    if "@" in parts.netloc:
+        raise BadInput(f"{shown(url)}: a user or password in the address is not supported{via}",
+                       hint="a private Hub repository takes HF_TOKEN")
     if scheme == "https" and parts.hostname:
         return url
     if scheme == "http" and is_loopback(parts.hostname):
         return url
     if scheme == "http":
-        raise BadInput(f"{printable(url)[:300]}: plain http is refused{via}: the file could be "
+        raise BadInput(f"{shown(url)}: plain http is refused{via}: the file could be "
                        f"changed on its way", hint="use the https:// address")
-    raise BadInput(f"{printable(url)[:300]}: only https:// addresses are fetched{via}")
+    raise BadInput(f"{shown(url)}: only https:// addresses are fetched{via}")
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
@@ -120,7 +136,7 @@ def _content_range(value: Optional[str]) -> Tuple[Optional[int], Optional[int]]:
 
 def _too_large(url: str, size: int, announced: bool) -> BadInput:
     how = "announces" if announced else "sent more than"
-    return BadInput(f"{printable(url)[:300]} {how} {size:,} bytes, more than a checkpoint may "
+    return BadInput(f"{shown(url)} {how} {size:,} bytes, more than a checkpoint may "
                     f"have ({limits.MAX_DOWNLOAD:,}); nothing was cached")
 
 
@@ -137,20 +153,20 @@ def _open(url: str, have: int, validator: Optional[str], timeout: float):
     except urllib.error.HTTPError as exc:
         exc.close()
         if exc.code in (301, 302, 303, 307, 308):
-            raise BadInput(f"{printable(url)[:300]}: more than {limits.MAX_REDIRECTS} redirects "
+            raise BadInput(f"{shown(url)}: more than {limits.MAX_REDIRECTS} redirects "
                            f"(or a redirect loop)") from None
         if exc.code == 416 and have:
             raise _Broken("the server refused to resume") from None
         if exc.code in (408, 429, 500, 502, 503, 504):
             raise _Broken(f"HTTP {exc.code} {exc.reason}") from None
-        raise BadInput(f"{printable(url)[:300]}: HTTP {exc.code} {printable(exc.reason)[:80]}"
+        raise BadInput(f"{shown(url)}: HTTP {exc.code} {printable(exc.reason)[:80]}"
                        ) from None
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
             raise _Broken(f"no answer within {timeout:g} s") from None
         if isinstance(reason, (socket.gaierror, ConnectionRefusedError)):
-            raise BadInput(f"{printable(url)[:300]}: cannot connect "
+            raise BadInput(f"{shown(url)}: cannot connect "
                            f"({first_line(str(reason), 120)})",
                            hint="offline? --offline uses only the cache") from None
         raise _Broken(first_line(str(reason), 160)) from None
@@ -177,7 +193,7 @@ def _transfer(url: str, part: str, timeout: float, progress: Optional[Progress])
             kept = 0
             validator = resp.headers.get("ETag") or resp.headers.get("Last-Modified")
         else:
-            raise BadInput(f"{printable(url)[:300]}: unexpected HTTP {resp.status}")
+            raise BadInput(f"{shown(url)}: unexpected HTTP {resp.status}")
         if total is not None and total > limits.MAX_DOWNLOAD:
             discard(part)
             raise _too_large(url, total, True)
@@ -240,5 +256,5 @@ def download(url: str, part: str, *, timeout: float, attempts: int = limits.DOWN
         discard(part)
     tail = (f"; {kept:,} bytes are kept in the cache: run the command again to resume"
             if resumable else "; nothing was cached")
-    raise BadInput(f"{printable(url)[:300]}: download failed after {attempts} tries "
+    raise BadInput(f"{shown(url)}: download failed after {attempts} tries "
                    f"({reason}){tail}")

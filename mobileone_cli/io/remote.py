@@ -111,6 +111,14 @@ def resolve(text: str, settings: Optional[FetchSettings] = None) -> Optional[Fet
     settings = settings or FetchSettings()
     check_sha256_pin(settings.sha256)
     root = settings.root
+    try:
+        return _fetch(text, ref, settings, root)
+    except OSError as exc:  # the cache folder: not writable, full, not a folder
+        raise BadInput(f"{text}: cannot use the cache {root} ({exc.strerror or exc})",
+                       hint="--cache-dir DIR or MOBILEONE_CACHE picks another folder") from None
+
+
+def _fetch(text: str, ref: RemoteRef, settings: FetchSettings, root: str) -> Fetched:
     if ref.kind == "url":
         return _fetch_url(text, ref.url, entry_for_url(root, ref.url), None, settings, "url")
     if ref.kind == "hub" or ref.known.source == "hf-hub":
@@ -140,23 +148,37 @@ def _progress(settings: FetchSettings, label: str):
     return settings.progress(label) if settings.progress else contextlib.nullcontext(None)
 
 
+def _cached(name: str, entry: CacheEntry, known: Optional[KnownCheckpoint], pin: Optional[str],
+            source: str) -> Optional[Fetched]:
+    """The cached file, checked against its record (and the pin, the publisher's prefix), or
+    None when the cache has no file with a record."""
+    if not os.path.isfile(entry.path):
+        return None
+    record = read_record(entry.record)
+    if record is None:
+        return None
+    sha = check_record(entry.path, record, name)
+    _check_digest(name, sha, known, pin, "the cached file")
+    return Fetched(name, entry.path, os.path.getsize(entry.path), sha, "cached", source,
+                   record.get("url"), known)
+
+
 def _fetch_url(name: str, url: str, entry: CacheEntry, known: Optional[KnownCheckpoint],
                settings: FetchSettings, source: str) -> Fetched:
     pin = check_sha256_pin(settings.sha256)
-    with locked(entry.path):
-        if os.path.exists(entry.path) and not settings.force:
-            record = read_record(entry.record)
-            if record is not None:
-                sha = check_record(entry.path, record, name)
-                _check_digest(name, sha, known, pin, "the cached file")
-                return Fetched(name, entry.path, os.path.getsize(entry.path), sha, "cached",
-                               source, record.get("url"), known)
-            if settings.is_offline:
-                raise BadInput(f"{name}: {entry.path} has no record of its download and is not "
-                               f"trusted", hint="fetch it again without --offline")
-        if settings.is_offline:
-            raise BadInput(f"{name} is not in the cache ({settings.root}) and --offline forbids "
-                           f"downloading it", hint=f"mobileone fetch {name} downloads it")
+    cached = None if settings.force else _cached(name, entry, known, pin, source)
+    if cached is not None:
+        return cached
+    if settings.is_offline:
+        if os.path.exists(entry.path):
+            raise BadInput(f"{name}: {entry.path} has no record of its download and is not "
+                           f"trusted", hint="fetch it again without --offline")
+        raise BadInput(f"{name} is not in the cache ({settings.root}) and --offline forbids "
+                       f"downloading it", hint=f"mobileone fetch {name} downloads it")
+    with locked(entry.path):  # another command may have fetched it while this one waited
+        cached = None if settings.force else _cached(name, entry, known, pin, source)
+        if cached is not None:
+            return cached
         with _progress(settings, name) as callback:
             transfer = download(url, entry.part, timeout=settings.seconds, progress=callback)
         sha = file_sha256(entry.part)
@@ -195,12 +217,12 @@ def _fetch_hub(ref: RemoteRef, settings: FetchSettings, root: str) -> Fetched:
     record = read_record(record_file)
     if record is not None and not got.downloaded:
         check_record(got.path, record, ref.text, sha)
+    what = "the download" if got.downloaded else "the cached file"
     try:
         if _HEX64.match(got.blob_name) and sha != got.blob_name:
-            raise BadInput(f"{ref.text}: the download has sha256 {sha[:16]}..., but the Hub "
-                           f"says {got.blob_name[:16]}...; refused")
-        _check_digest(ref.text, sha, known, pin,
-                      "the download" if got.downloaded else "the cached file")
+            raise BadInput(f"{ref.text}: {what} has sha256 {sha[:16]}..., but the Hub says "
+                           f"{got.blob_name[:16]}...; refused")
+        _check_digest(ref.text, sha, known, pin, what)
     except BadInput as exc:
         if got.downloaded:
             remove_hub_file(got.path)
