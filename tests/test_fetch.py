@@ -161,6 +161,11 @@ def test_convert_apple_name_end_to_end(net, files, tmp_path):
     res = invoke("convert", "apple:s0", tmp_path / "again.pth", "--offline")
     assert res.exit_code == 0, res.output
     assert len(net.log) == requests and "downloaded" not in res.stderr
+    import mobileone_cli as mo
+
+    assert mo.local_path("apple:s0", mo.FetchSettings(offline=True)) == str(cached)
+    assert mo.inspect_file("apple:s0", health=False)["file"] == str(cached)
+    assert len(net.log) == requests
 
 
 def test_verify_two_names_fused_against_unfused(net, files):
