@@ -381,11 +381,18 @@ def test_plain_url(net, files, tmp_path):
 
 # --------------------------------------------------------------------------- the Hub
 
-def test_hub_repo_with_two_files(net, files, tmp_path):
+@pytest.fixture
+def hub(net):
+    """The server as the Hub; these tests need huggingface_hub (the `hub` extra)."""
+    pytest.importorskip("huggingface_hub")
+    return net
+
+
+def test_hub_repo_with_two_files(hub, files, tmp_path):
     """hf-hub:REPO takes model.safetensors when the repo also holds pytorch_model.bin; a file
     name picks the other; timm:s0 is the same repo; all through huggingface_hub."""
-    net.hub_file(TIMM, "model.safetensors", files["timm_st"])
-    net.hub_file(TIMM, "pytorch_model.bin", files["timm_bin"])
+    hub.hub_file(TIMM, "model.safetensors", files["timm_st"])
+    hub.hub_file(TIMM, "pytorch_model.bin", files["timm_bin"])
     timm_sd = remap(files["sd"], TINY, "apple", "timm", "train")
     res = invoke("fetch", f"hf-hub:{TIMM}", f"hf-hub:{TIMM}/pytorch_model.bin", "--json")
     assert res.exit_code == 0, res.output
@@ -400,22 +407,43 @@ def test_hub_repo_with_two_files(net, files, tmp_path):
     assert json.loads(res.stdout)["files"][0]["status"] == "cached"
 
 
-def test_hub_falls_back_to_the_bin_file(net, files, tmp_path):
-    net.hub_file("me/other", "pytorch_model.bin", files["timm_bin"])
+def test_hub_falls_back_to_the_bin_file(hub, files, tmp_path):
+    hub.hub_file("me/other", "pytorch_model.bin", files["timm_bin"])
     res = invoke("convert", "hf-hub:me/other", tmp_path / "out.pth")
     assert res.exit_code == 0, res.output
     _refused(invoke("fetch", "hf-hub:me/nothing"), "no model.safetensors or pytorch_model.bin")
 
 
-def test_hub_sha256_mismatch_refused_nothing_cached(net, files, tmp_path):
-    path = net.hub_file(TIMM, "model.safetensors", files["timm_st"])
-    net.etags[path] = "cd" * 32  # the Hub's ETag of a large file is its sha256
+def test_hub_sha256_mismatch_refused_nothing_cached(hub, files, tmp_path):
+    path = hub.hub_file(TIMM, "model.safetensors", files["timm_st"])
+    hub.etags[path] = "cd" * 32  # the Hub's ETag of a large file is its sha256
     _refused(invoke("fetch", "timm:s0"), "the Hub says cdcdcdcd", "nothing was cached")
     blobs = [p for p in _cache_files(tmp_path) if "/blobs/" in p or "/snapshots/" in p]
     assert blobs == []
 
 
-def test_hub_offline_not_cached(net, files):
-    net.hub_file(TIMM, "model.safetensors", files["timm_st"])
+def test_hub_offline_not_cached(hub, files):
+    hub.hub_file(TIMM, "model.safetensors", files["timm_st"])
     _refused(invoke("fetch", "timm:s0", "--offline"), "timm:s0", "in the cache")
-    assert net.log == []
+    assert hub.log == []
+
+
+def test_hub_file_larger_than_the_bound(hub, files, tmp_path, monkeypatch):
+    hub.hub_file(TIMM, "model.safetensors", files["timm_st"])
+    monkeypatch.setattr(limits, "MAX_DOWNLOAD", 4096)
+    _refused(invoke("fetch", "timm:s0"), "more than a checkpoint may have", "nothing was cached")
+    assert [m for m, *_ in hub.log] == ["HEAD"]
+    assert not [p for p in _cache_files(tmp_path) if "/blobs/" in p]
+
+
+def test_hub_changed_cache_file_refused(hub, files, tmp_path):
+    hub.hub_file(TIMM, "model.safetensors", files["timm_st"])
+    res = invoke("fetch", "timm:s0", "--json")
+    assert res.exit_code == 0, res.output
+    blob = os.path.realpath(json.loads(res.stdout)["files"][0]["path"])
+    data = bytearray(open(blob, "rb").read())
+    data[-1] ^= 1
+    with open(blob, "wb") as fh:
+        fh.write(bytes(data))
+    _refused(invoke("convert", "timm:s0", tmp_path / "out.pth", "--offline"),
+             "changed since it was downloaded")
