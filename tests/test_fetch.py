@@ -211,11 +211,13 @@ def test_mmpretrain_prefix_mismatch_refused_nothing_cached(net, files, tmp_path)
 
 
 def test_mmpretrain_prefix_match_converts(net, files, tmp_path, monkeypatch):
-    data = files["mmpretrain"]
-    known = sources.KNOWN["mmpretrain:s0"]
+    """With the table's prefix set to the fixture's (the real file cannot be served), the
+    download passes the check and converts."""
     from dataclasses import replace
 
-    monkeypatch.setitem(sources.KNOWN, "mmpretrain:s0", replace(known, sha256_prefix=_sha(data)[:8]))
+    data = files["mmpretrain"]
+    known = replace(sources.KNOWN["mmpretrain:s0"], sha256_prefix=_sha(data)[:8])
+    monkeypatch.setitem(sources.KNOWN, "mmpretrain:s0", known)
     net.files[MM_S0] = data
     dst = tmp_path / "out.pth"
     res = invoke("convert", "mmpretrain:s0", dst)

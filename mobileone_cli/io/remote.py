@@ -199,7 +199,9 @@ def _fetch_url(name: str, url: str, entry: CacheEntry, known: Optional[KnownChec
 
 
 def hub_record(root: str, repo: str, commit: str, file: str) -> str:
-    return os.path.join(root, "hf-hub-records", *repo.split("/"), commit, *file.split("/")) + ".json"
+    """Where the record of a Hub file lives (beside, not inside, huggingface_hub's cache)."""
+    parts = [*repo.split("/"), commit, *file.split("/")]
+    return os.path.join(root, "hf-hub-records", *parts) + ".json"
 
 
 def _fetch_hub(ref: RemoteRef, settings: FetchSettings, root: str) -> Fetched:
