@@ -414,6 +414,11 @@ def test_hub_falls_back_to_the_bin_file(hub, files, tmp_path):
     res = invoke("convert", "hf-hub:me/other", tmp_path / "out.pth")
     assert res.exit_code == 0, res.output
     _refused(invoke("fetch", "hf-hub:me/nothing"), "no model.safetensors or pytorch_model.bin")
+    hub.hub_file("me/other", "sub/w.bin", files["timm_bin"], revision="v1")
+    res = invoke("fetch", "hf-hub:me/other@v1/sub/w.bin", "--json")
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["files"][0]["url"] == f"hf-hub:me/other@{COMMIT}/sub/w.bin"
+    assert (tmp_path / "cache/hf-hub-records/me/other" / COMMIT / "sub/w.bin.json").is_file()
 
 
 def test_hub_sha256_mismatch_refused_nothing_cached(hub, files, tmp_path):

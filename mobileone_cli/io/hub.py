@@ -84,8 +84,12 @@ def _endpoint() -> Optional[str]:
     return endpoint
 
 
-def _commit_of(path: str) -> str:
-    return os.path.basename(os.path.dirname(path)) if path else ""
+def _commit_of(path: str, file: str) -> str:
+    """The commit folder of a snapshot path ``.../snapshots/COMMIT/FILE``."""
+    folder = path
+    for _ in file.split("/"):
+        folder = os.path.dirname(folder)
+    return os.path.basename(folder)
 
 
 def _one(hub, ref: RemoteRef, file: str, cache: str, *, offline: bool, timeout: float,
@@ -111,7 +115,7 @@ def _one(hub, ref: RemoteRef, file: str, cache: str, *, offline: bool, timeout: 
         remove_hub_file(path)
         raise BadInput(f"{ref.text}: {file} is larger than a checkpoint may be "
                        f"({limits.MAX_DOWNLOAD:,} bytes); removed from the cache")
-    return HubFile(path=path, repo=ref.repo, file=file, commit=_commit_of(path),
+    return HubFile(path=path, repo=ref.repo, file=file, commit=_commit_of(path, file),
                    downloaded=downloaded, blob_name=os.path.basename(blob))
 
 
