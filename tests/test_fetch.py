@@ -454,3 +454,19 @@ def test_hub_changed_cache_file_refused(hub, files, tmp_path):
         fh.write(bytes(data))
     _refused(invoke("convert", "timm:s0", tmp_path / "out.pth", "--offline"),
              "changed since it was downloaded")
+
+
+def test_cache_folder_rule(monkeypatch, tmp_path):
+    from mobileone_cli.io.cache import cache_root
+
+    for name in ("MOBILEONE_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_root() == str(tmp_path / ".cache" / "mobileone")
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/ignored")
+    assert cache_root() == str(tmp_path / ".cache" / "mobileone")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == str(tmp_path / "xdg" / "mobileone")
+    monkeypatch.setenv("MOBILEONE_CACHE", str(tmp_path / "mine"))
+    assert cache_root() == str(tmp_path / "mine")
+    assert cache_root(str(tmp_path / "flag")) == str(tmp_path / "flag")
