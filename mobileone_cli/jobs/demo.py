@@ -28,7 +28,7 @@ HELDOUT_FOLDER = "heldout"  # the held-out images as PNG class folders, for `mob
 
 Progress = Callable[[str], None]  # the step about to run
 RUNS_IN = {"onnx": "onnxruntime", "executorch": "ExecuTorch", "litert": "LiteRT",
-           "coreml": "Core ML"}
+           "coreml": "Core ML"}  # short names of the runtimes, by runtime module
 
 
 @dataclass

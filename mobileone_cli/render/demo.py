@@ -6,9 +6,9 @@ import os
 import shlex
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from .console import console, fmt_rel, human_bytes, line, quiet, safe
-from .convert import convert_to_dict, render_convert
-from .export import export_to_dict, result_line as export_line
+from .console import console, fmt_rel, line, quiet, safe, verbose
+from .convert import convert_to_dict, render_convert, result_line as convert_line
+from .export import export_to_dict
 from .verdict import finite_json
 
 __all__ = ["render_demo", "demo_to_dict", "eval_command", "step_status"]
@@ -39,7 +39,8 @@ def demo_to_dict(report) -> Dict[str, Any]:
         "not_installed": [{"extension": ext, "install": hint} for ext, hint in report.missing],
         "heldout_images": report.images,
         "heldout": [dict(vars(r)) for r in report.heldout],
-        "training": report.record, "heldout_pngs": report.pngs, "notes": report.notes,
+        "training": report.record, "heldout_pngs": report.pngs,
+        "eval_command": eval_command(report) if report.pngs else None, "notes": report.notes,
     })
 
 
@@ -57,12 +58,21 @@ def render_demo(report) -> None:
         return
     rec = report.record or {}
     if not quiet():
-        line(out, "", f"{report.network}: a MobileOne trained on the UCI handwritten digits "
-                      f"(CC BY 4.0), {rec.get('training_images')} training images; train "
-                      f"form, Apple layout, copied to {report.source}")
-        render_convert(report.convert, title="mobileone demo")
-        for e in report.exports:
-            line(out, "export:", f"{export_line(e)} ({human_bytes(e.size_out)})")
+        line(out, f"{report.network}:", f"a MobileOne trained on {rec.get('training_images'):,} "
+                                        f"UCI handwritten digits (CC BY 4.0), train form, Apple "
+                                        f"layout: {report.source}")
+        if verbose():
+            render_convert(report.convert, title="mobileone demo")
+        else:
+            line(out, "convert:", convert_line(report.convert))
+        if report.exports:
+            worst = max((c.metrics.max_rel for e in report.exports for c in e.checks),
+                        default=None)
+            runs_in = {r.file: r.runs_in for r in report.heldout}
+            names = ", ".join(f"{os.path.basename(e.dst)} ({runs_in.get(e.dst, e.runtime)})"
+                              for e in report.exports)
+            line(out, "export:", f"{names}, each checked in its runtime (max rel diff "
+                                 f"{fmt_rel(worst)})")
         for ext, hint in report.missing:
             line(out, "not installed:", f"{ext} ({hint})")
         t = Table(title=f"held-out top-1 ({report.images} digits never seen in training)",
@@ -89,8 +99,6 @@ def render_demo(report) -> None:
         line(out, "note:", note)
     if not quiet():
         line(out, "files:", f"{report.folder}{os.sep} ({', '.join(_names(report))})")
-        if report.pngs:
-            line(out, "try:", eval_command(report))
 
 
 def _names(report) -> List[str]:
