@@ -131,3 +131,10 @@ def test_training_script_reproduces_the_shipped_accuracy(tmp_path):
     with open(tmp_path / "training.json", encoding="utf-8") as fh:
         got = json.load(fh)["networks"][name]["heldout_top1"]
     assert abs(got - assets.training_record(name)["heldout_top1"]) <= 0.005
+
+
+def test_public_api_names():
+    import mobileone_cli as mo
+
+    assert mo.trained_model is trained_model and mo.heldout_images is heldout_images
+    assert mo.trained_state_dict is trained_state_dict

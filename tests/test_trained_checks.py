@@ -206,3 +206,25 @@ def test_half_precision_files_pass_and_keep_the_top1(halves, heldout, dtype, wor
         pred = model(x).argmax(1)
     differ = int((pred != top1["digits_s0"]).sum())
     assert differ <= {"fp32": 0, "fp16": 1, "bf16": 2}[dtype], differ
+
+
+def test_quant_command_reads_calibration_images_with_the_given_preprocessing(pngs, heldout,
+                                                                              run_cli):
+    """`quant --resize --interpolation --mean --std`: the PNGs become exactly the loader's
+    tensors, so fp32 top-1 on them is the train model's computed here."""
+    x, y, top1 = heldout
+    n = 40
+    res = run_cli("quant", assets.checkpoint_path("s0"), "--config", assets.config_path("s0"),
+                  "--calib", pngs, "--limit", str(n), "--workers", "0", "--input-size", "64",
+                  "--resize", "64", "--interpolation", "nearest", "--mean", "127.5,127.5,127.5",
+                  "--std", "127.5,127.5,127.5", "--json")
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert "Pillow nearest" in report["calibration"]["preprocessing"]
+    from mobileone_cli.data.folders import spread
+
+    order = sorted(range(len(y)), key=lambda i: (int(y[i]), i))  # class folders, then names
+    chosen = [order[i] for i in spread(len(y), n)]  # the images --limit picks
+    want = float((top1["digits_s0"][chosen] == y[chosen]).double().mean())
+    fp32 = report["deploy"]["accuracy_fp32"]["top1"]
+    assert fp32 == pytest.approx(want, abs=1e-12) and fp32 >= 0.9
