@@ -41,7 +41,7 @@ from mobileone_cli.io.write import save_checkpoint  # noqa: E402
 from mobileone_cli.models.mobileone import MobileOne  # noqa: E402
 
 SEED = 0
-THREADS = 1  # one thread: the same sums in the same order on any machine, and no stalls on a busy one
+THREADS = 1  # the same sums in the same order anywhere, and no thread stalls on a busy machine
 EPOCHS = {"digits_s0": 20, "digits_s4": 20}
 BATCH = 64
 LR = 0.05

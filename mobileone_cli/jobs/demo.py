@@ -114,8 +114,10 @@ def run_demo(folder: str = DEFAULT_FOLDER, *, network: str = assets.DEFAULT_NETW
 
     src = os.path.join(folder, f"{name}_unfused.pth.tar")
     config = os.path.join(folder, f"{name}.yaml")
-    shutil.copyfile(assets.checkpoint_path(name), src)
-    shutil.copyfile(assets.config_path(name), config)
+    from ..io.write import atomic_write
+
+    for origin, dst in ((assets.checkpoint_path(name), src), (assets.config_path(name), config)):
+        atomic_write(dst, lambda tmp, origin=origin: shutil.copyfile(origin, tmp), force=True)
     spec = assets.arch(name)
     size = (assets.SIZE, assets.SIZE)
     step("convert and verify")
