@@ -58,8 +58,8 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
           resize: Optional[int], interpolation: Optional[str], mean: Optional[str],
           std: Optional[str], arch_name: Optional[str], config_path: Optional[str],
-          bn_eps: Optional[float], prefix: Optional[str], ema: bool, trust_file: bool, plot_path: Optional[str],
-          as_json: bool) -> int:
+          bn_eps: Optional[float], prefix: Optional[str], ema: bool, trust_file: bool,
+          plot_path: Optional[str], as_json: bool) -> int:
     from ..jobs.quant import QuantOptions, quantize_file
     from ..render.console import emit
     from ..render.quant import quant_plot, quant_to_dict, render_quant
