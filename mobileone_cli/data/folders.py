@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import BadInput, printable
+from ..io.text import text_lines
 from ..rules.limits import MAX_CLASSES, MAX_LABEL_LINE
 from .pipeline import IMAGE_EXTENSIONS
 
@@ -87,22 +88,9 @@ def _is_image(name: str) -> bool:
 
 
 def _lines(path: str, what: str) -> Iterator[Tuple[int, str]]:
-    """(line number, stripped text) of the non-empty, non-comment lines of a text file."""
-    try:
-        f = open(path, encoding="utf-8", errors="strict", newline=None)
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    with f:
-        try:
-            for n, line in enumerate(f, 1):
-                if len(line) > MAX_LABEL_LINE:
-                    raise BadInput(f"{path}:{n}: a line of over {MAX_LABEL_LINE} characters; "
-                                   f"is this a {what}?")
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    yield n, text
-        except UnicodeDecodeError:
-            raise BadInput(f"{path}: not a UTF-8 text file (a {what} is text)") from None
+    """(line number, stripped text) of the non-empty, non-comment lines of a text file, read
+    with the byte cap of every text input (regular files only)."""
+    return text_lines(path, what, MAX_LABEL_LINE)
 
 
 def read_classes(path: str) -> List[Tuple[str, str]]:
