@@ -59,8 +59,9 @@ MAX_VIEW_BYTES = 64 * 1024 * 1024
 # bound is arch.config.MAX_CONFIG_BYTES).
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 # ``eval``: decoded pixels in flight across every decoding thread (RGB: 3 bytes each, plus
-# Pillow's working copies), whatever --workers says: two images at MAX_IMAGE_PIXELS.
-MAX_DECODE_PIXELS = 2 * MAX_IMAGE_PIXELS
+# Pillow's working copies, ~13 bytes a pixel), whatever --workers says: one image at the
+# pixel limit, or hundreds of ordinary photos, at a time.
+MAX_DECODE_PIXELS = MAX_IMAGE_PIXELS
 # Bytes of the files an exported artifact names (an .mlpackage's weight file, an ONNX
 # model's external data): the largest MobileOne (s4) in fp32 is 60 MB.
 MAX_EXTERNAL_BYTES = 2 * 1024 * 1024 * 1024
