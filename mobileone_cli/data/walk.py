@@ -108,7 +108,12 @@ class Walker:
     def folders(self) -> List[str]:
         """The non-hidden folders directly in DATA (class folders), sorted."""
         return [n for n in self._entries("") if not n.startswith(".")
-                and os.path.isdir(os.path.join(self.root, n)) and self.kind(n) == "dir"]
+                and self._folder_like(n) and self.kind(n) == "dir"]
+
+    def _folder_like(self, rel: str) -> bool:
+        """A folder, or a link that may have been meant as one (it dangles)."""
+        full = os.path.join(self.root, rel)
+        return os.path.isdir(full) or (os.path.islink(full) and not os.path.exists(full))
 
     def images(self, rel: str = "", recursive: bool = True) -> List[str]:
         """Image paths relative to DATA below folder ``rel``, in torchvision's order (folders
@@ -133,8 +138,7 @@ class Walker:
                 if is_image_name(name):
                     if self.kind(sub) == "file":
                         files.append(name)
-                elif recursive and os.path.isdir(os.path.join(self.root, sub)) \
-                        and self.kind(sub) == "dir":
+                elif recursive and self._folder_like(sub) and self.kind(sub) == "dir":
                     stack.append(sub)
             found.append((os.path.join(self.root, here) if here else self.root, files))
         out: List[str] = []
