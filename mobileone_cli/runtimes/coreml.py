@@ -173,6 +173,7 @@ def read_weights(path: str) -> Dict[str, Any]:
 def load(path: str, threads: Optional[int] = None) -> Artifact:
     """``path`` in Core ML (macOS); elsewhere an Artifact that describes the package and whose
     ``run`` refuses (``executes`` False)."""
+    check_package(path)  # before coremltools, which is slow to import, reads anything
     require()
     import numpy as np
     import torch

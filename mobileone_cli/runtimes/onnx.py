@@ -117,7 +117,7 @@ def graph_io(path: str):
 
     model = onnx.load(path, load_external_data=False)
     check_graph(model, path)  # before anything reads its external data or runs it
-    onnx.checker.check_model(model)
+    onnx.checker.check_model(path)  # by path: external data is found beside the model
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     def shape(v) -> List[Any]:
