@@ -175,3 +175,46 @@ def test_unusable_image_paths_are_image_errors_not_hangs(tmp_path):
         returns_quickly(lambda: load_tensor(str(tmp_path / "f.png"), SMALL))
     with pytest.raises(ImageError, match="not inside DATA"):
         load_tensor("/dev/zero", SMALL, root=str(tmp_path))
+
+
+DECODE_RUN = """
+import sys
+from mobileone_cli.data.folders import open_dataset
+from mobileone_cli.data.pipeline import make_preprocessing
+from mobileone_cli.data.stream import stream_batches
+ds = open_dataset(sys.argv[1], need_labels=False)
+n = sum(len(b.names) for b in stream_batches(ds.items(), make_preprocessing(resize=37,
+        crop=(32, 32)), 8, workers=int(sys.argv[2]), root=ds.root))
+assert n == ds.total, n
+"""
+
+
+@pytest.mark.slow
+def test_decode_memory_does_not_grow_with_workers(tmp_path):
+    """Four images at the pixel limit: eight workers peak like one (once 0.87 GB for one
+    worker, 3.1 GB for eight)."""
+    from PIL import Image
+
+    from mobileone_cli.rules.limits import MAX_IMAGE_PIXELS
+
+    from .hostile import _measured
+
+    side = int(MAX_IMAGE_PIXELS ** 0.5)
+    flat = tmp_path / "big"
+    flat.mkdir()
+    img = Image.new("RGB", (side, side), (200, 30, 90))
+    for i in range(4):
+        img.save(flat / f"{i}.png", compress_level=1)
+    del img
+    peaks = {}
+    for workers in (1, 8):
+        peak = str(tmp_path / f"peak{workers}")
+        code = ("import atexit\n"
+                "def _peak():\n"
+                "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+                f"    open({peak!r}, 'w').write(hwm[0].split()[1])\n"
+                "atexit.register(_peak)\n" + DECODE_RUN)
+        run = _measured(code, [flat, workers], peak, 600, None, None)
+        assert run.exit_code == 0, run.output
+        peaks[workers] = run.maxrss_mb
+    assert peaks[8] < peaks[1] + 200, peaks  # without the budget: +790 MB
