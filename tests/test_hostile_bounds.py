@@ -93,6 +93,7 @@ def test_honest_views_still_load(tmp_path, tiny_sd):
 
 def test_the_allowance_is_the_larger_of_the_limit_and_the_stored_bytes():
     one = torch.zeros(1)
+    check_claims([("n", 3), ("s", "text"), ("none", None)], "x")  # not tensors: not views
     check_claims([("w", one.expand(MAX_VIEW_BYTES // 4))], "x")  # 4 bytes + 64 MiB: allowed
     refused(lambda: check_claims([("w", one.expand(MAX_VIEW_BYTES // 4 + 2))], "x"), "'w'")
     big = torch.zeros(MAX_VIEW_BYTES // 2)  # 128 MiB stored: tied three times is refused

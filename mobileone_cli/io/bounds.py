@@ -88,6 +88,8 @@ def check_claims(tensors: Iterable[Tuple[str, Any]], where: str) -> None:
     claimed = 0
     worst: List[Any] = [None, 0, 0]  # key, claimed, its storage's bytes
     for key, t in tensors:
+        if not isinstance(t, torch.Tensor):
+            continue
         if t.layout != torch.strided or t.is_meta or t.device.type != "cpu":
             continue
         storage = t.untyped_storage()
