@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 import torch
 
-from mobileone_cli.errors import BadInput
 from mobileone_cli.rules import limits
 
 from .hostile import assert_bounded, assert_one_error, run_bounded, one_thread, tiny_sd  # noqa: F401

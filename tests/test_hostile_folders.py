@@ -20,7 +20,8 @@ from mobileone_cli.data import budget as budget_mod
 from mobileone_cli.data import pipeline
 from mobileone_cli.data.budget import PixelBudget
 from mobileone_cli.data.folders import Item, open_dataset
-from mobileone_cli.data.pipeline import DecodeOutOfMemory, ImageError, load_tensor, make_preprocessing
+from mobileone_cli.data.pipeline import (DecodeOutOfMemory, ImageError, load_tensor,
+                                         make_preprocessing)
 from mobileone_cli.data.stream import stream_batches
 from mobileone_cli.errors import BadInput
 
