@@ -135,10 +135,11 @@ class Walker:
                 sub = os.path.join(here, name) if here else name
                 if name.startswith("."):
                     continue
-                if is_image_name(name):
-                    if self.kind(sub) == "file":
-                        files.append(name)
-                elif recursive and self._folder_like(sub) and self.kind(sub) == "dir":
+                image = is_image_name(name)
+                kind = self.kind(sub) if image or self._folder_like(sub) else None
+                if kind == "file" and image:
+                    files.append(name)
+                elif kind == "dir" and recursive:
                     stack.append(sub)
             found.append((os.path.join(self.root, here) if here else self.root, files))
         out: List[str] = []
