@@ -34,7 +34,6 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mobileone_cli.arch.config import load_config  # noqa: E402
 from mobileone_cli.assets import digits as assets  # noqa: E402
 from mobileone_cli.data.digits import to_network_input  # noqa: E402
 from mobileone_cli.io.write import save_checkpoint  # noqa: E402
@@ -95,7 +94,7 @@ def top1(model: MobileOne, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def train(name: str, x_train, y_train, x_test, y_test, log) -> dict:
-    arch = load_config(assets.config_path(name))
+    arch = assets.arch(name)
     torch.manual_seed(SEED)
     g = torch.Generator().manual_seed(SEED)
     model = MobileOne(arch)
