@@ -5,8 +5,9 @@ from typing import Optional, Tuple
 
 import click
 
+from ._sources import fetch_options
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
-                       reading_options)
+                       preprocessing_options, reading_options)
 from ._plot import check_plot, plot_option, write_plot
 
 __all__ = ["quant"]
@@ -47,16 +48,20 @@ __all__ = ["quant"]
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the synthetic images (image i uses seed + i).")
 @input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
+@preprocessing_options(crop="--input-size")
 @reading_options()
 @click.option("--all-blocks", is_flag=True,
               help="Show every block's SQNR and the noise picture (as -v does).")
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
+@fetch_options("ckpt")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
           export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
-          arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
-          prefix: Optional[str], ema: bool, trust_file: bool, all_blocks: bool,
+          resize: Optional[int], interpolation: Optional[str], mean: Optional[str],
+          std: Optional[str], arch_name: Optional[str], config_path: Optional[str],
+          bn_eps: Optional[float], prefix: Optional[str], ema: bool, trust_file: bool,
+          all_blocks: bool,
           plot_path: Optional[str], as_json: bool) -> int:
     from ..jobs.quant import QuantOptions, quantize_file
     from ..render.console import emit
@@ -64,11 +69,17 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
     from ._options import settle_heap
 
     check_plot(plot_path, force)
+    preprocessing = None
+    if any(v is not None for v in (resize, interpolation, mean, std)):
+        from ..data.pipeline import make_preprocessing
+
+        preprocessing = make_preprocessing(resize, "x".join(map(str, input_size)),
+                                           interpolation, mean, std)
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=QuantOptions, calib=calib, synthetic=synthetic, scheme=scheme,
                            export=export, force=force, compare_train=compare_train,
                            limit=limit, batch=batch, workers=workers, seed=seed,
-                           input_size=tuple(input_size))
+                           input_size=tuple(input_size), preprocessing=preprocessing)
     settle_heap()
     report = quantize_file(ckpt, options)
     emit(report, as_json, quant_to_dict, render_quant, all_blocks=all_blocks)

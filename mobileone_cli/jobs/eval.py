@@ -31,7 +31,7 @@ from ..arch.specs import ArchSpec
 from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
 from ..timing import Steps, step
 
-__all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files"]
+__all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files", "artifact_model"]
 
 Progress = Callable[[int, int], None]  # (images done, images selected)
 
@@ -104,7 +104,8 @@ def _static(dim: Any) -> Optional[int]:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _artifact(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
+def artifact_model(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
+    """An exported file opened in its runtime, run in chunks of its fixed batch if it has one."""
     art: Artifact = load_artifact(path)
     if not art.executes:
         raise BadInput(f"{path}: eval cannot score it here: {art.runtime} runs only on macOS",
@@ -180,7 +181,7 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
                             run=_torch_model(side, "deploy", device)))
         side.state_dict = {}  # the model holds the tensors now
     with step(steps, "runtimes"):
-        models += [_artifact(path, arch, p) for path in exported]
+        models += [artifact_model(path, arch, p) for path in exported]
     return arch, models, notes
 
 
@@ -230,7 +231,7 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
     start = time.perf_counter()
     with strict_fp32(device):
         for b in stream_batches(dataset.items(limit), p, batch, workers=workers,
-                                unreadable=unreadable):
+                                unreadable=unreadable, root=dataset.root):
             t0 = time.perf_counter()
             outs = [m.run(b.x) for m in models]
             report.forward_seconds += time.perf_counter() - t0
