@@ -70,6 +70,7 @@ class LazyGroup(click.Group):
         # --debug after the subcommand is the tool's option too.
         args = list(args)
         cut = args.index("--") if "--" in args else len(args)
+        self.forged = option_like_files(args)
         moved = [a for a in args[:cut] if a in GLOBAL_FLAGS]
         rest = [a for a in args[:cut] if a not in GLOBAL_FLAGS] + args[cut:]
         return super().parse_args(ctx, moved + rest)
@@ -126,6 +127,7 @@ class LazyGroup(click.Group):
         published.clear()  # what THIS command writes (several may run in one process)
         set_verbosity(_verbosity(ctx))
         try:
+            refuse_option_like_files(getattr(self, "forged", []))
             return super().invoke(ctx)
         except MobileOneError as exc:
             if debug:
@@ -179,6 +181,35 @@ class LazyGroup(click.Group):
         return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def option_like_files(args: List[str]) -> List[str]:
+    """The arguments after the command that look like options and are also names of files here:
+    a shell pattern (``convert * out/``) turns such a file name into an option."""
+    import os
+
+    i, found = 0, []
+    while i < len(args) and args[i].startswith("-"):  # the tool's own options
+        i += 2 if args[i] == "--trust-file" else 1
+    for a in args[i + 1:]:
+        if a == "--":
+            break
+        if a.startswith("-") and a != "-" and os.path.lexists(a):
+            found.append(a)
+    return found
+
+
+def refuse_option_like_files(names: List[str]) -> None:
+    """Refuse, before any work, a run whose options may have come from file names."""
+    from .errors import BadInput
+
+    if names:
+        shown = ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
+        raise BadInput(f"{shown}: read as option(s), but also the name(s) of file(s) here; a "
+                       f"shell pattern such as * may have turned file names into options, so "
+                       f"nothing was done",
+                       hint="pass files as ./* (or after --); to give the option, rename "
+                            "the file")
+
+
 def _usage_error(exc: click.UsageError) -> click.exceptions.Exit:
     """A usage error as the tool's one error line and a hint (click prints three lines)."""
     click.echo(f"error: {one_line(exc.format_message())}", err=True)
@@ -200,6 +231,12 @@ def _allocation(exc: BaseException) -> str:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mobileone")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.option("--trust-file", "trust_files", multiple=True, metavar="FILE|sha256:HEX",
+              callback=lambda ctx, param, value: _trusted(ctx, value), expose_value=False,
+              help="Unpickle this file with weights_only=False, which can RUN CODE stored in "
+                   "it (repeatable; also MOBILEONE_TRUST=FILE). Only before the command, so no "
+                   "file name can pass it. Without it, objects that weights-only loading refuses "
+                   "are read as inert placeholders.")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only errors and the one-line result (the verdict, what was written).")
 @click.option("-v", "--verbose", is_flag=True,
@@ -211,6 +248,22 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     Global options (--debug, -q, -v) go before or after the command. Output fits the
     terminal's width, or COLUMNS, or 80 columns when piped.
     """
+
+
+def _trusted(ctx: click.Context, values) -> None:
+    """The files the user trusts (--trust-file before the command, MOBILEONE_TRUST), kept for the
+    command and announced on stderr before anything is read."""
+    from .commands._options import TRUST_KEY
+    from .io.trust import trust_from_environment, trust_list
+
+    try:
+        trust = trust_list(values) | trust_from_environment()
+    except MobileOneError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx) from None
+    ctx.meta[TRUST_KEY] = trust
+    for name in trust.names:
+        click.echo(f"warning: trusted file: {printable(name)} is unpickled with "
+                   f"weights_only=False; code stored in it can run", err=True)
 
 
 def _verbosity(ctx: click.Context) -> int:

@@ -14,7 +14,7 @@ from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "load_options",
-           "resolve_arch", "settle_heap", "complete_from"]
+           "resolve_arch", "settle_heap", "complete_from", "TRUST_KEY"]
 
 
 def _join_input_size(args: List[str]) -> List[str]:
@@ -127,18 +127,27 @@ def bn_eps_option():
                              "Default: the config's, else 1e-5 (every released model).")
 
 
-def _warn_trusted(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+TRUST_KEY = "mobileone.trust"  # where the tool's --trust-file (before the command) keeps its list
+
+
+def _trust_from_before(ctx: click.Context, param: click.Parameter, value: bool):
+    """The files the user trusts, named before the command or in MOBILEONE_TRUST.  The flag
+    after the command is refused: a file named '--trust-file' among the files a shell pattern
+    expands to would pass it."""
     if value:
-        click.echo("warning: --trust-file: checkpoints are unpickled with weights_only=False; "
-                   "code stored in them can run", err=True)
-    return value
+        raise BadInput("--trust-file after the command is refused: a file name among the "
+                       "arguments (from a *) could pass it; name the trusted file before the "
+                       "command",
+                       hint="mobileone --trust-file FILE " + ctx.info_name + " ... (or "
+                            "MOBILEONE_TRUST=FILE); FILE may also be sha256:HEX")
+    return ctx.find_root().meta.get(TRUST_KEY) or False
 
 
 def trust_file_option():
-    return click.option("--trust-file", is_flag=True, callback=_warn_trusted,
-                        help="Unpickle with weights_only=False, which can RUN CODE stored in the "
-                             "file. Only for files you trust; without it, objects that "
-                             "weights-only loading refuses are read as inert placeholders.")
+    """The trust of a command: the TrustList named before it (hidden: the flag itself only
+    says where trust comes from now)."""
+    return click.option("--trust-file", "trust_file", is_flag=True, hidden=True,
+                        callback=_trust_from_before, expose_value=True)
 
 
 def json_option(what: str = "the report"):
@@ -161,7 +170,7 @@ def reading_options(ema_help: Optional[str] = None):
 
 def load_options(arch_name: Optional[str] = None, config_path: Optional[str] = None,
                  bn_eps: Optional[float] = None, prefix: Optional[str] = None,
-                 ema: bool = False, trust_file: bool = False, cls=None, **more: Any):
+                 ema: bool = False, trust_file: Any = False, cls=None, **more: Any):
     """The library's LoadOptions (or a subclass ``cls``) from the shared command-line options."""
     from ..io.source import LoadOptions
 
