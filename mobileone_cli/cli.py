@@ -11,7 +11,6 @@ control characters escaped, so no message can forge a line or drive the terminal
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 import traceback
 from typing import Iterable, List, Optional
@@ -70,6 +69,8 @@ class LazyGroup(click.Group):
         # --debug after the subcommand is the tool's option too.
         args = list(args)
         cut = args.index("--") if "--" in args else len(args)
+        from .commands._options import option_like_files
+
         self.forged = option_like_files(args)
         moved = [a for a in args[:cut] if a in GLOBAL_FLAGS]
         rest = [a for a in args[:cut] if a not in GLOBAL_FLAGS] + args[cut:]
@@ -127,21 +128,25 @@ class LazyGroup(click.Group):
         published.clear()  # what THIS command writes (several may run in one process)
         set_verbosity(_verbosity(ctx))
         try:
+            from .commands._options import refuse_option_like_files
+
             refuse_option_like_files(getattr(self, "forged", []))
             return super().invoke(ctx)
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {one_line(exc.message)}", err=True)
+            lost = type(exc).__name__ == "OutputLost"  # stdout failed: say what is on disk
+            click.echo(f"error: {one_line(exc.message)}" + (f"; {_written()}" if lost else ""),
+                       err=True)
             if exc.hint:
                 click.echo(f"hint: {one_line(exc.hint)}", err=True)
             from .render.console import json_emitted
 
             if wants_json and not json_emitted():  # a script reading --json gets JSON, once
-                import json
+                from .render.console import json_text
 
-                click.echo(json.dumps({"error": exc.message, "hint": exc.hint,
-                                       "exit_code": exc.exit_code}, indent=2))
+                click.echo(json_text({"error": exc.message, "hint": exc.hint,
+                                      "exit_code": exc.exit_code}))
             ctx.exit(exc.exit_code)
         except click.exceptions.NoArgsIsHelpError:
             raise
@@ -181,35 +186,6 @@ class LazyGroup(click.Group):
         return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def option_like_files(args: List[str]) -> List[str]:
-    """The arguments after the command that look like options and are also names of files here:
-    a shell pattern (``convert * out/``) turns such a file name into an option."""
-    import os
-
-    i, found = 0, []
-    while i < len(args) and args[i].startswith("-"):  # the tool's own options
-        i += 2 if args[i] == "--trust-file" else 1
-    for a in args[i + 1:]:
-        if a == "--":
-            break
-        if a.startswith("-") and a != "-" and os.path.lexists(a):
-            found.append(a)
-    return found
-
-
-def refuse_option_like_files(names: List[str]) -> None:
-    """Refuse, before any work, a run whose options may have come from file names."""
-    from .errors import BadInput
-
-    if names:
-        shown = ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
-        raise BadInput(f"{shown}: read as option(s), but also the name(s) of file(s) here; a "
-                       f"shell pattern such as * may have turned file names into options, so "
-                       f"nothing was done",
-                       hint="pass files as ./* (or after --); to give the option, rename "
-                            "the file")
-
-
 def _usage_error(exc: click.UsageError) -> click.exceptions.Exit:
     """A usage error as the tool's one error line and a hint (click prints three lines)."""
     click.echo(f"error: {one_line(exc.format_message())}", err=True)
@@ -232,7 +208,7 @@ def _allocation(exc: BaseException) -> str:
 @click.version_option(__version__, "--version", prog_name="mobileone")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
 @click.option("--trust-file", "trust_files", multiple=True, metavar="FILE|sha256:HEX",
-              callback=lambda ctx, param, value: _trusted(ctx, value), expose_value=False,
+              callback=lambda ctx, param, value: _trusted_files(ctx, value), expose_value=False,
               help="Unpickle this file with weights_only=False, which can RUN CODE stored in "
                    "it (repeatable; also MOBILEONE_TRUST=FILE). Only before the command, so no "
                    "file name can pass it. Without it, objects that weights-only loading refuses "
@@ -250,20 +226,10 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     """
 
 
-def _trusted(ctx: click.Context, values) -> None:
-    """The files the user trusts (--trust-file before the command, MOBILEONE_TRUST), kept for the
-    command and announced on stderr before anything is read."""
-    from .commands._options import TRUST_KEY
-    from .io.trust import trust_from_environment, trust_list
+def _trusted_files(ctx: click.Context, values) -> None:
+    from .commands._options import trusted_files
 
-    try:
-        trust = trust_list(values) | trust_from_environment()
-    except MobileOneError as exc:
-        raise click.BadParameter(exc.message, ctx=ctx) from None
-    ctx.meta[TRUST_KEY] = trust
-    for name in trust.names:
-        click.echo(f"warning: trusted file: {printable(name)} is unpickled with "
-                   f"weights_only=False; code stored in it can run", err=True)
+    trusted_files(ctx, values)
 
 
 def _verbosity(ctx: click.Context) -> int:
@@ -284,30 +250,22 @@ def _written() -> str:
     return "already written: " + one_line(", ".join(published), 500)
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    """SIGTERM/SIGHUP (kill, a CI timeout, a closed terminal) unwind like Ctrl-C, so no temp
-    file is left behind."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Run the command line (``argv``, default ``sys.argv[1:]``); ends with click's
-    ``SystemExit``, so a caller gets the exit code back."""
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        try:
-            if sig is not None:
-                signal.signal(sig, _terminate_as_interrupt)
-        except (ValueError, OSError):  # not the main thread: leave the default
-            pass
+    ``SystemExit``, so a caller gets the exit code back.  The work runs where a signal can stop
+    it at once (:mod:`.commands._run`); stdout and stderr never crash it
+    (:mod:`.render.streams`)."""
+    from .commands._run import run_interruptibly
+    from .render.streams import guard_standard_streams
+
+    guard_standard_streams()
     try:
-        cli.main(args=argv, prog_name="mobileone")
+        run_interruptibly(lambda: cli.main(args=argv, prog_name="mobileone"), _written)
     finally:
-        # The work is done (or reported): a Ctrl-C during interpreter exit must not print a
-        # traceback over the result or change the exit code.
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for stream in (sys.stdout, sys.stderr):
             try:
-                signal.signal(sig, signal.SIG_IGN)
-            except (ValueError, OSError):
+                stream.flush()
+            except Exception:  # reported by the command already, or nowhere to report it
                 pass
 
 

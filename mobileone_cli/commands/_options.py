@@ -14,7 +14,8 @@ from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "load_options",
-           "resolve_arch", "settle_heap", "complete_from", "TRUST_KEY"]
+           "resolve_arch", "settle_heap", "complete_from", "TRUST_KEY",
+           "trusted_files", "option_like_files", "refuse_option_like_files"]
 
 
 def _join_input_size(args: List[str]) -> List[str]:
@@ -148,6 +149,49 @@ def trust_file_option():
     says where trust comes from now)."""
     return click.option("--trust-file", "trust_file", is_flag=True, hidden=True,
                         callback=_trust_from_before, expose_value=True)
+
+
+def trusted_files(ctx: click.Context, values) -> None:
+    """The files the user trusts (--trust-file before the command, MOBILEONE_TRUST), kept for the
+    command and announced on stderr before anything is read."""
+    from ..errors import MobileOneError, printable
+    from ..io.trust import trust_from_environment, trust_list
+
+    try:
+        trust = trust_list(values) | trust_from_environment()
+    except MobileOneError as exc:
+        raise click.BadParameter(exc.message, ctx=ctx) from None
+    ctx.meta[TRUST_KEY] = trust
+    for name in trust.names:
+        click.echo(f"warning: trusted file: {printable(name)} is unpickled with "
+                   f"weights_only=False; code stored in it can run", err=True)
+
+
+def option_like_files(args: List[str]) -> List[str]:
+    """The arguments after the command that look like options and are also names of files here:
+    a shell pattern (``convert * out/``) turns such a file name into an option."""
+    import os
+
+    i, found = 0, []
+    while i < len(args) and args[i].startswith("-"):  # the tool's own options
+        i += 2 if args[i] == "--trust-file" else 1
+    for a in args[i + 1:]:
+        if a == "--":
+            break
+        if a.startswith("-") and a != "-" and os.path.lexists(a):
+            found.append(a)
+    return found
+
+
+def refuse_option_like_files(names: List[str]) -> None:
+    """Refuse, before any work, a run whose options may have come from file names."""
+    if names:
+        shown = ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
+        raise BadInput(f"{shown}: read as option(s), but also the name(s) of file(s) here; a "
+                       f"shell pattern such as * may have turned file names into options, so "
+                       f"nothing was done",
+                       hint="pass files as ./* (or after --); to give the option, rename "
+                            "the file")
 
 
 def json_option(what: str = "the report"):

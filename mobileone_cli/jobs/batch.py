@@ -202,7 +202,6 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     import dataclasses
 
     from .convert import ConvertOptions
-    from ..io.write import published
 
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
     check_outputs([(src, dst) for src, dst in pairs
@@ -224,40 +223,10 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
             if on_done:
                 on_done(i, items[i])
         return [it for it in items if it is not None]
-    import concurrent.futures
-    import multiprocessing
+    from .batch_workers import convert_in_workers
 
-    # forkserver: a fresh process imports torch once (never running a parallel region, so no
-    # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert", "mobileone_cli.jobs.batch"])
-    else:  # Windows
-        ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
-                                                initializer=_init_worker) as pool:
-        futures = {pool.submit(_convert_one, pairs[i][0], pairs[i][1], options): i for i in todo}
-        try:
-            for fut in concurrent.futures.as_completed(futures):
-                i = futures[fut]
-                items[i] = fut.result()
-                if items[i].status == "ok":
-                    published.append(items[i].dst)  # written by a worker: say so on Ctrl-C
-                if on_done:
-                    on_done(i, items[i])
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # workers remove their temp files
-            raise
+    convert_in_workers(_convert_one, pairs, todo, items, options, jobs, on_done)
     return [it for it in items if it is not None]
-
-
-def _init_worker() -> None:
-    """One compute thread per worker: workers on all cores with several threads each would spin
-    against each other."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _convert_one(src: str, dst: str, options: Any) -> BatchItem:
