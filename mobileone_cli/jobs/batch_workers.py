@@ -105,6 +105,10 @@ def _stop_workers(pool: Any, pairs: Sequence[Tuple[str, str]], before: dict, don
         if i not in done and _on_disk(dst) not in (None, before[i]) and dst not in published:
             published.append(dst)
     pool.shutdown(wait=False, cancel_futures=True)
+    if interrupt.interrupted():  # the process exits next, skipping its exit handlers: release
+        from multiprocessing import util  # the pool's semaphores now (else a warning on exit)
+
+        util._run_finalizers(0)
 
 
 def _remove(path: str) -> None:
