@@ -21,7 +21,7 @@ import threading
 from typing import Callable, Iterator, List
 
 __all__ = ["lock", "interrupted", "abort", "register_temp", "forget_temp", "stop_hook",
-           "reset"]
+           "wraps_interrupt", "reset"]
 
 _lock = threading.RLock()
 _state = {"interrupted": False}
@@ -88,6 +88,18 @@ def abort(timeout: float = 5.0) -> None:
         except OSError:
             pass
     _temps.clear()
+
+
+def wraps_interrupt(exc: BaseException) -> bool:
+    """A Ctrl-C that reached Python code called by a native writer (torch's zip writer calls
+    the file's write) comes back wrapped in the writer's own error: it is still an interrupt."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc)[:2000]:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
 
 
 def reset() -> None:

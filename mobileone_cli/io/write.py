@@ -197,7 +197,7 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
         raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
     except BaseException as exc:
         _remove_quietly(tmp)
-        if _interrupt_inside(exc):
+        if interrupt.wraps_interrupt(exc):
             raise KeyboardInterrupt from None
         if isinstance(exc, Exception) and _is_writer_error(exc):
             raise _write_failure(dst, parent, exc) from None
@@ -205,18 +205,6 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
     finally:
         interrupt.forget_temp(tmp)
     return os.path.getsize(dst)
-
-
-def _interrupt_inside(exc: BaseException) -> bool:
-    """A Ctrl-C that reached Python code called by a native writer (torch's zip writer calls
-    the file's write) comes back wrapped in the writer's own error: it is still an interrupt."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, KeyboardInterrupt) or "KeyboardInterrupt" in str(exc)[:2000]:
-            return True
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return False
 
 
 def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = False,
