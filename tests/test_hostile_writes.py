@@ -17,8 +17,8 @@ import textwrap
 import pytest
 import torch
 
-from .hostile import (assert_refused, deploy_matches_train, digest, one_thread,  # noqa: F401
-                      temp_files, tiny_sd)
+from .hostile import (assert_refused, deploy_matches_train, digest, finish_cli,  # noqa: F401
+                      one_thread, start_cli, temp_files, tiny_sd)
 
 
 def test_existing_dst_is_never_overwritten_without_force(tmp_path, tiny_sd, run_cli):
@@ -374,25 +374,7 @@ def test_read_only_folder_is_refused_before_any_work(command, tmp_path, tiny_sd)
 
 # --------------------------------------------------------------------------- races and signals
 
-def _start(args, prelude: str) -> subprocess.Popen:
-    """``mobileone ARGS`` in a subprocess after ``prelude``, with Ctrl-C delivered as at a
-    terminal (a shell may start background jobs with SIGINT ignored)."""
-    code = "\n".join(["import os, signal, sys, time",
-                      "signal.signal(signal.SIGINT, signal.default_int_handler)",
-                      textwrap.dedent(prelude),
-                      "from mobileone_cli.cli import main",
-                      "main(sys.argv[1:])"])
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 120):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, out, err
+_start, _finish = start_cli, finish_cli
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["exclusive", "force"])

@@ -160,7 +160,7 @@ def trusted_files(ctx: click.Context, values) -> None:
     try:
         trust = trust_list(values) | trust_from_environment()
     except MobileOneError as exc:
-        raise click.BadParameter(exc.message, ctx=ctx) from None
+        raise click.UsageError(exc.message, ctx=ctx) from None
     ctx.meta[TRUST_KEY] = trust
     for name in trust.names:
         click.echo(f"warning: trusted file: {printable(name)} is unpickled with "

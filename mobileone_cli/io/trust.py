@@ -20,7 +20,7 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, FrozenSet, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, FrozenSet, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import BadInput, printable
 
@@ -74,7 +74,13 @@ def trust_list(values: Sequence[str], origin: str = "--trust-file") -> TrustList
 def trust_from_environment(environ: Optional[Mapping[str, str]] = None) -> TrustList:
     """The files ``MOBILEONE_TRUST`` names (paths or ``sha256:HEX``, separated by ``os.pathsep``)."""
     value = (os.environ if environ is None else environ).get(TRUST_ENV, "")
-    return trust_list([v for v in value.split(os.pathsep) if v.strip()], TRUST_ENV)
+    parts: List[str] = []
+    for piece in value.split(os.pathsep):
+        if parts and parts[-1].strip().lower() == "sha256" and os.pathsep == ":":
+            parts[-1] += ":" + piece  # 'sha256:HEX' is one name
+        else:
+            parts.append(piece)
+    return trust_list([v for v in parts if v.strip()], TRUST_ENV)
 
 
 def open_trusted(path: str, trust: Union[bool, TrustList, None]) -> Optional[Union[str, BinaryIO]]:
