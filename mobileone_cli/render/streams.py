@@ -48,6 +48,7 @@ class GuardedStream(io.TextIOBase):
         self._report = report  # stderr: errors cannot be reported anywhere, drop silently
         self._dropping = False
         self._closed_at_start = closed_at_start
+        self._lost: Optional[OutputLost] = None
 
     # what click and rich look at
     @property
@@ -71,42 +72,54 @@ class GuardedStream(io.TextIOBase):
         return self._raw.fileno()
 
     def drop(self) -> None:
-        """Drop every later write (the command was interrupted)."""
+        """Drop every later write, silently (the command was interrupted)."""
         self._dropping = True
+        self._lost = None
 
     def write(self, text: str) -> int:
+        if not self._dropping and self._closed_at_start:
+            self._fail(OSError(errno.EBADF, "closed"))
         if self._dropping:
-            return len(text)
-        if self._closed_at_start:
-            self._fail(OSError(errno.EBADF, "it is closed"))
+            if text:
+                self._say_lost()
             return len(text)
         try:
             return self._raw.write(text)
         except OSError as exc:
             self._fail(exc)
+            if text:
+                self._say_lost()
             return len(text)
 
     def flush(self) -> None:
         if self._dropping:
+            self._say_lost()
             return
         try:
             self._raw.flush()
         except OSError as exc:
             self._fail(exc)
+            self._say_lost()
         except ValueError:  # closed underneath (interpreter exit)
             self._dropping = True
 
     def _fail(self, exc: OSError) -> None:
-        """Drop everything from now on; say why once (stdout), unless the reader left."""
+        """Drop everything from now on; keep why, to say once (a library's probe that writes
+        '' and ignores errors must not swallow it)."""
         self._dropping = True
         _to_devnull(self._raw)
         if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-            _state["broken_pipe"] = True
+            _state["broken_pipe"] = True  # the reader left: not an error of the command
             return
         if self._report:
             reason = {errno.ENOSPC: "no space left on device", errno.EBADF: "it is closed"}.get(
                 exc.errno, exc.strerror or str(exc))
-            raise OutputLost(f"cannot write the output to {self._name} ({reason})")
+            self._lost = OutputLost(f"cannot write the output to {self._name} ({reason})")
+
+    def _say_lost(self) -> None:
+        lost, self._lost = self._lost, None
+        if lost is not None:
+            raise lost
 
 
 def _to_devnull(raw: Any) -> None:
