@@ -66,6 +66,7 @@ COMMANDS = {
     "verify": ["verify", "{d}/tiny.pth", "{d}/deploy.pth"],
     "export": ["export", "{d}/tiny.pth", "{d}/out.onnx"],
     "eval": ["eval", "{d}/tiny.pth", "{d}/imgs"],
+    "quant": ["quant", "{d}/tiny.pth"],
     "demo": ["demo"],
 }
 

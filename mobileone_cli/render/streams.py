@@ -21,18 +21,11 @@ from typing import Any, Optional
 
 from ..errors import BadInput
 
-__all__ = ["OutputLost", "GuardedStream", "guard_standard_streams", "broken_pipe"]
-
-_state = {"broken_pipe": False}
+__all__ = ["OutputLost", "GuardedStream", "guard_standard_streams"]
 
 
 class OutputLost(BadInput):
     """stdout cannot take the output (full device, closed, an I/O error): exit 2."""
-
-
-def broken_pipe() -> bool:
-    """Whether stdout's reader went away during this process (output was dropped)."""
-    return _state["broken_pipe"]
 
 
 class GuardedStream(io.TextIOBase):
@@ -109,8 +102,7 @@ class GuardedStream(io.TextIOBase):
         self._dropping = True
         _to_devnull(self._raw)
         if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
-            _state["broken_pipe"] = True  # the reader left: not an error of the command
-            return
+            return  # the reader left: not an error of the command
         if self._report:
             reason = {errno.ENOSPC: "no space left on device", errno.EBADF: "it is closed"}.get(
                 exc.errno, exc.strerror or str(exc))
@@ -141,7 +133,7 @@ def _open_closed_descriptors() -> set:
             os.fstat(fd)
         except OSError:
             got = os.open(os.devnull, os.O_RDWR)
-            if got != fd:  # a lower one was closed too and took it: handled in order
+            if got != fd:  # not the lowest free number after all: put it where it belongs
                 os.dup2(got, fd)
                 os.close(got)
             closed.add(fd)
@@ -166,7 +158,6 @@ def guard_standard_streams() -> None:
     if isinstance(sys.stdout, GuardedStream):
         return
     closed = _open_closed_descriptors()
-    _state["broken_pipe"] = False
     sys.stdout = GuardedStream(_text(1, None if 1 in closed else sys.stdout), "stdout",
                                closed_at_start=1 in closed)
     sys.stderr = GuardedStream(_text(2, None if 2 in closed else sys.stderr), "stderr",
