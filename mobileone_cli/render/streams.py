@@ -77,7 +77,12 @@ class GuardedStream(io.TextIOBase):
                 self._say_lost()
             return len(text)
         try:
-            return self._raw.write(text)
+            if isinstance(text, (bytes, bytearray)) and text:  # click's echo of bytes (shell
+                self._raw.flush()                             # completion scripts)
+                self._raw.buffer.write(text)
+                self._raw.buffer.flush()
+                return len(text)
+            return self._raw.write(text)  # b'' (click's probe for a binary stream) fails here
         except OSError as exc:
             self._fail(exc)
             if text:
