@@ -29,6 +29,19 @@ def _channels(b) -> str:
     return f"{cin if cin is not None else '?'}->{b.out_channels}"
 
 
+def _families(blocks):
+    """[(family, naming, '7 MobileOneBlock, 4 RepMixer')] in order of first appearance."""
+    fastvit = {b.naming for b in blocks if b.family.startswith("FastViT")}
+    groups: Dict[tuple, Dict[str, int]] = {}
+    for b in blocks:
+        family = (next(x.family for x in blocks if x.family.startswith("FastViT"))
+                  if b.block_type == "MobileOneBlock" and b.naming in fastvit else b.family)
+        counts = groups.setdefault((family, b.naming), {})
+        counts[b.block_type] = counts.get(b.block_type, 0) + 1
+    return [(f, n, ", ".join(f"{c} {t}" for t, c in counts.items()))
+            for (f, n), counts in groups.items()]
+
+
 def _assumed(b) -> str:
     """What the tensors did not say about a block, and where the value came from instead."""
     said = []
@@ -52,9 +65,9 @@ def render_generic(r) -> None:
         return
     blocks = Table(title="re-parameterisable blocks fused", header_style="bold", box=box.SIMPLE,
                    pad_edge=False, collapse_padding=True, show_edge=False)
-    for col in ("block", "type", "naming", "branches", "kernel", "groups", "channels",
-                "rel diff"):
-        blocks.add_column(col, no_wrap=col != "block", overflow="fold",
+    for col in ("block", "type", "branches", "kernel", "groups", "channels", "rel diff"):
+        blocks.add_column(col, no_wrap=col not in ("block", "type", "branches"),
+                          overflow="fold", min_width=12 if col == "block" else None,
                           justify="right" if col == "rel diff" else "left")
     assumed = []
     for b in rep.blocks:
@@ -65,10 +78,12 @@ def render_generic(r) -> None:
         groups = "-" if b.groups is None else (
             f"{b.groups}" + ("" if b.groups_from in ("identity BN", "identity", "nested")
                              else "*"))
-        blocks.add_row(safe(b.path or "(top level)"), safe(b.block_type), safe(b.naming),
+        blocks.add_row(safe(b.path or "(top level)"), safe(b.block_type),
                        safe(b.summary), kernel, groups, _channels(b),
                        fmt_rel(r.checks.get(b.path)) if r.checks else "-")
     out.print(blocks)
+    for family, naming, types in _families(rep.blocks):
+        line(out, "", f"{family} ({naming} names): {types}")
     line(out, "", "rel diff: max rel diff of each fused block against its branches")
     for text in assumed:
         line(out, "*", text)
