@@ -9,6 +9,7 @@ from typing import Optional
 import click
 
 from ._options import config_option, json_option, resolve_arch, trust_file_option
+from ._sources import fetch_options
 
 
 @click.command(help="Show what a checkpoint holds: file format, wrapper, layout (apple, "
@@ -35,6 +36,7 @@ from ._options import config_option, json_option, resolve_arch, trust_file_optio
               help="Also look for the block patterns of this file (convert --generic --blocks).")
 @trust_file_option()
 @config_option()
+@fetch_options("ckpt")
 def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, strict: bool,
             no_health: bool, blocks_file: Optional[str], trust_file: bool,
             config_path: Optional[str]) -> int:
