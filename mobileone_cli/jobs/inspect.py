@@ -14,7 +14,7 @@ caller passes ``trust``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from ..errors import BadInput
 from ..io.detect import Detection, TensorInfo, detect_layout, tensor_info
