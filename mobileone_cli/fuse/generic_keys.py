@@ -97,8 +97,9 @@ def _fused_rx(patterns: Sequence[BlockPattern]):
 def _candidates(keys: Sequence[str], patterns: Sequence[BlockPattern]):
     """{path: {pattern index: Parts}} of every pattern any key fits."""
     found: Dict[str, Dict[int, Parts]] = {}
+    compiled = _compiled(patterns)
     for key in keys:
-        for rx, i, b, mod in _compiled(patterns):
+        for rx, i, b, mod in compiled:
             m = rx.match(key)
             if not m:
                 continue
