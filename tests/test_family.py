@@ -1,6 +1,7 @@
 """``convert --generic`` on networks of the whole MobileOne family, written by the families' own
 code (tests/fixtures/make_family_fixtures.py: timm's FastVit (SA, MCi0 and MCi3 forms), RepVGG,
-RepGhostNet and MobileOne, Apple's ml-fastvit FastViT and ml-mobileclip MCi0).
+RepGhostNet and MobileOne, Apple's ml-fastvit FastViT and ml-mobileclip MCi0, RepVGG's original
+repository).
 
 For each: the converted file holds exactly the keys and shapes of the family's own deploy
 network (its ``reparameterize_model``), loads strictly into that network (exported by the
@@ -31,6 +32,7 @@ FIXTURES = {  # name -> {block type: count} the conversion must report
     "timm_repvgg": {"RepVggBlock": 7},
     "timm_repghost": {"RepGhostModule": 10},
     "timm_mobileone": {"MobileOneBlock": 11},
+    "original_repvgg": {"RepVGGBlock": 6},
     "apple_fastvit": {"MobileOneBlock": 7, "RepMixer": 3, "ReparamLargeKernelConv": 3,
                       "RepCPE": 1},
     "apple_mci0": {"MobileOneBlock": 7, "RepMixer": 4, "ReparamLargeKernelConv": 3,
