@@ -575,3 +575,36 @@ def test_find_blocks_needs_no_torch():
                                    **{k: ("float32", tuple(v.shape)) for k, v in
                                       _bare(naming="mmpretrain").items()}})
     assert [b.path for b in blocks] == ["blk"] and already == ["x"]
+
+
+class MMRepVGGBlock(nn.Module):
+    """mmpretrain's RepVGGBlock names (read from mmpretrain/models/backbones/repvgg.py; mmpretrain
+    needs mmcv, which does not install here): branch_3x3/branch_1x1 (conv, norm), branch_norm,
+    deploy conv branch_reparam."""
+
+    def __init__(self, deploy, c=8, groups=2):
+        super().__init__()
+        self.deploy = deploy
+        if deploy:
+            self.branch_reparam = nn.Conv2d(c, c, 3, 1, 1, groups=groups)
+            return
+        self.branch_norm = nn.BatchNorm2d(c)
+        self.branch_3x3 = ConvBN(c, c, 3, 1, groups, "norm")
+        self.branch_1x1 = ConvBN(c, c, 1, 1, groups, "norm")
+
+    def forward(self, x):
+        if self.deploy:
+            return self.branch_reparam(x)
+        return self.branch_3x3(x) + self.branch_1x1(x) + self.branch_norm(x)
+
+
+def test_mmpretrain_repvgg_naming():
+    train = randomize(nn.Sequential(MMRepVGGBlock(False), MMRepVGGBlock(False)), seed=4)
+    out, report = fuse_generic(train.state_dict())
+    assert [(b.block_type, b.naming, b.groups) for b in report.blocks] == [
+        ("RepVGGBlock", "mmpretrain", 2)] * 2
+    deploy = nn.Sequential(MMRepVGGBlock(True), MMRepVGGBlock(True))
+    deploy.load_state_dict(out, strict=True)
+    x = images(size=(2, 8, 9, 9))
+    with torch.no_grad():
+        assert rel_diff(train(x), deploy.eval()(x)) < 1e-5
