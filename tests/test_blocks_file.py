@@ -15,9 +15,10 @@ import re
 import pytest
 import torch
 
-from mobileone_cli.arch.blocks_file import load_blocks, parse_blocks
+from mobileone_cli.arch.blocks_file import parse_blocks
 from mobileone_cli.errors import BadInput
 from mobileone_cli.fuse.generic_fuse import fuse_generic
+from mobileone_cli.io.blocksfile import load_blocks
 from mobileone_cli.rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -20,17 +20,15 @@ the file must also hold).  This module never imports torch.
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Dict, List, Tuple
 
-from ..errors import BadInput
 from ..rules.limits import MAX_KERNEL
 from .blocks import BRANCH_KINDS, PATTERNS, BlockPattern, Branch
-from .config import MAX_CONFIG_BYTES, _read_yaml
+from .config import _read_yaml
 from .fields import Fields, join, quote
 
-__all__ = ["load_blocks", "parse_blocks", "MAX_PATTERNS", "MAX_BRANCHES_PER_BLOCK"]
+__all__ = ["blocks_from_text", "parse_blocks", "MAX_PATTERNS", "MAX_BRANCHES_PER_BLOCK"]
 
 MAX_PATTERNS = 64
 MAX_BRANCHES_PER_BLOCK = 16
@@ -40,22 +38,9 @@ BLOCK_KEYS = ("family", "block", "naming", "fused", "branches", "required", "anc
 BRANCH_KEYS = ("name", "kind", "conv", "bn", "kernel", "sign", "scaled", "of")
 
 
-def load_blocks(path: str) -> Tuple[BlockPattern, ...]:
-    """The patterns a ``--blocks`` YAML file describes; BadInput naming the field on a problem."""
-    if not os.path.exists(path):
-        raise BadInput(f"{path}: no such blocks file")
-    if os.path.isdir(path):
-        raise BadInput(f"{path}: is a directory, not a YAML blocks file")
-    if os.path.getsize(path) > MAX_CONFIG_BYTES:
-        raise BadInput(f"{path}: {os.path.getsize(path):,} bytes; a blocks file is at most "
-                       f"{MAX_CONFIG_BYTES:,}")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not a text file (YAML must be UTF-8)") from None
+def blocks_from_text(text: str, path: str) -> Tuple[BlockPattern, ...]:
+    """The patterns of the YAML ``text`` read from ``path`` (named in every message);
+    :func:`mobileone_cli.io.blocksfile.load_blocks` reads the file."""
     return parse_blocks(_read_yaml(text, path), where=path)
 
 

@@ -21,7 +21,7 @@ def generic_patterns(blocks_file: Optional[str] = None) -> tuple:
 
     if blocks_file is None:
         return PATTERNS
-    from ..arch.blocks_file import load_blocks
+    from ..io.blocksfile import load_blocks
 
     return load_blocks(os.fspath(blocks_file)) + PATTERNS
 
