@@ -39,6 +39,9 @@ _LAZY = {
     "evaluate_files": "jobs.eval", "EvalReport": "jobs.eval", "Preprocessing": "data.pipeline",
     "make_preprocessing": "data.pipeline", "open_dataset": "data.folders",
     "quantize_file": "jobs.quant", "QuantOptions": "jobs.quant", "QuantReport": "jobs.quant",
+    # the trained networks and their held-out images (assets/digits)
+    "trained_model": "models.trained", "trained_state_dict": "models.trained",
+    "heldout_images": "data.digits",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 
