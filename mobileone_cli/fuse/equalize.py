@@ -29,12 +29,15 @@ import torch
 
 from ..arch.specs import ArchSpec, BlockSpec
 
-__all__ = ["Pair", "Equalization", "equalize_state_dict", "pair_scales", "out_ranges",
-           "in_ranges", "HEAD", "DEFAULT_TOL", "DEFAULT_SWEEPS"]
+__all__ = ["Pair", "Equalization", "equalize_state_dict", "equalize_train_state_dict",
+           "pair_scales", "out_ranges", "in_ranges", "HEAD", "DEFAULT_TOL", "DEFAULT_SWEEPS",
+           "SE_REASON"]
 
 HEAD = "linear"  # the classifier, in Apple's (canonical) names
 DEFAULT_TOL = 0.02  # converged: no scale of a sweep moved by more than 2%
 DEFAULT_SWEEPS = 100
+SE_REASON = ("the first layer's output goes through an SE block before its ReLU: the gate "
+             "sigmoid(f(mean(y))) depends on y's scale, so SE(y/s) != SE(y)/s")
 
 
 @dataclass
@@ -160,8 +163,7 @@ def equalize_state_dict(sd: Mapping[str, torch.Tensor], arch: ArchSpec, *,
         pair = Pair(a.name, HEAD if b is None else b.name, _kind(a, b), equalized=False,
                     spread_before=_spread(w[wkey(a)]))
         if a.has_se:
-            pair.reason = (f"{a.name} has an SE block between its conv and its ReLU: the gate "
-                           f"sigmoid(f(mean(y))) depends on y's scale, so SE(y/s) != SE(y)/s")
+            pair.reason = SE_REASON
         elif not bool(torch.isfinite(w[wkey(a)]).all() and torch.isfinite(w[wkey(b)]).all()):
             pair.reason = "weights not finite"
         else:
@@ -190,3 +192,33 @@ def equalize_state_dict(sd: Mapping[str, torch.Tensor], arch: ArchSpec, *,
     out = {k: v.to(dtype if dtype is not None else sd[k].dtype) for k, v in w.items()}
     return out, eq
 
+
+
+def equalize_train_state_dict(sd: Mapping[str, torch.Tensor], arch: ArchSpec,
+                              eq: Equalization) -> Dict[str, torch.Tensor]:
+    """The train form (Apple names) reparameterized by ``eq``'s scales, in float64: the same
+    function, and block for block what the equalized deploy form computes (the reference the
+    verdict checks it against).  A producer's block output is the sum of its branches'
+    BatchNorms, so every one of them has gamma and beta divided by s; a consumer's conv
+    branches take s on their input channels, and its identity BatchNorm, fed x / s, computes
+    the same with mean / s and gamma * s."""
+    out = {k: (v.detach().to(torch.float64, copy=True) if v.is_floating_point() else v)
+           for k, v in sd.items()}
+    specs = {b.name: b for b in arch.block_specs()}
+    for p in eq.equalized:
+        s, a = p.scales, specs[p.producer]
+        for key in [k for k in out if k.startswith(f"{a.name}.rbr_")]:
+            if key.endswith(".bn.weight") or key.endswith(".bn.bias") or key in (
+                    f"{a.name}.rbr_skip.weight", f"{a.name}.rbr_skip.bias"):
+                out[key] = out[key] / s
+        if p.consumer == HEAD:
+            out[f"{HEAD}.weight"] = _scale_inputs(out[f"{HEAD}.weight"], s, 1)
+            continue
+        b = specs[p.consumer]
+        for key in [k for k in out if k.startswith(f"{b.name}.rbr_")]:
+            if key.endswith(".conv.weight"):
+                out[key] = _scale_inputs(out[key], s, b.groups)
+        if b.has_identity:
+            out[f"{b.name}.rbr_skip.running_mean"] = out[f"{b.name}.rbr_skip.running_mean"] / s
+            out[f"{b.name}.rbr_skip.weight"] = out[f"{b.name}.rbr_skip.weight"] * s
+    return out
