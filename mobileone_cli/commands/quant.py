@@ -39,6 +39,12 @@ __all__ = ["quant"]
 @click.option("--compare-train", is_flag=True,
               help="Also quantize the unfused train model (each branch's conv+BN folded and "
                    "quantized on its own), to show what fusion costs under int8.")
+@click.option("--equalize", is_flag=True,
+              help="Also measure int8 after data-free quantization (Nagel et al. 2019): "
+                   "cross-layer equalization of the fused weights and, from a train "
+                   "checkpoint's BatchNorm statistics, bias correction; per-tensor and "
+                   "per-channel, before and after, side by side. With --export the program is "
+                   "the equalized one. See docs/quant.md.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
               help="Use N of DIR's images, spread evenly over it.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Images per pass.")
@@ -51,7 +57,8 @@ __all__ = ["quant"]
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
-          export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
+          export: Optional[str], force: bool, compare_train: bool, equalize: bool,
+          limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
           arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
           prefix: Optional[str], ema: bool, trust_file: bool, plot_path: Optional[str],
@@ -65,6 +72,7 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=QuantOptions, calib=calib, synthetic=synthetic, scheme=scheme,
                            export=export, force=force, compare_train=compare_train,
+                           equalize=equalize,
                            limit=limit, batch=batch, workers=workers, seed=seed,
                            input_size=tuple(input_size))
     settle_heap()
