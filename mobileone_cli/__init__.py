@@ -42,6 +42,8 @@ _LAZY = {
     # the trained networks and their held-out images (assets/digits)
     "trained_model": "models.trained", "trained_state_dict": "models.trained",
     "heldout_images": "data.digits",
+    "fetch_names": "jobs.fetch", "list_known": "jobs.fetch", "FetchSettings": "io.remote",
+    "local_path": "io.remote",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 

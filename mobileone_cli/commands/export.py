@@ -7,6 +7,7 @@ import click
 
 from ..errors import BadInput
 from ..rules.limits import MAX_SEED
+from ._sources import fetch_options
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
                        reading_options)
 
@@ -65,6 +66,7 @@ def parse_batch(value: Optional[str]):
                    "(fp32 or fp16) on this network.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @json_option("the summary")
+@fetch_options("ckpt")
 def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: Optional[str],
            max_batch: Optional[int], fixed_size: Optional[bool], opset: Optional[int],
            dtype: str, coreml_target: str, exporter: str, arch_name: Optional[str],

@@ -11,6 +11,7 @@ from ..rules.limits import MAX_SEED
 from ..rules.tolerances import DEFAULT_ATOL
 from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
                        json_option, load_options, trust_file_option)
+from ._sources import fetch_options
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
 
 
@@ -51,6 +52,7 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @plot_option("the error profile")
 @plot_force_option()
 @json_option("the report (for CI)")
+@fetch_options("train_ckpt", "deploy_ckpt")
 def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[str],
            bn_eps: Optional[float], seed: int, batch: int, input_size: Tuple[int, int],
            images_dir: Optional[str], device: str, rtol: Optional[float], atol: float,

@@ -18,7 +18,7 @@ __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNE
            "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
            "MAX_LABEL_LINE", "parse_input_size", "check_batch", "check_bn_eps", "resolve_eps",
-           "check_seed"]
+           "check_seed", "MAX_DOWNLOAD", "MAX_REDIRECTS", "DOWNLOAD_TIMEOUT", "DOWNLOAD_ATTEMPTS"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
@@ -56,6 +56,13 @@ MAX_BN_EPS = 1.0
 # same list 2**60 times through shared references, which the copy visits once each.
 MAX_META_ITEMS = 1_000_000
 MAX_META_DEPTH = 100
+# Downloads (``apple:s0``, ``hf-hub:...``, URLs): the bytes one file may have (the largest official
+# checkpoint is 60 MB), redirects followed, the seconds a connection or a silent read may take
+# (MOBILEONE_TIMEOUT replaces it) and the tries of a transfer that breaks off (each resumes).
+MAX_DOWNLOAD = 1024 ** 3
+MAX_REDIRECTS = 5
+DOWNLOAD_TIMEOUT = 30.0
+DOWNLOAD_ATTEMPTS = 3
 
 
 def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, int]:
