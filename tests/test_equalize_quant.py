@@ -3,7 +3,8 @@ an injected outlier channel and on the trained digits network (labelled held-out
 
 The trained network's numbers are recomputed here by a fake-quantized forward pass written with
 F.conv2d, an equalization written in numpy (tests/test_equalize.py) and a bias correction from
-scipy's normal distribution: nothing of mobileone_cli.quant or mobileone_cli.fuse.equalize.
+a numerical integration of the normal density: nothing of mobileone_cli.quant or
+mobileone_cli.fuse.equalize.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from mobileone_cli.jobs.quant import quantize_file
 from mobileone_cli.models.mobileone import MobileOne
 
 from .conftest import fold_by_hand
-from .test_equalize import TINY, _train, reference_equalize
+from .test_equalize import TINY, _train, reference_equalize, relu_mean_numeric
 from .test_quant import _aq, _sqnr, _wq
 
 OUTLIER = "stage2.2"  # a depthwise block of TINY
@@ -84,13 +85,6 @@ def test_outlier_report_renders_and_serializes(outlier_report):
 # ---------------------------------------------------------------- the trained network
 
 
-def _relu_mean(m, s):
-    from scipy.stats import norm
-
-    z = m / s
-    return m * norm.cdf(z) + s * norm.pdf(z)
-
-
 def reference_int8(train, arch, x, y, equalize, per_channel=False):
     """int8 of the digits network by hand: (output SQNR, top-1, fp32 top-1).
     ``equalize``: the numpy equalization, and biases corrected by (W_q - W) E[x] with E[x] the
@@ -111,7 +105,7 @@ def reference_int8(train, arch, x, y, equalize, per_channel=False):
             bns += [f"{a.name}.rbr_skip."] if a.has_identity else []
             m = sum(train[k + "bias"].double().numpy() for k in bns)
             s = np.sqrt(sum(train[k + "weight"].double().numpy() ** 2 for k in bns))
-            mean = torch.from_numpy(_relu_mean(m, s) / total[a.name])
+            mean = torch.from_numpy(relu_mean_numeric(m, s) / total[a.name])
             name = "linear" if b is None else b.name
             wk = dep[f"{name}.weight" if b is None else f"{name}.reparam_conv.weight"]
             dw = _wq(wk, per_channel).double() - wk
@@ -200,7 +194,6 @@ DOCS = {"per-tensor": ((-0.37, 28 / 360), (7.66, 319 / 360)),
 @pytest.mark.parametrize("scheme", sorted(DOCS))
 def test_the_documented_digits_numbers(scheme):
     """The numbers docs/quant.md quotes, recomputed independently on all held-out images."""
-    pytest.importorskip("scipy")
     from mobileone_cli.assets import digits as assets
     from mobileone_cli.data.digits import heldout_images
     from mobileone_cli.models.trained import trained_state_dict

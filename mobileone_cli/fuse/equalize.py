@@ -102,21 +102,28 @@ def _kind(a: BlockSpec, b: Optional[BlockSpec]) -> str:
     return f"{name(a)}->{name(b)}"
 
 
-def _groups(w: torch.Tensor, spec: Optional[BlockSpec]) -> int:
+def _groups(spec: Optional[BlockSpec]) -> int:
     return 1 if spec is None else spec.groups
 
 
 def out_ranges(w: torch.Tensor) -> torch.Tensor:
     """max |w| of each output channel (dim 0)."""
-    return w.abs().reshape(w.shape[0], -1).amax(dim=1)
+    return _row_max(w.abs())
 
 
 def in_ranges(w: torch.Tensor, groups: int = 1) -> torch.Tensor:
     """max |w| of each input channel of a (grouped) conv or linear weight: input channel
     ``g * (I/g) + j`` is column j of the filters of group g (a depthwise filter i: its own)."""
-    o, per = w.shape[0], w.shape[1]
-    grouped = w.abs().reshape(groups, o // groups, per, -1)
-    return grouped.amax(dim=(1, 3)).reshape(groups * per)
+    return _col_max(w.abs(), groups)
+
+
+def _row_max(a: torch.Tensor) -> torch.Tensor:
+    return a.reshape(a.shape[0], -1).amax(dim=1)
+
+
+def _col_max(a: torch.Tensor, groups: int) -> torch.Tensor:
+    o, per = a.shape[0], a.shape[1]
+    return a.reshape(groups, o // groups, per, -1).amax(dim=(1, 3)).reshape(groups * per)
 
 
 def _scale_inputs(w: torch.Tensor, s: torch.Tensor, groups: int) -> torch.Tensor:
@@ -171,21 +178,27 @@ def equalize_state_dict(sd: Mapping[str, torch.Tensor], arch: ArchSpec, *,
             pair.scales = torch.ones(a.out_channels, dtype=torch.float64)
             live.append((pair, a, b))
         eq.pairs.append(pair)
+    # The sweeps move only |W| (scaling commutes with abs), in place; W itself is scaled once,
+    # by each pair's product of scales, at the end.
+    absw = {wkey(x): w[wkey(x)].abs() for pair, a, b in live for x in (a, b)}
     for sweep in range(1, max_sweeps + 1):
         worst = 0.0
         for pair, a, b in live:
-            w1, w2 = w[wkey(a)], w[wkey(b)]
-            g2 = _groups(w2, b)
-            s = pair_scales(out_ranges(w1), in_ranges(w2, g2))
-            shape = (-1,) + (1,) * (w1.dim() - 1)
-            w[wkey(a)] = w1 / s.reshape(shape)
-            w[f"{a.name}.reparam_conv.bias"] = w[f"{a.name}.reparam_conv.bias"] / s
-            w[wkey(b)] = _scale_inputs(w2, s, g2)
+            a1, a2, g2 = absw[wkey(a)], absw[wkey(b)], _groups(b)
+            s = pair_scales(_row_max(a1), _col_max(a2, g2))
+            a1.div_(s.reshape((-1,) + (1,) * (a1.dim() - 1)))
+            a2.view(g2, a2.shape[0] // g2, a2.shape[1], -1).mul_(s.view(g2, 1, -1, 1))
             pair.scales = pair.scales * s
             worst = max(worst, float(torch.log(s).abs().max()))
         eq.sweeps, eq.residual = sweep, worst
         if worst <= tol:
             break
+    del absw
+    for pair, a, b in live:
+        s = pair.scales
+        w[wkey(a)] = w[wkey(a)] / s.reshape((-1,) + (1,) * (w[wkey(a)].dim() - 1))
+        w[f"{a.name}.reparam_conv.bias"] = w[f"{a.name}.reparam_conv.bias"] / s
+        w[wkey(b)] = _scale_inputs(w[wkey(b)], s, _groups(b))
     eq.converged = eq.residual <= tol
     for pair, a, _ in live:
         pair.spread_after = _spread(w[wkey(a)])
