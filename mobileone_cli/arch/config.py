@@ -32,7 +32,7 @@ from .specs import ArchSpec, builtin_archs, match_builtin
 from .fields import Fields, cut, join, quote, type_name
 from ..rules.limits import MAX_CHANNELS, MAX_STAGES
 
-__all__ = ["load_config", "parse_config", "BASE_CHANNELS", "MAX_CONFIG_BYTES"]
+__all__ = ["config_from_text", "parse_config", "BASE_CHANNELS", "MAX_CONFIG_BYTES"]
 
 MAX_CONFIG_BYTES = 1 << 20  # a model config is a few hundred bytes
 MAX_ALIASES = 64  # YAML aliases (*ref) in one config; alias bombs expand exponentially
@@ -81,22 +81,9 @@ def _read_yaml(text: str, path: str) -> Any:
         raise BadInput(f"{path}: unreadable YAML: {cut(str(exc))}") from None
 
 
-def load_config(path: str) -> ArchSpec:
-    """The ArchSpec a YAML model config describes; BadInput naming the field on any problem."""
-    if not os.path.exists(path):
-        raise BadInput(f"{path}: no such config file")
-    if os.path.isdir(path):
-        raise BadInput(f"{path}: is a directory, not a YAML config file")
-    if os.path.getsize(path) > MAX_CONFIG_BYTES:
-        raise BadInput(f"{path}: {os.path.getsize(path):,} bytes; a model config is at most "
-                       f"{MAX_CONFIG_BYTES:,}")
-    try:
-        with open(path, "r", encoding="utf-8") as fh:
-            text = fh.read()
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"{path}: not a text file (YAML must be UTF-8)") from None
+def config_from_text(text: str, path: str) -> ArchSpec:
+    """The ArchSpec of the YAML config ``text`` read from ``path`` (named in messages and the
+    default variant name); :func:`mobileone_cli.io.configfile.load_config` reads the file."""
     data = _read_yaml(text, path)
     stem = os.path.basename(path)
     if stem.lower().endswith((".yaml", ".yml")):

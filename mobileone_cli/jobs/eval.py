@@ -219,7 +219,7 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
     start = time.perf_counter()
     with strict_fp32(device):
         for b in stream_batches(dataset.items(limit), p, batch, workers=workers,
-                                unreadable=unreadable):
+                                unreadable=unreadable, root=dataset.root):
             t0 = time.perf_counter()
             outs = [m.run(b.x) for m in models]
             report.forward_seconds += time.perf_counter() - t0
