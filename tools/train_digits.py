@@ -32,7 +32,7 @@ sys.path.insert(0, ROOT)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mobileone_cli.arch.config import load_config  # noqa: E402
+from mobileone_cli.io.configfile import load_config  # noqa: E402
 from mobileone_cli.assets import digits as assets  # noqa: E402
 from mobileone_cli.data.digits import to_network_input  # noqa: E402
 from mobileone_cli.io.write import save_checkpoint  # noqa: E402

@@ -62,7 +62,7 @@ def checkpoint_path(name: str = DEFAULT_NETWORK) -> str:
 
 def arch(name: str = DEFAULT_NETWORK):
     """The ArchSpec of a trained network, read from its YAML config."""
-    from ...arch.config import load_config
+    from ...io.configfile import load_config
 
     return load_config(config_path(name))
 
