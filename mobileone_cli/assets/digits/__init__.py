@@ -62,9 +62,11 @@ def checkpoint_path(name: str = DEFAULT_NETWORK) -> str:
 
 def arch(name: str = DEFAULT_NETWORK):
     """The ArchSpec of a trained network, read from its YAML config."""
-    from ...io.configfile import load_config
+    from ...arch.config import config_from_text
 
-    return load_config(config_path(name))
+    path = config_path(name)
+    with open(path, "r", encoding="utf-8") as fh:  # a shipped file, not user input
+        return config_from_text(fh.read(), path)
 
 
 def training_record(name: str = DEFAULT_NETWORK) -> Dict[str, Any]:
