@@ -69,8 +69,9 @@ def test_network_input_is_nearest_upsampling_and_normalization():
     x = to_network_input(pixels[:3])
     assert x.shape == (3, 3, assets.SIZE, assets.SIZE) and x.dtype == torch.float32
     p = pixels[1].astype(np.float64)
-    for i, j in ((0, 0), (5, 17), (31, 31)):
-        want = (p[i // 4, j // 4] - 127.5) / 127.5
+    k = assets.SCALE
+    for i, j in ((0, 0), (5, 17), (assets.SIZE - 1, assets.SIZE - 1)):
+        want = (p[i // k, j // k] - 127.5) / 127.5
         assert x[1, 0, i, j].item() == pytest.approx(want, abs=1e-7)
         assert x[1, 0, i, j] == x[1, 2, i, j]
 
@@ -130,3 +131,10 @@ def test_training_script_reproduces_the_shipped_accuracy(tmp_path):
     with open(tmp_path / "training.json", encoding="utf-8") as fh:
         got = json.load(fh)["networks"][name]["heldout_top1"]
     assert abs(got - assets.training_record(name)["heldout_top1"]) <= 0.005
+
+
+def test_public_api_names():
+    import mobileone_cli as mo
+
+    assert mo.trained_model is trained_model and mo.heldout_images is heldout_images
+    assert mo.trained_state_dict is trained_state_dict

@@ -14,6 +14,7 @@ from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "load_options",
+           "preprocessing_options",
            "resolve_arch", "settle_heap", "complete_from"]
 
 
@@ -139,6 +140,31 @@ def trust_file_option():
                         help="Unpickle with weights_only=False, which can RUN CODE stored in the "
                              "file. Only for files you trust; without it, objects that "
                              "weights-only loading refuses are read as inert placeholders.")
+
+
+def preprocessing_options(crop: str = "--crop"):
+    """--resize, --interpolation, --mean, --std: how image files become tensors (eval's
+    pipeline; the crop comes from ``crop``)."""
+    stack = [
+        click.option("--resize", type=click.IntRange(min=1), default=None, metavar="N",
+                     help=f"Resize the short edge to N [{crop} x 256/224]."),
+        click.option("--interpolation", default=None,
+                     type=click.Choice(["nearest", "bilinear", "bicubic", "box", "hamming",
+                                        "lanczos"], case_sensitive=False),
+                     help="Pillow resize filter [bilinear]."),
+        click.option("--mean", default=None, metavar="R,G,B",
+                     help="Mean on 0..255 [123.675,116.28,103.53]; values <= 1 are fractions "
+                          "of 255."),
+        click.option("--std", default=None, metavar="R,G,B",
+                     help="Std on 0..255 [58.395,57.12,57.375]; values <= 1 are fractions of "
+                          "255.")]
+
+    def apply(command):
+        for option in reversed(stack):
+            command = option(command)
+        return command
+
+    return apply
 
 
 def json_option(what: str = "the report"):

@@ -39,3 +39,22 @@ def heldout_images(limit: Optional[int] = None) -> Tuple[torch.Tensor, torch.Ten
     if limit is not None:
         pixels, labels = pixels[:limit], labels[:limit]
     return to_network_input(pixels), torch.from_numpy(labels)
+
+
+def write_heldout_pngs(folder: str) -> int:
+    """The held-out images as 8x8 greyscale PNGs in class folders ``folder/0`` .. ``folder/9``
+    (what ``mobileone eval`` reads; with ``assets.digits.EVAL_OPTIONS`` it sees exactly
+    :func:`heldout_images`).  Returns the number of files written.  Needs Pillow."""
+    import os
+
+    from .pipeline import pillow
+
+    Image = pillow()
+    pixels, labels = heldout_pixels()
+    with np.load(assets.HELDOUT, allow_pickle=False) as f:
+        index = np.asarray(f["index"])
+    for label in range(10):
+        os.makedirs(os.path.join(folder, str(label)), exist_ok=True)
+    for px, label, i in zip(pixels, labels, index):
+        Image.fromarray(px, "L").save(os.path.join(folder, str(int(label)), f"{int(i):04d}.png"))
+    return len(labels)

@@ -30,7 +30,7 @@ from ..runtimes import Artifact, load_artifact, runtime_for
 from ..arch.specs import ArchSpec
 from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
 
-__all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files"]
+__all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files", "artifact_model"]
 
 Progress = Callable[[int, int], None]  # (images done, images selected)
 
@@ -102,7 +102,8 @@ def _static(dim: Any) -> Optional[int]:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _artifact(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
+def artifact_model(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
+    """An exported file opened in its runtime, run in chunks of its fixed batch if it has one."""
     art: Artifact = load_artifact(path)
     shape = list(art.input_shape) + [None] * (4 - len(art.input_shape))
     b, c, h, w = (_static(d) for d in shape[:4])
@@ -170,7 +171,7 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
                             else "fused in memory", info=side.describe(),
                             run=_torch_model(side, "deploy", device)))
         side.state_dict = {}  # the model holds the tensors now
-    models += [_artifact(path, arch, p) for path in exported]
+    models += [artifact_model(path, arch, p) for path in exported]
     return arch, models, notes
 
 
