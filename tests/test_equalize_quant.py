@@ -165,7 +165,7 @@ def digits_report(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_trained_network_per_tensor_sqnr_and_top1_improve(digits_report):
+def test_trained_network_per_tensor_sqnr_improves_and_top1_holds(digits_report):
     from mobileone_cli.data.digits import heldout_images
     from mobileone_cli.models.trained import trained_state_dict
     from mobileone_cli.assets import digits as assets
@@ -180,14 +180,16 @@ def test_trained_network_per_tensor_sqnr_and_top1_improve(digits_report):
         assert res.output_db == pytest.approx(db, abs=0.05)
         assert res.accuracy_int8[0] == pytest.approx(top1, abs=1.5 / DIGITS)
         assert res.accuracy_fp32[0] == pytest.approx(fp32, abs=1.5 / DIGITS)
-    assert after.output_db > before.output_db + 5
-    assert after.accuracy_int8[0] > before.accuracy_int8[0] + 0.5
+    # a well-trained network without outlier channels: per-tensor int8 already keeps the fp32
+    # top-1, so equalization can only raise the SQNR; the top-1 must hold
+    assert after.output_db > before.output_db + 0.5
+    assert after.accuracy_int8[0] >= before.accuracy_int8[0] - 1 / DIGITS
     assert not math.isnan(after.output_db)
 
 
 # docs/quant.md's table: digits_s0 on all 360 held-out images, `quant --equalize`
-DOCS = {"per-tensor": ((-0.37, 28 / 360), (7.66, 319 / 360)),
-        "per-channel": ((12.21, 343 / 360), (9.17, 334 / 360))}
+DOCS = {"per-tensor": ((31.18, 356 / 360), (33.14, 356 / 360)),
+        "per-channel": ((34.29, 356 / 360), (33.76, 356 / 360))}
 
 
 @pytest.mark.slow
