@@ -48,6 +48,11 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the output in this precision (fusion still runs in float64 and rounds "
                    "once); the summary reports what the rounding costs. Default: SRC's dtype.")
+@click.option("--equalize", is_flag=True,
+              help="Equalize the fused weights across layers for int8 (Nagel et al. 2019: "
+                   "output channel i of a conv divided by s_i, input channel i of the next "
+                   "layer multiplied by it, across ReLU; never after an SE block). The same "
+                   "function, checked against the train model. See docs/quant.md.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance of the check, relative to max |output| (default: 1e-4 plus "
                    "the measured rounding sensitivity of the output dtype).")
@@ -68,8 +73,12 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
 @json_option("the summary")
 @click.option("--generic", is_flag=True,
-              help="Fuse every MobileOne-style block of ANY network (FastViT, MobileCLIP, your "
-                   "own) found by key names; all other keys pass through unchanged.")
+              help="Fuse every re-parameterisable block of ANY network (MobileOne, FastViT, "
+                   "MobileCLIP, RepVGG, RepGhost, your own) found by key names; all other keys "
+                   "pass through unchanged.")
+@click.option("--blocks", "blocks_file", default=None, metavar="FILE.yaml",
+              type=click.Path(dir_okay=False),
+              help="With --generic: block patterns of another naming (docs/configs.md).")
 @click.option("--groups", type=click.IntRange(min=1), default=None,
               help="With --generic: groups of blocks that hold only an identity BatchNorm "
                    "(default: depthwise).")
@@ -80,10 +89,10 @@ def generic_only(**given: Optional[str]) -> None:
 def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
             no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,
-            dtype: Optional[str], rtol: Optional[float], input_size: Tuple[int, int], seed: int,
+            dtype: Optional[str], equalize: bool, rtol: Optional[float], input_size: Tuple[int, int], seed: int,
             force: bool, suffix: Optional[str], name_template: Optional[str],
             skip_existing: bool, jobs: Optional[int], no_verify: bool,
-            as_json: bool, generic: bool, groups: Optional[int],
+            as_json: bool, generic: bool, blocks_file: Optional[str], groups: Optional[int],
             norm_kernel: Optional[str]) -> int:
     from ..jobs.batch import is_batch
     from ..jobs.convert import ConvertOptions, convert_file
@@ -105,6 +114,9 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         if no_fuse or prefix is not None:
             raise BadInput("--no-fuse and --prefix do not apply with --generic")
         generic_only(arch=arch_name, config=config_path, to=layout_out, dtype=dtype)
+        if equalize:
+            raise BadInput("--equalize does not apply with --generic (it needs the whole "
+                           "MobileOne chain)")
         from ..jobs.convert_generic import convert_generic_file
         from ..fuse.generic import parse_kernel
         from ..render.generic import generic_to_dict, render_generic
@@ -112,14 +124,15 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         result = convert_generic_file(first, dst, eps=1e-5 if bn_eps is None else bn_eps,
                                       force=force, verify=not no_verify, groups=groups,
                                       norm_kernel=parse_kernel(norm_kernel), ema=ema,
-                                      trust=trust_file, rtol=rtol)
+                                      trust=trust_file, rtol=rtol, blocks_file=blocks_file)
         emit(result, as_json, generic_to_dict, render_generic)
         return 0
-    if groups is not None or norm_kernel is not None:
-        raise BadInput("--groups and --norm-kernel only apply with --generic")
+    if groups is not None or norm_kernel is not None or blocks_file is not None:
+        raise BadInput("--groups, --norm-kernel and --blocks only apply with --generic")
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=ConvertOptions, layout_out=layout_out, fuse=not no_fuse,
                            dtype=dtype, verify=not no_verify, rtol=rtol, force=force,
+                           equalize=equalize,
                            input_size=input_size, seed=seed)
     if batch:
         from ._batch import run_batch

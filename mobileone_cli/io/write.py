@@ -19,6 +19,7 @@ import tempfile
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from ..errors import BadInput
+from . import interrupt
 from .leftovers import TEMP_PREFIX
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
@@ -169,8 +170,10 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
     if need_bytes:
         _check_free_space(dst, parent, need_bytes)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp",
-                                   dir=parent)
+        with interrupt.lock():  # an interrupt removes it, or comes before it exists
+            fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp",
+                                       dir=parent)
+            interrupt.register_temp(tmp)
         os.close(fd)
     except OSError as exc:
         raise BadInput(f"{dst}: cannot create a file in {parent} ({exc.strerror or exc}); "
@@ -184,18 +187,23 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give DST the usual permissions
-        _publish(tmp, dst, force)
-        published.append(dst)
+        with interrupt.lock():  # published and recorded as one step, or not at all
+            _publish(tmp, dst, force)
+            published.append(dst)
     except OSError as exc:
         _remove_quietly(tmp)
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None
         raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
     except BaseException as exc:
         _remove_quietly(tmp)
+        if interrupt.wraps_interrupt(exc):
+            raise KeyboardInterrupt from None
         if isinstance(exc, Exception) and _is_writer_error(exc):
             raise _write_failure(dst, parent, exc) from None
         raise
+    finally:
+        interrupt.forget_temp(tmp)
     return os.path.getsize(dst)
 
 
@@ -323,7 +331,11 @@ def _write_failure(dst: str, parent: str, exc: BaseException) -> BadInput:
     import shutil
 
     msg = str(exc)
-    full = "No space left" in msg or "os error 28" in msg
+    full = any(s in msg for s in ("No space left", "os error 28", "Errno 28", "Disk quota",
+                                  "File too large"))
+    cause = exc.__cause__ or exc.__context__
+    full = full or (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT,
+                                                                    errno.EFBIG))
     if not full:
         try:
             full = shutil.disk_usage(parent).free < (1 << 20)

@@ -15,7 +15,7 @@ caller passes ``trust``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from ..errors import BadInput
 from ..io.detect import Damaged, Detection, TensorInfo, detect_layout, tensor_info
@@ -24,9 +24,7 @@ from ..arch.layouts import param_count
 
 __all__ = ["inspect_file", "describe"]
 
-# Key fragments of MobileOne-style branches in any of the three namings.
-BLOCK_MARKERS = ("rbr_conv.", "rbr_skip.", "rbr_scale.", "branch_conv_list.", "branch_norm.",
-                 "branch_scale.", "conv_kxk.", "conv_scale.")
+
 
 
 def _elements(shape) -> int:
@@ -60,20 +58,49 @@ def describe(listing: Mapping[str, TensorInfo], det: Detection, /, **file_facts:
     }
 
 
-def _generic_blocks(keys: List[str]) -> Dict[str, Any]:
-    """MobileOne-style blocks found by key names (what ``convert --generic`` would fuse)."""
+def _generic_blocks(infos: Mapping[str, TensorInfo], patterns=None) -> Dict[str, Any]:
+    """Re-parameterisable blocks found by key names and shapes, per family and block type, with
+    what ``convert --generic`` would do with each: fuse it, or leave it alone (and why)."""
+    from ..arch.blocks import PATTERNS
+    from ..fuse.generic import find_blocks_grouped
     from ..fuse.generic_keys import group_keys
 
+    patterns = PATTERNS if patterns is None else patterns
+    report: Dict[str, Any] = {"blocks": 0, "fused": 0, "types": [], "left_alone": [],
+                              "problem": None}
     try:
-        blocks, fused, _ = group_keys(keys)
+        blocks, already, grouping = find_blocks_grouped(infos, patterns=patterns)
     except BadInput as exc:  # a block it would refuse: say why, as convert --generic would
-        return {"blocks": 0, "fused": 0, "problem": exc.message}
-    marked = any(m in k for k in keys for m in BLOCK_MARKERS)
-    return {"blocks": len(blocks), "fused": len(fused), "problem": None if blocks or not marked
-            else "MobileOne-style key names, but no complete block"}
+        report["problem"] = exc.message
+        try:
+            grouping = group_keys(list(infos), patterns)
+        except BadInput:
+            return report
+        blocks, already = [], grouping.already
+        found = [(p.pattern, "cannot fuse") for p in grouping.blocks.values()]
+    else:
+        found = [(b.parts.pattern, "will fuse") for b in blocks]
+    # MobileOne blocks inside a FastViT/MobileCLIP (same naming) are listed under that family
+    fastvit = {p.naming for p, _ in found if p.family.startswith("FastViT")}
+    types: Dict[tuple, Dict[str, Any]] = {}
+    for pat, verdict in found:
+        family = ("FastViT/MobileCLIP" if pat.block == "MobileOneBlock" and pat.naming in fastvit
+                  else pat.family)
+        row = types.setdefault((family, pat.block, pat.naming, verdict),
+                               {"family": family, "block": pat.block, "naming": pat.naming,
+                                "count": 0, "action": verdict})
+        row["count"] += 1
+    for path, pat, why in grouping.left_alone:
+        row = types.setdefault((pat.family, pat.block, pat.naming, "left alone"),
+                               {"family": pat.family, "block": pat.block, "naming": pat.naming,
+                                "count": 0, "action": "left alone"})
+        row["count"] += 1
+        report["left_alone"].append({"path": path, "block": pat.label, "why": why})
+    report.update(blocks=len(blocks), fused=len(already), types=list(types.values()))
+    return report
 
 
-def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
+def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool, patterns=None,
                    **facts: Any) -> Dict[str, Any]:
     from ..io.contents import tensor_totals
 
@@ -81,10 +108,10 @@ def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
               **tensor_totals(infos), "unknown_keys": list(infos), "generic": None,
               "hint": None}
     if unwrapped:
-        gen = _generic_blocks(list(infos))
+        gen = _generic_blocks(infos, patterns)
         report["generic"] = gen
         if gen["blocks"]:
-            report["hint"] = (f"{gen['blocks']} MobileOne-style block(s) found by key name: "
+            report["hint"] = (f"{gen['blocks']} re-parameterisable block(s) found by key name: "
                               f"try `mobileone convert --generic SRC DST`")
     return report
 
@@ -132,10 +159,10 @@ def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
     from ..io.contents import flat_tensors, structure
     from ..io.read import as_checkpoint, load_object, unwrap
 
-    fmt, obj, metadata, stubbed = load_object(path, trust=trust)
+    fmt, obj, metadata, stubbed, trusted = load_object(path, trust=trust)
     facts = {"file": path, "file_format": fmt, "size": os.path.getsize(path),
              "structure": structure(obj), "stubbed_globals": list(stubbed),
-             "trusted": bool(trust), "metadata": metadata}
+             "trusted": trusted, "metadata": metadata}
     try:
         sd, _, _ = unwrap(obj, ema=ema, path=path)
         if not all(isinstance(k, str) for k in sd):
@@ -146,7 +173,7 @@ def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
         tensors = flat_tensors(obj)
         facts.update(wrapper=None, other_entries=[], stripped_prefix="")
         return facts, tensor_info(tensors), ArrayView(tensors) if health else None, exc.message
-    ck = as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trust)
+    ck = as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trusted)
     facts.update(wrapper=ck.wrapper, other_entries=sorted(map(str, ck.extras)),
                  stripped_prefix=ck.stripped_prefix, ema_note=ck.ema_note)
     return facts, tensor_info(ck.state_dict), ArrayView(ck.state_dict) if health else None, None
@@ -154,12 +181,13 @@ def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
 
 def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
                  prefix: Optional[str] = None, arch=None, arch_source: Optional[str] = None,
-                 health: bool = True) -> Dict[str, Any]:
+                 health: bool = True, blocks_file: Optional[str] = None) -> Dict[str, Any]:
     """Describe ``path`` (and, with ``health``, examine its numbers) as a JSON-able dict.
 
     ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
     network; the report then uses its name.  A file without a MobileOne is described, not
-    refused, unless ``prefix`` or ``arch`` asked for one."""
+    refused, unless ``prefix`` or ``arch`` asked for one; its re-parameterisable blocks are
+    listed per family and block type (``blocks_file``: patterns of ``--blocks`` as well)."""
     from ..runtimes import runtime_for
 
     from ..io.remote import local_path
@@ -202,7 +230,12 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     elif damaged is not None:
         report = _damaged(infos, damaged, **facts)
     else:
-        report = _not_mobileone(infos, problem, unwrapped=unwrapped, **facts)
+        patterns = None
+        if blocks_file is not None:
+            from .convert_generic import generic_patterns
+
+            patterns = generic_patterns(blocks_file)
+        report = _not_mobileone(infos, problem, unwrapped=unwrapped, patterns=patterns, **facts)
     report["health"] = None
     if health:
         from ..check.health import checkpoint_health
