@@ -554,3 +554,32 @@ def test_find_blocks_needs_no_torch():
                                    **{k: ("float32", tuple(v.shape)) for k, v in
                                       _bare(naming="mmpretrain").items()}})
     assert [b.path for b in blocks] == ["blk"] and already == ["x"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_block_bound_is_verify_rule_and_covers_storage_rounding(dtype):
+    """The default per-block bound is DEFAULT_RTOL + SENSITIVITY_FACTOR x the measured effect of
+    one unit roundoff of the stored dtype: the block stored in ``dtype`` passes it; the same
+    block with its fused bias moved by 1% of the output's scale (10 unit roundoffs for
+    bfloat16) does not."""
+    from mobileone_cli.fuse.generic_fuse import block_bounds, check_blocks
+    from mobileone_cli.rules.tolerances import DEFAULT_RTOL, SENSITIVITY_FACTOR
+
+    sd = {k: v.to(dtype) if v.is_floating_point() else v
+          for k, v in _bare(c=16, branches=2).items()}
+    out, report = fuse_generic(sd)
+    bounds = block_bounds(out, report.blocks)
+    checks = check_blocks(sd, out, report.blocks)
+    assert checks["blk"] <= bounds["blk"]
+    assert bounds["blk"] >= DEFAULT_RTOL
+    # The sensitivity term is about one unit roundoff of the dtype, relative: recomputed here
+    # from the dtype's machine epsilon (2 unit roundoffs) with a generous band.
+    unit = torch.finfo(dtype).eps / 2
+    term = (bounds["blk"] - DEFAULT_RTOL) / SENSITIVITY_FACTOR
+    assert unit / 100 < term < 2 * unit
+    shifted = dict(out)
+    scale = max(float(out["blk.reparam_conv.weight"].double().abs().sum((1, 2, 3)).max()), 1.0)
+    shifted["blk.reparam_conv.bias"] = (out["blk.reparam_conv.bias"].double()
+                                        + max(0.01, 10 * unit) * scale).to(dtype)
+    assert check_blocks(sd, shifted, report.blocks)["blk"] > bounds["blk"]
+    assert block_bounds(out, report.blocks, rtol=0.5) == {"blk": 0.5}

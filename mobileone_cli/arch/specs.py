@@ -73,7 +73,7 @@ class ArchSpec:
     in_channels: int = 3
     se_ratio: float = 0.0625
     stem_conv_branches: int = 1
-    bn_eps: Optional[float] = None  # a config's BatchNorm eps; None: not stated (use 1e-5)
+    bn_eps: Optional[float] = None  # a config's BatchNorm eps; None: not stated (DEFAULT_EPS)
 
     def __post_init__(self) -> None:
         n = len(self.widths)
@@ -84,9 +84,9 @@ class ArchSpec:
     @property
     def eps(self) -> float:
         """The BatchNorm eps to fuse with: the stated one, else PyTorch's default."""
-        from ..rules.limits import DEFAULT_EPS
+        from ..rules.limits import default_eps
 
-        return self.bn_eps if self.bn_eps is not None else DEFAULT_EPS
+        return default_eps(self.bn_eps)
 
     @property
     def num_stages(self) -> int:

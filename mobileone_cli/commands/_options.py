@@ -11,6 +11,7 @@ import click
 
 from ..errors import BadInput
 from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
+from ..rules.limits import DEFAULT_EPS
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "load_options",
@@ -124,7 +125,7 @@ def bn_eps_option():
     return click.option("--bn-eps", type=float, default=None, callback=_valid_bn_eps,
                         metavar="EPS",
                         help="BatchNorm eps of the training run (not stored in checkpoints). "
-                             "Default: the config's, else 1e-5 (every released model).")
+                             f"Default: the config's, else {DEFAULT_EPS:g} (every released model).")
 
 
 def _warn_trusted(ctx: click.Context, param: click.Parameter, value: bool) -> bool:

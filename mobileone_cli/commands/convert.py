@@ -7,7 +7,8 @@ import click
 
 from ..errors import BadInput
 from ..arch.layouts import LAYOUT_NAMES
-from ..rules.limits import MAX_SEED
+from ..rules.limits import MAX_SEED, default_eps
+from ..rules.tolerances import checkpoint_rule_text
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
                        config_option, input_size_option, json_option, load_options,
                        trust_file_option)
@@ -48,8 +49,10 @@ def generic_only(**given: Optional[str]) -> None:
               help="Store the output in this precision (fusion still runs in float64 and rounds "
                    "once); the summary reports what the rounding costs. Default: SRC's dtype.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help="Fixed tolerance of the check, relative to max |output| (default: 1e-4 plus "
-                   "the measured rounding sensitivity of the output dtype).")
+              help="Fixed tolerance of the check, relative to max |output| (with --generic: "
+                   "of each fused block's output). Default: "
+                   f"{checkpoint_rule_text()} the measured rounding sensitivity of the "
+                   "output dtype.")
 @input_size_option(help_extra=" Size of the check image.")
 @click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
               help="Seed of the check image.")
@@ -107,7 +110,7 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         from ..fuse.generic import parse_kernel
         from ..render.generic import generic_to_dict, render_generic
 
-        result = convert_generic_file(first, dst, eps=1e-5 if bn_eps is None else bn_eps,
+        result = convert_generic_file(first, dst, eps=default_eps(bn_eps),
                                       force=force, verify=not no_verify, groups=groups,
                                       norm_kernel=parse_kernel(norm_kernel), ema=ema,
                                       trust=trust_file, rtol=rtol)

@@ -7,6 +7,7 @@ import click
 
 from ..errors import BadInput
 from ..rules.limits import MAX_SEED
+from ..rules.tolerances import export_rule_text
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
                        reading_options)
 
@@ -61,8 +62,8 @@ def parse_batch(value: Optional[str]):
               help="Seed of the check images.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance of the runtime check, relative to max |output|. Default: "
-                   "1e-3 plus 4x the measured effect of the artifact's arithmetic precision "
-                   "(fp32 or fp16) on this network.")
+                   f"{export_rule_text()} the measured effect of the artifact's arithmetic "
+                   "precision (fp32 or fp16) on this network.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @json_option("the summary")
 def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: Optional[str],

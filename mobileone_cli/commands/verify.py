@@ -8,7 +8,7 @@ import click
 
 from ..errors import BadInput, VerificationFailed
 from ..rules.limits import MAX_SEED
-from ..rules.tolerances import DEFAULT_ATOL
+from ..rules.tolerances import DEFAULT_ATOL, checkpoint_rule_text
 from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
                        json_option, load_options, trust_file_option)
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
@@ -38,8 +38,8 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance relative to max |train output| (output and each block). "
-                   "Default: 1e-4 plus 4x the measured effect of rounding the deploy weights "
-                   "(so it follows the deploy file's dtype).")
+                   f"Default: {checkpoint_rule_text()} the measured effect of rounding the "
+                   "deploy weights (so it follows the deploy file's dtype).")
 @click.option("--atol", type=click.FloatRange(min=0), default=DEFAULT_ATOL, show_default=True,
               help="Absolute tolerance added to the relative one.")
 @click.option("--reference", type=click.Choice(["fp64"]), default=None,

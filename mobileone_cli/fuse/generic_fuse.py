@@ -8,9 +8,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput
 from ..io.detect import tensor_info
+from ..rules.limits import DEFAULT_EPS
+from ..rules.tolerances import DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from .generic import NAMINGS, FoundBlock, Kernel, _Parts, find_blocks
 
-__all__ = ["GenericReport", "fuse_generic", "check_blocks"]
+__all__ = ["GenericReport", "fuse_generic", "check_blocks", "block_bounds"]
 
 
 @dataclass
@@ -53,7 +55,7 @@ def _fuse_one(sd: Mapping[str, Any], b: FoundBlock, parts: _Parts, eps: float):
     return kernel.to(src.dtype), bias.to(src.dtype)
 
 
-def fuse_generic(state_dict: Mapping[str, Any], *, eps: float = 1e-5,
+def fuse_generic(state_dict: Mapping[str, Any], *, eps: float = DEFAULT_EPS,
                  groups: Optional[int] = None, norm_kernel: Optional[Kernel] = None
                  ) -> Tuple[Dict[str, Any], GenericReport]:
     """(new state dict, report): every block fused in float64, every other key passed through.
@@ -87,8 +89,51 @@ def fuse_generic(state_dict: Mapping[str, Any], *, eps: float = 1e-5,
     return out, report
 
 
+def _block_input(b: FoundBlock, g):
+    import torch
+
+    kh, kw = b.kernel_size
+    cin = (b.groups or 1) * b.in_per_group
+    return torch.randn(2, cin, 2 * kh + 3, 2 * kw + 3, generator=g, dtype=torch.float64)
+
+
+def block_bounds(fused: Mapping[str, Any], blocks: Sequence[FoundBlock], *,
+                 rtol: Optional[float] = None, seed: int = 0) -> Dict[str, float]:
+    """{path: bound on :func:`check_blocks`' max rel diff}: ``rtol`` when given, else the
+    checkpoint rule of ``verify`` applied to one block: DEFAULT_RTOL plus SENSITIVITY_FACTOR
+    times the relative change of the fused block's output when its stored weight and bias move
+    by one unit roundoff of their dtype with random signs (the rounding the stored dtype can
+    cause, measured on this block)."""
+    import torch
+    import torch.nn.functional as F
+
+    if rtol is not None:
+        return {b.path: rtol for b in blocks}
+    g = torch.Generator().manual_seed(seed)
+    out: Dict[str, float] = {}
+    for b in blocks:
+        x = _block_input(b, g)
+        kh, kw = b.kernel_size
+        w, bias = fused[b.weight_key], fused[b.bias_key]
+        unit = UNIT_ROUNDOFF.get(str(w.dtype).replace("torch.", ""), UNIT_ROUNDOFF["float32"])
+
+        def nudged(t):
+            t = t.to(torch.float64)
+            sign = torch.randint(0, 2, t.shape, generator=g, dtype=torch.float64) * 2 - 1
+            return t * (1 + unit * sign)
+
+        def run(weight, b_):
+            return F.conv2d(x, weight, b_, padding=(kh // 2, kw // 2), groups=b.groups or 1)
+
+        y = run(w.to(torch.float64), bias.to(torch.float64))
+        scale = float(y.abs().max())
+        moved = float((run(nudged(w), nudged(bias)) - y).abs().max())
+        out[b.path] = DEFAULT_RTOL + SENSITIVITY_FACTOR * (moved / scale if scale > 0 else 0.0)
+    return out
+
+
 def check_blocks(state_dict: Mapping[str, Any], fused: Mapping[str, Any],
-                 blocks: Sequence[FoundBlock], *, eps: float = 1e-5, seed: int = 0
+                 blocks: Sequence[FoundBlock], *, eps: float = DEFAULT_EPS, seed: int = 0
                  ) -> Dict[str, float]:
     """{path: max |train - fused| / max |train|} per block, on seeded random inputs.
 
@@ -105,9 +150,8 @@ def check_blocks(state_dict: Mapping[str, Any], fused: Mapping[str, Any],
     for b in blocks:
         p = b.parts
         groups = b.groups or 1
-        cin = groups * b.in_per_group
         kh, kw = b.kernel_size
-        x = torch.randn(2, cin, 2 * kh + 3, 2 * kw + 3, generator=g, dtype=f64)
+        x = _block_input(b, g)
 
         def bn(y, leaves):
             t = {k: state_dict[v].to(f64) for k, v in leaves.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List, Mapping
 
 from ..errors import BadInput
+from ..rules.limits import DEFAULT_EPS
 
 __all__ = ["check_tensor_storage", "unify_float_dtypes",
            "check_bn_stats", "check_fused_finite", "check_finite", "non_finite_keys", "preflight"]
@@ -116,7 +117,7 @@ def check_bn_stats(state_dict: Mapping[str, Any], running_var_keys: Iterable[str
                 raise BadInput(f"{where}: {k} has {n} channel(s) with running_var == 0 and "
                                f"--bn-eps is 0: the BatchNorm divides by zero",
                                hint=f"pass the eps the model was trained with (PyTorch's "
-                                    f"default is 1e-5); `mobileone inspect {where}` measures "
+                                    f"default is {DEFAULT_EPS:g}); `mobileone inspect {where}` measures "
                                     f"how much eps matters")
             zeros += n
             zero_keys.append(k)

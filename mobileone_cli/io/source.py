@@ -27,7 +27,7 @@ class LoadOptions:
 
     arch: Optional[ArchSpec] = None  # the architecture the user expects (--arch / --config)
     arch_source: Optional[str] = None  # '--config FILE' when arch came from a config
-    eps: Optional[float] = None  # --bn-eps; None: the config's eps, else 1e-5
+    eps: Optional[float] = None  # --bn-eps; None: the config's eps, else DEFAULT_EPS
     prefix: Optional[str] = None
     ema: bool = False
     trust: bool = False

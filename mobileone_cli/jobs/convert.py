@@ -13,7 +13,7 @@ from ..io.source import LoadOptions, open_source
 from ..io.leftovers import stale_note
 from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
 from ..arch.layouts import get_layout, param_count, schema
-from ..rules.limits import check_seed
+from ..rules.limits import DEFAULT_EPS, check_seed
 from ..timing import Steps
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
@@ -46,7 +46,7 @@ class ConvertResult:
     keys_out: int
     params_in: int
     params_out: int
-    eps: float = 1e-5
+    eps: float = DEFAULT_EPS
     size_in: int = 0
     size_out: int = 0
     verdict: Any = None  # check.verdict.Verdict, when checked
@@ -78,7 +78,7 @@ def parse_dtype(name: Optional[str]):
 
 
 def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str] = None,
-                       fuse: bool = True, eps: float = 1e-5, dtype=None,
+                       fuse: bool = True, eps: float = DEFAULT_EPS, dtype=None,
                        consume: bool = False) -> Dict[str, Any]:
     """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
     other key copied through in its original position."""

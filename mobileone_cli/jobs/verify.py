@@ -15,7 +15,7 @@ import torch
 from ..errors import BadInput
 from ..io.source import LoadOptions, open_source
 from ..arch.specs import ArchSpec
-from ..rules.limits import check_batch, parse_input_size
+from ..rules.limits import DEFAULT_EPS, check_batch, parse_input_size
 from ..rules.tolerances import DEFAULT_ATOL
 from ..timing import Steps
 from ..check.harness import check_room, resolve_device, seeded_inputs
@@ -39,7 +39,7 @@ class Side:
     state_dict: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     source: str = "file"  # 'file' or 'fused in memory'
     notes: List[str] = field(default_factory=list)  # how the file was read
-    eps: float = 1e-5
+    eps: float = DEFAULT_EPS
 
     def describe(self) -> Dict[str, object]:
         return {"path": self.path, "source": self.source, "layout": self.layout,

@@ -96,8 +96,7 @@ class MobileOne(nn.Module):
         super().__init__()
         self.arch = arch
         self.deploy = deploy
-        self.bn_eps = bn_eps if bn_eps is not None else (
-            arch.bn_eps if arch.bn_eps is not None else DEFAULT_EPS)
+        self.bn_eps = bn_eps if bn_eps is not None else arch.eps
         if arch.num_stages > MAX_STAGES:
             raise ValueError(f"at most {MAX_STAGES} stages are supported, not {arch.num_stages}")
         self._build_blocks()

@@ -5,6 +5,7 @@ from typing import Any, Dict, Optional
 
 from .console import (console, fmt_rel, line, quiet, render_timings, safe, shorten_path,
                       timings_json, verbose)
+from ..rules.tolerances import SENSITIVITY_FACTOR
 from .verdict import finite_json, verdict_to_dict
 
 __all__ = ["render_verify", "verify_to_dict", "render_blocks", "verify_plot"]
@@ -81,7 +82,7 @@ def render_verify(report, all_blocks: bool = False) -> None:
         return
     tol = f"rtol {v.rtol:g}" + (f", atol {v.atol:g}" if v.atol else "")
     if v.adaptive:
-        tol += " + 4x the measured rounding sensitivity"
+        tol += f" + {SENSITIVITY_FACTOR:g}x the measured rounding sensitivity"
     head = Table(title="mobileone verify", show_header=False)
     head.add_column("", style="bold", no_wrap=True)
     head.add_column("", overflow="fold")

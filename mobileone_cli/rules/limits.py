@@ -17,7 +17,8 @@ __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNE
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
            "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
-           "MAX_LABEL_LINE", "parse_input_size", "check_batch", "check_bn_eps", "resolve_eps",
+           "MAX_LABEL_LINE", "parse_input_size", "check_batch", "check_bn_eps", "default_eps",
+           "resolve_eps",
            "check_seed"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
@@ -111,7 +112,11 @@ def check_seed(seed: Any, option: str = "--seed") -> int:
 
 
 def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:
-    """``eps`` as a float, or BadInput: it must be finite and in [0, MAX_BN_EPS]."""
+    """``eps`` as a float, or BadInput: it must be finite and in [0, MAX_BN_EPS].  The one rule
+    for ``--bn-eps``, the library's ``eps=`` and a config's ``norm_cfg.eps``/``bn_eps``: 0 is
+    PyTorch's BatchNorm without eps (exact where every running_var is positive)."""
+    if isinstance(eps, bool):
+        raise BadInput(f"{option} {_short(eps)} is not a number")
     try:
         value = float(eps)
     except (TypeError, ValueError, OverflowError):
@@ -119,8 +124,14 @@ def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:
     if not math.isfinite(value) or value < 0 or value > MAX_BN_EPS:
         raise BadInput(f"{option} {_short(eps)} is out of range: BatchNorm eps must be finite "
                        f"and between 0 and {MAX_BN_EPS:g}",
-                       hint="PyTorch's default, used by every released MobileOne, is 1e-5")
+                       hint=f"PyTorch's default, used by every released MobileOne, is "
+                            f"{DEFAULT_EPS:g}")
     return value
+
+
+def default_eps(eps: Optional[float]) -> float:
+    """``eps`` when stated, else :data:`DEFAULT_EPS` (checkpoints do not store it)."""
+    return DEFAULT_EPS if eps is None else eps
 
 
 def resolve_eps(option: Optional[float], config: Optional[float], source: str = "the config"
@@ -134,7 +145,7 @@ def resolve_eps(option: Optional[float], config: Optional[float], source: str = 
                        f"{source}", hint="drop one of them: they must say the same")
     if option is not None:
         return option
-    return config if config is not None else DEFAULT_EPS
+    return default_eps(config)
 
 
 def _short(value: Any, width: int = 40) -> str:
