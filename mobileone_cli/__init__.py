@@ -14,7 +14,7 @@ _LAZY = {
     # architectures and layouts (no torch)
     "ArchSpec": "arch.specs", "BlockSpec": "arch.specs", "get_arch": "arch.specs",
     "builtin_archs": "arch.specs", "LAYOUTS": "arch.layouts", "schema": "arch.layouts",
-    "key_map": "arch.layouts", "remap": "arch.layouts", "load_config": "arch.config",
+    "key_map": "arch.layouts", "remap": "arch.layouts", "load_config": "io.config",
     "parse_config": "arch.config", "detect_layout": "io.detect", "Detection": "io.detect",
     "read_safetensors_header": "io.read", "arch_stats": "arch.counting",
     # tensors

@@ -15,22 +15,15 @@ from typing import Optional, Sequence, Tuple
 
 from .errors import BadInput
 from .arch.specs import ArchSpec
+from .rules.dtypes import human_bytes
 
 __all__ = ["available_memory", "weight_elements", "activation_elements", "job_bytes",
-           "check_memory", "WEIGHT_COPIES", "human", "release_freed_heap"]
+           "check_memory", "WEIGHT_COPIES", "release_freed_heap"]
 
 # Copies of the train-form weights, in float32 units, that a check may hold at once: the train
 # and deploy files (their models share those tensors), and, when a check runs several chunks of
 # images, the blocks it keeps cast to float64 and perturbed (2 + 2 + 2); with room to spare.
 WEIGHT_COPIES = 10
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} TB"
 
 
 def available_memory() -> Optional[int]:
@@ -121,8 +114,8 @@ def check_memory(need: int, what: str, hint: Optional[str] = None) -> None:
     """BadInput naming ``what`` when ``need`` bytes exceed the memory available now."""
     have = available_memory()
     if have is not None and need > have:
-        raise BadInput(f"{what} needs about {human(need)} of memory; this machine has "
-                       f"{human(have)} available", hint=hint)
+        raise BadInput(f"{what} needs about {human_bytes(need)} of memory; this machine has "
+                       f"{human_bytes(have)} available", hint=hint)
 
 
 _TRIM = None  # glibc's malloc_trim, False where the C library has none

@@ -13,6 +13,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from ..io.detect import Detection, TensorInfo
 from ..arch.layouts import get_layout
+from ..rules.dtypes import FLOAT_DTYPES
 from ..rules.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE, FORMAT_RANGE
 
 __all__ = ["checkpoint_health", "eps_sensitivity", "block_name", "PARTS", "CHEAP_PARTS"]
@@ -20,7 +21,6 @@ __all__ = ["checkpoint_health", "eps_sensitivity", "block_name", "PARTS", "CHEAP
 PARTS = ("finite", "variance", "dead", "eps", "headroom", "dtypes")
 # What convert adds to its summary: BatchNorm tensors and dtypes only, no pass over every value.
 CHEAP_PARTS = ("finite", "variance", "dead", "dtypes")
-FLOATS = ("float64", "float32", "float16", "bfloat16")
 WORST_SHOWN = 3
 
 
@@ -174,7 +174,7 @@ def _dtypes(infos: Mapping[str, TensorInfo]) -> Dict[str, Any]:
     from ..io.contents import tensor_totals
 
     counts = tensor_totals(infos)["dtypes"]
-    floats = {d: n for d, n in counts.items() if d in FLOATS}
+    floats = {d: n for d, n in counts.items() if d in FLOAT_DTYPES}
     return {"counts": counts, "mixed": len(floats) > 1}
 
 
@@ -292,7 +292,7 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
                          f"zero (in {_few(r['zero_keys'])})")
     dt = h.get("dtypes")
     if dt and dt["mixed"]:
-        mix = ", ".join(f"{d}: {n}" for d, n in dt["counts"].items() if d in FLOATS)
+        mix = ", ".join(f"{d}: {n}" for d, n in dt["counts"].items() if d in FLOAT_DTYPES)
         warn("dtype_mix", f"mixed float dtypes ({mix} tensors)")
     return issues
 

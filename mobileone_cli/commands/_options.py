@@ -70,7 +70,7 @@ def resolve_arch(name: Optional[str], num_classes: Optional[int] = None,
         if name is not None and name.lower() != "auto":
             raise BadInput("give --arch or --config, not both",
                            hint="a config can start from a built-in: arch: {base: s0, ...}")
-        from ..arch.config import load_config
+        from ..io.config import load_config
 
         spec = load_config(config)
         return spec if num_classes is None else spec.with_classes(num_classes)

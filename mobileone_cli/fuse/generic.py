@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from ..io.detect import FLOAT_DTYPES, TensorInfo
+from ..io.detect import TensorInfo
+from ..rules.dtypes import FLOAT_DTYPES
 from .generic_keys import BN_REQUIRED, NAMINGS, Kernel, Naming, _Parts, group_keys
 
 __all__ = ["Naming", "NAMINGS", "FoundBlock", "find_blocks", "parse_kernel", "Kernel"]

@@ -14,12 +14,12 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from ..errors import BadInput
 from ..arch.specs import ArchSpec, match_builtin
 from ..arch.layouts import LAYOUTS, Layout, TensorEntry, get_layout, schema
+from ..rules.dtypes import FLOAT_DTYPES
 
 __all__ = ["Detection", "detect_layout", "find_candidates", "implied_root", "TensorInfo"]
 
 # key -> (dtype name, shape); dtype names as torch prints them without 'torch.' ('float32').
 TensorInfo = Tuple[str, Tuple[int, ...]]
-FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 NOT_A_TENSOR = ", not a tensor"  # dtype suffix tensor_info gives values that are not tensors
 
 

@@ -13,12 +13,13 @@ from ..io.source import LoadOptions, open_source
 from ..io.leftovers import stale_note
 from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
 from ..arch.layouts import get_layout, param_count, schema
+from ..rules.dtypes import STORAGE_DTYPES
 from ..rules.limits import DEFAULT_EPS, check_seed
 from ..timing import Steps
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPES = STORAGE_DTYPES  # --dtype name -> dtype
 
 
 @dataclass

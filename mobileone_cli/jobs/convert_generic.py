@@ -34,7 +34,8 @@ class GenericResult:
         return max(self.checks.values()) if self.checks else None
 
 
-def convert_generic_file(src: str, dst: Optional[str], *, eps: float = DEFAULT_EPS, force: bool = False,
+def convert_generic_file(src: str, dst: Optional[str], *, eps: float = DEFAULT_EPS,
+                         force: bool = False,
                          verify: bool = True, groups: Optional[int] = None,
                          norm_kernel: Optional[Kernel] = None, ema: bool = False,
                          trust: bool = False, rtol: Optional[float] = None,

@@ -19,6 +19,8 @@ import math
 import os
 from typing import Any, Callable, Dict, Optional
 
+from ..rules.dtypes import human_bytes
+
 __all__ = ["console", "width", "MAX_WIDTH", "fmt_rel", "emit", "shorten_middle", "shorten_path",
            "human_bytes", "compact", "safe", "line", "json_emitted", "reset_emitted",
            "set_verbosity", "verbosity", "quiet", "verbose", "QUIET", "NORMAL", "VERBOSE",
@@ -125,14 +127,6 @@ def line(out, head: str, body: object = "", *, whole: bool = False) -> None:
         out.print(Text(rows[0]), soft_wrap=True)
     for row in rows[1:]:
         out.print(Text(row), soft_wrap=True)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000.0
-    return f"{n:.1f} GB"
 
 
 def compact(n: int) -> str:

@@ -17,9 +17,9 @@ __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNE
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
            "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
-           "MAX_LABEL_LINE", "parse_input_size", "check_batch", "check_bn_eps", "default_eps",
-           "resolve_eps",
-           "check_seed"]
+           "MAX_LABEL_LINE", "MAX_CONFIG_BYTES", "MAX_ALIASES", "MAX_HEADER", "MAX_INT_DIGITS",
+           "MAX_STUBS", "MAX_WALK_DEPTH", "MAX_WALK_ITEMS", "parse_input_size", "check_batch",
+           "check_bn_eps", "default_eps", "resolve_eps", "check_seed"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
@@ -57,6 +57,18 @@ MAX_BN_EPS = 1.0
 # same list 2**60 times through shared references, which the copy visits once each.
 MAX_META_ITEMS = 1_000_000
 MAX_META_DEPTH = 100
+# Files read before anything is trusted: a YAML model config (a few hundred bytes) and its aliases
+# (*ref; alias bombs expand exponentially); a safetensors header (the safetensors library's own
+# limit) and the digits of one of its integers (2**64 - 1 has 20: larger is no size or offset);
+# the foreign globals one pickle may name (more is not a checkpoint we can help with); the
+# nesting levels and container items walked to list the tensors of a loaded object.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 64
+MAX_HEADER = 100 * 1024 * 1024
+MAX_INT_DIGITS = 20
+MAX_STUBS = 256
+MAX_WALK_DEPTH = 8
+MAX_WALK_ITEMS = 200_000
 
 
 def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, int]:
