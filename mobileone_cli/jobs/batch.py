@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from ..errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
-                     is_out_of_memory, most_serious)
+from ..errors import (EXIT_BAD_INPUT, EXIT_OK, EXIT_STATUS, BadInput, MobileOneError,
+                     exit_code_of, most_serious)
 from ..io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
@@ -175,7 +175,7 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     import dataclasses
 
     from .convert import ConvertOptions
-    from ..io.write import published
+    from ..io.write import note_published
 
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
     todo = []
@@ -213,7 +213,7 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
                 i = futures[fut]
                 items[i] = fut.result()
                 if items[i].status == "ok":
-                    published.append(items[i].dst)  # written by a worker: say so on Ctrl-C
+                    note_published(items[i].dst)  # written by a worker: say so on Ctrl-C
                 if on_done:
                     on_done(i, items[i])
         except BaseException:
@@ -241,19 +241,17 @@ def _convert_one(src: str, dst: str, options: Any) -> BatchItem:
         result = convert_file(src, dst, options)
         result.state_dict = None  # keep the summary, free the tensors
         return BatchItem(src, dst, "ok", EXIT_OK, result=result)
-    except VerificationFailed as exc:
-        return BatchItem(src, dst, "mismatch", exc.exit_code, _with_hint(exc), facts=exc.facts)
-    except BadInput as exc:
-        return BatchItem(src, dst, "bad input", exc.exit_code, _with_hint(exc), facts=exc.facts)
+    except MobileOneError as exc:
+        code = exit_code_of(exc)
+        return BatchItem(src, dst, EXIT_STATUS[code], code, _with_hint(exc), facts=exc.facts)
     except OSError as exc:
-        return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
+        return BatchItem(src, dst, EXIT_STATUS[EXIT_BAD_INPUT], EXIT_BAD_INPUT,
                          f"{dst}: cannot create the output folder ({exc.strerror or exc})")
-    except Exception as exc:  # MemoryError included
-        if is_out_of_memory(exc):  # the file asks for more memory than there is
-            return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT, f"{src}: out of memory")
-        # a bug: record it and go on with the next file
-        return BatchItem(src, dst, "internal error", EXIT_INTERNAL,
-                         f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
+    except Exception as exc:  # MemoryError included; a bug is recorded and the batch goes on
+        code = exit_code_of(exc)
+        message = (f"{src}: out of memory" if code == EXIT_BAD_INPUT else
+                   f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
+        return BatchItem(src, dst, EXIT_STATUS[code], code, message)
 
 
 def _with_hint(exc) -> str:
