@@ -8,24 +8,45 @@ then published in one step, so DST is either untouched or complete.
 * Temp files are named ``.mobileone-tmp-<pid>-<random>`` (short, so any legal DST name works) and
   removed on every catchable exit; a later run names stale ones left by a killed process
   (:mod:`.leftovers`).
-* :data:`published` records what this process has written, so an interrupt can say so truthfully.
+* :func:`recording_writes` collects what a run has published, so an interrupt can say so
+  truthfully (a context variable: concurrent or nested runs each keep their own list).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
 
 from ..errors import BadInput
 from .leftovers import TEMP_PREFIX
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
-           "output_format", "published", "CHECKPOINT_EXTENSIONS"]
+           "output_format", "recording_writes", "note_published", "CHECKPOINT_EXTENSIONS"]
 
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-published: List[str] = []  # paths this process has published, in order
+_WRITTEN: ContextVar[Optional[List[str]]] = ContextVar("mobileone_written", default=None)
+
+
+@contextlib.contextmanager
+def recording_writes() -> Iterator[List[str]]:
+    """The paths published inside the block, in order (the CLI opens one per command)."""
+    written: List[str] = []
+    token = _WRITTEN.set(written)
+    try:
+        yield written
+    finally:
+        _WRITTEN.reset(token)
+
+
+def note_published(path: str) -> None:
+    """Record ``path`` as published in the current :func:`recording_writes`, if any."""
+    written = _WRITTEN.get()
+    if written is not None:
+        written.append(path)
 
 
 def output_format(dst: str) -> str:
@@ -185,7 +206,7 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give DST the usual permissions
         _publish(tmp, dst, force)
-        published.append(dst)
+        note_published(dst)
     except OSError as exc:
         _remove_quietly(tmp)
         if exc.errno == errno.ENOSPC:
