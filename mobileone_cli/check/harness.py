@@ -18,7 +18,8 @@ from ..errors import BadInput
 from ..arch.specs import ArchSpec
 from ..arch.layouts import remap
 from ..rules.limits import check_seed
-from ..platform import check_memory, job_bytes
+from ..arch.memory import job_bytes
+from ..platform import check_memory
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",

@@ -7,8 +7,7 @@ from typing import Optional
 
 import click
 
-from ..rules.limits import MAX_SEED
-from ._options import resolve_arch
+from ._options import resolve_arch, seed_option
 
 
 @click.command(help="Synthesize an Apple-layout unfused s0 checkpoint (random weights, BatchNorm "
@@ -20,7 +19,7 @@ from ._options import resolve_arch
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Synthesize the network a YAML model config describes instead "
                                    "(see examples/).")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True)
+@seed_option()
 def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
     from ..jobs.convert import ConvertOptions, convert_file
     from ..io.write import save_checkpoint
@@ -28,7 +27,8 @@ def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed
     from ..render.console import console, line, quiet
     from ..render.convert import render_convert
 
-    from ..platform import check_memory, job_bytes, weight_elements
+    from ..arch.memory import job_bytes, weight_elements
+    from ..platform import check_memory
 
     arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
     check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",

@@ -101,7 +101,8 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
 
 def bench_report(report: StatsReport, **kwargs) -> StatsReport:
     """Add measured latency and memory of both forms (see :mod:`.bench`)."""
-    from ..platform import check_memory, job_bytes, weight_elements
+    from ..arch.memory import job_bytes, weight_elements
+    from ..platform import check_memory
     from .stats_bench import run_bench
 
     arch, size = report.stats.arch, report.stats.input_size
