@@ -7,11 +7,11 @@ import click
 
 from ..errors import BadInput
 from ..arch.layouts import LAYOUT_NAMES
-from ..rules.limits import MAX_SEED, default_eps
+from ..rules.limits import default_eps
 from ..rules.tolerances import checkpoint_rule_text
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
-                       config_option, input_size_option, json_option, load_options,
-                       trust_file_option)
+                       config_option, ema_option, input_size_option, json_option, load_options,
+                       prefix_option, seed_option, trust_file_option)
 
 
 def generic_only(**given: Optional[str]) -> None:
@@ -39,11 +39,9 @@ def generic_only(**given: Optional[str]) -> None:
               help="Key layout of DST (default: the layout of SRC; mmcls = mmpretrain).")
 @click.option("--no-fuse", is_flag=True,
               help="Keep the train form: only remap the keys to --to's layout.")
-@click.option("--prefix", default=None, metavar="PFX",
-              help="Convert the MobileOne under this key prefix (e.g. 'backbone.'); every other "
-                   "key is copied unchanged. Default: found automatically when there is one.")
-@click.option("--ema", is_flag=True,
-              help="Convert the EMA weights (ema_state_dict, ...) instead of the state_dict.")
+@prefix_option("Convert the MobileOne under this key prefix (e.g. 'backbone.'); every other key "
+               "is copied unchanged. Default: found automatically when there is one.")
+@ema_option("Convert the EMA weights (ema_state_dict, ...) instead of the state_dict.")
 @trust_file_option()
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the output in this precision (fusion still runs in float64 and rounds "
@@ -54,8 +52,7 @@ def generic_only(**given: Optional[str]) -> None:
                    f"{checkpoint_rule_text()} the measured rounding sensitivity of the "
                    "output dtype.")
 @input_size_option(help_extra=" Size of the check image.")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Seed of the check image.")
+@seed_option("Seed of the check image.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--suffix", default=None, metavar="TEXT",
               help="Batch: appended to each output's name (default: _deploy when fusing, which "

@@ -6,10 +6,9 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
-from ..rules.limits import MAX_SEED
 from ..rules.tolerances import export_rule_text
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
-                       reading_options)
+                       reading_options, seed_option)
 
 
 def parse_batch(value: Optional[str]):
@@ -58,8 +57,7 @@ def parse_batch(value: Optional[str]):
               show_default=True, help="torch.onnx exporter; auto = dynamo when onnxscript is "
                                       "installed and the opset allows it.")
 @reading_options()
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Seed of the check images.")
+@seed_option("Seed of the check images.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance of the runtime check, relative to max |output|. Default: "
                    f"{export_rule_text()} the measured effect of the artifact's arithmetic "

@@ -7,10 +7,10 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput, VerificationFailed
-from ..rules.limits import MAX_SEED
 from ..rules.tolerances import DEFAULT_ATOL, checkpoint_rule_text
-from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
-                       json_option, load_options, trust_file_option)
+from ._options import (MobileOneCommand, bn_eps_option, config_option, ema_option,
+                       input_size_option, json_option, load_options, seed_option,
+                       trust_file_option)
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
 
 
@@ -27,8 +27,7 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @click.argument("deploy_ckpt", type=click.Path(dir_okay=True), required=False)
 @bn_eps_option()
 @config_option()
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Seed of the random inputs.")
+@seed_option("Seed of the random inputs.")
 @click.option("--batch", type=int, default=4, show_default=True, help="Number of random inputs.")
 @input_size_option()
 @click.option("--images", "images_dir", type=click.Path(), default=None, metavar="DIR",
@@ -45,7 +44,7 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @click.option("--reference", type=click.Choice(["fp64"]), default=None,
               help="Always run the float64 referee (by default it runs where fp32 cannot "
                    "decide).")
-@click.option("--ema", is_flag=True, help="Use the EMA weights of both files.")
+@ema_option("Use the EMA weights of both files.")
 @trust_file_option()
 @click.option("--all-blocks", is_flag=True, help="Show the error of every block (as -v does).")
 @plot_option("the error profile")

@@ -11,6 +11,7 @@ from typing import Any, Dict, Iterable, List, Mapping
 
 from ..errors import BadInput
 from ..rules.limits import DEFAULT_EPS
+from ..rules.tolerances import short_number
 
 __all__ = ["check_tensor_storage", "unify_float_dtypes",
            "check_bn_stats", "check_fused_finite", "check_finite", "non_finite_keys", "preflight"]
@@ -117,7 +118,8 @@ def check_bn_stats(state_dict: Mapping[str, Any], running_var_keys: Iterable[str
                 raise BadInput(f"{where}: {k} has {n} channel(s) with running_var == 0 and "
                                f"--bn-eps is 0: the BatchNorm divides by zero",
                                hint=f"pass the eps the model was trained with (PyTorch's "
-                                    f"default is {DEFAULT_EPS:g}); `mobileone inspect {where}` measures "
+                                    f"default is {short_number(DEFAULT_EPS)}); "
+                                    f"`mobileone inspect {where}` measures "
                                     f"how much eps matters")
             zeros += n
             zero_keys.append(k)

@@ -12,6 +12,7 @@ import math
 from typing import Any, Optional, Sequence, Tuple
 
 from ..errors import BadInput
+from .tolerances import short_number
 
 __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
@@ -137,7 +138,7 @@ def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:
         raise BadInput(f"{option} {_short(eps)} is out of range: BatchNorm eps must be finite "
                        f"and between 0 and {MAX_BN_EPS:g}",
                        hint=f"PyTorch's default, used by every released MobileOne, is "
-                            f"{DEFAULT_EPS:g}")
+                            f"{short_number(DEFAULT_EPS)}")
     return value
 
 
