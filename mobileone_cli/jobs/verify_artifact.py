@@ -89,7 +89,7 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
                     rtol: Optional[float] = None) -> ArtifactReport:
     """A checkpoint (train: fused and judged here; deploy: as is) against an artifact."""
     from ..fuse.fusion import fuse_state_dict
-    from ..runtimes import TARGETS, load_artifact, target_for
+    from ..runtimes import load_artifact, target_for
     from ..arch.layouts import remap
     from .verify import read_side, verify_state_dicts
 
@@ -117,16 +117,14 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
     classes = out[-1] if arch.has_head and len(out) == 2 else None
     if arch.has_head and isinstance(classes, int) and classes != arch.num_classes:
         raise BadInput(f"{path} outputs {classes} classes, but {ckpt} has {arch.num_classes}")
-    if target.module == "coreml":
-        from ..runtimes.coreml import const_name, read_weights
-
-        names = {k: const_name(k, report.dtype) for k in deploy_sd}
-        report.weights = check_weights(read_weights(path), deploy_sd, names, report.dtype)
+    read = target.read_weights(path, list(deploy_sd), report.dtype)
+    if read is not None:
+        report.weights = check_weights(read[0], deploy_sd, read[1], report.dtype)
     if not artifact.executes:
         report.executed = False
-        report.not_executed = f"not executed: {target.runtime} runs only on macOS"
+        report.not_executed = target.not_executed()
         return report
-    compute = TARGETS[target.extension].fp16_compute if report.dtype == "fp16" else "float32"
+    compute = target.compute(report.dtype)
     report.checks = check_artifact(artifact, deploy_sd, arch, _shapes(artifact, arch, batch, size),
                                    dtype=report.dtype, compute=compute, seed=seed, rtol=rtol)
     note = precision_note(report.checks)
