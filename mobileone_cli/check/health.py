@@ -5,7 +5,7 @@ facts that silently change a result (the training eps deciding the fused weights
 and branches, values a half-precision format cannot hold, mixed dtypes).  Value statistics run on
 numpy arrays (``io.arrays``), so a ``.safetensors`` file is examined without torch; only the eps
 sensitivity of a train-form MobileOne needs torch, because it is measured with the tool's one
-fusion (``fuse.fusion.fuse_block``) at the two eps values of ``spec.tolerances.EPS_PROBE``.
+fusion (``fuse.fusion.fuse_block``) at the two eps values of ``rules.tolerances.EPS_PROBE``.
 """
 from __future__ import annotations
 
@@ -127,7 +127,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
 def _headroom(values: Mapping[str, Any]) -> Dict[str, Any]:
     """Per half-precision format: largest |value| against its range, the values that would
     become inf there, and the shares of the nonzero finite values that would become subnormal
-    (or zero) and zero.  Thresholds follow round-to-nearest-even (spec.tolerances)."""
+    (or zero) and zero.  Thresholds follow round-to-nearest-even (rules.tolerances)."""
     import numpy as np
 
     acc = {f: {"max_abs": 0.0, "max_key": None, "overflow": 0, "overflow_keys": [],

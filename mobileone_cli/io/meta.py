@@ -7,7 +7,7 @@ lists, and container subclasses become plain ``dict``/``list``/``tuple``/``set``
 The walk visits each object once: shared and cyclic references in the input stay shared and
 cyclic in the copy (the same object graph), so a ``meta`` that names one list 2**60 times through
 shared references costs as much as the list.  The number of objects and the nesting depth are
-bounded (``spec.limits``); beyond them the file is refused (exit 2).
+bounded (``rules.limits``); beyond them the file is refused (exit 2).
 """
 from __future__ import annotations
 
