@@ -110,26 +110,27 @@ def block_bounds(fused: Mapping[str, Any], blocks: Sequence[FoundBlock], *,
     if rtol is not None:
         return {b.path: rtol for b in blocks}
     g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
     out: Dict[str, float] = {}
     for b in blocks:
         x = _block_input(b, g)
         kh, kw = b.kernel_size
         w, bias = fused[b.weight_key], fused[b.bias_key]
         unit = UNIT_ROUNDOFF.get(str(w.dtype).replace("torch.", ""), UNIT_ROUNDOFF["float32"])
-
-        def nudged(t):
-            t = t.to(torch.float64)
-            sign = torch.randint(0, 2, t.shape, generator=g, dtype=torch.float64) * 2 - 1
-            return t * (1 + unit * sign)
-
-        def run(weight, b_):
-            return F.conv2d(x, weight, b_, padding=(kh // 2, kw // 2), groups=b.groups or 1)
-
-        y = run(w.to(torch.float64), bias.to(torch.float64))
+        moved_w, moved_b = (t.to(f64) * (1 + unit * _random_signs(t.shape, g)) for t in (w, bias))
+        conv = dict(padding=(kh // 2, kw // 2), groups=b.groups or 1)
+        y = F.conv2d(x, w.to(f64), bias.to(f64), **conv)
         scale = float(y.abs().max())
-        moved = float((run(nudged(w), nudged(bias)) - y).abs().max())
+        moved = float((F.conv2d(x, moved_w, moved_b, **conv) - y).abs().max())
         out[b.path] = DEFAULT_RTOL + SENSITIVITY_FACTOR * (moved / scale if scale > 0 else 0.0)
     return out
+
+
+def _random_signs(shape, g):
+    """+1 or -1 per element, float64, from generator ``g``."""
+    import torch
+
+    return torch.randint(0, 2, shape, generator=g, dtype=torch.float64) * 2 - 1
 
 
 def check_blocks(state_dict: Mapping[str, Any], fused: Mapping[str, Any],
