@@ -39,6 +39,8 @@ _LAZY = {
     "evaluate_files": "jobs.eval", "EvalReport": "jobs.eval", "Preprocessing": "data.pipeline",
     "make_preprocessing": "data.pipeline", "open_dataset": "data.folders",
     "quantize_file": "jobs.quant", "QuantOptions": "jobs.quant", "QuantReport": "jobs.quant",
+    "fetch_names": "jobs.fetch", "list_known": "jobs.fetch", "FetchSettings": "io.remote",
+    "local_path": "io.remote",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",
 }
 

@@ -31,6 +31,7 @@ COMMANDS = {
     "eval": "Accuracy on labelled images: train vs deploy vs exported files, one pass.",
     "quant": "int8 readiness: per-block quantization error, and a checked int8 .pte.",
     "demo": "Convert and verify a built-in synthetic s0 checkpoint (no download).",
+    "fetch": "Download official checkpoints by name (apple:s0, ...) into a checked cache.",
 }
 
 

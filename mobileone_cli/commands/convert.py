@@ -12,6 +12,7 @@ from ..rules.tolerances import checkpoint_rule_text
 from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
                        config_option, ema_option, input_size_option, json_option, load_options,
                        prefix_option, seed_option, trust_file_option)
+from ._sources import fetch_options
 
 
 def generic_only(**given: Optional[str]) -> None:
@@ -75,6 +76,7 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--norm-kernel", default=None, metavar="K|HxW",
               help="With --generic: kernel of blocks without a conv branch (default: their "
                    "sibling's, else 1x1).")
+@fetch_options("paths", keep_last=True)
 def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
             no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,

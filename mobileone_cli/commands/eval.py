@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import click
 
+from ._sources import fetch_options
 from ._options import (MobileOneCommand, json_option, load_options, reading_options)
 
 __all__ = ["eval"]
@@ -50,6 +51,7 @@ __all__ = ["eval"]
               help="Std on 0..255 [58.395,57.12,57.375]; values <= 1 are fractions of 255.")
 @reading_options(ema_help="Use the checkpoints' EMA weights.")
 @json_option("the report, with per-class accuracy and every disagreeing image")
+@fetch_options("ckpt", "deploy")
 def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  # noqa: A001
          classes: Optional[str], limit: Optional[int], batch: int, workers: Optional[int],
          device: str, resize: Optional[int], crop: Optional[str], interpolation: Optional[str],

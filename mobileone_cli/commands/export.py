@@ -10,6 +10,7 @@ from ..rules.tolerances import export_rule_text
 from ..runtimes.coreml import DEFAULT_DEPLOYMENT_TARGET
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
                        reading_options, seed_option)
+from ._sources import fetch_options
 
 
 def parse_batch(value: Optional[str]):
@@ -65,6 +66,7 @@ def parse_batch(value: Optional[str]):
                    "precision (fp32 or fp16) on this network.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @json_option("the summary")
+@fetch_options("ckpt")
 def export(ckpt: str, out: str, input_size: Tuple[int, int], batch_text: Optional[str],
            max_batch: Optional[int], fixed_size: Optional[bool], opset: Optional[int],
            dtype: str, coreml_target: str, exporter: str, arch_name: Optional[str],

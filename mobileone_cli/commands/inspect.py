@@ -10,6 +10,7 @@ import click
 
 from ._options import (config_option, ema_option, json_option, prefix_option, resolve_arch,
                        trust_file_option)
+from ._sources import fetch_options
 
 
 @click.command(help="Show what a checkpoint holds: file format, wrapper, layout (apple, "
@@ -32,6 +33,7 @@ from ._options import (config_option, ema_option, json_option, prefix_option, re
                    "alone, without reading the weights or importing torch.")
 @trust_file_option()
 @config_option()
+@fetch_options("ckpt")
 def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, strict: bool,
             no_health: bool, trust_file: bool, config_path: Optional[str]) -> int:
     from ..errors import BadInput, VerificationFailed

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 import click
 
+from ._sources import fetch_options
 from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
                        reading_options, seed_option)
 from ._plot import check_plot, plot_option, write_plot
@@ -49,6 +50,7 @@ __all__ = ["quant"]
 @reading_options()
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
+@fetch_options("ckpt")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
           export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],

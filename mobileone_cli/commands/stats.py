@@ -10,6 +10,7 @@ import click
 
 from ._options import (MobileOneCommand, config_option, input_size_option, json_option,
                        resolve_arch, trust_file_option)
+from ._sources import fetch_options
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
 
 
@@ -51,6 +52,7 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @plot_option("the per-part bars (and --bench's latency bars)")
 @plot_force_option()
 @json_option()
+@fetch_options("ckpt")
 def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[str],
           num_classes: Optional[int],
           input_size, convention: str, bench: bool, runtime: str, batch: int,

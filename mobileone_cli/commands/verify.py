@@ -11,6 +11,7 @@ from ..rules.tolerances import DEFAULT_ATOL, checkpoint_rule_text
 from ._options import (MobileOneCommand, bn_eps_option, config_option, ema_option,
                        input_size_option, json_option, load_options, seed_option,
                        trust_file_option)
+from ._sources import fetch_options
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
 
 
@@ -50,6 +51,7 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @plot_option("the error profile")
 @plot_force_option()
 @json_option("the report (for CI)")
+@fetch_options("train_ckpt", "deploy_ckpt")
 def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[str],
            bn_eps: Optional[float], seed: int, batch: int, input_size: Tuple[int, int],
            images_dir: Optional[str], device: str, rtol: Optional[float], atol: float,

@@ -66,8 +66,10 @@ def open_source(path: str, options: Optional[LoadOptions] = None, *,
     ``refuse_non_finite=False`` keeps NaN/Inf in the MobileOne: a deploy file under verification
     that holds them simply fails the check, naming the block.  ``steps`` times 'load' (reading
     the file) and 'detect' (finding, checking and validating the MobileOne)."""
+    from .remote import local_path
+
     options = options or LoadOptions()
-    path = os.fspath(path)
+    path = local_path(os.fspath(path))  # a name (apple:s0, hf-hub:...): its checked cache file
     arch = options.arch
     eps = resolve_eps(options.eps, arch.bn_eps if arch is not None else None,
                       options.arch_source or "--arch")

@@ -161,7 +161,9 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     refused, unless ``prefix`` or ``arch`` asked for one."""
     from ..runtimes import runtime_for
 
-    path = os.fspath(path)
+    from ..io.remote import local_path
+
+    path = local_path(os.fspath(path))  # a name (apple:s0, hf-hub:...): its checked cache file
     wanted = prefix is not None or arch is not None  # the user asked for a MobileOne
     if runtime_for(path) == "onnx":
         return _onnx(path)

@@ -65,6 +65,9 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
     from ..io.contents import list_tensors
     from ..arch.specs import expect_arch
 
+    from ..io.remote import local_path
+
+    path = local_path(path)  # a name (apple:s0, hf-hub:...): its checked cache file
     steps = Steps()
     with steps("load"):
         listing = list_tensors(path, trust=trust)

@@ -20,7 +20,8 @@ __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNE
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
            "MAX_LABEL_LINE", "MAX_CONFIG_BYTES", "MAX_ALIASES", "MAX_HEADER", "MAX_INT_DIGITS",
            "MAX_STUBS", "MAX_WALK_DEPTH", "MAX_WALK_ITEMS", "parse_input_size", "check_batch",
-           "check_bn_eps", "default_eps", "resolve_eps", "check_seed"]
+           "check_bn_eps", "default_eps", "resolve_eps", "check_seed", "MAX_DOWNLOAD", "MAX_REDIRECTS",
+           "DOWNLOAD_TIMEOUT", "DOWNLOAD_ATTEMPTS"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)
@@ -70,6 +71,13 @@ MAX_INT_DIGITS = 20
 MAX_STUBS = 256
 MAX_WALK_DEPTH = 8
 MAX_WALK_ITEMS = 200_000
+# Downloads (``apple:s0``, ``hf-hub:...``, URLs): the bytes one file may have (the largest official
+# checkpoint is 60 MB), redirects followed, the seconds a connection or a silent read may take
+# (MOBILEONE_TIMEOUT replaces it) and the tries of a transfer that breaks off (each resumes).
+MAX_DOWNLOAD = 1024 ** 3
+MAX_REDIRECTS = 5
+DOWNLOAD_TIMEOUT = 30.0
+DOWNLOAD_ATTEMPTS = 3
 
 
 def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, int]:
