@@ -19,8 +19,15 @@ from typing import Iterable, List, Optional
 import click
 
 from . import __version__
-from .errors import (EXIT_BAD_INPUT, EXIT_INTERRUPTED, MobileOneError, exit_code_of, first_line,
-                     one_line, printable)
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    MobileOneError,
+    exit_code_of,
+    first_line,
+    one_line,
+    printable,
+)
 
 COMMANDS = {
     "convert": "Fuse and/or remap a MobileOne checkpoint (Apple, mmpretrain, timm).",

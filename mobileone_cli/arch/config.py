@@ -28,9 +28,9 @@ import dataclasses
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from .specs import ArchSpec, builtin_archs, match_builtin
-from .fields import Fields, join, quote, type_name
 from ..rules.limits import MAX_CHANNELS, MAX_STAGES
+from .fields import Fields, join, quote, type_name
+from .specs import ArchSpec, builtin_archs, match_builtin
 
 __all__ = ["parse_config", "BASE_CHANNELS"]
 

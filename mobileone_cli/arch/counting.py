@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-from .specs import ArchSpec, BlockSpec
-from .layouts import FORMS
 from ..rules.dtypes import numel, tensor_bytes
+from .layouts import FORMS
+from .specs import ArchSpec, BlockSpec
 
 __all__ = ["Count", "FormCount", "ArchStats", "FileCount", "CONVENTIONS", "FORMS", "conv_out",
            "block_count", "count_form", "arch_stats", "file_count", "part_name"]

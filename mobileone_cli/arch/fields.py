@@ -9,8 +9,15 @@ import difflib
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput
-from ..rules.limits import (MAX_BRANCHES, MAX_CHANNELS, MAX_CLASSES, MAX_KERNEL, MAX_PAIRS,
-                            MAX_STAGES, check_bn_eps)
+from ..rules.limits import (
+    MAX_BRANCHES,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_KERNEL,
+    MAX_PAIRS,
+    MAX_STAGES,
+    check_bn_eps,
+)
 
 __all__ = ["Fields", "quote", "cut", "join", "type_name"]
 

@@ -51,7 +51,8 @@ LAYOUTS: Dict[str, Layout] = {
         name="apple", stem="stage0", block="stage{s}.{j}", head="linear",
         parts=(("conv", "rbr_conv.{n}.conv"), ("conv_bn", "rbr_conv.{n}.bn"),
                ("scale", "rbr_scale.conv"), ("scale_bn", "rbr_scale.bn"), ("skip", "rbr_skip"),
-               ("se_reduce", "se.reduce"), ("se_expand", "se.expand"), ("reparam", "reparam_conv"))),
+               ("se_reduce", "se.reduce"), ("se_expand", "se.expand"),
+               ("reparam", "reparam_conv"))),
     "mmpretrain": Layout(
         name="mmpretrain", stem="backbone.stage0", block="backbone.stage{s}.{j}", head="head.fc",
         parts=(("conv", "branch_conv_list.{n}.conv"), ("conv_bn", "branch_conv_list.{n}.norm"),
@@ -66,7 +67,8 @@ LAYOUTS: Dict[str, Layout] = {
 }
 LAYOUT_NAMES = tuple(LAYOUTS)
 # Other names users give the same layouts (mmcls is mmpretrain's former name).
-LAYOUT_ALIASES = {"mmcls": "mmpretrain", "mmclassification": "mmpretrain", "openmmlab": "mmpretrain",
+LAYOUT_ALIASES = {"mmcls": "mmpretrain", "mmclassification": "mmpretrain",
+                  "openmmlab": "mmpretrain",
                   "ml-mobileone": "apple", "pytorch-image-models": "timm"}
 
 

@@ -15,12 +15,14 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-__all__ = ["ArchSpec", "BlockSpec", "builtin_archs", "get_arch", "ARCH_NAMES", "canonical_arch_name",
+__all__ = ["ArchSpec", "BlockSpec", "builtin_archs", "get_arch", "ARCH_NAMES",
+           "canonical_arch_name",
            "match_builtin", "arch_differences", "expect_arch"]
 
 ARCH_NAMES = ("s0", "s1", "s2", "s3", "s4")
 _BUILTIN_YAML = os.path.join(os.path.dirname(__file__), "configs", "builtin.yaml")
-# How the other ecosystems spell a variant: timm 'mobileone_s2', mmpretrain 'mobileone-s2_8xb32_in1k'
+# How the other ecosystems spell a variant: timm 'mobileone_s2', mmpretrain
+# 'mobileone-s2_8xb32_in1k'
 # config names, Apple 'mobileone_s2_unfused'.
 _ALIAS = re.compile(r"^(?:mobileone[-_ ]?)?(s\d)(?:[-_].*)?$", re.I)
 

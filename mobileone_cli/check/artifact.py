@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import VerificationFailed
 from ..arch.specs import ArchSpec
+from ..errors import VerificationFailed
 from ..rules.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
 from .harness import Metrics, compare_outputs, load_model, seeded_inputs
 

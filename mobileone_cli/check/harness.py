@@ -14,16 +14,17 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from ..errors import BadInput
-from ..arch.specs import ArchSpec
 from ..arch.layouts import remap
-from ..rules.limits import check_seed
 from ..arch.memory import job_bytes
+from ..arch.specs import ArchSpec
+from ..errors import BadInput
 from ..platform import check_memory
+from ..rules.limits import check_seed
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
-           "resolve_device", "perturb", "perturb_", "perturb_module", "float_dtype", "CHUNK", "per_pass", "check_room"]
+           "resolve_device", "perturb", "perturb_", "perturb_module", "float_dtype", "CHUNK",
+           "per_pass", "check_room"]
 
 CHUNK = 4  # images per forward pass while block outputs are kept (bounds memory)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..io.detect import Detection, TensorInfo
 from ..arch.layouts import get_layout
+from ..io.detect import Detection, TensorInfo
 from ..rules.dtypes import FLOAT_DTYPES
 from ..rules.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE, FORMAT_RANGE
 
@@ -261,15 +261,18 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
                      f"weights are set by eps alone")
     dead = h.get("dead")
     if dead and dead["branches"]:
-        warn("dead_branch", f"{len(dead['branches'])} dead branch(es), gamma == 0 in every channel: "
+        warn("dead_branch", f"{len(dead['branches'])} dead branch(es), gamma == 0 in every "
+                            f"channel: "
                      f"{_few(dead['branches'])}")
     if dead and dead["channels"]:
         n = sum(c["count"] for c in dead["channels"])
-        warn("dead_channel", f"gamma == 0 in {n} channel(s) of {len(dead['channels'])} BatchNorm(s) "
+        warn("dead_channel", f"gamma == 0 in {n} channel(s) of {len(dead['channels'])} "
+                             f"BatchNorm(s) "
                      f"({_few([c['key'] for c in dead['channels']])})")
     if dead and dead["blocks"]:
         n = sum(b["channels"] for b in dead["blocks"])
-        warn("dead_block", f"{n} block output channel(s) are constant (no branch passes the input) in "
+        warn("dead_block", f"{n} block output channel(s) are constant (no branch passes the "
+                           f"input) in "
                      f"{_few([b['block'] for b in dead['blocks']])}")
     eps = h.get("eps")
     if eps and eps.get("measured") and eps["max"] is not None and \
@@ -284,7 +287,8 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
                      f"give convert/verify the right --bn-eps")
     for fmt, r in (h.get("headroom") or {}).items():
         if r["overflow"]:
-            warn("overflow", f"{fmt}: {r['overflow']} value(s) beyond its range of {r['limit']:.5g} "
+            warn("overflow", f"{fmt}: {r['overflow']} value(s) beyond its range of "
+                             f"{r['limit']:.5g} "
                          f"(largest |x| {r['max_abs']:.3g}, in {_few(r['overflow_keys'])}); "
                          f"stored as {fmt} they become inf")
         if r["zero_share"] > FLUSH_WARN_SHARE:

@@ -173,15 +173,16 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
         if name == HEAD:  # the head takes the pooled, flattened features
             t, d = head_input(train, t), head_input(deploy, d)
             p = head_input(deploy, p) if unit is not None else None
-        t_blk = block("train", name, lambda: _in_dtype(t_mod, dtype))
-        d_blk = block("deploy", name, lambda: _in_dtype(d_mod, dtype))
+        t_blk = block("train", name, lambda m=t_mod: _in_dtype(m, dtype))
+        d_blk = block("deploy", name, lambda m=d_mod: _in_dtype(m, dtype))
         t_out = t_blk(t)
         d_out = d_blk(d)
         d_own = d_out if d is t else d_blk(t)
         _update(errors["deploy"].setdefault(name, BlockError(name, stage)),
                 t_out, d_out, t_out, d_own, t_out)
         if unit is not None:
-            p_blk = block("perturbed", name, lambda: perturb_module(d_blk, name, unit))
+            p_blk = block("perturbed", name,
+                          lambda m=d_blk, n=name: perturb_module(m, n, unit))
             p_out = p_blk(p)
             p_own = p_out if p is t else p_blk(t)
             _update(errors["perturbed"].setdefault(name, BlockError(name, stage)),

@@ -27,11 +27,10 @@ from typing import Dict, List, Mapping, Optional
 
 import torch
 
-from ..errors import BadInput
 from ..arch.specs import ArchSpec
+from ..errors import BadInput
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
-from .harness import (CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass,
-                      strict_fp32)
+from .harness import CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass, strict_fp32
 from .localize import BlockError, lockstep
 
 __all__ = ["Stage", "Verdict", "judge", "non_finite"]

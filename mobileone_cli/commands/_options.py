@@ -9,8 +9,8 @@ from typing import Any, List, Optional
 
 import click
 
-from ..errors import BadInput
 from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
+from ..errors import BadInput
 from ..rules.limits import DEFAULT_EPS, MAX_SEED
 from ..rules.tolerances import short_number
 

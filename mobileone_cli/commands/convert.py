@@ -5,13 +5,24 @@ from typing import Optional, Tuple
 
 import click
 
-from ..errors import BadInput
 from ..arch.layouts import LAYOUT_NAMES
+from ..errors import BadInput
 from ..rules.limits import default_eps
 from ..rules.tolerances import checkpoint_rule_text
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
-                       config_option, ema_option, input_size_option, json_option, load_options,
-                       prefix_option, seed_option, trust_file_option)
+from ._options import (
+    MobileOneCommand,
+    arch_option,
+    bn_eps_option,
+    complete_from,
+    config_option,
+    ema_option,
+    input_size_option,
+    json_option,
+    load_options,
+    prefix_option,
+    seed_option,
+    trust_file_option,
+)
 from ._sources import fetch_options
 
 
@@ -105,8 +116,8 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         if no_fuse or prefix is not None:
             raise BadInput("--no-fuse and --prefix do not apply with --generic")
         generic_only(arch=arch_name, config=config_path, to=layout_out, dtype=dtype)
-        from ..jobs.convert_generic import convert_generic_file
         from ..fuse.generic import parse_kernel
+        from ..jobs.convert_generic import convert_generic_file
         from ..render.generic import generic_to_dict, render_generic
 
         result = convert_generic_file(first, dst, eps=default_eps(bn_eps),

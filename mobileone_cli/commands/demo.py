@@ -21,14 +21,13 @@ from ._options import resolve_arch, seed_option
                                    "(see examples/).")
 @seed_option()
 def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
-    from ..jobs.convert import ConvertOptions, convert_file
+    from ..arch.memory import job_bytes, weight_elements
     from ..io.write import save_checkpoint
+    from ..jobs.convert import ConvertOptions, convert_file
     from ..models.synthetic import random_state_dict
+    from ..platform import check_memory
     from ..render.console import console, line, quiet
     from ..render.convert import render_convert
-
-    from ..arch.memory import job_bytes, weight_elements
-    from ..platform import check_memory
 
     arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
     check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",

@@ -8,8 +8,14 @@ import click
 from ..errors import BadInput
 from ..rules.tolerances import export_rule_text
 from ..runtimes.coreml import DEFAULT_DEPLOYMENT_TARGET
-from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
-                       reading_options, seed_option)
+from ._options import (
+    MobileOneCommand,
+    input_size_option,
+    json_option,
+    load_options,
+    reading_options,
+    seed_option,
+)
 from ._sources import fetch_options
 
 
@@ -52,7 +58,8 @@ def parse_batch(value: Optional[str]):
               help="Precision of the artifact: fp16 stores float16 weights (.onnx, .pte: also "
                    "float16 input, output and arithmetic; .tflite: float32 biases, input and "
                    "output; .mlpackage: compute precision FLOAT16).")
-@click.option("--coreml-target", default=DEFAULT_DEPLOYMENT_TARGET, show_default=True, metavar="TARGET",
+@click.option("--coreml-target", default=DEFAULT_DEPLOYMENT_TARGET, show_default=True,
+              metavar="TARGET",
               help="Core ML minimum deployment target (.mlpackage): iOS15..iOS18, "
                    "macOS12..macOS15.")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",

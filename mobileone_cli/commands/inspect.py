@@ -8,8 +8,14 @@ from typing import Optional
 
 import click
 
-from ._options import (config_option, ema_option, json_option, prefix_option, resolve_arch,
-                       trust_file_option)
+from ._options import (
+    config_option,
+    ema_option,
+    json_option,
+    prefix_option,
+    resolve_arch,
+    trust_file_option,
+)
 from ._sources import fetch_options
 
 

@@ -5,10 +5,16 @@ from typing import Optional, Tuple
 
 import click
 
-from ._sources import fetch_options
-from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
-                       reading_options, seed_option)
+from ._options import (
+    MobileOneCommand,
+    input_size_option,
+    json_option,
+    load_options,
+    reading_options,
+    seed_option,
+)
 from ._plot import check_plot, plot_option, write_plot
+from ._sources import fetch_options
 
 __all__ = ["quant"]
 

@@ -8,11 +8,19 @@ import click
 
 from ..errors import BadInput, VerificationFailed
 from ..rules.tolerances import DEFAULT_ATOL, checkpoint_rule_text
-from ._options import (MobileOneCommand, bn_eps_option, config_option, ema_option,
-                       input_size_option, json_option, load_options, seed_option,
-                       trust_file_option)
-from ._sources import fetch_options
+from ._options import (
+    MobileOneCommand,
+    bn_eps_option,
+    config_option,
+    ema_option,
+    input_size_option,
+    json_option,
+    load_options,
+    seed_option,
+    trust_file_option,
+)
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
+from ._sources import fetch_options
 
 
 @click.command(cls=MobileOneCommand,
@@ -64,7 +72,8 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
 
     settle_heap()
     check_plot(plot_path, force)
-    if deploy_ckpt is not None and deploy_ckpt.strip().isdigit() and not os.path.exists(deploy_ckpt):
+    if (deploy_ckpt is not None and deploy_ckpt.strip().isdigit()
+            and not os.path.exists(deploy_ckpt)):
         raise BadInput(f"{deploy_ckpt!r} is not a checkpoint file",
                        hint="--input-size takes 224, 224x192 or two numbers: 224 192")
     from ..runtimes import target_for

@@ -8,7 +8,8 @@ reproduced step by step from mmcv 2.2 and mmpretrain 1.2:
    EXIF orientation applied, 16-bit samples shifted right by 8 (what OpenCV does; Pillow's own
    conversion would clip them);
 2. ``ResizeEdge(scale=256, edge='short', backend='pillow')``: the short edge becomes 256 and the
-   long edge ``int(256 * long / short)`` (truncated); ``PIL.Image.resize`` with the filter (bilinear);
+   long edge ``int(256 * long / short)`` (truncated); ``PIL.Image.resize`` with the filter
+   (bilinear);
 3. ``CenterCrop(224)``: offsets ``int(round((size - crop) / 2))``, Python's round (half to even:
    an offset of 16.5 is 16, 17.5 is 18);
 4. ``ClsDataPreprocessor``: uint8 -> float32, ``(x - mean) / std`` in float32 with mean
@@ -34,7 +35,8 @@ __all__ = ["Preprocessing", "make_preprocessing", "ImageError", "check_image_siz
 MMPRETRAIN_MEAN = (123.675, 116.28, 103.53)
 MMPRETRAIN_STD = (58.395, 57.12, 57.375)
 RESIZE_RATIO = 256 / 224  # resize : crop of the default, kept when only the crop is changed
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # mmcv's pillow set
+# mmcv's pillow set
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 # mmpretrain's IMG_EXTENSIONS
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PILLOW_HINT = "pip install 'mobileone-cli[images]'   (or: pip install pillow)"
@@ -72,7 +74,8 @@ class Preprocessing:
             raise BadInput(f"--crop {h}x{w}: each side must be between 1 and {MAX_INPUT_SIDE}")
         if max(h, w) > self.resize:
             raise BadInput(f"--crop {h}x{w} does not fit in an image whose short edge is resized "
-                           f"to {self.resize}", hint="give a --resize at least as large as the crop")
+                           f"to {self.resize}",
+                           hint="give a --resize at least as large as the crop")
         if self.interpolation not in INTERPOLATIONS:
             raise BadInput(f"--interpolation {self.interpolation!r}: one of "
                            f"{', '.join(INTERPOLATIONS)}")

@@ -160,7 +160,7 @@ def check_blocks(state_dict: Mapping[str, Any], fused: Mapping[str, Any],
             return F.batch_norm(y, t["running_mean"], t["running_var"], t.get("weight"),
                                 t.get("bias"), training=False, eps=eps)
 
-        def conv(mod, pad):
+        def conv(mod, pad, x=x, groups=groups):
             w = state_dict[mod["weight"]].to(f64)
             bias = state_dict[mod["bias"]].to(f64) if "bias" in mod else None
             return F.conv2d(x, w, bias, padding=pad, groups=groups)

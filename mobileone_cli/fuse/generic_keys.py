@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ..errors import BadInput
 from ..arch.layouts import BN_LEAVES, LAYOUTS, Layout
+from ..errors import BadInput
 
 __all__ = ["Kernel", "Naming", "NAMINGS", "BN_REQUIRED", "group_keys"]
 

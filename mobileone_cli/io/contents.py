@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from .detect import TensorInfo, tensor_info
 from ..rules.limits import MAX_WALK_DEPTH, MAX_WALK_ITEMS
+from .detect import TensorInfo, tensor_info
 from .read import Checkpoint
 
 __all__ = ["Listing", "list_tensors", "structure", "flat_tensors", "tensor_totals"]

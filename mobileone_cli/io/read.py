@@ -101,7 +101,8 @@ def swapped_ema(obj: Any) -> bool:
     plus the raw training weights under ``module.``-prefixed keys.
     """
     ema = obj.get("ema_state_dict") if isinstance(obj, Mapping) else None
-    return (isinstance(ema, Mapping) and "steps" in ema and isinstance(obj.get("state_dict"), Mapping)
+    return (isinstance(ema, Mapping) and "steps" in ema
+            and isinstance(obj.get("state_dict"), Mapping)
             and all(k == "steps" or str(k).startswith("module.") for k in ema))
 
 

@@ -15,11 +15,21 @@ import re
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
-from ..arch.sources import KnownCheckpoint, RemoteRef, SOURCE_BASES, parse_remote
+from ..arch.sources import SOURCE_BASES, KnownCheckpoint, RemoteRef, parse_remote
 from ..errors import BadInput, printable
 from ..rules import limits
-from .cache import (CacheEntry, cache_root, check_record, check_sha256_pin, entry_for_known,
-                    entry_for_url, file_sha256, locked, read_record, write_record)
+from .cache import (
+    CacheEntry,
+    cache_root,
+    check_record,
+    check_sha256_pin,
+    entry_for_known,
+    entry_for_url,
+    file_sha256,
+    locked,
+    read_record,
+    write_record,
+)
 from .download import Progress, discard, download
 
 __all__ = ["FetchSettings", "Fetched", "remote_ref", "resolve", "local_path", "source_url",

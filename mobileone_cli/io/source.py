@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..arch.specs import ArchSpec, expect_arch
 from ..arch.layouts import TensorEntry
+from ..arch.specs import ArchSpec, expect_arch
 from ..rules.limits import resolve_eps
 from ..timing import Steps, step
 from .detect import Detection, TensorInfo, detect_layout, tensor_info

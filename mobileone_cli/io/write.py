@@ -211,7 +211,8 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
         _remove_quietly(tmp)
         if exc.errno == errno.ENOSPC:
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None
-        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
+        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was "
+                       f"written") from None
     except BaseException as exc:
         _remove_quietly(tmp)
         if isinstance(exc, Exception) and _is_writer_error(exc):

@@ -13,8 +13,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from ..errors import (EXIT_BAD_INPUT, EXIT_OK, EXIT_STATUS, BadInput, MobileOneError,
-                     exit_code_of, most_serious)
+from ..errors import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_STATUS,
+    BadInput,
+    MobileOneError,
+    exit_code_of,
+    most_serious,
+)
 from ..io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
@@ -174,8 +181,8 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     output exists alone (status 'skipped').  Output folders are created as needed."""
     import dataclasses
 
-    from .convert import ConvertOptions
     from ..io.write import note_published
+    from .convert import ConvertOptions
 
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
     todo = []
@@ -202,7 +209,8 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert", "mobileone_cli.jobs.batch"])
+        ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert",
+                                    "mobileone_cli.jobs.batch"])
     else:  # Windows
         ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
@@ -259,5 +267,6 @@ def _with_hint(exc) -> str:
 
 
 def batch_exit_code(items: Sequence[BatchItem]) -> int:
-    """0 when all converted; else the most serious failure: internal 3 > mismatch 1 > bad input 2."""
+    """0 when all converted; else the most serious failure: internal 3 > mismatch 1 > bad
+    input 2."""
     return most_serious(it.exit_code for it in items)

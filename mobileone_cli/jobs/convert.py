@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
+from ..arch.layouts import get_layout, param_count, schema
 from ..errors import BadInput, MobileOneError, VerificationFailed
 from ..io.detect import Detection
-from ..io.source import LoadOptions, open_source
 from ..io.leftovers import stale_note
+from ..io.source import LoadOptions, open_source
 from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
-from ..arch.layouts import get_layout, param_count, schema
 from ..rules.dtypes import STORAGE_DTYPES
 from ..rules.limits import DEFAULT_EPS, check_seed
 from ..timing import Steps
@@ -83,8 +83,8 @@ def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Option
                        consume: bool = False) -> Dict[str, Any]:
     """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
     other key copied through in its original position."""
-    from ..fuse.fusion import fuse_state_dict
     from ..arch.layouts import remap
+    from ..fuse.fusion import fuse_state_dict
 
     layout_out = layout_out or det.layout
     pfx = det.prefix

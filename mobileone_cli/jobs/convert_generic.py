@@ -47,8 +47,8 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = DEFAULT_E
     when a block is refused or fails its check.
     """
     from .. import __version__
-    from ..io.read import load_checkpoint, loading_notes
     from ..io.leftovers import stale_note
+    from ..io.read import load_checkpoint, loading_notes
     from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
     from ..rules.limits import check_bn_eps, check_seed
 

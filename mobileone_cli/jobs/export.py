@@ -19,14 +19,16 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 from ..check.artifact import ShapeCheck, WeightCheck, check_shapes
 from ..errors import BadInput, VerificationFailed
-from ..io.source import LoadOptions
 from ..io.leftovers import stale_note
+from ..io.source import LoadOptions
 from ..io.write import atomic_write
+from ..rules.limits import MAX_BATCH, check_batch
+from ..rules.limits import MAX_INPUT_SIDE as MAX_SIDE
+from ..rules.tolerances import EXPORT_RTOL
 from ..runtimes import TARGETS, ExportPlan, Runtime, get_runtime, target_for
 from ..runtimes.coreml import DEFAULT_DEPLOYMENT_TARGET
-from ..runtimes.onnx import EXPORTERS, export as export_model, resolve_exporter
-from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
-from ..rules.tolerances import EXPORT_RTOL
+from ..runtimes.onnx import EXPORTERS, resolve_exporter
+from ..runtimes.onnx import export as export_model
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model",
            "check_onnx", "check_shapes", "require_onnx", "resolve_exporter", "EXPORT_RTOL",
@@ -152,8 +154,8 @@ def _validate_shape(input_size: Tuple[int, int], batch: Optional[int]) -> None:
 
 def _deploy(src: str, o: ExportOptions, input_size):
     """Load, fuse (and judge the fusion): (convert result, Apple-key deploy state dict)."""
-    from .convert import ConvertOptions, convert_file
     from ..arch.layouts import schema
+    from .convert import ConvertOptions, convert_file
 
     load = {f.name: getattr(o, f.name) for f in dataclasses.fields(LoadOptions)}
     conv = convert_file(src, None, ConvertOptions(**load, layout_out="apple", fuse=True,

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 from ..arch.sources import KNOWN, KnownCheckpoint
 from ..errors import BadInput
 from ..io.cache import entry_for_known, read_record
-from ..io.remote import FetchSettings, Fetched, remote_ref, resolve, source_url
+from ..io.remote import Fetched, FetchSettings, remote_ref, resolve, source_url
 
 __all__ = ["FetchReport", "KnownRow", "KnownList", "fetch_names", "list_known"]
 

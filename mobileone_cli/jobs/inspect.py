@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, List, Mapping, Optional
 
+from ..arch.layouts import param_count
+from ..arch.specs import expect_arch
 from ..errors import BadInput
 from ..io.detect import Detection, TensorInfo, detect_layout, tensor_info
-from ..arch.specs import expect_arch
-from ..arch.layouts import param_count
 
 __all__ = ["inspect_file", "describe"]
 
@@ -159,9 +159,8 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
     network; the report then uses its name.  A file without a MobileOne is described, not
     refused, unless ``prefix`` or ``arch`` asked for one."""
-    from ..runtimes import runtime_for
-
     from ..io.remote import local_path
+    from ..runtimes import runtime_for
 
     path = local_path(os.fspath(path))  # a name (apple:s0, hf-hub:...): its checked cache file
     wanted = prefix is not None or arch is not None  # the user asked for a MobileOne

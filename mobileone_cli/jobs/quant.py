@@ -203,9 +203,9 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
     import torch
 
     from ..check.harness import check_room, load_model, per_pass
-    from .verify import read_side
     from ..fuse.fusion import fuse_state_dict
     from ..quant.measure import measure
+    from .verify import read_side
 
     side = read_side(ckpt, o)
     arch = side.arch

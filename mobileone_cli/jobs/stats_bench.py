@@ -1,10 +1,10 @@
 """Measured CPU latency and peak memory of the train form against the deploy form.
 
-Each form runs in its own fresh Python process (``python -m mobileone_cli.jobs.stats_bench``), so that one
-form's allocator caches, thread pools and warm-up cannot flatter the other, and so that the memory
-figure is the process's own.  Two memory figures are reported.  Peak tensor memory is exact and
-repeatable: one extra forward pass runs under a dispatch mode that tracks every op's output
-tensor from creation to release (:func:`peak_tensor_bytes`).  Peak RSS is what the OS saw,
+Each form runs in its own fresh Python process (``python -m mobileone_cli.jobs.stats_bench``), so
+that one form's allocator caches, thread pools and warm-up cannot flatter the other, and so that
+the memory figure is the process's own.  Two memory figures are reported.  Peak tensor memory is
+exact and repeatable: one extra forward pass runs under a dispatch mode that tracks every op's
+output tensor from creation to release (:func:`peak_tensor_bytes`).  Peak RSS is what the OS saw,
 read from ``/proc/self``:
 after the warm-up passes (which also pay one-off costs such as lazily loaded kernels), freed heap
 is handed back to the OS (glibc ``malloc_trim``) and the kernel's peak-RSS mark is reset

@@ -12,15 +12,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..arch.specs import ArchSpec
+from ..check.harness import check_room, resolve_device, seeded_inputs
+from ..check.localize import StageError, stage_table
+from ..check.verdict import Verdict, judge, non_finite
 from ..errors import BadInput
 from ..io.source import LoadOptions, open_source
-from ..arch.specs import ArchSpec
 from ..rules.limits import DEFAULT_EPS, check_batch, parse_input_size
 from ..rules.tolerances import DEFAULT_ATOL
 from ..timing import Steps
-from ..check.harness import check_room, resolve_device, seeded_inputs
-from ..check.verdict import Verdict, judge, non_finite
-from ..check.localize import StageError, stage_table
 
 __all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "ProfileRow", "verify_state_dicts",
            "verify_files"]

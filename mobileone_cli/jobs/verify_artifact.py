@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import BadInput
-from ..io.source import LoadOptions
 from ..arch.specs import ArchSpec
-from ..rules.limits import check_batch, parse_input_size
 from ..check.artifact import ShapeCheck, WeightCheck, check_artifact, check_weights, precision_note
 from ..check.verdict import Verdict
+from ..errors import BadInput
+from ..io.source import LoadOptions
+from ..rules.limits import check_batch, parse_input_size
 
 __all__ = ["ArtifactReport", "verify_artifact"]
 
@@ -88,9 +88,9 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
                     seed: int = 0, batch: int = 4, input_size: Any = (224, 224),
                     rtol: Optional[float] = None) -> ArtifactReport:
     """A checkpoint (train: fused and judged here; deploy: as is) against an artifact."""
+    from ..arch.layouts import remap
     from ..fuse.fusion import fuse_state_dict
     from ..runtimes import load_artifact, target_for
-    from ..arch.layouts import remap
     from .verify import read_side, verify_state_dicts
 
     size = parse_input_size(input_size)

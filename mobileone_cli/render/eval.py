@@ -158,7 +158,7 @@ def render_eval(r) -> None:
                       f"{min(a.disagreeing, len(a.disagreements))})")
     if r.unreadable:
         out.print(f"{r.unreadable} unreadable image(s), skipped:")
-        for name, why in r.unreadable_listed[:SHOWN]:
+        for _name, why in r.unreadable_listed[:SHOWN]:
             out.print(f"  {safe(why)}")
         if r.unreadable > SHOWN:
             out.print(f"  ... and {r.unreadable - SHOWN} more (listed in --json)")
@@ -174,8 +174,13 @@ def progress_bar(enabled: bool = True) -> Iterator[Optional[Callable[[int, int],
     if not enabled or not err.is_terminal:
         yield None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     start: List[float] = []
     with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),

@@ -4,8 +4,17 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from ..arch.counting import CONVENTIONS
-from .console import (compact, console, human_bytes, line, quiet, render_timings, safe,
-                      shorten_path, timings_json)
+from .console import (
+    compact,
+    console,
+    human_bytes,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+)
 
 __all__ = ["render_stats", "stats_to_dict", "CONVENTION_LABELS", "result_line", "stats_plot"]
 

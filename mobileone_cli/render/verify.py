@@ -3,9 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .console import (console, fmt_rel, line, quiet, render_timings, safe, shorten_path,
-                      timings_json, verbose)
 from ..rules.tolerances import SENSITIVITY_FACTOR
+from .console import (
+    console,
+    fmt_rel,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+    verbose,
+)
 from .verdict import finite_json, verdict_to_dict
 
 __all__ = ["render_verify", "verify_to_dict", "render_blocks", "verify_plot"]

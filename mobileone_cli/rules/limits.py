@@ -20,8 +20,8 @@ __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNE
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
            "MAX_LABEL_LINE", "MAX_CONFIG_BYTES", "MAX_ALIASES", "MAX_HEADER", "MAX_INT_DIGITS",
            "MAX_STUBS", "MAX_WALK_DEPTH", "MAX_WALK_ITEMS", "parse_input_size", "check_batch",
-           "check_bn_eps", "default_eps", "resolve_eps", "check_seed", "MAX_DOWNLOAD", "MAX_REDIRECTS",
-           "DOWNLOAD_TIMEOUT", "DOWNLOAD_ATTEMPTS"]
+           "check_bn_eps", "default_eps", "resolve_eps", "check_seed", "MAX_DOWNLOAD",
+           "MAX_REDIRECTS", "DOWNLOAD_TIMEOUT", "DOWNLOAD_ATTEMPTS"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
 MAX_PAIRS = 64  # depthwise+pointwise pairs per stage (released: 10)

@@ -2,7 +2,8 @@
 
 Export: the model is traced (``torch.jit.trace``) and converted with ``coremltools.convert(...,
 convert_to="mlprogram")`` at a minimum deployment target (:data:`DEFAULT_DEPLOYMENT_TARGET` by
-default) and a compute precision (fp32, or fp16: float16 weights and arithmetic).  A dynamic batch is a ``RangeDim``.
+default) and a compute precision (fp32, or fp16: float16 weights and arithmetic).  A dynamic
+batch is a ``RangeDim``.
 
 Core ML executes only on macOS (coremltools' ``predict`` raises elsewhere).  What CAN be checked
 everywhere is the package's content: :func:`read_weights` reads every constant straight from the
@@ -21,8 +22,9 @@ import sys
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import BadInput, VerificationFailed, first_line
+from ._common import quiet
+from ._common import require as _require
 from .base import Artifact, ExportPlan, Runtime
-from ._common import quiet, require as _require
 
 __all__ = ["RUNTIME", "DEFAULT_DEPLOYMENT_TARGET", "export", "load", "require", "read_weights",
            "const_name", "can_execute",

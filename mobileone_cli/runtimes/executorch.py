@@ -24,8 +24,9 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
+from ._common import no_fd2, quiet
+from ._common import require as _require
 from .base import Artifact, ExportPlan, Runtime
-from ._common import no_fd2, quiet, require as _require
 
 __all__ = ["RUNTIME", "export", "example", "lower", "load", "require", "set_threads",
            "INSTALL_HINT",
@@ -80,8 +81,7 @@ def lower(program, path: str, *, max_batch: Optional[int] = None) -> Dict[str, A
     require()
     with quiet(), torch.no_grad():
         try:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-                XnnpackPartitioner)
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
 
             edge = to_edge_transform_and_lower(

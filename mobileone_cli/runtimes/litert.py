@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import VerificationFailed, first_line
+from ._common import no_fd2, quiet, quiet_env
+from ._common import require as _require
 from .base import Artifact, ExportPlan, Runtime
-from ._common import no_fd2, quiet, quiet_env, require as _require
 
 __all__ = ["RUNTIME", "export", "load", "require", "stored_weights", "INSTALL_HINT"]
 

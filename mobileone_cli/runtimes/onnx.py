@@ -11,8 +11,8 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
 from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE
-from .base import Artifact, ExportPlan, Runtime
 from ._common import quiet
+from .base import Artifact, ExportPlan, Runtime
 
 __all__ = ["RUNTIME", "load", "require", "graph_io", "describe", "export", "resolve_exporter",
            "INSTALL_HINT", "EXPORTERS", "DYNAMO_MIN_OPSET"]
