@@ -145,7 +145,7 @@ class LazyGroup(click.Group):
             names = [o for p in getattr(command, "params", []) for o in p.opts + p.secondary_opts
                      if o.startswith("-")]
             near = closest(exc.option_name, names)
-            exc.possibilities = [near] if near else []
+            exc.possibilities = [near] if near else []  # type: ignore[misc]  # click's Final
             raise _usage_error(exc) from None
         except click.UsageError as exc:
             raise _usage_error(exc) from None
@@ -266,7 +266,7 @@ def entry_point() -> None:
     except SystemExit as exc:
         if not may_skip_teardown(exc.code):
             raise
-        exit_skipping_teardown(exc.code or 0)
+        exit_skipping_teardown(int(exc.code or 0))
 
 
 if __name__ == "__main__":  # pragma: no cover

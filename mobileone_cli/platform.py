@@ -11,7 +11,7 @@ both numbers, when it cannot fit.  This module never imports torch.
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 from .errors import BadInput
 from .rules.dtypes import human_bytes
@@ -70,7 +70,7 @@ def check_memory(need: int, what: str, hint: Optional[str] = None) -> None:
                        f"{human_bytes(have)} available", hint=hint)
 
 
-_TRIM = None  # glibc's malloc_trim, False where the C library has none
+_TRIM: Any = None  # glibc's malloc_trim, False where the C library has none
 
 
 def release_freed_heap() -> None:

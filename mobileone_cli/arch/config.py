@@ -106,8 +106,9 @@ def _backbone(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Option
     arch = bb["arch"]
     overridden = False
     if isinstance(arch, str):
-        arch_name: Optional[str] = _builtin(f, arch, join(field, "arch"))
-        kwargs = builtin_archs()[arch_name].to_dict()
+        builtin = _builtin(f, arch, join(field, "arch"))
+        arch_name: Optional[str] = builtin
+        kwargs = builtin_archs()[builtin].to_dict()
         kwargs.pop("name")
     else:
         kwargs, arch_name = _arch_mapping(f, arch, join(field, "arch"))
@@ -276,8 +277,8 @@ def _build(f: Fields, kwargs: Dict[str, Any], base: str) -> ArchSpec:
                          f"is {head_classes}, but {join(arch_field, 'num_classes')} is "
                          f"{arch_classes}; keep one of them")
         kwargs["num_classes"] = head_classes
-    fields = {k: (tuple(v) if isinstance(v, list) else v)
-              for k, v in kwargs.items() if not k.startswith("_") and k != "name"}
+    fields: Dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in kwargs.items() if not k.startswith("_") and k != "name"}
     spec = ArchSpec(name="custom", **fields)
     last = spec.widths[-1]
     if head_in is not None and head_in != last:

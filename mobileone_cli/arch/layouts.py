@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from .specs import ArchSpec, BlockSpec
 
@@ -165,8 +165,8 @@ def key_map(arch: ArchSpec, src: str, dst: str, form: str) -> Dict[str, str]:
     return _key_map(arch, get_layout(src).name, get_layout(dst).name, form)
 
 
-def remap(state_dict: Mapping[str, object], arch: ArchSpec, src: str, dst: str,
-          form: str) -> Dict[str, object]:
+def remap(state_dict: Mapping[str, Any], arch: ArchSpec, src: str, dst: str,
+          form: str) -> Dict[str, Any]:
     """Rename every tensor from one layout to another, in the destination's save order.
 
     The tensors are not copied.  Keys that are not part of the MobileOne are refused by the

@@ -13,7 +13,7 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = ["ArchSpec", "BlockSpec", "builtin_archs", "get_arch", "ARCH_NAMES",
            "canonical_arch_name",
@@ -153,7 +153,7 @@ def _block_specs(arch: ArchSpec) -> Tuple[BlockSpec, ...]:
 
 def _spec_from_mapping(name: str, d: Dict[str, object]) -> ArchSpec:
     fields = {f.name for f in dataclasses.fields(ArchSpec)}
-    kwargs = {}
+    kwargs: Dict[str, Any] = {}
     for key, value in d.items():
         if key not in fields:
             raise ValueError(f"unknown field {key!r}")

@@ -9,7 +9,7 @@ import copy
 import math
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -182,6 +182,7 @@ def strict_fp32(device: Any = "cpu") -> Iterator[None]:
         yield
         return
     conv = getattr(torch.backends.cudnn, "conv", None)
+    targets: List[Tuple[Any, str, Any]]
     if conv is not None and hasattr(conv, "fp32_precision"):
         targets = [(conv, "fp32_precision", "ieee"),
                    (torch.backends.cuda.matmul, "fp32_precision", "ieee")]

@@ -38,7 +38,7 @@ def _finite(values: Mapping[str, Any], keys: Iterable[str]) -> List[Dict[str, An
 
     bad = []
     for k in keys:
-        a = values.get(k)
+        a: Any = values.get(k)
         if not _is_float(a) or np.isfinite(a).all():
             continue
         bad.append({"key": k, "nan": int(np.isnan(a).sum()), "inf": int(np.isinf(a).sum())})
@@ -98,7 +98,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
 
     branches, channels, blocks = [], [], []
     for p in bns:
-        g = values.get(p + "weight")
+        g: Any = values.get(p + "weight")
         if not _is_float(g) or not g.size:
             continue
         n = int((g == 0).sum())
@@ -108,7 +108,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
             channels.append({"key": p + "weight", "count": n, "of": int(g.size)})
     if det is not None and det.form == "train":
         for name, prefixes in _block_branches(det):
-            gammas = [values.get(p + "weight") for p in prefixes]
+            gammas: List[Any] = [values.get(p + "weight") for p in prefixes]
             if gammas and all(_is_float(g) and g.shape == gammas[0].shape for g in gammas):
                 n = int(np.logical_and.reduce([g == 0 for g in gammas]).sum())
                 if n:
@@ -116,7 +116,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
     elif det is not None:
         lay = get_layout(det.layout)
         for b in det.arch.block_specs():
-            w = values.get(det.full_key(f"{lay.block_path(b)}.{lay.part('reparam')}.weight"))
+            w: Any = values.get(det.full_key(f"{lay.block_path(b)}.{lay.part('reparam')}.weight"))
             if _is_float(w) and w.size:
                 n = int((~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)).sum())
                 if n:
@@ -130,8 +130,9 @@ def _headroom(values: Mapping[str, Any]) -> Dict[str, Any]:
     (or zero) and zero.  Thresholds follow round-to-nearest-even (rules.tolerances)."""
     import numpy as np
 
-    acc = {f: {"max_abs": 0.0, "max_key": None, "overflow": 0, "overflow_keys": [],
-               "subnormal": 0, "zero": 0, "zero_keys": []} for f in FORMAT_RANGE}
+    acc: Dict[str, Dict[str, Any]] = {
+        f: {"max_abs": 0.0, "max_key": None, "overflow": 0, "overflow_keys": [], "subnormal": 0,
+            "zero": 0, "zero_keys": []} for f in FORMAT_RANGE}
     nonzero = 0
     for k, a in values.items():
         if not _is_float(a) or not a.size:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import click
 
+from ..errors import BadInput
 from ._options import resolve_arch, seed_option
 
 
@@ -30,6 +31,8 @@ def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed
     from ..render.convert import render_convert
 
     arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
+    if arch is None:  # --arch auto: there is no checkpoint to detect it from
+        raise BadInput("the demo synthesizes a checkpoint: give --arch s0..s4 or --config FILE")
     check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",
                  hint="a config within the limits can still describe a network too large to "
                       "build; `mobileone stats --config FILE` counts it without building it")

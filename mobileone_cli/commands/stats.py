@@ -79,6 +79,7 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
     if ckpt is None and arch is None:
         raise BadInput("--arch auto needs a checkpoint file")
     if ckpt is None:
+        assert arch is not None  # refused above
         report = stats_for_arch(arch, input_size)
     else:
         report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file,

@@ -118,7 +118,7 @@ def _triple(value: Any, option: str) -> Optional[Tuple[float, float, float]]:
             from None
     if len(nums) != 3:
         raise BadInput(f"{option} {value!r}: give three numbers (R,G,B)")
-    return nums  # type: ignore[return-value]
+    return nums
 
 
 def make_preprocessing(resize: Optional[int] = None, crop: Any = None,
@@ -232,8 +232,8 @@ def transform(image, p: Preprocessing):
     image = image.crop(crop_box(image.width, image.height, p.crop))
     # numpy, not torch: decoding threads must not each start torch's intra-op thread pool.
     # float32 subtraction and division are correctly rounded in both: the same bits.
-    x = np.asarray(image, dtype=np.uint8).astype(np.float32)
-    x = (x - np.asarray(p.mean, dtype=np.float32)) / np.asarray(p.std, dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32)
+    x = (pixels - np.asarray(p.mean, dtype=np.float32)) / np.asarray(p.std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 

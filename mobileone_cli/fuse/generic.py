@@ -57,7 +57,8 @@ class FoundBlock:
     train_keys: Tuple[str, ...]
     weight_key: str  # the fused conv's keys in the output
     bias_key: str
-    parts: "_Parts" = field(compare=False, repr=False, default=None)  # its keys by branch
+    # Its keys by branch; find_blocks always passes them (the default only orders the fields).
+    parts: "_Parts" = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
 
     @property
     def in_channels(self) -> Optional[int]:

@@ -118,7 +118,7 @@ def block_bounds(fused: Mapping[str, Any], blocks: Sequence[FoundBlock], *,
         w, bias = fused[b.weight_key], fused[b.bias_key]
         unit = UNIT_ROUNDOFF.get(str(w.dtype).replace("torch.", ""), UNIT_ROUNDOFF["float32"])
         moved_w, moved_b = (t.to(f64) * (1 + unit * _random_signs(t.shape, g)) for t in (w, bias))
-        conv = dict(padding=(kh // 2, kw // 2), groups=b.groups or 1)
+        conv: Dict[str, Any] = dict(padding=(kh // 2, kw // 2), groups=b.groups or 1)
         y = F.conv2d(x, w.to(f64), bias.to(f64), **conv)
         scale = float(y.abs().max())
         moved = float((F.conv2d(x, moved_w, moved_b, **conv) - y).abs().max())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
 from ..rules.limits import MAX_WALK_DEPTH, MAX_WALK_ITEMS
@@ -31,6 +31,7 @@ def _walk(obj: Any, path: str, depth: int, budget: List[int]) -> Iterator[Tuple[
         return
     if depth > MAX_WALK_DEPTH:
         return
+    items: Iterable[Tuple[Any, Any]]
     if isinstance(obj, Mapping):
         items = obj.items()
     elif isinstance(obj, (list, tuple)):

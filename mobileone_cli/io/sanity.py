@@ -7,7 +7,7 @@ Torch is imported only inside the functions.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Set
 
 from ..errors import BadInput
 from ..rules.limits import DEFAULT_EPS
@@ -42,7 +42,7 @@ def non_finite_keys(state_dict: Mapping[str, Any], keys: Iterable[str]) -> List[
         t = state_dict.get(k)
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
             by_dtype.setdefault(t.dtype, []).append(k)
-    bad = set()
+    bad: Set[str] = set()
     for group in by_dtype.values():
         # One fused 2-norm per tensor (NaN and Inf survive it; its vectorized kernel is ~10x
         # the max-|x| one): hundreds of per-tensor calls cost more than reading the numbers.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import (
     EXIT_BAD_INPUT,
@@ -158,7 +158,7 @@ def plan_batch(sources: Sequence[str], dst_dir: str, *, suffix: str = "",
             # A missing or unreadable file is reported in its row, like any other bad input.
             pairs.append((src, os.path.join(dst_dir, output_name(os.path.basename(src), suffix,
                                                                  template))))
-    seen = {}
+    seen: Dict[str, str] = {}
     for src, dst in pairs:
         key = os.path.normcase(os.path.abspath(dst))
         if key in seen:
@@ -189,24 +189,26 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     items: List[Optional[BatchItem]] = [None] * len(pairs)
     for i, (src, dst) in enumerate(pairs):
         if skip_existing and os.path.lexists(dst):
-            items[i] = BatchItem(src, dst, "skipped", EXIT_OK, f"{dst} exists (--skip-existing)")
+            skipped = BatchItem(src, dst, "skipped", EXIT_OK, f"{dst} exists (--skip-existing)")
+            items[i] = skipped
             if on_done:
-                on_done(i, items[i])
+                on_done(i, skipped)
         else:
             todo.append(i)
     if jobs <= 1 or len(todo) <= 1:
         for i in todo:
             if on_start:
                 on_start(i, pairs[i][0])
-            items[i] = _convert_one(pairs[i][0], pairs[i][1], options)
+            item = items[i] = _convert_one(pairs[i][0], pairs[i][1], options)
             if on_done:
-                on_done(i, items[i])
+                on_done(i, item)
         return [it for it in items if it is not None]
     import concurrent.futures
     import multiprocessing
 
     # forkserver: a fresh process imports torch once (never running a parallel region, so no
     # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
+    ctx: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert",
@@ -219,11 +221,11 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
         try:
             for fut in concurrent.futures.as_completed(futures):
                 i = futures[fut]
-                items[i] = fut.result()
-                if items[i].status == "ok":
-                    note_published(items[i].dst)  # written by a worker: say so on Ctrl-C
+                item = items[i] = fut.result()
+                if item.status == "ok":
+                    note_published(item.dst)  # written by a worker: say so on Ctrl-C
                 if on_done:
-                    on_done(i, items[i])
+                    on_done(i, item)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)  # workers remove their temp files
             raise

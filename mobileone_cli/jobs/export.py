@@ -132,7 +132,8 @@ def _plan(o: ExportOptions, dst: str) -> Tuple[Runtime, ExportPlan]:
     plan = ExportPlan(batch=batch, dynamic_size=dynamic_size, max_batch=max_batch,
                       dtype=o.dtype)
     target.plan(o, plan)
-    _validate_shape(tuple(o.input_size), batch)
+    h, w = o.input_size
+    _validate_shape((h, w), batch)
     return target, plan
 
 
@@ -177,7 +178,8 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     check passes."""
     o = dataclasses.replace(options or ExportOptions(), **overrides)
     src, dst = os.fspath(src), os.fspath(dst)
-    input_size = tuple(o.input_size)
+    h, w = o.input_size
+    input_size = (h, w)
     target, plan = _plan(o, dst)
     batch = plan.batch
     from ..io.write import check_destination

@@ -54,11 +54,15 @@ def fetch_names(names: Sequence[str], settings: Optional[FetchSettings] = None) 
         raise BadInput(f"--sha256 pins one file; {len(names)} names were given")
     report = FetchReport(cache=settings.root)
     for name in names:
-        report.fetched.append(resolve(name, settings))
+        fetched = resolve(name, settings)
+        assert fetched is not None  # every name was checked to be remote above
+        report.fetched.append(fetched)
     return report
 
 
 def _hub_cached(known: KnownCheckpoint, root: str) -> Optional[str]:
+    if known.repo is None:  # not a Hub file
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:

@@ -114,7 +114,8 @@ def _safetensors(path: str, ema: bool, health: bool):
              "structure": [{"key": "(top level)", "kind": "flat tensor map", "items": len(infos),
                             "tensors": len(infos),
                             "tensor_bytes": sum(tensor_bytes(d, s) for d, s in infos.values())}]}
-    values, unread = None, []
+    values: Optional[Dict[str, Any]] = None
+    unread: List[str] = []
     if health:
         from ..io.arrays import safetensors_arrays
 
@@ -193,6 +194,7 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
 
         report = describe(infos, det, **facts, **tensor_totals(infos))
     else:
+        assert problem is not None  # why no MobileOne was found
         report = _not_mobileone(infos, problem, unwrapped=unwrapped, **facts)
     report["health"] = None
     if health:

@@ -226,6 +226,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     report.deploy = deploy.describe()
     report.notes.extend(train.notes + deploy.notes)
     if names is not None:
+        assert images_dir is not None and pipeline is not None  # read together above
         report.inputs.update(kind="images", dir=os.fspath(images_dir), files=len(names),
                              preprocessing=pipeline.describe())
     if deploy_path is not None and not report.passed and _most_blocks_bad(report):

@@ -95,8 +95,9 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
 
     size = parse_input_size(input_size)
     side = read_side(ckpt, options or LoadOptions())
+    artifact = load_artifact(path)  # refuses a path that no runtime's extension names
     target = target_for(path)
-    artifact = load_artifact(path)
+    assert target is not None
     arch = side.arch
     report = ArtifactReport(arch=arch, checkpoint=side.describe(),
                             artifact={"path": path, "runtime": target.runtime,

@@ -120,7 +120,8 @@ def render_eval(r) -> None:
                       ("rel", "right")):
         if col.startswith("top") and not scored or col == "agree" and not r.logits:
             continue
-        t.add_column(col, justify=just, no_wrap=True)
+        # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     room = max(24, out.width - 54)  # what the other columns leave to "role name"
     for m in r.models:
         name = ("(fused here)" if m.info.get("path") is None

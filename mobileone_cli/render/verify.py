@@ -126,7 +126,8 @@ def render_verify(report, all_blocks: bool = False) -> None:
     s = Table(title="per stage (own = block fed the train model's input)", header_style="bold")
     for col, just in (("stage", "left"), ("blocks", "right"), ("at output", "right"),
                       ("worst block", "left"), ("own", "right"), ("", "left")):
-        s.add_column(col, justify=just, no_wrap=True)
+        # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
+        s.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for row in report.stages:
         s.add_row(safe(row.name), str(row.blocks), fmt_rel(row.max_rel), safe(row.worst_block),
                   fmt_rel(row.worst_own_rel), "ok" if row.within else "[bold red]BAD[/]")

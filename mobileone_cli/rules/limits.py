@@ -9,7 +9,7 @@ This module never imports torch.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from ..errors import BadInput
 from .tolerances import short_number
@@ -93,7 +93,7 @@ def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, 
             parts = list(value)
         except TypeError:
             parts = []
-    nums = []
+    nums: List[int] = []
     for p in parts:
         text = str(p).strip()
         if not text.isdigit() or len(text) > 6:

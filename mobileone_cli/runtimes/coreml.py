@@ -172,7 +172,7 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
         raise VerificationFailed(f"{path}: not a readable Core ML package "
                                  f"({first_line(str(exc))})") from None
     inp, out = desc.input[0], desc.output[0]
-    in_shape = [int(d) for d in inp.type.multiArrayType.shape]
+    in_shape: List[Any] = [int(d) for d in inp.type.multiArrayType.shape]
     ranges = inp.type.multiArrayType.shapeRange.sizeRanges
     max_batch = None
     if len(ranges) and ranges[0].upperBound != ranges[0].lowerBound:
