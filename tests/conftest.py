@@ -45,7 +45,7 @@ def write_ckpt(tmp_path):
     return _write
 
 
-# Reference section 1, typed in again: stem C, stage widths, whether the variant has SE.
+# The published architecture (apple/ml-mobileone), typed in again: stem C, stage widths, whether the variant has SE.
 REF = {"s0": (48, (48, 128, 256, 1024), False), "s1": (64, (96, 192, 512, 1280), False),
        "s2": (64, (96, 256, 640, 2048), False), "s3": (64, (128, 320, 768, 2048), False),
        "s4": (64, (192, 448, 896, 2048), True)}

@@ -3,10 +3,10 @@ and a runner that measures a command's CPU time and peak memory in its own proce
 
 The oracle of every refusal: its exit code, no Python traceback, exactly one ``error:`` line
 (plus optional ``hint:``/``warning:`` lines) naming what is wrong, and neither DST nor a temp
-file afterwards.  Hostile inputs that once cost gigabytes or minutes are run in a subprocess
-under an address-space limit far below that failure; the program reports its own peak RSS
-(``VmHWM``) and the kernel its CPU time (``os.wait4``), which, unlike wall time, does not grow
-when the machine is busy with other work.
+file afterwards.  Hostile inputs that would cost gigabytes or minutes unbounded run in a
+subprocess under an address-space limit far below that failure; the program reports its own
+peak RSS (``VmHWM``) and the kernel its CPU time (``os.wait4``), which, unlike wall time, does
+not grow when the machine is busy with other work.
 """
 from __future__ import annotations
 

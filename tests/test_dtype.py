@@ -109,7 +109,7 @@ def test_deploy_input_rounding_is_measured_against_itself(tmp_path):
 
 
 def test_fusion_error_still_fails_with_dtype(run_cli, tmp_path, monkeypatch):
-    """--dtype used to skip the tolerance check; a wrong fusion must still exit 1."""
+    """--dtype does not skip the tolerance check: a wrong fusion still exits 1."""
     real = fusion.fuse_state_dict
 
     def broken(*args, **kw):
