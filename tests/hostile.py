@@ -1,4 +1,4 @@
-"""Shared by tests/test_hostile_*.py: a tiny MobileOne, the refusal oracle, hostile-file builders,
+"""Shared by tests/test_hostile_*.py: the refusal oracle, hostile-file builders, hostile pickles,
 and a runner that measures a command's CPU time and peak memory in its own process.
 
 The oracle of every refusal: its exit code, no Python traceback, exactly one ``error:`` line
@@ -10,6 +10,7 @@ not grow when the machine is busy with other work.
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
 import os
 import struct
@@ -22,34 +23,13 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-import pytest
 import torch
 
 from mobileone_cli.io.leftovers import TEMP_PREFIX
 from mobileone_cli.models.mobileone import MobileOne
-from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.arch.specs import ArchSpec
 from mobileone_cli.arch.layouts import remap
 
-from .conftest import invoke  # noqa: F401 (the CLI in this process, for the test files)
-
-TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
-                conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on several busy ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def tiny_sd():
-    return random_state_dict(TINY, seed=1)
-
+from .conftest import TINY, invoke  # noqa: F401 (the CLI in this process, for the test files)
 
 def temp_files(folder) -> list:
     """Temp files of this tool (or any ``.tmp``) left in ``folder``."""
@@ -257,3 +237,29 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# ----------------------------------------------------------------------- hostile pickles
+
+class Payload:
+    """Unpickling this calls ``func(*args)``, which would create the marker file.
+
+    Only the call is pickled (the global and its arguments), as in a real malicious checkpoint."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _write_marker(marker):
+    return f"open({str(marker)!r}, 'w').write('pwned')"
+
+
+PAYLOADS = {
+    "posix.system": lambda marker: Payload(os.system, f"touch {marker}"),
+    "builtins.exec": lambda marker: Payload(builtins.exec, _write_marker(marker)),
+    "builtins.eval": lambda marker: Payload(builtins.eval, _write_marker(marker)),
+    "subprocess.Popen": lambda marker: Payload(subprocess.Popen, ["touch", str(marker)]),
+}

@@ -10,7 +10,10 @@ import torch
 from mobileone_cli.errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_MISMATCH,
                                   BadInput, VerificationFailed, exit_code_of, raised_in_package)
 
-from .hostile import assert_refused, one_thread, tiny_sd  # noqa: F401
+from .hostile import assert_refused
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("exc, code", [

@@ -14,8 +14,10 @@ import os
 import pytest
 import torch
 
-from .hostile import (HUGE_CONFIG, alias_bomb, assert_bounded, assert_refused,  # noqa: F401
-                      one_thread, run_bounded, tiny_sd)
+from .hostile import HUGE_CONFIG, alias_bomb, assert_bounded, assert_refused, run_bounded
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("eps", ["-1e-5", "nan", "inf", "-inf", "2"])

@@ -15,8 +15,11 @@ from safetensors.torch import save_file
 
 from mobileone_cli.models.synthetic import random_state_dict
 
-from .hostile import (TINY, assert_refused, deploy_matches_train, one_thread,  # noqa: F401
-                      tiny_sd)
+from .conftest import TINY
+from .hostile import assert_refused, deploy_matches_train
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resnet_state_dict(tmp_path, run_cli):

@@ -17,8 +17,10 @@ import textwrap
 import pytest
 import torch
 
-from .hostile import (assert_refused, deploy_matches_train, digest, one_thread,  # noqa: F401
-                      temp_files, tiny_sd)
+from .hostile import assert_refused, deploy_matches_train, digest, temp_files
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_existing_dst_is_never_overwritten_without_force(tmp_path, tiny_sd, run_cli):

@@ -8,7 +8,6 @@ and the exact key counts).
 from __future__ import annotations
 
 import os
-import re
 import sys
 import types
 
@@ -24,16 +23,8 @@ from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
-from .conftest import ARCHS
+from .conftest import ARCHS, COUNTS, LAYOUTS, REF, as_layout, translate
 
-LAYOUTS = ("apple", "mmpretrain", "timm")
-# The published architecture: stem C, stage widths, SE, conv branches k of the stages (the stem
-# always has k = 1).
-REF = {"s0": (48, (48, 128, 256, 1024), False, 4), "s1": (64, (96, 192, 512, 1280), False, 1),
-       "s2": (64, (96, 256, 640, 2048), False, 1), "s3": (64, (128, 320, 768, 2048), False, 1),
-       "s4": (64, (192, 448, 896, 2048), True, 1)}
-# Key counts train / deploy of the three libraries' state dicts.
-COUNTS = {"s0": (1323, 88), "s1": (562, 88), "s2": (562, 88), "s3": (562, 88), "s4": (610, 136)}
 BN5 = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -69,45 +60,6 @@ def apple_keys(arch: str, form: str, head: bool = True):
     if head:
         out.extend(("linear.weight", "linear.bias"))
     return out
-
-
-# One row per part: Apple's name -> (mmpretrain's, timm's).
-PARTS = [
-    (r"rbr_conv\.(\d+)\.conv\.", (r"branch_conv_list.\1.conv.", r"conv_kxk.\1.conv.")),
-    (r"rbr_conv\.(\d+)\.bn\.", (r"branch_conv_list.\1.norm.", r"conv_kxk.\1.bn.")),
-    (r"rbr_scale\.conv\.", ("branch_scale.conv.", "conv_scale.conv.")),
-    (r"rbr_scale\.bn\.", ("branch_scale.norm.", "conv_scale.bn.")),
-    (r"rbr_skip\.", ("branch_norm.", "identity.")),
-    (r"se\.reduce\.", ("se.conv1.conv.", "attn.fc1.")),
-    (r"se\.expand\.", ("se.conv2.conv.", "attn.fc2.")),
-    (r"reparam_conv\.", ("branch_reparam.", "reparam_conv.")),
-]
-
-
-def translate(key: str, layout: str) -> str:
-    """An Apple key in ``layout``, by mmpretrain's and timm's module names (no mobileone_cli code
-    involved)."""
-    if layout == "apple":
-        return key
-    col = {"mmpretrain": 0, "timm": 1}[layout]
-    if key.startswith("linear."):
-        return "head.fc." + key[len("linear."):]
-    m = re.match(r"stage0\.(.*)$", key)
-    if m:
-        block, rest = ("backbone.stage0." if col == 0 else "stem."), m.group(1)
-    else:
-        m = re.match(r"stage(\d)\.(\d+)\.(.*)$", key)
-        s, j, rest = int(m.group(1)), m.group(2), m.group(3)
-        block = f"backbone.stage{s}.{j}." if col == 0 else f"stages.{s - 1}.{j}."
-    for pat, repl in PARTS:
-        new, n = re.subn("^" + pat, repl[col], rest)
-        if n:
-            return block + new
-    raise AssertionError(f"no rule for {key}")
-
-
-def as_layout(sd, layout):
-    return {translate(k, layout): v for k, v in sd.items()}
 
 
 # Literal keys typed from the three libraries' state dicts, to check the generator and translator

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mobileone_cli.render.console import MAX_WIDTH
-from tests.test_generic import FastVitLike, randomize
+from .nets import FastVitLike, randomize
 
 WIDTH = 80
 # Kept whole on purpose: verdicts, results and error lines (docs/cli.md, "80 columns").
