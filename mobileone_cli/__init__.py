@@ -14,7 +14,7 @@ _LAZY = {
     # architectures and layouts (no torch)
     "ArchSpec": "arch.specs", "BlockSpec": "arch.specs", "get_arch": "arch.specs",
     "builtin_archs": "arch.specs", "LAYOUTS": "arch.layouts", "schema": "arch.layouts",
-    "key_map": "arch.layouts", "remap": "arch.layouts", "load_config": "io.config",
+    "key_map": "arch.layouts", "remap": "arch.layouts", "load_config": "io.configfile",
     "parse_config": "arch.config", "detect_layout": "io.detect", "Detection": "io.detect",
     "read_safetensors_header": "io.read", "arch_stats": "arch.counting",
     # tensors
@@ -40,6 +40,9 @@ _LAZY = {
     "evaluate_files": "jobs.eval", "EvalReport": "jobs.eval", "Preprocessing": "data.pipeline",
     "make_preprocessing": "data.pipeline", "open_dataset": "data.folders",
     "quantize_file": "jobs.quant", "QuantOptions": "jobs.quant", "QuantReport": "jobs.quant",
+    # the trained networks and their held-out images (assets/digits)
+    "trained_model": "models.trained", "trained_state_dict": "models.trained",
+    "heldout_images": "data.digits",
     "fetch_names": "jobs.fetch", "list_known": "jobs.fetch", "FetchSettings": "io.remote",
     "local_path": "io.remote",
     "MobileOneError": "errors", "BadInput": "errors", "VerificationFailed": "errors",

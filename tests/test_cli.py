@@ -8,10 +8,12 @@ import pytest
 
 
 def test_demo_and_version(run_cli, tmp_path):
-    res = run_cli("demo", "--dir", str(tmp_path))
+    res = run_cli("demo", "--synthetic", "--dir", str(tmp_path))
     assert res.exit_code == 0, res.output
     assert "OK" in res.stdout
     assert os.path.exists(tmp_path / "mobileone_s0.pth")
+    again = run_cli("demo", "--synthetic", "--dir", str(tmp_path))  # the files are kept
+    assert again.exit_code == 2 and "--force" in again.stderr
     res = run_cli("--version")
     assert res.exit_code == 0 and "mobileone" in res.stdout
 

@@ -19,7 +19,7 @@ import torch
 from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.arch.config import parse_config
-from mobileone_cli.io.config import load_config
+from mobileone_cli.io.configfile import load_config
 from mobileone_cli.rules.limits import MAX_STAGES
 from mobileone_cli.errors import BadInput
 from mobileone_cli.arch.layouts import schema
@@ -375,7 +375,7 @@ def test_did_you_mean_and_cli_error_is_one_line(tmp_path, run_cli):
 
 
 def test_config_module_needs_no_torch():
-    code = ("import sys; from mobileone_cli.io.config import load_config; "
+    code = ("import sys; from mobileone_cli.io.configfile import load_config; "
             f"s = load_config({EXAMPLE!r}); assert s.widths == (32, 64, 128); "
             "assert 'torch' not in sys.modules; print('ok')")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

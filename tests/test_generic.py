@@ -201,7 +201,7 @@ def test_generic_ema_weights(fastvit, run_cli, tmp_path):
 
 def test_generic_on_a_mobileone_matches_the_mobileone_converter(run_cli, tmp_path):
     """A MobileOne is a network of MobileOne blocks: both routes give the same tensors."""
-    from mobileone_cli.io.config import load_config
+    from mobileone_cli.io.configfile import load_config
     from mobileone_cli.fuse.fusion import fuse_state_dict
     from mobileone_cli.models.synthetic import random_state_dict
 

@@ -28,7 +28,7 @@ from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.models.mobileone import MeanPoolHead, MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.arch.specs import get_arch
-from mobileone_cli.io.config import load_config
+from mobileone_cli.io.configfile import load_config
 from mobileone_cli.arch.layouts import remap
 
 from .conftest import fold_by_hand, invoke

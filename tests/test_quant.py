@@ -205,7 +205,7 @@ def _execute_pte(path, xs):
 def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(
         arch_source, tmp_path, write_ckpt):
     if arch_source == "custom":
-        from mobileone_cli.io.config import load_config
+        from mobileone_cli.io.configfile import load_config
 
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         arch = load_config(os.path.join(root, "examples", "custom_3stage.yaml"))

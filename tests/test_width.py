@@ -164,7 +164,8 @@ def test_generic_fits(run_cli_env, files, tmp_path):
 
 
 def test_demo_fits(run_cli_env, tmp_path):
-    res = run80(run_cli_env, "demo", "--dir", str(tmp_path / "a_demo_folder_with_a_long_name"))
+    res = run80(run_cli_env, "demo", "--synthetic", "--dir",
+                str(tmp_path / "a_demo_folder_with_a_long_name"))
     assert res.exit_code == 0, res.output
     paths = [str(tmp_path / "a_demo_folder_with_a_long_name" / n)
              for n in ("mobileone_s0_unfused.pth.tar", "mobileone_s0.pth")]

@@ -19,20 +19,21 @@ one number for every stage; ``se_blocks`` defaults to none.  A BatchNorm eps (``
 mmpretrain's spelling, or ``bn_eps``) becomes the spec's ``bn_eps`` and reaches the fusion.
 Every problem is one line naming the field (``model.backbone.arch.widths``) and what is wrong.
 
-This module validates what a config says; :mod:`mobileone_cli.io.config` reads the file.  It
-never imports torch.
+This module parses and validates what a config says; :mod:`mobileone_cli.io.configfile` reads
+the file.  It never imports torch.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from ..rules.limits import MAX_CHANNELS, MAX_STAGES
-from .fields import Fields, join, quote, type_name
+from ..rules.limits import MAX_ALIASES, MAX_CHANNELS, MAX_CONFIG_BYTES, MAX_STAGES
+from .fields import Fields, cut, join, quote, type_name
 from .specs import ArchSpec, builtin_archs, match_builtin
 
-__all__ = ["parse_config", "BASE_CHANNELS"]
+__all__ = ["config_from_text", "parse_config", "BASE_CHANNELS", "MAX_CONFIG_BYTES"]
 
 BASE_CHANNELS = (64, 128, 256, 512)  # mmpretrain's widths for width_factor 1.0, stage1..4
 
@@ -49,6 +50,44 @@ ARCH_KEYS = (("base", "name", "width_factor") + LIST_FIELDS + tuple(ALIASES) + I
 IGNORED_MODEL = ("data_preprocessor", "init_cfg", "train_cfg", "pretrained")
 IGNORED_BACKBONE = ("out_indices", "frozen_stages", "norm_eval", "init_cfg", "deploy", "conv_cfg")
 IGNORED_HEAD = ("loss", "topk", "cal_acc", "init_cfg")
+
+
+def _read_yaml(text: str, path: str) -> Any:
+    """yaml.safe_load, bounded: no alias bombs, no nesting that exhausts the stack, no huge ints."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent, index):  # every alias (*ref) passes through here
+            if self.check_event(yaml.AliasEvent):
+                Loader.aliases += 1
+                if Loader.aliases > MAX_ALIASES:
+                    raise BadInput(f"{path}: more than {MAX_ALIASES} YAML aliases; a model "
+                                   f"config needs none")
+            return super().compose_node(parent, index)
+
+    try:
+        return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or exc.__class__.__name__
+        raise BadInput(f"{path}: unreadable YAML{where}: {cut(str(problem))}") from None
+    except RecursionError:
+        raise BadInput(f"{path}: YAML nested too deeply for a model config") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise BadInput(f"{path}: unreadable YAML: {cut(str(exc))}") from None
+
+
+def config_from_text(text: str, path: str) -> ArchSpec:
+    """The ArchSpec of the YAML config ``text`` read from ``path`` (named in messages and the
+    default variant name); :func:`mobileone_cli.io.configfile.load_config` reads the file."""
+    data = _read_yaml(text, path)
+    stem = os.path.basename(path)
+    if stem.lower().endswith((".yaml", ".yml")):
+        stem = stem.rsplit(".", 1)[0]
+    return parse_config(data, where=path, default_name=stem or "custom")
 
 
 def parse_config(data: Any, *, where: str = "config", default_name: str = "custom") -> ArchSpec:

@@ -20,6 +20,7 @@ from ..data.pipeline import (
     pillow,
     transform,
 )
+from ..data.walk import Walker
 from ..errors import BadInput
 from ..rules.limits import MAX_IMAGES
 
@@ -27,20 +28,24 @@ __all__ = ["IMAGE_EXTENSIONS", "list_images", "preprocess", "preprocessing_for",
            "check_image_size", "PILLOW_HINT"]
 
 
-def list_images(folder: str) -> List[str]:
-    """Image files directly inside ``folder``, sorted by name."""
+def list_images(folder: str, notes: Optional[List[str]] = None) -> List[str]:
+    """Image files directly inside ``folder``, sorted by name: regular files inside it only
+    (the walker of ``eval``, :mod:`mobileone_cli.data.walk`); what it skipped is appended to
+    ``notes``."""
     if not os.path.isdir(folder):
         raise BadInput(f"{folder}: not a directory (--images takes a folder of PNG/JPEG files)")
-    files = sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-                   and os.path.isfile(os.path.join(folder, f)))
+    walker = Walker(folder)
+    files = [os.path.join(folder, f) for f in walker.images(recursive=False)]
+    skipped = walker.skips.note()
     if not files:
         raise BadInput(f"{folder}: no .png/.jpg/.jpeg (or {', '.join(IMAGE_EXTENSIONS[3:])}) "
-                       f"files in this folder")
+                       f"files in this folder" + (f" ({skipped})" if skipped else ""))
     if len(files) > MAX_IMAGES:
         raise BadInput(f"{folder}: {len(files):,} images; one check reads at most {MAX_IMAGES:,}",
                        hint="copy a sample of them into another folder (`mobileone eval` "
                             "streams any number)")
+    if skipped is not None and notes is not None:
+        notes.append(f"--images {folder}: {skipped}")
     return files
 
 
@@ -56,13 +61,15 @@ def preprocess(image, crop: Sequence[int] = (224, 224)):
 
 
 def load_images(folder: str, crop: Sequence[int] = (224, 224),
-                preprocessing: Optional[Preprocessing] = None):
+                preprocessing: Optional[Preprocessing] = None,
+                notes: Optional[List[str]] = None):
     """(batch tensor (N, 3, h, w), file names) of every image in ``folder``; an unreadable
-    image is bad input here (the check needs every image it was given)."""
+    image is bad input here (the check needs every image it was given).  Entries skipped
+    (not regular files inside ``folder``) are named in ``notes``."""
     import torch
 
     pillow()  # the install hint before anything else
-    files = list_images(folder)
+    files = list_images(folder, notes)
     p = preprocessing or preprocessing_for(crop)
-    out = [load_tensor(path, p) for path in files]
+    out = [load_tensor(path, p, folder) for path in files]
     return torch.stack(out), [os.path.basename(f) for f in files]

@@ -72,6 +72,7 @@ class Verdict:
     fp32: Stage
     fp64: Optional[Stage] = None  # the referee, when fp32 could not decide
     train_fp32_vs_fp64: Optional[Metrics] = None  # how far fp32 arithmetic moves the train model
+    images: int = 0  # the checked images
 
     @property
     def decisive(self) -> Stage:
@@ -105,6 +106,20 @@ class Verdict:
             b.finite and b.own_abs <= bound(b.scale) for b in stage.blocks))
 
     @property
+    def dtype_limited(self) -> bool:
+        """D passed only with the sensitivity term: it is as close as its dtype allows, no
+        closer (honest float16/bfloat16 rounding, or an fp32 network that amplifies rounding)."""
+        return self.passed and self.sensitivity_used
+
+    def top1_text(self) -> str:
+        """'; top-1 agrees with the train model on N of M checked images' (logits only)."""
+        top1 = self.decisive.output.top1
+        if top1 is None or not self.images:
+            return ""
+        return (f"; top-1 agrees with the train model on {round(top1 * self.images)} of "
+                f"{self.images} checked image{'s' if self.images != 1 else ''}")
+
+    @property
     def amplification(self) -> Optional[float]:
         """Output sensitivity per unit roundoff of relative weight change (the network's
         conditioning for this check); None when not measured."""
@@ -131,6 +146,9 @@ class Verdict:
             return (f"equivalent up to fp32 rounding: in fp32 the {self.compared} differ by "
                     f"{self.fp32.output.max_rel:.2e}{part}, in float64 by {out.max_rel:.2e}, "
                     f"within {tol}{amp_text}")
+        if self.dtype_limited:
+            return (f"as close as {self.deploy_dtype} allows: max rel diff of the {self.compared} "
+                    f"{out.max_rel:.2e} is within {tol}{self.top1_text()}")
         if self.passed:
             return f"equivalent: max rel diff of the {self.compared} {out.max_rel:.2e} is " \
                    f"within {tol}"
@@ -241,7 +259,8 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     fp32 = run("fp32", torch.float32)
     verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,
                       deploy_dtype=str(d_dtype).replace("torch.", ""), unit=unit,
-                      compared="logits" if logits else "feature map", fp32=fp32)
+                      compared="logits" if logits else "feature map", fp32=fp32,
+                      images=int(x.shape[0]))
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):

@@ -17,6 +17,7 @@ from ..rules.tolerances import short_number
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "seed_option",
            "prefix_option", "ema_option", "reading_options", "load_options",
+           "preprocessing_options",
            "resolve_arch", "settle_heap", "complete_from"]
 
 
@@ -72,7 +73,7 @@ def resolve_arch(name: Optional[str], num_classes: Optional[int] = None,
         if name is not None and name.lower() != "auto":
             raise BadInput("give --arch or --config, not both",
                            hint="a config can start from a built-in: arch: {base: s0, ...}")
-        from ..io.config import load_config
+        from ..io.configfile import load_config
 
         spec = load_config(config)
         return spec if num_classes is None else spec.with_classes(num_classes)
@@ -149,6 +150,31 @@ def trust_file_option():
                         help="Unpickle with weights_only=False, which can RUN CODE stored in the "
                              "file. Only for files you trust; without it, objects that "
                              "weights-only loading refuses are read as inert placeholders.")
+
+
+def preprocessing_options(crop: str = "--crop"):
+    """--resize, --interpolation, --mean, --std: how image files become tensors (eval's
+    pipeline; the crop comes from ``crop``)."""
+    stack = [
+        click.option("--resize", type=click.IntRange(min=1), default=None, metavar="N",
+                     help=f"Resize the short edge to N [{crop} x 256/224]."),
+        click.option("--interpolation", default=None,
+                     type=click.Choice(["nearest", "bilinear", "bicubic", "box", "hamming",
+                                        "lanczos"], case_sensitive=False),
+                     help="Pillow resize filter [bilinear]."),
+        click.option("--mean", default=None, metavar="R,G,B",
+                     help="Mean on 0..255 [123.675,116.28,103.53]; values <= 1 are fractions "
+                          "of 255."),
+        click.option("--std", default=None, metavar="R,G,B",
+                     help="Std on 0..255 [58.395,57.12,57.375]; values <= 1 are fractions of "
+                          "255.")]
+
+    def apply(command):
+        for option in reversed(stack):
+            command = option(command)
+        return command
+
+    return apply
 
 
 def json_option(what: str = "the report"):

@@ -1,63 +1,51 @@
-"""``mobileone demo``: the whole job on a synthetic Apple s0 checkpoint, no download."""
+"""``mobileone demo``: the whole job on a network that ships with the package, no download."""
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Optional
 
 import click
 
-from ..errors import BadInput
-from ._options import resolve_arch, seed_option
+from ..rules.limits import MAX_SEED
+from ._options import json_option, resolve_arch
 
 
-@click.command(help="Synthesize an Apple-layout unfused s0 checkpoint (random weights, BatchNorm "
-                    "statistics calibrated like a trained network's), convert it, verify it and "
-                    "show the summary.")
-@click.option("--dir", "folder", type=click.Path(file_okay=False), default=None,
-              help="Keep the files in this folder (default: a temporary folder, removed after).")
-@click.option("--arch", "arch_name", default="s0", show_default=True, metavar="s0..s4")
+@click.command(help="Convert, verify and export a MobileOne trained on the UCI handwritten "
+                    "digits (shipped with the package), then show the held-out top-1 of the "
+                    "train model, the deploy file, every exported file whose runtime is "
+                    "installed and int8: the numbers a deployment has to keep. The files stay "
+                    "in --dir. --synthetic (implied by --arch, --config, --seed): a random-weight "
+                    "network instead (convert and verify only).")
+@click.option("--dir", "folder", type=click.Path(file_okay=False), default="mobileone-demo",
+              show_default=True, help="Where the demo's files go (created; files already "
+                                      "there are not overwritten without --force).")
+@click.option("--force", is_flag=True, help="Overwrite the demo's files in --dir.")
+@click.option("--network", type=click.Choice(["s0", "s4"]), default="s0", show_default=True,
+              help="The trained network: s0-style (k = 4 branches) or s4-style (SE blocks).")
+@click.option("--synthetic", is_flag=True,
+              help="Synthesize an Apple-layout unfused network with random weights (BatchNorm "
+                   "statistics calibrated like a trained network's) instead.")
+@click.option("--arch", "arch_name", default=None, metavar="s0..s4",
+              help="Synthesize this variant [s0].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              metavar="FILE", help="Synthesize the network a YAML model config describes instead "
+              metavar="FILE", help="Synthesize the network a YAML model config describes "
                                    "(see examples/).")
-@seed_option()
-def demo(folder: Optional[str], arch_name: str, config_path: Optional[str], seed: int) -> int:
-    from ..arch.memory import job_bytes, weight_elements
-    from ..io.write import save_checkpoint
-    from ..jobs.convert import ConvertOptions, convert_file
-    from ..models.synthetic import random_state_dict
-    from ..platform import check_memory
-    from ..render.console import console, line, quiet
-    from ..render.convert import render_convert
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
+              help="The seed of the random weights [0].")
+@json_option("the report: files, checks, held-out results")
+def demo(folder: str, force: bool, network: str, synthetic: bool, arch_name: Optional[str],
+         config_path: Optional[str], seed: Optional[int], as_json: bool) -> int:
+    from ..jobs.demo import run_demo
+    from ..render.console import emit, quiet
+    from ..render.demo import demo_to_dict, render_demo, step_status
 
-    arch = resolve_arch(None, config=config_path) if config_path else resolve_arch(arch_name)
-    if arch is None:  # --arch auto: there is no checkpoint to detect it from
-        raise BadInput("the demo synthesizes a checkpoint: give --arch s0..s4 or --config FILE")
-    check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",
-                 hint="a config within the limits can still describe a network too large to "
-                      "build; `mobileone stats --config FILE` counts it without building it")
-    out = console()
-
-    def run(where: str) -> None:
-        src = os.path.join(where, f"mobileone_{arch.name}_unfused.pth.tar")
-        dst = os.path.join(where, f"mobileone_{arch.name}.pth")
-        save_checkpoint(src, random_state_dict(arch, seed=seed), force=True)
-        if not quiet():
-            line(out, "", f"synthesized {src} (Apple layout, train form, random weights, "
-                          f"calibrated BN statistics)")
-        options = ConvertOptions(arch=arch if config_path else None,
-                                 arch_source=f"--config {config_path}" if config_path else None,
-                                 force=True)
-        result = convert_file(src, dst, options)
-        if not quiet():
-            render_convert(result, title="mobileone demo")
-        line(out, "[bold green]OK[/]:", f"deploy checkpoint matches the train model "
-                                        f"(max rel diff {result.metrics.max_rel:.2e})", whole=True)
-
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-        run(folder)
-    else:
-        with tempfile.TemporaryDirectory(prefix="mobileone-demo-") as tmp:
-            run(tmp)
+    synthetic = synthetic or bool(arch_name or config_path) or seed is not None
+    arch = None
+    if synthetic:
+        arch = resolve_arch(None, config=config_path) if config_path else \
+            resolve_arch(arch_name or "s0")
+    with step_status(enabled=not quiet() and not as_json) as progress:
+        report = run_demo(folder, network=network, synthetic=synthetic, arch=arch,
+                          arch_source=f"--config {config_path}" if config_path else None,
+                          seed=seed or 0, force=force, progress=progress)
+    emit(report, as_json, demo_to_dict, render_demo)
     return 0

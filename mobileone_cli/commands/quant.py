@@ -10,6 +10,7 @@ from ._options import (
     input_size_option,
     json_option,
     load_options,
+    preprocessing_options,
     reading_options,
     seed_option,
 )
@@ -53,6 +54,7 @@ __all__ = ["quant"]
               help="Image-decoding threads (default: the cores, at most 8; 0: none).")
 @seed_option("Seed of the synthetic images (image i uses seed + i).")
 @input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
+@preprocessing_options(crop="--input-size")
 @reading_options()
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
@@ -60,20 +62,27 @@ __all__ = ["quant"]
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
           export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
-          arch_name: Optional[str], config_path: Optional[str], bn_eps: Optional[float],
-          prefix: Optional[str], ema: bool, trust_file: bool, plot_path: Optional[str],
-          as_json: bool) -> int:
+          resize: Optional[int], interpolation: Optional[str], mean: Optional[str],
+          std: Optional[str], arch_name: Optional[str], config_path: Optional[str],
+          bn_eps: Optional[float], prefix: Optional[str], ema: bool, trust_file: bool,
+          plot_path: Optional[str], as_json: bool) -> int:
     from ..jobs.quant import QuantOptions, quantize_file
     from ..render.console import emit
     from ..render.quant import quant_plot, quant_to_dict, render_quant
     from ._options import settle_heap
 
     check_plot(plot_path, force)
+    preprocessing = None
+    if any(v is not None for v in (resize, interpolation, mean, std)):
+        from ..data.pipeline import make_preprocessing
+
+        preprocessing = make_preprocessing(resize, "x".join(map(str, input_size)),
+                                           interpolation, mean, std)
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=QuantOptions, calib=calib, synthetic=synthetic, scheme=scheme,
                            export=export, force=force, compare_train=compare_train,
                            limit=limit, batch=batch, workers=workers, seed=seed,
-                           input_size=tuple(input_size))
+                           input_size=tuple(input_size), preprocessing=preprocessing)
     settle_heap()
     report = quantize_file(ckpt, options)
     emit(report, as_json, quant_to_dict, render_quant)

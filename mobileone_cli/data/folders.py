@@ -5,7 +5,9 @@ Three shapes of DATA (:func:`open_dataset`):
 * class folders (torchvision's ImageFolder, mmpretrain's CustomDataset): every sub-folder of DATA
   is a class, classes are numbered in sorted folder-name order, images are found recursively in
   torchvision's order (``sorted(os.walk(...))``, then sorted file names); hidden folders are
-  skipped;
+  skipped, and so is (reported in the notes) whatever is not a regular file or folder inside
+  DATA: FIFOs, devices, links out of DATA (:mod:`.walk`, the walker ``verify --images`` uses
+  too);
 * a labels file (``--labels FILE``): one ``file label`` per line, file relative to DATA (how
   ImageNet validation lists are distributed, e.g. mmpretrain's ``meta/val.txt``); a label is a
   class index, or a class id looked up in a classes file;
@@ -26,8 +28,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import BadInput, printable
+from ..io.text import text_lines
 from ..rules.limits import MAX_CLASSES, MAX_LABEL_LINE
 from .pipeline import IMAGE_EXTENSIONS
+from .walk import Walker
 
 __all__ = ["Item", "Dataset", "open_dataset", "read_classes", "spread"]
 
@@ -82,27 +86,10 @@ def spread(total: int, limit: Optional[int]) -> Iterator[int]:
         yield i * total // limit
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
 def _lines(path: str, what: str) -> Iterator[Tuple[int, str]]:
-    """(line number, stripped text) of the non-empty, non-comment lines of a text file."""
-    try:
-        f = open(path, encoding="utf-8", errors="strict", newline=None)
-    except OSError as exc:
-        raise BadInput(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    with f:
-        try:
-            for n, line in enumerate(f, 1):
-                if len(line) > MAX_LABEL_LINE:
-                    raise BadInput(f"{path}:{n}: a line of over {MAX_LABEL_LINE} characters; "
-                                   f"is this a {what}?")
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    yield n, text
-        except UnicodeDecodeError:
-            raise BadInput(f"{path}: not a UTF-8 text file (a {what} is text)") from None
+    """(line number, stripped text) of the non-empty, non-comment lines of a text file, read
+    with the byte cap of every text input (regular files only)."""
+    return text_lines(path, what, MAX_LABEL_LINE)
 
 
 def read_classes(path: str) -> List[Tuple[str, str]]:
@@ -123,27 +110,9 @@ def read_classes(path: str) -> List[Tuple[str, str]]:
     return out
 
 
-def _class_dirs(root: str) -> List[str]:
-    with os.scandir(root) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
-
-
-def _walk_class(root: str, folder: str) -> List[str]:
-    """Image paths under one class folder, relative to ``root``, in torchvision's order."""
-    out: List[str] = []
-    top = os.path.join(root, folder)
-    walked = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        walked.append((dirpath, [f for f in filenames if _is_image(f)]))
-    for dirpath, filenames in sorted(walked):
-        rel = os.path.relpath(dirpath, root)
-        out.extend(os.path.join(rel, f) for f in sorted(filenames))
-    return out
-
-
-def _class_folders(root: str, folders: List[str], classes: Optional[List[Tuple[str, str]]],
-                   num_classes: Optional[int]) -> Dataset:
+def _class_folders(walker: Walker, folders: List[str],
+                   classes: Optional[List[Tuple[str, str]]], num_classes: Optional[int]) -> Dataset:
+    root = walker.root
     notes: List[str] = []
     if classes is not None:
         index = {ident: i for i, (ident, _) in enumerate(classes)}
@@ -164,11 +133,13 @@ def _class_folders(root: str, folders: List[str], classes: Optional[List[Tuple[s
             notes.append(f"{len(folders)} class folders for a {num_classes}-class model: folder i "
                          f"(sorted by name) is taken as class i; if the folders are a subset of "
                          f"the model's classes, give --classes FILE")
-    counts = [len(_walk_class(root, f)) for f in folders]
+    counts = [len(walker.images(f)) for f in folders]
+    notes.extend(filter(None, [walker.skips.note()]))
 
     def walk() -> Iterator[Item]:
+        again = Walker(root)  # what was skipped is already in the notes
         for folder, label in zip(folders, labels):
-            for rel in _walk_class(root, folder):
+            for rel in again.images(folder):
                 yield Item(os.path.join(root, rel), rel, label)
 
     return Dataset(root=root, kind="class folders", total=sum(counts), class_names=names,
@@ -230,26 +201,29 @@ def open_dataset(data: str, *, labels: Optional[str] = None, classes: Optional[s
         raise BadInput(f"{classes}: {len(class_list)} classes, but the model has {num_classes}")
     if labels is not None:
         return _labels_file(root, os.fspath(labels), class_list, num_classes)
-    folders = _class_dirs(root)
+    walker = Walker(root)
+    folders = walker.folders()
     if folders:
-        ds = _class_folders(root, folders, class_list, num_classes)
+        ds = _class_folders(walker, folders, class_list, num_classes)
         if ds.total == 0:
+            skipped = walker.skips.note()
             raise BadInput(f"{root}: no images ({', '.join(IMAGE_EXTENSIONS)}) in its "
-                           f"{len(folders)} class folder(s)")
+                           f"{len(folders)} class folder(s)"
+                           + (f" ({skipped})" if skipped else ""))
         return ds
-    with os.scandir(root) as it:
-        flat = sorted(e.name for e in it if _is_image(e.name) and e.is_file())
+    flat = walker.images(recursive=False)
     if not flat:
-        raise BadInput(f"{root}: no class folders and no images in this folder")
+        note = walker.skips.note()
+        raise BadInput(f"{root}: no class folders and no images in this folder"
+                       + (f" ({note})" if note else ""))
     if need_labels:
         raise BadInput(f"{root}: a flat folder of images has no labels",
                        hint="put each class in its own folder, or give --labels FILE "
                             "('file label' per line)")
 
     def walk() -> Iterator[Item]:
-        with os.scandir(root) as entries:
-            names = sorted(e.name for e in entries if _is_image(e.name) and e.is_file())
-        for name in names:
+        for name in Walker(root).images(recursive=False):
             yield Item(os.path.join(root, name), name, -1)
 
-    return Dataset(root=root, kind="flat folder", total=len(flat), _walk=walk)
+    return Dataset(root=root, kind="flat folder", total=len(flat),
+                   notes=list(filter(None, [walker.skips.note()])), _walk=walk)

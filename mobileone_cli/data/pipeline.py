@@ -20,15 +20,18 @@ what ran, so a reported accuracy can be reproduced.  Pillow is the ``images`` ex
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from ..errors import BadInput, first_line
 from ..rules.limits import MAX_IMAGE_ASPECT, MAX_IMAGE_PIXELS, MAX_INPUT_SIDE
+from .walk import IMAGE_EXTENSIONS, NotInside, open_inside
 
-__all__ = ["Preprocessing", "make_preprocessing", "ImageError", "check_image_size", "open_image",
+__all__ = ["Preprocessing", "make_preprocessing", "ImageError", "DecodeOutOfMemory",
+           "check_image_size", "open_image", "decoded",
            "resized_size", "crop_box", "transform", "load_tensor", "pillow", "INTERPOLATIONS",
            "IMAGE_EXTENSIONS", "MMPRETRAIN_MEAN", "MMPRETRAIN_STD", "PILLOW_HINT"]
 
@@ -37,8 +40,6 @@ MMPRETRAIN_STD = (58.395, 57.12, 57.375)
 RESIZE_RATIO = 256 / 224  # resize : crop of the default, kept when only the crop is changed
 # mmcv's pillow set
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
-# mmpretrain's IMG_EXTENSIONS
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 PILLOW_HINT = "pip install 'mobileone-cli[images]'   (or: pip install pillow)"
 
 
@@ -192,28 +193,75 @@ def _quiet_pillow(Image) -> None:
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-def open_image(path: str):
-    """The decoded, EXIF-oriented 8-bit RGB image of ``path``; ImageError when it cannot be."""
+TRIM_PIXELS = 4 * 1024 * 1024  # images this large give their freed pages back at once
+
+
+class DecodeOutOfMemory(BadInput):
+    """An image could not be decoded for lack of memory: the run stops (exit 2).  Counting it
+    as unreadable would report the accuracy of a different set of images."""
+
+
+def _out_of_memory(path: str, size: Tuple[int, int]) -> DecodeOutOfMemory:
+    return DecodeOutOfMemory(f"{path}: out of memory while decoding this {size[0]}x{size[1]} "
+                             f"image; stopped, so that no image is silently left out",
+                             hint="free memory, or decode with fewer --workers")
+
+
+@contextlib.contextmanager
+def decoded(path: str, root: Optional[str] = None) -> Iterator[Any]:
+    """The decoded, EXIF-oriented 8-bit RGB image of ``path`` (a regular file, inside ``root``
+    when given), its pixels held from the shared decode budget while the block runs.
+    ImageError when it cannot be used; DecodeOutOfMemory when memory ran out."""
     Image = pillow()
     from PIL import ImageOps
 
+    from .budget import DECODE
+
     _quiet_pillow(Image)
     try:
-        with Image.open(path) as im:  # reads the header only
+        fh = open_inside(path, root)
+    except NotInside as exc:
+        raise ImageError(str(exc)) from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image ({exc.strerror or exc})") from None
+    size = (0, 0)
+    with fh:
+        try:
+            im = Image.open(fh)  # reads the header only
+            size = im.size
             check_image_size(path, im.width, im.height)
-            im.load()
-            if im.getexif().get(0x0112, 1) in range(2, 9):  # EXIF orientation, as OpenCV
-                return _to_rgb(ImageOps.exif_transpose(im))
-            return _to_rgb(im)
-    except ImageError:
-        raise
-    except Exception as exc:  # Pillow raises many types for damaged files; all mean 'unreadable'
-        detail = first_line(str(exc), 120) or "unreadable"
-        if isinstance(exc, Image.DecompressionBombError):
-            raise ImageError(f"{path}: the image is larger than the limit of "
-                             f"{MAX_IMAGE_PIXELS:,} pixels") from None
-        raise ImageError(f"{path}: cannot read image ({exc.__class__.__name__}: {detail})") \
-            from None
+        except ImageError:
+            raise
+        except MemoryError:
+            raise _out_of_memory(path, size) from None
+        except Exception as exc:  # Pillow raises many types for damaged files
+            raise _unreadable(Image, path, exc) from None
+        with im, DECODE.hold(im.width * im.height):
+            try:
+                im.load()
+                if im.getexif().get(0x0112, 1) in range(2, 9):  # EXIF orientation, as OpenCV
+                    rgb = _to_rgb(ImageOps.exif_transpose(im))
+                else:
+                    rgb = _to_rgb(im)
+            except MemoryError:
+                raise _out_of_memory(path, size) from None
+            except Exception as exc:
+                raise _unreadable(Image, path, exc) from None
+            yield rgb
+
+
+def _unreadable(Image, path: str, exc: BaseException) -> ImageError:
+    if isinstance(exc, Image.DecompressionBombError):
+        return ImageError(f"{path}: the image is larger than the limit of "
+                          f"{MAX_IMAGE_PIXELS:,} pixels")
+    detail = first_line(str(exc), 120) or "unreadable"
+    return ImageError(f"{path}: cannot read image ({exc.__class__.__name__}: {detail})")
+
+
+def open_image(path: str, root: Optional[str] = None):
+    """The decoded, EXIF-oriented 8-bit RGB image of ``path`` (see :func:`decoded`)."""
+    with decoded(path, root) as image:
+        return image
 
 
 def transform(image, p: Preprocessing):
@@ -237,10 +285,22 @@ def transform(image, p: Preprocessing):
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 
-def load_tensor(path: str, p: Preprocessing):
-    """``path`` decoded and preprocessed: float32 (3, crop_h, crop_w); ImageError if unusable."""
-    image = open_image(path)
-    try:
-        return transform(image, p)
-    except ImageError as exc:
-        raise ImageError(f"{path}: {exc.message}") from None
+def load_tensor(path: str, p: Preprocessing, root: Optional[str] = None):
+    """``path`` decoded and preprocessed: float32 (3, crop_h, crop_w); ImageError if unusable,
+    DecodeOutOfMemory if memory ran out (see :func:`decoded`)."""
+    from ..platform import release_freed_heap
+
+    with decoded(path, root) as image:
+        pixels = image.width * image.height
+        try:
+            out = transform(image, p)
+        except ImageError as exc:
+            raise ImageError(f"{path}: {exc.message}") from None
+        except MemoryError:
+            raise _out_of_memory(path, image.size) from None
+    del image
+    if pixels >= TRIM_PIXELS:
+        # Each decoding thread has its own malloc arena, which keeps the freed pages of a
+        # large image: without this, eight workers peak ~250 MB above one at the pixel limit.
+        release_freed_heap()
+    return out

@@ -2,8 +2,9 @@
 
 Pillow decodes and resizes with the GIL released, so threads overlap decoding with the forward
 passes.  At most ``2 * batch + workers`` images are in flight: memory is bounded by the batch
-size, never by the number of images.  An image that cannot be used is handed to ``unreadable``
-and skipped; it never stops the stream.
+size, never by the number of images, and decoding by the shared pixel budget
+(:mod:`.budget`), never by the number of workers.  An image that cannot be used is handed to
+``unreadable`` and skipped; one that fails for lack of memory stops the stream.
 """
 from __future__ import annotations
 
@@ -35,18 +36,20 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def _load(item: Item, p: Preprocessing) -> Tuple[object, Optional[str]]:
+def _load(item: Item, p: Preprocessing, root: Optional[str]) -> Tuple[object, Optional[str]]:
     try:
-        return load_tensor(item.path, p), None
+        return load_tensor(item.path, p, root), None
     except ImageError as exc:
         return None, exc.message
 
 
 def stream_batches(items: Iterable[Item], p: Preprocessing, batch: int, *,
                    workers: Optional[int] = None,
-                   unreadable: Optional[Callable[[Item, str], None]] = None) -> Iterator[Batch]:
+                   unreadable: Optional[Callable[[Item, str], None]] = None,
+                   root: Optional[str] = None) -> Iterator[Batch]:
     """Batches of ``batch`` preprocessed images from ``items``, in order; ``workers=0`` decodes
-    on the calling thread."""
+    on the calling thread.  ``root``: only regular files inside it are read (DATA).  An image
+    that fails for lack of memory stops the stream (DecodeOutOfMemory), whatever the thread."""
     import torch
 
     workers = default_workers() if workers is None else workers
@@ -79,7 +82,7 @@ def stream_batches(items: Iterable[Item], p: Preprocessing, batch: int, *,
     source = iter(items)
     if workers == 0:
         for item in source:
-            ready = take(item, _load(item, p))
+            ready = take(item, _load(item, p, root))
             if ready is not None:
                 yield ready
     else:
@@ -92,7 +95,7 @@ def stream_batches(items: Iterable[Item], p: Preprocessing, batch: int, *,
                     new = next(source, None)
                     if new is None:
                         break
-                    pending.append((new, pool.submit(_load, new, p)))
+                    pending.append((new, pool.submit(_load, new, p, root)))
                 if not pending:
                     break
                 item, future = pending.popleft()

@@ -3,8 +3,10 @@
 Loading never runs code from the file: torch files go through ``torch.load(weights_only=True)`` and
 safetensors through the safetensors library.  Work is bounded by the file: a torch zip whose
 directory declares compressed records or records larger than the file is refused before anything
-is inflated.  Torch is imported only inside the functions that need tensors;
-:func:`sniff_format` and :func:`read_safetensors_header` work without it.
+is inflated, and tensors that claim more than the file stores (broadcast or overlapping views,
+:mod:`.bounds`) before anything is computed from them.  Torch is imported only inside the
+functions that need tensors; :func:`sniff_format` and :func:`read_safetensors_header` work
+without it.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput, first_line
+from .bounds import check_claims, tensors_in
 from .header import MAX_HEADER, SAFETENSORS_DTYPES, read_header
 from .pickle_guard import load_torch
 from .sanity import check_tensor_storage
@@ -179,6 +182,7 @@ def load_object(path: str, *, trust: bool = False) -> Tuple[str, Any, Dict[str, 
     finally:
         if integrity is not None:
             integrity.result()  # a damaged file is reported as such, not as a load error
+    check_claims(tensors_in(obj), path)  # before anything computes on a view
     return fmt, obj, {}, stubbed
 
 
@@ -202,6 +206,7 @@ def as_checkpoint(path: str, fmt: str, obj: Any, metadata: Dict[str, str], stubb
         raise BadInput(f"{path}: state dict keys must be strings")
     sd, stripped = strip_prefix(sd)
     check_tensor_storage(sd, path)
+    check_claims(sd.items(), path)
     return Checkpoint(path=path, file_format=fmt, state_dict=sd, wrapper=wrapper,
                       stripped_prefix=stripped, extras=extras, metadata=metadata,
                       stubbed=stubbed, trusted=trust and fmt != "safetensors",

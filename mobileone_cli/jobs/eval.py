@@ -30,7 +30,7 @@ from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
 from ..runtimes import Artifact, load_artifact, runtime_for
 from .verify import Side, pair_sides, read_side
 
-__all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files"]
+__all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files", "artifact_model"]
 
 Progress = Callable[[int, int], None]  # (images done, images selected)
 
@@ -102,7 +102,8 @@ def _static(dim: Any) -> Optional[int]:
     return dim if isinstance(dim, int) and dim > 0 else None
 
 
-def _artifact(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
+def artifact_model(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
+    """An exported file opened in its runtime, run in chunks of its fixed batch if it has one."""
     art: Artifact = load_artifact(path)
     shape = list(art.input_shape) + [None] * (4 - len(art.input_shape))
     b, c, h, w = (_static(d) for d in shape[:4])
@@ -170,7 +171,7 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
                             else "fused in memory", info=side.describe(),
                             run=_torch_model(side, "deploy", device)))
         side.state_dict = {}  # the model holds the tensors now
-    models += [_artifact(path, arch, p) for path in exported]
+    models += [artifact_model(path, arch, p) for path in exported]
     return arch, models, notes
 
 
@@ -219,7 +220,7 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
     start = time.perf_counter()
     with strict_fp32(device):
         for b in stream_batches(dataset.items(limit), p, batch, workers=workers,
-                                unreadable=unreadable):
+                                unreadable=unreadable, root=dataset.root):
             t0 = time.perf_counter()
             outs = [m.run(b.x) for m in models]
             report.forward_seconds += time.perf_counter() - t0

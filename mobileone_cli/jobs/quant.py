@@ -148,7 +148,8 @@ class _Images:
 
         count = 0
         for b in stream_batches(self.dataset.items(self.o.limit), self.p, self.o.batch,
-                                workers=self.o.workers, unreadable=unreadable):
+                                workers=self.o.workers, unreadable=unreadable,
+                                root=self.dataset.root):
             count += len(b.names)
             yield b.x, b.labels, b.names
         if not self._counted:

@@ -189,12 +189,13 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     size = parse_input_size(input_size)
     device = resolve_device(device)
     images = names = pipeline = None
+    image_notes: list = []
     if images_dir is not None:
         from ..check.images import load_images, preprocessing_for
 
         pipeline = preprocessing_for(size)
         with steps("images"):
-            images, names = load_images(images_dir, preprocessing=pipeline)
+            images, names = load_images(images_dir, preprocessing=pipeline, notes=image_notes)
     train = read_side(train_path, options, steps=steps)
     if deploy_path is None:
         if train.form != "train":
@@ -224,7 +225,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     non_finite(report.verdict, train_path, fused_here=deploy_path is None)
     report.train = train.describe()
     report.deploy = deploy.describe()
-    report.notes.extend(train.notes + deploy.notes)
+    report.notes.extend(train.notes + deploy.notes + image_notes)
     if names is not None:
         assert images_dir is not None and pipeline is not None  # read together above
         report.inputs.update(kind="images", dir=os.fspath(images_dir), files=len(names),

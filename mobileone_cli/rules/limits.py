@@ -19,8 +19,10 @@ __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNE
            "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
            "MAX_LABEL_LINE", "MAX_CONFIG_BYTES", "MAX_ALIASES", "MAX_HEADER", "MAX_INT_DIGITS",
-           "MAX_STUBS", "MAX_WALK_DEPTH", "MAX_WALK_ITEMS", "parse_input_size", "check_batch",
-           "check_bn_eps", "default_eps", "resolve_eps", "check_seed", "MAX_DOWNLOAD",
+           "MAX_STUBS", "MAX_WALK_DEPTH", "MAX_WALK_ITEMS", "MAX_VIEW_BYTES", "MAX_TEXT_BYTES",
+           "MAX_DECODE_PIXELS", "MAX_EXTERNAL_BYTES", "MAX_LOOP_TRIPS", "ONNX_RUN_SECONDS",
+           "parse_input_size", "check_batch", "check_bn_eps", "default_eps", "resolve_eps",
+           "check_seed", "MAX_DOWNLOAD",
            "MAX_REDIRECTS", "DOWNLOAD_TIMEOUT", "DOWNLOAD_ATTEMPTS"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
@@ -50,6 +52,27 @@ MAX_IMAGES = MAX_BATCH
 MAX_LISTED = 1000
 MAX_WORKERS = 64
 MAX_LABEL_LINE = 4096
+# Bytes the tensors of a torch file may claim beyond the bytes it stores.  A tensor is a view:
+# shape, strides and an offset into a storage, so a 1.6 KB file can hold a stride-0 (broadcast)
+# tensor of 2**40 elements over 4 stored bytes, which any computation on it then materialises.
+# Tied weights (one storage under two keys) claim their bytes twice: the allowance is the
+# larger of this and the stored bytes themselves, so work stays within twice the file.
+MAX_VIEW_BYTES = 64 * 1024 * 1024
+# Text inputs (--config, --labels, --classes): bytes read at most.  ImageNet's validation list
+# is 1.6 MB and a synset list 31 KB; a model config is a few hundred bytes (its own, smaller
+# bound is MAX_CONFIG_BYTES).
+MAX_TEXT_BYTES = 64 * 1024 * 1024
+# ``eval``: decoded pixels in flight across every decoding thread (RGB: 3 bytes each, plus
+# Pillow's working copies, ~13 bytes a pixel), whatever --workers says: one image at the
+# pixel limit, or hundreds of ordinary photos, at a time.
+MAX_DECODE_PIXELS = MAX_IMAGE_PIXELS
+# Bytes of the files an exported artifact names (an .mlpackage's weight file, an ONNX
+# model's external data): the largest MobileOne (s4) in fp32 is 60 MB.
+MAX_EXTERNAL_BYTES = 2 * 1024 * 1024 * 1024
+# ONNX graphs from elsewhere: the largest trip count of a Loop whose count is a constant (a
+# MobileOne deploy graph has no Loop at all), and the seconds one run of a graph may take.
+MAX_LOOP_TRIPS = 1024
+ONNX_RUN_SECONDS = 300.0
 # BatchNorm eps of real models is 1e-5 (PyTorch), 1e-3 (TF ports) or 1e-6; above 1 it is a typo.
 # Checkpoints do not store it: a config or --bn-eps says it, else PyTorch's default.
 DEFAULT_EPS = 1e-5

@@ -17,14 +17,16 @@ then per blob a metadata record at the const's ``blobFileValue.offset``: uint32 
 """
 from __future__ import annotations
 
+import math
 import struct
 import sys
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import BadInput, VerificationFailed, first_line
+from ..errors import BadInput, VerificationFailed, first_line, printable
 from ._common import quiet
 from ._common import require as _require
 from .base import Artifact, ExportPlan, Runtime
+from .confine import check_package, confined_path, map_confined
 
 __all__ = ["RUNTIME", "DEFAULT_DEPLOYMENT_TARGET", "export", "load", "require", "read_weights",
            "const_name", "can_execute",
@@ -92,13 +94,16 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None, dtype: 
 
 
 def _spec(path: str):
+    """The package opened by coremltools (without Core ML), after :func:`confine.check_package`
+    has checked every path its manifest names."""
+    check_package(path)
     with quiet():
         import coremltools as ct
 
         return ct.models.MLModel(path, skip_model_load=True)
 
 
-def _blob(data: bytes, offset: int, path: str):
+def _blob(data, offset: int, path: str):
     import numpy as np
 
     try:
@@ -109,6 +114,19 @@ def _blob(data: bytes, offset: int, path: str):
         raise VerificationFailed(f"{path}: damaged weight record at offset {offset}")
     return np.frombuffer(data, _BLOB_DTYPES[code], count=nbytes // np.dtype(
         _BLOB_DTYPES[code]).itemsize, offset=start)
+
+
+def _weight_file(path: str, weights_dir: str, name: str) -> str:
+    """The resolved weight file a constant names (``@model_path/weights/...``), confined to
+    the package's weights folder."""
+    prefix = "@model_path/weights/"
+    if not weights_dir:
+        raise BadInput(f"{path}: a constant names a weight file, but the package has no "
+                       f"weights folder")
+    if not name.startswith(prefix):
+        raise BadInput(f"{path}: a constant names the weight file {printable(name)[:200]!r}, "
+                       f"not one under {prefix}")
+    return confined_path(path, weights_dir, name[len(prefix):], path)
 
 
 def read_weights(path: str) -> Dict[str, Any]:
@@ -122,11 +140,13 @@ def read_weights(path: str) -> Dict[str, Any]:
         model = _spec(path)
         spec = model.get_spec()
         weights_dir = model.weights_dir
+    except BadInput:
+        raise
     except Exception as exc:  # a damaged package: coremltools raises many types
         raise VerificationFailed(f"{path}: not a readable Core ML package "
                                  f"({first_line(str(exc))})") from None
     np_types = {MIL_pb2.FLOAT32: np.float32, MIL_pb2.FLOAT16: np.float16}
-    files: Dict[str, bytes] = {}
+    files: Dict[str, Any] = {}
     out: Dict[str, Any] = {}
     for func in spec.mlProgram.functions.values():
         for block in func.block_specializations.values():
@@ -139,19 +159,16 @@ def read_weights(path: str) -> Dict[str, Any]:
                     continue
                 shape = [int(d.constant.size) for d in tt.dimensions]
                 if value.WhichOneof("value") == "blobFileValue":
-                    name = value.blobFileValue.fileName.replace("@model_path/weights",
-                                                                weights_dir)
-                    if name not in files:
-                        with open(name, "rb") as fh:
-                            files[name] = fh.read()
-                    arr = _blob(files[name], int(value.blobFileValue.offset), path)
+                    real = _weight_file(path, weights_dir, value.blobFileValue.fileName)
+                    data = map_confined(real, path, files)
+                    arr = _blob(data, int(value.blobFileValue.offset), path)
                 else:
                     t = value.immediateValue.tensor
                     kind = t.WhichOneof("value")
                     arr = (np.frombuffer(t.bytes.values, np_types[tt.dataType]) if kind == "bytes"
                            else np.asarray(list(getattr(t, kind).values),
                                            dtype=np_types[tt.dataType]))
-                if arr.dtype != np_types[tt.dataType] or arr.size != int(np.prod(shape)):
+                if arr.dtype != np_types[tt.dataType] or arr.size != math.prod(shape):
                     raise VerificationFailed(f"{path}: constant {op.outputs[0].name} does not "
                                              f"match its declared type or shape")
                 out[op.outputs[0].name] = arr.reshape(shape)
@@ -161,6 +178,7 @@ def read_weights(path: str) -> Dict[str, Any]:
 def load(path: str, threads: Optional[int] = None) -> Artifact:
     """``path`` in Core ML (macOS); elsewhere an Artifact that describes the package and whose
     ``run`` refuses (``executes`` False)."""
+    check_package(path)  # before coremltools, which is slow to import, reads anything
     require()
     import numpy as np
     import torch
@@ -168,6 +186,8 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
     try:
         model = _spec(path)
         desc = model.get_spec().description
+    except BadInput:
+        raise
     except Exception as exc:
         raise VerificationFailed(f"{path}: not a readable Core ML package "
                                  f"({first_line(str(exc))})") from None

@@ -4,6 +4,8 @@ Two exporters exist in torch.  The ``dynamo`` one (``torch.onnx.export(dynamo=Tr
 since torch 2.9, needs onnxscript) writes opset >= 18; the TorchScript one is deprecated but still
 present in torch 2.13 and can write older opsets.  ``auto`` takes dynamo when it is usable and the
 requested opset allows it, else TorchScript.  Either way the onnxruntime check decides.
+A graph from elsewhere is checked before onnxruntime opens it and bounded in time while it
+runs (:mod:`.onnx_guard`).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from ..errors import BadInput, VerificationFailed, first_line
 from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE
 from ._common import quiet
 from .base import Artifact, ExportPlan, Runtime
+from .onnx_guard import check_graph, run_bounded
 
 __all__ = ["RUNTIME", "load", "require", "graph_io", "describe", "export", "resolve_exporter",
            "INSTALL_HINT", "EXPORTERS", "DYNAMO_MIN_OPSET"]
@@ -113,7 +116,8 @@ def graph_io(path: str):
     import onnx
 
     model = onnx.load(path, load_external_data=False)
-    onnx.checker.check_model(model)
+    check_graph(model, path)  # before anything reads its external data or runs it
+    onnx.checker.check_model(path)  # by path: external data is found beside the model
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
     def shape(v) -> List[Any]:
@@ -181,6 +185,8 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
 
     try:
         opset, in_name, _, in_shape, out_shape, inits = graph_io(path)
+    except BadInput:
+        raise
     except Exception as exc:  # onnx raises its own types for damaged files
         raise BadInput(f"{path}: not a readable ONNX model ({first_line(str(exc))})") from None
     opts = ort.SessionOptions()
@@ -199,7 +205,9 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
     def run(x):
         x = x.to(torch.float16 if dtype == "float16" else torch.float32)
         try:
-            return torch.from_numpy(sess.run(None, {in_name: x.numpy()})[0])
+            return torch.from_numpy(run_bounded(sess, {in_name: x.numpy()}, path)[0])
+        except BadInput:
+            raise
         except Exception as exc:
             raise VerificationFailed(f"onnxruntime failed at input shape {list(x.shape)}: "
                                      f"{first_line(str(exc))}") from None
