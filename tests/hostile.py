@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import json
 import os
 import struct
 import subprocess
@@ -23,8 +24,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+import pytest
 import torch
 
+from mobileone_cli.errors import BadInput
 from mobileone_cli.io.leftovers import TEMP_PREFIX
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.arch.layouts import remap
@@ -263,3 +266,49 @@ PAYLOADS = {
     "builtins.eval": lambda marker: Payload(builtins.eval, _write_marker(marker)),
     "subprocess.Popen": lambda marker: Payload(subprocess.Popen, ["touch", str(marker)]),
 }
+
+
+# ----------------------------------------------------------------------- shared checks
+
+def refused(fn, *needles):
+    with pytest.raises(BadInput) as info:
+        fn()
+    for needle in needles:
+        assert needle in info.value.message, (needle, info.value.message)
+    assert "\n" not in info.value.message
+    return info.value.message
+
+
+def returns_quickly(fn, seconds: float = 20.0):
+    """``fn()``'s outcome; fails (instead of hanging the suite) if it blocks."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"blocked for {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def fake_package(root, weights_path="com.apple.CoreML/weights",
+                 model_path="com.apple.CoreML/model.mlmodel") -> str:
+    """The folder structure coremltools writes (Manifest.json naming the model and weights)."""
+    pkg = os.path.join(root, "m.mlpackage")
+    data = os.path.join(pkg, "Data", "com.apple.CoreML")
+    os.makedirs(os.path.join(data, "weights"))
+    open(os.path.join(data, "model.mlmodel"), "wb").write(b"\0" * 16)
+    open(os.path.join(data, "weights", "weight.bin"), "wb").write(b"\0" * 64)
+    manifest = {"fileFormatVersion": "1.0.0", "rootModelIdentifier": "a", "itemInfoEntries": {
+        "a": {"author": "com.apple.CoreML", "name": "model.mlmodel", "path": model_path},
+        "b": {"author": "com.apple.CoreML", "name": "weights", "path": weights_path}}}
+    with open(os.path.join(pkg, "Manifest.json"), "w") as fh:
+        json.dump(manifest, fh)
+    return pkg

@@ -12,7 +12,6 @@ matters (the checks run before coremltools reads anything), by coremltools where
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -21,8 +20,10 @@ import torch
 
 from mobileone_cli.rules import limits
 
-from .hostile import assert_bounded, assert_one_error, run_bounded, one_thread, tiny_sd  # noqa: F401
-from .test_hostile_bounds import refused, returns_quickly
+from .hostile import (assert_bounded, assert_one_error, fake_package, refused, returns_quickly,
+                      run_bounded)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -175,22 +176,6 @@ def test_external_data_outside_the_model_is_refused(tmp_path, case):
 
 
 # --------------------------------------------------------------------------- .mlpackage
-
-def fake_package(root, weights_path="com.apple.CoreML/weights",
-                 model_path="com.apple.CoreML/model.mlmodel") -> str:
-    """The folder structure coremltools writes (Manifest.json naming the model and weights)."""
-    pkg = os.path.join(root, "m.mlpackage")
-    data = os.path.join(pkg, "Data", "com.apple.CoreML")
-    os.makedirs(os.path.join(data, "weights"))
-    open(os.path.join(data, "model.mlmodel"), "wb").write(b"\0" * 16)
-    open(os.path.join(data, "weights", "weight.bin"), "wb").write(b"\0" * 64)
-    manifest = {"fileFormatVersion": "1.0.0", "rootModelIdentifier": "a", "itemInfoEntries": {
-        "a": {"author": "com.apple.CoreML", "name": "model.mlmodel", "path": model_path},
-        "b": {"author": "com.apple.CoreML", "name": "weights", "path": weights_path}}}
-    with open(os.path.join(pkg, "Manifest.json"), "w") as fh:
-        json.dump(manifest, fh)
-    return pkg
-
 
 def test_honest_package_structure_passes(tmp_path):
     from mobileone_cli.runtimes.confine import check_package

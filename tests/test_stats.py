@@ -103,13 +103,6 @@ def test_flop_counter_mode_at_224(arch, form):
     assert fc.get_total_flops() == arch_stats(get_arch(arch)).form(form).value("flops")
 
 
-@pytest.fixture
-def one_thread():
-    """The machine is shared: small forwards run faster on one thread than fighting for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("arch,size", [("s0", (64, 64)), ("s4", (45, 99))])
