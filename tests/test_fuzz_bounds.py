@@ -194,7 +194,7 @@ def test_fuzz_onnx_loops_and_external_data(tmp_path):
 
     from mobileone_cli.runtimes.onnx_guard import check_graph
 
-    from .test_hostile_external import external_model, loop_model
+    from .onnx_graphs import external_model, loop_model
 
     for i, rng in cases("onnx"):
         if rng.random() < 0.5:
