@@ -103,19 +103,38 @@ def block(deploy, *args, **kw):
     return DeployBlock(*args, **kw) if deploy else RefBlock(*args, **kw)
 
 
+class LayerScale2d(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim, 1, 1))
+
+
 class RepMixerLike(nn.Module):
     """FastViT/MobileCLIP token mixer: x + layer_scale * (mixer(x) - norm(x)); ``norm`` is a
-    block with NO conv branch and no scale branch (an identity BatchNorm only)."""
+    block with NO conv branch and no scale branch (an identity BatchNorm only).  Apple keeps the
+    layer scale as a bare parameter, timm as ``layer_scale.gamma``; the deploy form is ONE conv
+    (``reparam_conv``), as both libraries' reparameterize() leave it."""
 
     def __init__(self, deploy, naming, dim, kernel, norm_groups=None):
         super().__init__()
+        self.deploy = deploy
+        if deploy:
+            kh, kw = _pair(kernel)
+            self.reparam_conv = nn.Conv2d(dim, dim, (kh, kw), 1, (kh // 2, kw // 2), groups=dim)
+            return
         self.norm = block(deploy, naming, dim, dim, kernel, groups=norm_groups or dim, k=0,
                           scale=False, act=False)
         self.mixer = block(deploy, naming, dim, dim, kernel, groups=dim, k=1, act=False)
-        self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1))
+        if naming == "timm":
+            self.layer_scale = LayerScale2d(dim)
+        else:
+            self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1))
 
     def forward(self, x):
-        return x + self.layer_scale * (self.mixer(x) - self.norm(x))
+        if self.deploy:
+            return self.reparam_conv(x)
+        gamma = getattr(self.layer_scale, "gamma", self.layer_scale)
+        return x + gamma * (self.mixer(x) - self.norm(x))
 
 
 class ConvFFN(nn.Module):
@@ -181,6 +200,6 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
             if m.bias is not None:
                 m.bias.copy_(u(m.bias.shape, -0.2, 0.2))
     for name, p in model.named_parameters():
-        if name.endswith("layer_scale"):
+        if name.endswith(("layer_scale", "layer_scale.gamma")):
             p.copy_(u(p.shape, 0.5, 1.5))
     return model.eval()

@@ -23,15 +23,15 @@ from mobileone_cli.errors import BadInput
 from mobileone_cli.fuse.generic import find_blocks, parse_kernel
 from mobileone_cli.fuse.generic_fuse import fuse_generic
 
-from .nets import NAMES, FastVitLike, _pair, block, randomize
+from .nets import NAMES, ConvBN, FastVitLike, _pair, block, randomize
 
 EXPECTED_BLOCKS = {  # path -> (naming, kernel, groups); groups None = not needed, not read
     "stem.0": ("apple", (3, 3), None), "stem.1": ("apple", (3, 3), 16),
-    "stem.2": ("apple", (1, 1), 1), "mixer.norm": ("apple", (3, 3), 16),
-    "mixer.mixer": ("apple", (3, 3), 16), "down": ("timm", (5, 5), None),
+    "stem.2": ("apple", (1, 1), 1), "mixer": ("apple", (3, 3), 16),
+    "down": ("timm", (5, 5), None),
     "grouped": ("timm", (1, 1), 4), "noscale": ("mmpretrain", (3, 3), 32),
-    "biased": ("mmpretrain", (3, 3), 8), "text.norm": ("timm", (1, 3), 32),
-    "text.mixer": ("timm", (1, 3), 32), "wide": ("timm", (1, 3), 32),
+    "biased": ("mmpretrain", (3, 3), 8), "text": ("timm", (1, 3), 32),
+    "wide": ("timm", (1, 3), 32),
 }
 
 
@@ -70,8 +70,9 @@ def test_generic_fuses_every_block_and_outputs_match(fastvit, run_cli, tmp_path)
            for b in report["blocks"]}
     assert got == EXPECTED_BLOCKS
     byp = {b["path"]: b for b in report["blocks"]}
-    assert byp["mixer.norm"]["kernel_from"] == "sibling mixer.mixer"
-    assert byp["mixer.norm"]["groups_from"] == "depthwise default"
+    assert byp["mixer"]["nested"] == ["mixer.norm", "mixer.mixer"]
+    assert byp["mixer"]["block"] == "RepMixer" and byp["mixer"]["family"] == "FastViT/MobileCLIP"
+    assert byp["text"]["block"] == "RepMixer" and byp["text"]["branches"] == "x+s*(mixer-norm)"
     assert byp["grouped"]["groups_from"] == "identity BN"
     assert report["max_rel_diff"] < 1e-6
 
@@ -85,7 +86,8 @@ def test_generic_fuses_every_block_and_outputs_match(fastvit, run_cli, tmp_path)
     assert rel_diff(ref, out) < 1e-5, rel_diff(ref, out)
     # Every key that is not a block branch is the very same bytes, in the same order.
     consumed = [k for k in sd if any(f".{r}." in f".{k}" for n in NAMES.values()
-                                     for r in (n["conv"], n["scale"], n["skip"]))]
+                                     for r in (n["conv"], n["scale"], n["skip"]))
+                or k in ("mixer.layer_scale", "text.layer_scale.gamma")]
     others = [k for k in sd if k not in consumed]
     assert [k for k in fused if k in sd] == others
     assert report["passthrough_keys"] == len(others)
@@ -96,15 +98,15 @@ def test_generic_fuses_every_block_and_outputs_match(fastvit, run_cli, tmp_path)
 
 def test_generic_check_can_fail(fastvit, tmp_path, monkeypatch, run_cli):
     """A fusion that drops the running mean is caught by the per-block check: exit 1, no DST."""
-    import mobileone_cli.fuse.fusion as fusion
+    import mobileone_cli.fuse.generic_fuse as generic_fuse
 
-    real = fusion.fuse_branches
+    real = generic_fuse.fold_block
 
-    def broken(convs, scale, identity, **kw):
-        kernel, bias = real(convs, scale, identity, **kw)
+    def broken(*args, **kw):
+        kernel, bias = real(*args, **kw)
         return kernel, bias + 0.05
 
-    monkeypatch.setattr(fusion, "fuse_branches", broken)
+    monkeypatch.setattr(generic_fuse, "fold_block", broken)
     src, dst = str(tmp_path / "src.pth"), str(tmp_path / "dst.pth")
     torch.save(fastvit.state_dict(), src)
     res = run_cli("convert", "--generic", src, dst)
@@ -307,10 +309,10 @@ def test_ambiguous_norm_only_block_is_refused_and_hint_resolves_it():
 
 
 def test_repvgg_like_and_lookalike_modules():
-    # timm RepVGG keeps ONE conv_kxk (no index): not a MobileOne block, refused, not mangled.
+    # timm RepVGG keeps ONE conv_kxk (no index): a RepVggBlock, whose branch needs its BN.
     sd = _bare("timm", branches=0, scale=False)
     sd["blk.conv_kxk.conv.weight"] = torch.randn(8, 1, 3, 3)
-    _refused(sd, "unrecognised key 'blk.conv_kxk.conv.weight'")
+    _refused(sd, "conv_kxk: needs both a conv and a BatchNorm")
     # A Linear that happens to be called 'identity' is no BatchNorm: passed through.
     sd = _bare("timm")
     sd["proj.identity.weight"] = torch.randn(4, 4)
@@ -324,7 +326,7 @@ def test_cli_refusals_write_nothing(run_cli, tmp_path):
     src, dst = str(tmp_path / "s.pth"), str(tmp_path / "d.pth")
     torch.save({"fc.weight": torch.randn(3, 3), "bn.running_var": torch.rand(3)}, src)
     res = run_cli("convert", "--generic", src, dst)
-    assert res.exit_code == 2 and "no MobileOne-style blocks found" in res.stderr
+    assert res.exit_code == 2 and "no re-parameterisable blocks found" in res.stderr
     bad = _bare(c=8, cpg=3)
     torch.save(bad, src)
     res = run_cli("convert", "--generic", src, dst)
@@ -378,6 +380,39 @@ def test_find_blocks_needs_no_torch():
                                    **{k: ("float32", tuple(v.shape)) for k, v in
                                       _bare(naming="mmpretrain").items()}})
     assert [b.path for b in blocks] == ["blk"] and already == ["x"]
+
+
+class MMRepVGGBlock(nn.Module):
+    """mmpretrain's RepVGGBlock names (read from mmpretrain/models/backbones/repvgg.py; mmpretrain
+    needs mmcv, which does not install here): branch_3x3/branch_1x1 (conv, norm), branch_norm,
+    deploy conv branch_reparam."""
+
+    def __init__(self, deploy, c=8, groups=2):
+        super().__init__()
+        self.deploy = deploy
+        if deploy:
+            self.branch_reparam = nn.Conv2d(c, c, 3, 1, 1, groups=groups)
+            return
+        self.branch_norm = nn.BatchNorm2d(c)
+        self.branch_3x3 = ConvBN(c, c, 3, 1, groups, "norm")
+        self.branch_1x1 = ConvBN(c, c, 1, 1, groups, "norm")
+
+    def forward(self, x):
+        if self.deploy:
+            return self.branch_reparam(x)
+        return self.branch_3x3(x) + self.branch_1x1(x) + self.branch_norm(x)
+
+
+def test_mmpretrain_repvgg_naming():
+    train = randomize(nn.Sequential(MMRepVGGBlock(False), MMRepVGGBlock(False)), seed=4)
+    out, report = fuse_generic(train.state_dict())
+    assert [(b.block_type, b.naming, b.groups) for b in report.blocks] == [
+        ("RepVGGBlock", "mmpretrain", 2)] * 2
+    deploy = nn.Sequential(MMRepVGGBlock(True), MMRepVGGBlock(True))
+    deploy.load_state_dict(out, strict=True)
+    x = images(size=(2, 8, 9, 9))
+    with torch.no_grad():
+        assert rel_diff(train(x), deploy.eval()(x)) < 1e-5
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -79,8 +79,12 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip the built-in equivalence check.")
 @json_option("the summary")
 @click.option("--generic", is_flag=True,
-              help="Fuse every MobileOne-style block of ANY network (FastViT, MobileCLIP, your "
-                   "own) found by key names; all other keys pass through unchanged.")
+              help="Fuse every re-parameterisable block of ANY network (MobileOne, FastViT, "
+                   "MobileCLIP, RepVGG, RepGhost, your own) found by key names; all other keys "
+                   "pass through unchanged.")
+@click.option("--blocks", "blocks_file", default=None, metavar="FILE.yaml",
+              type=click.Path(dir_okay=False),
+              help="With --generic: block patterns of another naming (docs/configs.md).")
 @click.option("--groups", type=click.IntRange(min=1), default=None,
               help="With --generic: groups of blocks that hold only an identity BatchNorm "
                    "(default: depthwise).")
@@ -94,7 +98,7 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             dtype: Optional[str], rtol: Optional[float], input_size: Tuple[int, int], seed: int,
             force: bool, suffix: Optional[str], name_template: Optional[str],
             skip_existing: bool, jobs: Optional[int], no_verify: bool,
-            as_json: bool, generic: bool, groups: Optional[int],
+            as_json: bool, generic: bool, blocks_file: Optional[str], groups: Optional[int],
             norm_kernel: Optional[str]) -> int:
     from ..jobs.batch import is_batch
     from ..jobs.convert import ConvertOptions, convert_file
@@ -123,11 +127,11 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         result = convert_generic_file(first, dst, eps=default_eps(bn_eps),
                                       force=force, verify=not no_verify, groups=groups,
                                       norm_kernel=parse_kernel(norm_kernel), ema=ema,
-                                      trust=trust_file, rtol=rtol)
+                                      trust=trust_file, rtol=rtol, blocks_file=blocks_file)
         emit(result, as_json, generic_to_dict, render_generic)
         return 0
-    if groups is not None or norm_kernel is not None:
-        raise BadInput("--groups and --norm-kernel only apply with --generic")
+    if groups is not None or norm_kernel is not None or blocks_file is not None:
+        raise BadInput("--groups, --norm-kernel and --blocks only apply with --generic")
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=ConvertOptions, layout_out=layout_out, fuse=not no_fuse,
                            dtype=dtype, verify=not no_verify, rtol=rtol, force=force,

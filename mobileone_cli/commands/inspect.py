@@ -37,11 +37,15 @@ from ._sources import fetch_options
 @click.option("--no-health", is_flag=True,
               help="Skip the health check: a .safetensors file is then read from its header "
                    "alone, without reading the weights or importing torch.")
+@click.option("--blocks", "blocks_file", default=None, metavar="FILE.yaml",
+              type=click.Path(dir_okay=False),
+              help="Also look for the block patterns of this file (convert --generic --blocks).")
 @trust_file_option()
 @config_option()
 @fetch_options("ckpt")
 def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, strict: bool,
-            no_health: bool, trust_file: bool, config_path: Optional[str]) -> int:
+            no_health: bool, blocks_file: Optional[str], trust_file: bool,
+            config_path: Optional[str]) -> int:
     from ..errors import BadInput, VerificationFailed
     from ..jobs.inspect import inspect_file
     from ..render.console import emit
@@ -53,7 +57,7 @@ def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, strict: 
     report = inspect_file(ckpt, ema=ema, trust=trust_file, prefix=prefix,
                           arch=resolve_arch(None, config=config_path),
                           arch_source=f"--config {config_path}" if config_path else None,
-                          health=not no_health)
+                          health=not no_health, blocks_file=blocks_file)
     emit(report, as_json, finite_json, render_inspect)
     health = report.get("health")
     if strict and health and health["faults"]:

@@ -1,80 +1,41 @@
-"""Fuse MobileOne-style blocks found anywhere in a state dict (FastViT, MobileCLIP, custom nets).
+"""Re-parameterisable blocks found anywhere in a state dict, described from key names and
+tensor shapes alone (no torch): MobileOne, FastViT/MobileCLIP, RepVGG, RepGhost, and whatever a
+``--blocks`` file describes (:mod:`..arch.blocks` holds the patterns, :mod:`.generic_keys`
+matches them).
 
-A block is recognised by key names alone, in any of the three namings of ``layouts.LAYOUTS``
-(Apple/FastViT ``rbr_conv``/``rbr_scale``/``rbr_skip``, timm ``conv_kxk``/``conv_scale``/
-``identity``, mmpretrain ``branch_conv_list``/``branch_scale``/``branch_norm``), under any module
-path.  Everything else about it is read from tensor shapes:
+Everything else about a block is read from shapes:
 
-* out channels, ``in/groups`` and kernel (kh, kw) from the conv branch weights
-  (``out, in/groups, kh, kw``); the 1x1 scale branch and the BatchNorms must agree with them.
-* groups only matter for the identity branch.  With an identity BatchNorm of C channels the block
-  maps C -> C, so groups = C / weight.shape[1] exactly.  Without one, groups never enter the fused
-  tensors (each branch is scaled per output channel and zero-padded): the fused kernel keeps the
-  branch weights' shape and the deploy conv takes the train conv's groups.  So a grouped 1x1 conv
-  without identity needs no groups at all.
-* A block with no conv branch (FastViT's and MobileCLIP's RepMixer ``norm``: an identity BatchNorm
-  only) holds neither a kernel size nor groups.  Groups: depthwise (C), as those networks build
-  it, unless ``groups`` says otherwise.  Kernel: ``norm_kernel`` if given, else the kernel of the
-  sibling block under the same parent module with the same channel count (RepMixer's ``mixer``),
-  else 1x1.  Siblings that disagree make the block ambiguous: it is refused.
-* Every branch is assumed to use padding K // 2 (per axis), which is what makes the zero-padding
-  of the 1x1 and identity branches exact; kernels with an even side cannot hold a centred 1x1 and
-  are refused when such a branch exists.
+* out channels, ``in/groups`` and kernel (kh, kw) from its conv weights (``out, in/groups, kh,
+  kw``); every conv branch and BatchNorm must agree on out channels and ``in/groups``.  The
+  block's kernel is its largest; smaller odd kernels are zero-padded, centred (a 1x1 scale
+  branch, RepLKNet's small kernel), exact because every branch pads K // 2 per axis.
+* groups only matter for an identity (a BatchNorm on the input, or the input itself): the block
+  maps C -> C, so groups = C / weight.shape[1] exactly.  Without one, groups never enter the
+  fused tensors: the fused kernel keeps the branch weights' shape.
+* A block with no conv branch (RepMixer's ``norm``: an identity BatchNorm only) holds neither a
+  kernel size nor groups.  Groups: depthwise (C), as FastViT and MobileCLIP build it, unless
+  ``groups`` says otherwise.  Kernel: ``norm_kernel`` if given, else the kernel of the sibling
+  block under the same parent with the same channel count (RepMixer's ``mixer``), else 1x1.
+  Siblings that disagree make the block ambiguous: it is refused.
+* A block made of nested blocks (RepMixer: x + layer_scale * (mixer(x) - norm(x))) takes their
+  kernel and groups, which must agree; its layer scale holds one value per channel.
 
-Every key that is not a branch of a recognised block passes through as the same tensor object, in
-its original position; each block's fused ``reparam_conv`` (``branch_reparam`` for mmpretrain
-naming) takes the place of its first train key.  This module finds the blocks from keys and
-shapes (no torch); :mod:`.generic_fuse` fuses and checks them.
+Every key that is not a branch of a recognised block passes through as the same tensor object,
+in its original position; each block's deploy conv takes the place of its first train key.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from ..arch.blocks import PATTERNS, BlockPattern
 from ..errors import BadInput
 from ..io.detect import TensorInfo
 from ..rules.dtypes import FLOAT_DTYPES
-from .generic_keys import BN_REQUIRED, NAMINGS, Kernel, Naming, _Parts, group_keys
+from .generic_found import FoundBlock, FoundBranch
+from .generic_keys import BN_REQUIRED, Grouping, Kernel, Parts, group_keys
 
-__all__ = ["Naming", "NAMINGS", "FoundBlock", "find_blocks", "parse_kernel", "Kernel"]
-
-@dataclass(frozen=True)
-class FoundBlock:
-    """One MobileOne-style block, as far as its tensors (and the stated rules) tell."""
-
-    path: str  # module path ('' for a state dict of one bare block)
-    naming: str  # 'apple', 'timm' or 'mmpretrain'
-    conv_branches: int
-    has_scale: bool
-    has_identity: bool
-    out_channels: int
-    in_per_group: int  # weight.shape[1]
-    kernel_size: Kernel
-    groups: Optional[int]  # None: not fixed by the tensors and not needed (no identity branch)
-    kernel_from: str  # 'weights', 'sibling <path>', '--norm-kernel', 'default 1x1'
-    groups_from: str  # 'identity BN', 'depthwise default', '--groups', 'not needed'
-    train_keys: Tuple[str, ...]
-    weight_key: str  # the fused conv's keys in the output
-    bias_key: str
-    # Its keys by branch; find_blocks always passes them (the default only orders the fields).
-    parts: "_Parts" = field(compare=False, repr=False, default=None)  # type: ignore[assignment]
-
-    @property
-    def in_channels(self) -> Optional[int]:
-        return None if self.groups is None else self.groups * self.in_per_group
-
-    @property
-    def kernel_text(self) -> str:
-        return f"{self.kernel_size[0]}x{self.kernel_size[1]}"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"path": self.path, "naming": self.naming, "conv_branches": self.conv_branches,
-                "scale": self.has_scale, "identity": self.has_identity,
-                "kernel_size": list(self.kernel_size), "kernel_from": self.kernel_from,
-                "groups": self.groups, "groups_from": self.groups_from,
-                "in_channels": self.in_channels, "out_channels": self.out_channels,
-                "weight_key": self.weight_key}
+__all__ = ["FoundBranch", "FoundBlock", "find_blocks", "parse_kernel", "Kernel"]
 
 
 def parse_kernel(text: Optional[str]) -> Optional[Kernel]:
@@ -127,92 +88,167 @@ def _conv_shape(info: Mapping[str, TensorInfo], conv: Dict[str, str], what: str
     return tuple(shape)
 
 
-def _describe(path: str, parts: _Parts, info: Mapping[str, TensorInfo]) -> Dict[str, Any]:
-    """Shapes of one block, checked for consistency; kernel/groups may still be open."""
+def _describe(parts: Parts, info: Mapping[str, TensorInfo]) -> Dict[str, Any]:
+    """Shapes of one block without nested blocks, checked; kernel/groups may still be open."""
+    path = parts.path
     where = f"block {path or '(top level)'}"
-    nm = parts.naming
-    n_conv = len(parts.convs)
-    if sorted(parts.convs) != list(range(n_conv)):
-        raise BadInput(f"{where}: conv branches are numbered {sorted(parts.convs)}; expected "
-                       f"0..{n_conv - 1}")
+    pat = parts.pattern
+    lists: Dict[str, List[int]] = {}
+    for name, n in parts.index.items():
+        if n >= 0:
+            lists.setdefault(parts.spec[name].name, []).append(n)
+    for base, ns in lists.items():
+        if sorted(ns) != list(range(len(ns))):
+            raise BadInput(f"{where}: {base.split('.')[0]} branches are numbered {sorted(ns)}; "
+                           f"expected 0..{len(ns) - 1}")
+    order = sorted(parts.branches, key=lambda nm: (
+        [b.name for b in pat.branches].index(parts.spec[nm].name), parts.index[nm]))
     out = cpg = None
-    kernel: Optional[Kernel] = None
-    for n in range(n_conv):
-        what = f"{where}: {nm.conv}.{n}"
-        br = parts.convs[n]
-        if "conv" not in br or "bn" not in br:
-            raise BadInput(f"{what}: needs both a conv and a BatchNorm "
-                           f"({nm.conv_sub}, {nm.conv_bn})")
-        shape = _conv_shape(info, br["conv"], what)
-        if kernel is None:
-            out, cpg, kernel = shape[0], shape[1], (shape[2], shape[3])
-        elif shape != (out, cpg) + kernel:
+    first: Optional[Tuple[str, Tuple[int, ...]]] = None
+    list_shape: Dict[str, Tuple[int, ...]] = {}
+    kernels: List[Kernel] = []
+    found: List[FoundBranch] = []
+    centred = False
+    for name in order:
+        spec, mods = parts.spec[name], parts.branches[name]
+        what = f"{where}: {name}"
+        if spec.kind == "bn":
+            centred = True
+            found.append(FoundBranch(name, "bn", sign=spec.sign, scaled=spec.scaled))
+            continue
+        if spec.kind == "conv_bn" and ("conv" not in mods or "bn" not in mods):
+            raise BadInput(f"{what}: needs both a conv and a BatchNorm ({spec.conv}, {spec.bn})")
+        shape = _conv_shape(info, mods["conv"], what)
+        kernel = (shape[2], shape[3])
+        if spec.kernel is not None and kernel != (spec.kernel, spec.kernel):
+            raise BadInput(f"{what}: the {'scale' if spec.kernel == 1 else 'fixed'} branch is a "
+                           f"{spec.kernel}x{spec.kernel} conv, found {kernel[0]}x{kernel[1]}")
+        if spec.name in list_shape and shape != list_shape[spec.name]:
             raise BadInput(f"{what}: weight shape {list(shape)} differs from branch 0's "
-                           f"{[out, cpg, kernel[0], kernel[1]]}")
-        size = _bn_size(info, br["bn"], what)
-        if size != out:
-            raise BadInput(f"{what}: BatchNorm has {size} channels, the conv has {out} outputs")
-    has_scale = bool(parts.scale)
-    if has_scale:
-        what = f"{where}: {nm.scale}"
-        if "conv" not in parts.scale or "bn" not in parts.scale:
-            raise BadInput(f"{what}: needs both a conv and a BatchNorm "
-                           f"({nm.scale_sub}, {nm.scale_bn})")
-        shape = _conv_shape(info, parts.scale["conv"], what)
-        if shape[2:] != (1, 1):
-            raise BadInput(f"{what}: the scale branch is a 1x1 conv, found "
-                           f"{shape[2]}x{shape[3]}")
-        if out is None:
-            out, cpg = shape[0], shape[1]
+                           f"{list(list_shape[spec.name])}")
+        list_shape.setdefault(spec.name, shape)
+        if first is None:
+            first, out, cpg = (name, shape), shape[0], shape[1]
         elif shape[:2] != (out, cpg):
             raise BadInput(f"{what}: weight shape {list(shape)} does not fit the conv branches "
-                           f"({out} outputs, {cpg} inputs per group)")
-        size = _bn_size(info, parts.scale["bn"], what)
-        if size != out:
-            raise BadInput(f"{what}: BatchNorm has {size} channels, the conv has {out} outputs")
-    groups = None
-    groups_from = "not needed"
-    has_identity = bool(parts.skip)
-    if has_identity:
-        what = f"{where}: {nm.skip}"
-        c = _bn_size(info, parts.skip, what)
-        if out is None:
-            out = c
-        elif c != out:
-            raise BadInput(f"{what}: identity BatchNorm has {c} channels but the block has {out} "
-                           f"outputs; an identity branch needs in = out channels")
+                           f"({out} outputs, {cpg} inputs per group, as {first[0]})")
+        if spec.kind == "conv_bn":
+            size = _bn_size(info, mods["bn"], what)
+            if size != out:
+                raise BadInput(f"{what}: BatchNorm has {size} channels, the conv has {out} "
+                               f"outputs")
+        kernels.append(kernel)
+        found.append(FoundBranch(name, spec.kind, kernel, spec.sign, spec.scaled,
+                                 fixed=spec.kernel is not None))
+    if any(b.kind == "identity" for b in pat.branches):
+        found.append(FoundBranch("", "identity"))
+        centred = True
+    kernel = (max(k[0] for k in kernels), max(k[1] for k in kernels)) if kernels else None
+    groups, groups_from = None, "not needed"
+    if centred:
+        for name in order:
+            if parts.spec[name].kind != "bn":
+                continue
+            what = f"{where}: {name}"
+            c = _bn_size(info, parts.branches[name].get("bn", {}), what)
+            if out is None:
+                out = c
+            elif c != out:
+                raise BadInput(f"{what}: identity BatchNorm has {c} channels but the block has "
+                               f"{out} outputs; an identity branch needs in = out channels")
         if cpg is not None:
-            if cpg > c or c % cpg:
-                raise BadInput(f"{what}: {c} channels cannot be split into groups of {cpg} "
+            if cpg > out or out % cpg:
+                raise BadInput(f"{where}: {out} channels cannot be split into groups of {cpg} "
                                f"(weight.shape[1]); the shapes are inconsistent")
-            groups, groups_from = c // cpg, "identity BN"
-    if kernel is not None and (has_scale or has_identity) and (kernel[0] % 2 == 0
-                                                               or kernel[1] % 2 == 0):
-        raise BadInput(f"{where}: kernel {kernel[0]}x{kernel[1]} has an even side, so the "
-                       f"{'scale' if has_scale else 'identity'} branch has no centre to sit at")
+            groups = out // cpg
+            groups_from = "identity BN" if any(b.kind == "bn" for b in found) else "identity"
+    if kernel is not None:
+        odd = centred or len(set(kernels)) > 1
+        for k in set(kernels) | {kernel}:
+            if odd and (k[0] % 2 == 0 or k[1] % 2 == 0):
+                raise BadInput(f"{where}: kernel {k[0]}x{k[1]} has an even side, so a "
+                               f"{'scale or identity' if centred else 'smaller'} branch has no "
+                               f"centre to sit at")
     prefix = f"{path}." if path else ""
-    return {"path": path, "naming": nm.name, "conv_branches": n_conv, "has_scale": has_scale,
-            "has_identity": has_identity, "out_channels": out, "in_per_group": cpg,
+    return {"path": path, "family": pat.family, "block_type": pat.block, "naming": pat.naming,
+            "branches": tuple(found), "out_channels": out, "in_per_group": cpg,
             "kernel_size": kernel, "groups": groups, "groups_from": groups_from,
             "kernel_from": "weights" if kernel is not None else "",
-            "train_keys": tuple(parts.keys), "first": parts.keys[0], "parts": parts,
-            "weight_key": f"{prefix}{nm.reparam}.weight", "bias_key": f"{prefix}{nm.reparam}.bias"}
+            "train_keys": tuple(parts.keys), "parts": parts,
+            "weight_key": f"{prefix}{pat.fused}.weight", "bias_key": f"{prefix}{pat.fused}.bias"}
 
 
 def _parent(path: str) -> str:
     return path.rsplit(".", 1)[0] if "." in path else ""
 
 
+def _nested(parts: Parts, subs: Dict[str, FoundBlock], info: Mapping[str, TensorInfo]
+            ) -> FoundBlock:
+    """A block of nested blocks: they must agree on channels, kernel and groups."""
+    where = f"block {parts.path or '(top level)'}"
+    pat = parts.pattern
+    inner = list(subs.values())
+    shapes = {(s.out_channels, s.kernel_size) for s in inner}
+    if len(shapes) != 1:
+        raise BadInput(f"{where}: its nested blocks disagree in channels or kernel ("
+                       + ", ".join(f"{s.path}: {s.out_channels} ch {s.kernel_text}"
+                                   for s in inner) + ")")
+    out, kernel = shapes.pop()
+    known = [s for s in inner if s.groups is not None]
+    if len({s.groups for s in known}) > 1:
+        raise BadInput(f"{where}: its nested blocks disagree in groups ("
+                       + ", ".join(f"{s.path}: {s.groups}" for s in known) + ")")
+    cpgs = {s.in_per_group for s in inner}
+    if len(cpgs) != 1:
+        raise BadInput(f"{where}: its nested blocks disagree in inputs per group ({sorted(cpgs)})")
+    cpg = cpgs.pop()
+    groups = known[0].groups if known else out // cpg
+    if groups * cpg != out:
+        raise BadInput(f"{where}: {out} channels cannot be split into {groups} groups of {cpg}")
+    if parts.layer_scale is not None:
+        dtype, shape = info[parts.layer_scale]
+        n = 1
+        for d in shape:
+            n *= int(d)
+        if n != out or dtype not in FLOAT_DTYPES or (shape and max(shape) != n):
+            raise BadInput(f"{where}: layer scale {parts.layer_scale} has shape {list(shape)} "
+                           f"({dtype}); expected {out} floating-point values, one per channel")
+    branches = tuple(FoundBranch("", "identity") if b.kind == "identity" else
+                     FoundBranch(b.name, "block", kernel, b.sign, b.scaled)
+                     for b in pat.branches if b.kind == "identity" or b.name in subs)
+    prefix = f"{parts.path}." if parts.path else ""
+    return FoundBlock(
+        path=parts.path, family=pat.family, block_type=pat.block, naming=pat.naming,
+        branches=branches, out_channels=out, in_per_group=cpg, kernel_size=kernel,
+        groups=groups, kernel_from="nested", groups_from="nested",
+        train_keys=tuple(parts.all_keys()), weight_key=f"{prefix}{pat.fused}.weight",
+        bias_key=f"{prefix}{pat.fused}.bias", subs=tuple(inner),
+        layer_scale_key=parts.layer_scale, parts=parts)
+
+
 def find_blocks(info: Mapping[str, TensorInfo], *, groups: Optional[int] = None,
-                norm_kernel: Optional[Kernel] = None) -> Tuple[List[FoundBlock], List[str]]:
-    """(every MobileOne-style block in key order, paths that are already fused) from shapes.
+                norm_kernel: Optional[Kernel] = None,
+                patterns: Sequence[BlockPattern] = PATTERNS
+                ) -> Tuple[List[FoundBlock], List[str]]:
+    """(every block in key order, paths that are already fused) from names and shapes.
 
     ``groups`` and ``norm_kernel`` apply only to blocks without a conv branch, whose tensors do
     not fix them (see the module docstring for every rule).  Inconsistent blocks are refused.
     """
-    keys = list(info)
-    parts, already, _ = group_keys(keys)
-    described = [_describe(path, p, info) for path, p in parts.items()]
+    blocks, already, _ = find_blocks_grouped(info, groups=groups, norm_kernel=norm_kernel,
+                                             patterns=patterns)
+    return blocks, already
+
+
+def find_blocks_grouped(info: Mapping[str, TensorInfo], *, groups: Optional[int] = None,
+                        norm_kernel: Optional[Kernel] = None,
+                        patterns: Sequence[BlockPattern] = PATTERNS
+                        ) -> Tuple[List[FoundBlock], List[str], Grouping]:
+    """:func:`find_blocks`, with the key grouping (blocks set aside, and why) as well."""
+    grouping = group_keys(list(info), patterns)
+    leaves = [p for top in grouping.blocks.values() for p in (list(top.subs.values())
+                                                             if top.subs else [top])]
+    described = [_describe(p, info) for p in leaves]
     by_parent: Dict[str, List[Dict[str, Any]]] = {}
     for d in described:
         by_parent.setdefault(_parent(d["path"]), []).append(d)
@@ -227,10 +263,14 @@ def find_blocks(info: Mapping[str, TensorInfo], *, groups: Optional[int] = None,
                 raise BadInput(f"{where}: --groups {g} does not divide its {c} channels")
             d["groups"], d["in_per_group"] = g, c // g
             d["groups_from"] = "--groups" if groups is not None else "depthwise default"
-    order = {k: i for i, k in enumerate(keys)}
-    described.sort(key=lambda d: order[d["first"]])
-    blocks = [FoundBlock(**{k: v for k, v in d.items() if k != "first"}) for d in described]
-    return blocks, already
+    found = {d["path"]: FoundBlock(**d) for d in described}
+    blocks: List[FoundBlock] = []
+    for path, top in grouping.blocks.items():
+        if top.subs:
+            blocks.append(_nested(top, {n: found[s.path] for n, s in top.subs.items()}, info))
+        else:
+            blocks.append(found[path])
+    return blocks, grouping.already, grouping
 
 
 def _open_kernel(d: Dict[str, Any], by_parent: Mapping[str, List[Dict[str, Any]]],

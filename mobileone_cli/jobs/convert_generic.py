@@ -13,7 +13,18 @@ from ..fuse.generic_fuse import GenericReport, block_bounds, check_blocks, fuse_
 from ..rules.limits import DEFAULT_EPS
 from ..timing import Steps
 
-__all__ = ["GenericResult", "convert_generic_file"]
+__all__ = ["GenericResult", "convert_generic_file", "generic_patterns"]
+
+
+def generic_patterns(blocks_file: Optional[str] = None) -> tuple:
+    """The built-in block patterns, after those of a ``--blocks`` file (which win ties)."""
+    from ..arch.blocks import PATTERNS
+
+    if blocks_file is None:
+        return PATTERNS
+    from ..io.blocksfile import load_blocks
+
+    return load_blocks(os.fspath(blocks_file)) + PATTERNS
 
 
 @dataclass
@@ -39,12 +50,13 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = DEFAULT_E
                          verify: bool = True, groups: Optional[int] = None,
                          norm_kernel: Optional[Kernel] = None, ema: bool = False,
                          trust: bool = False, rtol: Optional[float] = None,
-                         seed: int = 0) -> GenericResult:
+                         seed: int = 0, blocks_file: Optional[str] = None) -> GenericResult:
     """``convert --generic``: fuse every MobileOne-style block of any checkpoint file.
 
     Keys keep their names (a ``module.``/``model.`` prefix stripped on loading is put back), an
     mmpretrain/FastViT ``{'state_dict': ...}`` wrapper keeps its ``meta``; nothing is written
-    when a block is refused or fails its check.
+    when a block is refused or fails its check.  ``blocks_file`` (``--blocks``) adds the block
+    patterns of an in-house naming to the built-in ones.
     """
     from .. import __version__
     from ..io.leftovers import stale_note
@@ -59,13 +71,14 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = DEFAULT_E
         dst = os.fspath(dst)
         check_destination(dst, force=force, src=src)
         check_checkpoint_name(dst)
+    patterns = generic_patterns(blocks_file)
     steps = Steps()
     with steps("load"):
         ck = load_checkpoint(src, ema=ema, trust=trust)
     try:
         with steps("fuse"):
             out, report = fuse_generic(ck.state_dict, eps=eps, groups=groups,
-                                       norm_kernel=norm_kernel)
+                                       norm_kernel=norm_kernel, patterns=patterns)
     except BadInput as exc:
         raise BadInput(f"{src}: {exc.message}", hint=exc.hint) from None
     result = GenericResult(src=src, dst=dst, report=report, size_in=os.path.getsize(src),

@@ -23,9 +23,7 @@ from ..io.detect import Detection, TensorInfo, detect_layout, tensor_info
 
 __all__ = ["inspect_file", "describe"]
 
-# Key fragments of MobileOne-style branches in any of the three namings.
-BLOCK_MARKERS = ("rbr_conv.", "rbr_skip.", "rbr_scale.", "branch_conv_list.", "branch_norm.",
-                 "branch_scale.", "conv_kxk.", "conv_scale.")
+
 
 
 def _elements(shape) -> int:
@@ -59,20 +57,49 @@ def describe(listing: Mapping[str, TensorInfo], det: Detection, /, **file_facts:
     }
 
 
-def _generic_blocks(keys: List[str]) -> Dict[str, Any]:
-    """MobileOne-style blocks found by key names (what ``convert --generic`` would fuse)."""
+def _generic_blocks(infos: Mapping[str, TensorInfo], patterns=None) -> Dict[str, Any]:
+    """Re-parameterisable blocks found by key names and shapes, per family and block type, with
+    what ``convert --generic`` would do with each: fuse it, or leave it alone (and why)."""
+    from ..arch.blocks import PATTERNS
+    from ..fuse.generic import find_blocks_grouped
     from ..fuse.generic_keys import group_keys
 
+    patterns = PATTERNS if patterns is None else patterns
+    report: Dict[str, Any] = {"blocks": 0, "fused": 0, "types": [], "left_alone": [],
+                              "problem": None}
     try:
-        blocks, fused, _ = group_keys(keys)
+        blocks, already, grouping = find_blocks_grouped(infos, patterns=patterns)
     except BadInput as exc:  # a block it would refuse: say why, as convert --generic would
-        return {"blocks": 0, "fused": 0, "problem": exc.message}
-    marked = any(m in k for k in keys for m in BLOCK_MARKERS)
-    return {"blocks": len(blocks), "fused": len(fused), "problem": None if blocks or not marked
-            else "MobileOne-style key names, but no complete block"}
+        report["problem"] = exc.message
+        try:
+            grouping = group_keys(list(infos), patterns)
+        except BadInput:
+            return report
+        blocks, already = [], grouping.already
+        found = [(p.pattern, "cannot fuse") for p in grouping.blocks.values()]
+    else:
+        found = [(b.parts.pattern, "will fuse") for b in blocks if b.parts is not None]
+    # MobileOne blocks inside a FastViT/MobileCLIP (same naming) are listed under that family
+    fastvit = {p.naming for p, _ in found if p.family.startswith("FastViT")}
+    types: Dict[tuple, Dict[str, Any]] = {}
+    for pat, verdict in found:
+        family = ("FastViT/MobileCLIP" if pat.block == "MobileOneBlock" and pat.naming in fastvit
+                  else pat.family)
+        row = types.setdefault((family, pat.block, pat.naming, verdict),
+                               {"family": family, "block": pat.block, "naming": pat.naming,
+                                "count": 0, "action": verdict})
+        row["count"] += 1
+    for path, pat, why in grouping.left_alone:
+        row = types.setdefault((pat.family, pat.block, pat.naming, "left alone"),
+                               {"family": pat.family, "block": pat.block, "naming": pat.naming,
+                                "count": 0, "action": "left alone"})
+        row["count"] += 1
+        report["left_alone"].append({"path": path, "block": pat.label, "why": why})
+    report.update(blocks=len(blocks), fused=len(already), types=list(types.values()))
+    return report
 
 
-def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
+def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool, patterns=None,
                    **facts: Any) -> Dict[str, Any]:
     from ..io.contents import tensor_totals
 
@@ -80,10 +107,10 @@ def _not_mobileone(infos: Dict[str, TensorInfo], reason: str, unwrapped: bool,
               **tensor_totals(infos), "unknown_keys": list(infos), "generic": None,
               "hint": None}
     if unwrapped:
-        gen = _generic_blocks(list(infos))
+        gen = _generic_blocks(infos, patterns)
         report["generic"] = gen
         if gen["blocks"]:
-            report["hint"] = (f"{gen['blocks']} MobileOne-style block(s) found by key name: "
+            report["hint"] = (f"{gen['blocks']} re-parameterisable block(s) found by key name: "
                               f"try `mobileone convert --generic SRC DST`")
     return report
 
@@ -154,12 +181,13 @@ def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
 
 def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
                  prefix: Optional[str] = None, arch=None, arch_source: Optional[str] = None,
-                 health: bool = True) -> Dict[str, Any]:
+                 health: bool = True, blocks_file: Optional[str] = None) -> Dict[str, Any]:
     """Describe ``path`` (and, with ``health``, examine its numbers) as a JSON-able dict.
 
     ``arch`` (an ArchSpec from ``--config``, named by ``arch_source``) must match the detected
     network; the report then uses its name.  A file without a MobileOne is described, not
-    refused, unless ``prefix`` or ``arch`` asked for one."""
+    refused, unless ``prefix`` or ``arch`` asked for one; its re-parameterisable blocks are
+    listed per family and block type (``blocks_file``: patterns of ``--blocks`` as well)."""
     from ..io.remote import local_path
     from ..runtimes import runtime_for
 
@@ -194,8 +222,13 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
 
         report = describe(infos, det, **facts, **tensor_totals(infos))
     else:
+        patterns = None
+        if blocks_file is not None:
+            from .convert_generic import generic_patterns
+
+            patterns = generic_patterns(blocks_file)
         assert problem is not None  # why no MobileOne was found
-        report = _not_mobileone(infos, problem, unwrapped=unwrapped, **facts)
+        report = _not_mobileone(infos, problem, unwrapped=unwrapped, patterns=patterns, **facts)
     report["health"] = None
     if health:
         from ..check.health import checkpoint_health

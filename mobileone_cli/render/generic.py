@@ -1,4 +1,5 @@
-"""Output of ``convert --generic``: which blocks were fused, where, and how well they check out."""
+"""Output of ``convert --generic``: which blocks were fused, where, how well they check out, and
+which were left alone (and why)."""
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -23,7 +24,9 @@ def generic_to_dict(r) -> Dict[str, Any]:
     return {
         "src": r.src, "dst": r.dst, "mode": "generic", "fused_blocks": len(rep.blocks),
         "keys_in": rep.keys_in, "keys_out": rep.keys_out, "passthrough_keys": rep.passthrough,
-        "already_fused": rep.already_fused, "size_in": r.size_in, "size_out": r.size_out,
+        "already_fused": rep.already_fused,
+        "left_alone": [{"path": p, "block": b, "why": w} for p, b, w in rep.left_alone],
+        "size_in": r.size_in, "size_out": r.size_out,
         "max_rel_diff": r.max_rel,
         "blocks": [dict(b.to_dict(), max_rel_diff=r.checks.get(b.path)) for b in rep.blocks],
         "notes": r.notes, **timings_json(r.timings),
@@ -35,19 +38,25 @@ def _channels(b) -> str:
     return f"{cin if cin is not None else '?'}->{b.out_channels}"
 
 
-def _branches(b) -> str:
-    parts = [f"{b.conv_branches} conv"] if b.conv_branches else []
-    parts += ["scale"] if b.has_scale else []
-    parts += ["id"] if b.has_identity else []
-    return "+".join(parts)
+def _families(blocks):
+    """[(family, naming, '7 MobileOneBlock, 4 RepMixer')] in order of first appearance."""
+    fastvit = {b.naming for b in blocks if b.family.startswith("FastViT")}
+    groups: Dict[tuple, Dict[str, int]] = {}
+    for b in blocks:
+        family = (next(x.family for x in blocks if x.family.startswith("FastViT"))
+                  if b.block_type == "MobileOneBlock" and b.naming in fastvit else b.family)
+        counts = groups.setdefault((family, b.naming), {})
+        counts[b.block_type] = counts.get(b.block_type, 0) + 1
+    return [(f, n, ", ".join(f"{c} {t}" for t, c in counts.items()))
+            for (f, n), counts in groups.items()]
 
 
 def _assumed(b) -> str:
     """What the tensors did not say about a block, and where the value came from instead."""
     said = []
-    if b.kernel_from != "weights":
+    if b.kernel_from not in ("weights", "nested"):
         said.append(f"kernel {b.kernel_text} from {b.kernel_from}")
-    if b.groups_from not in ("identity BN", "not needed"):
+    if b.groups_from not in ("identity BN", "identity", "nested", "not needed"):
         said.append(f"groups {b.groups} ({b.groups_from}; --groups to change)")
     return ", ".join(said)
 
@@ -63,25 +72,32 @@ def render_generic(r) -> None:
              + (f", max rel diff {fmt_rel(r.max_rel)}" if r.checks else " (not checked)"),
              whole=True)
         return
-    blocks = Table(title="MobileOne-style blocks fused", header_style="bold", box=box.SIMPLE,
+    blocks = Table(title="re-parameterisable blocks fused", header_style="bold", box=box.SIMPLE,
                    pad_edge=False, collapse_padding=True, show_edge=False)
-    for col in ("block", "naming", "branches", "kernel", "groups", "channels", "rel diff"):
-        blocks.add_column(col, no_wrap=col != "block", overflow="fold",
+    for col in ("block", "type", "branches", "kernel", "groups", "channels", "rel diff"):
+        blocks.add_column(col, no_wrap=col not in ("block", "type", "branches"),
+                          overflow="fold", min_width=12 if col == "block" else None,
                           justify="right" if col == "rel diff" else "left")
     assumed = []
     for b in rep.blocks:
         note = _assumed(b)
         if note:
             assumed.append(f"{b.path or '(top level)'}: no conv branch: {note}")
-        kernel = b.kernel_text + ("" if b.kernel_from == "weights" else "*")
+        kernel = b.kernel_text + ("" if b.kernel_from in ("weights", "nested") else "*")
         groups = "-" if b.groups is None else (
-            f"{b.groups}" + ("" if b.groups_from == "identity BN" else "*"))
-        blocks.add_row(safe(b.path or "(top level)"), safe(b.naming), _branches(b), kernel, groups,
-                       _channels(b), fmt_rel(r.checks.get(b.path)) if r.checks else "-")
+            f"{b.groups}" + ("" if b.groups_from in ("identity BN", "identity", "nested")
+                             else "*"))
+        blocks.add_row(safe(b.path or "(top level)"), safe(b.block_type),
+                       safe(b.summary), kernel, groups, _channels(b),
+                       fmt_rel(r.checks.get(b.path)) if r.checks else "-")
     out.print(blocks)
+    for family, naming, types in _families(rep.blocks):
+        line(out, "", f"{family} ({naming} names): {types}")
     line(out, "", "rel diff: max rel diff of each fused block against its branches")
     for text in assumed:
         line(out, "*", text)
+    for path, block, why in rep.left_alone:
+        line(out, "not fused:", f"{path or '(top level)'}: {block}: {why}")
     if any(b.groups is None for b in rep.blocks):
         line(out, "", "groups '-': no identity branch, so groups are neither needed nor read; "
                       "the fused conv keeps the train conv's groups and weight shape")

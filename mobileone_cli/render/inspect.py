@@ -104,11 +104,16 @@ def _checkpoint(t, r: Dict[str, Any]) -> None:
     if r["unknown_keys"]:
         t.add_row("not recognised", safe(_few(r["unknown_keys"], UNKNOWN_SHOWN)))
     gen = r.get("generic")
-    if gen is not None and (gen["blocks"] or gen["problem"]):
-        text = f"{gen['blocks']} MobileOne-style block(s) by key name"
+    if gen is not None and (gen.get("types") or gen["problem"]):
+        lines = [safe(f"{row['family']}: {row['count']} {row['block']} ({row['naming']}), "
+                      f"{row['action']}") for row in gen.get("types", [])]
+        lines += [safe(f"left alone: {a['path'] or '(top level)'}: {a['why']}")
+                  for a in gen.get("left_alone", [])]
+        if gen["fused"]:
+            lines.append(f"{gen['fused']} already fused")
         if gen["problem"]:
-            text += f" ({safe(gen['problem'])})"
-        t.add_row("blocks", text)
+            lines.append("cannot fuse: " + safe(gen["problem"]))
+        t.add_row("blocks", "\n".join(lines))
 
 
 def _onnx(t, r: Dict[str, Any]) -> None:
