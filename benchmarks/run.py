@@ -1,10 +1,11 @@
 """Whole-process benchmarks of mobileone, each against a baseline measured in the same run.
 
-    python benchmarks/run.py [--runs N] [--quick] [--only convert verify batch export eval quant]
+    python benchmarks/run.py [--runs N] [--quick] [--only convert verify batch export eval quant
+                                    equalize]
                              [--update-docs]
 
 Sections (one module each, ``<name>_cases.py``): convert (and the torch-free start-up paths),
-verify, batch, export, eval, quant.  Each prints its cases (median wall time and peak RSS of whole processes) and its targets with
+verify, batch, export, eval, quant, equalize.  Each prints its cases (median wall time and peak RSS of whole processes) and its targets with
 PASS/MISS; --update-docs writes the report into docs/performance.md.  Nothing here is asserted in
 the test suite: speed belongs to benchmarks, not tests.
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import PY, ROOT, Report  # noqa: E402
 
-SECTIONS = ("convert", "verify", "batch", "export", "eval", "quant")
+SECTIONS = ("convert", "verify", "batch", "export", "eval", "quant", "equalize")
 DOC = os.path.join(ROOT, "docs", "performance.md")
 BEGIN, END = "<!-- benchmark:begin -->", "<!-- benchmark:end -->"
 

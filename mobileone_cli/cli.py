@@ -11,7 +11,6 @@ control characters escaped, so no message can forge a line or drive the terminal
 from __future__ import annotations
 
 import importlib
-import signal
 import sys
 import traceback
 from typing import Iterable, List, Optional
@@ -67,6 +66,9 @@ class LazyGroup(click.Group):
         # --debug after the subcommand is the tool's option too.
         args = list(args)
         cut = args.index("--") if "--" in args else len(args)
+        from .commands._options import option_like_files
+
+        self.forged = option_like_files(args)
         moved = [a for a in args[:cut] if a in GLOBAL_FLAGS]
         rest = [a for a in args[:cut] if a not in GLOBAL_FLAGS] + args[cut:]
         return super().parse_args(ctx, moved + rest)
@@ -125,18 +127,23 @@ class LazyGroup(click.Group):
         output = run.enter_context(output_session(level))
         written = run.enter_context(recording_writes())
         try:
+            from .commands._options import refuse_option_like_files
+
+            refuse_option_like_files(getattr(self, "forged", []))
             return super().invoke(ctx)
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()
-            click.echo(f"error: {one_line(exc.message)}", err=True)
+            lost = type(exc).__name__ == "OutputLost"  # stdout failed: say what is on disk
+            said = f"; {_written(written)}" if lost else ""
+            click.echo(f"error: {one_line(exc.message)}{said}", err=True)
             if exc.hint:
                 click.echo(f"hint: {one_line(exc.hint)}", err=True)
             if wants_json and not output.json_documents:  # a script reading --json gets JSON, once
-                import json
+                from .render.console import json_text
 
-                click.echo(json.dumps({"error": exc.message, "hint": exc.hint,
-                                       "exit_code": exc.exit_code}, indent=2))
+                click.echo(json_text({"error": exc.message, "hint": exc.hint,
+                                      "exit_code": exc.exit_code}))
             ctx.exit(exc.exit_code)
         except click.exceptions.NoArgsIsHelpError:
             raise
@@ -199,6 +206,12 @@ def _allocation(exc: BaseException) -> str:
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="mobileone")
 @click.option("--debug", is_flag=True, help="Show Python tracebacks on errors.")
+@click.option("--trust-file", "trust_files", multiple=True, metavar="FILE|sha256:HEX",
+              callback=lambda ctx, param, value: _trusted_files(ctx, value), expose_value=False,
+              help="Unpickle this file with weights_only=False, which can RUN CODE stored in "
+                   "it (repeatable; also MOBILEONE_TRUST=FILE). Only before the command, so no "
+                   "file name can pass it. Without it, objects that weights-only loading refuses "
+                   "are read as inert placeholders.")
 @click.option("-q", "--quiet", is_flag=True,
               help="Print only errors and the one-line result (the verdict, what was written).")
 @click.option("-v", "--verbose", is_flag=True,
@@ -210,6 +223,12 @@ def cli(debug: bool, quiet: bool, verbose: bool) -> None:
     Global options (--debug, -q, -v) go before or after the command. Output fits the
     terminal's width, or COLUMNS, or 80 columns when piped.
     """
+
+
+def _trusted_files(ctx: click.Context, values) -> None:
+    from .commands._options import trusted_files
+
+    trusted_files(ctx, values)
 
 
 def _verbosity(ctx: click.Context) -> int:
@@ -228,30 +247,29 @@ def _written(written: List[str]) -> str:
     return "already written: " + one_line(", ".join(written), 500)
 
 
-def _terminate_as_interrupt(signum, frame) -> None:
-    """SIGTERM/SIGHUP (kill, a CI timeout, a closed terminal) unwind like Ctrl-C, so no temp
-    file is left behind."""
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     """Run the command line (``argv``, default ``sys.argv[1:]``); ends with click's
-    ``SystemExit``, so a caller gets the exit code back."""
-    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):
-        try:
-            if sig is not None:
-                signal.signal(sig, _terminate_as_interrupt)
-        except (ValueError, OSError):  # not the main thread: leave the default
-            pass
+    ``SystemExit``, so a caller gets the exit code back.  The work runs where a signal can stop
+    it at once (:mod:`.commands._run`); stdout and stderr never crash it
+    (:mod:`.render.streams`)."""
+    from .commands._run import run_interruptibly
+    from .io.write import recording_writes
+    from .render.streams import guard_standard_streams
+
+    guard_standard_streams()
+    written: List[str] = []  # filled by the work's thread, read by this one on a signal
+
+    def work():
+        with recording_writes(into=written):
+            return cli.main(args=argv, prog_name="mobileone")
+
     try:
-        cli.main(args=argv, prog_name="mobileone")
+        run_interruptibly(work, lambda: _written(written))
     finally:
-        # The work is done (or reported): a Ctrl-C during interpreter exit must not print a
-        # traceback over the result or change the exit code.
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for stream in (sys.stdout, sys.stderr):
             try:
-                signal.signal(sig, signal.SIG_IGN)
-            except (ValueError, OSError):
+                stream.flush()
+            except Exception:  # reported by the command already, or nowhere to report it
                 pass
 
 

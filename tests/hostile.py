@@ -18,6 +18,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import zlib
@@ -154,6 +155,27 @@ def _measured(code: str, args, peak_file: str, timeout: float, cwd, env) -> Run:
         return Run(proc.returncode, out.read().decode(errors="replace"),
                    err.read().decode(errors="replace"), usage.ru_utime + usage.ru_stime,
                    peak_mb, wall)
+
+
+def start_cli(args, prelude: str = "", **popen) -> subprocess.Popen:
+    """``mobileone ARGS`` in a subprocess after ``prelude``, with Ctrl-C delivered as at a
+    terminal (a shell may start background jobs with SIGINT ignored)."""
+    code = "\n".join(["import os, signal, sys, time",
+                      "signal.signal(signal.SIGINT, signal.default_int_handler)",
+                      textwrap.dedent(prelude),
+                      "from mobileone_cli.cli import main",
+                      "main(sys.argv[1:])"])
+    popen = dict(dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), **popen)
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], **popen)
+
+
+def finish_cli(proc: subprocess.Popen, timeout: float = 120):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, out, err
 
 
 def assert_bounded(run: Run, *, mb: float, cpu_s: float) -> None:

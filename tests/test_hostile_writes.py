@@ -17,7 +17,8 @@ import textwrap
 import pytest
 import torch
 
-from .hostile import assert_refused, deploy_matches_train, digest, temp_files
+from .hostile import (assert_refused, deploy_matches_train, digest, finish_cli, start_cli,
+                      temp_files)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -308,18 +309,41 @@ def test_longest_legal_destination_name_is_written(tmp_path, tiny_sd):
 
 def _unprivileged(tmp_path):
     """A read-only folder the test can create: root ignores permissions, so as root the command
-    runs as 'nobody' (setpriv) in a folder under /tmp that 'nobody' can reach."""
+    runs as 'nobody' (setpriv) in a folder under /tmp that 'nobody' can reach, with a copy of
+    the package there (the clone may sit in a private folder 'nobody' cannot enter).  Returns
+    (folder, command prefix, environment); skips, saying why, where 'nobody' cannot run it."""
     import shutil
     import tempfile
 
+    import mobileone_cli
+
     folder = tempfile.mkdtemp(prefix="mobileone-ro-", dir="/tmp")
     os.chmod(folder, 0o755)
-    if os.geteuid() == 0:
-        if shutil.which("setpriv") is None:
-            shutil.rmtree(folder)
-            pytest.skip("running as root without setpriv: no way to be denied a write")
-        return folder, ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    return folder, []
+    env = dict(os.environ, HOME=folder)
+    if os.geteuid() != 0:
+        return folder, [], env
+    if shutil.which("setpriv") is None:
+        shutil.rmtree(folder)
+        pytest.skip("running as root without setpriv: no way to be denied a write")
+    package = os.path.join(folder, "pkg")
+    shutil.copytree(os.path.dirname(mobileone_cli.__file__),
+                    os.path.join(package, "mobileone_cli"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for root, dirs, files in os.walk(package):
+        for name in dirs + files:
+            os.chmod(os.path.join(root, name), 0o755 if name in dirs else 0o644)
+    os.chmod(package, 0o755)
+    env["PYTHONPATH"] = package
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    probe = subprocess.run(prefix + [sys.executable, "-c", "import torch, mobileone_cli.cli"],
+                           capture_output=True, text=True, timeout=120, env=env, cwd=folder)
+    if probe.returncode != 0:
+        shutil.rmtree(folder)
+        why = (probe.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"user 65534 cannot run this Python and its packages ({why}); the "
+                    f"interpreter or its site-packages are in a folder it cannot read")
+    return folder, prefix, env
 
 
 @pytest.mark.parametrize("command", ["convert", "export"])
@@ -329,7 +353,7 @@ def test_read_only_folder_is_refused_before_any_work(command, tmp_path, tiny_sd)
     if command == "export":
         pytest.importorskip("onnx")
         pytest.importorskip("onnxruntime")
-    folder, prefix = _unprivileged(tmp_path)
+    folder, prefix, env = _unprivileged(tmp_path)
     try:
         src = os.path.join(folder, "ok.pth")
         torch.save(tiny_sd, src)
@@ -339,8 +363,7 @@ def test_read_only_folder_is_refused_before_any_work(command, tmp_path, tiny_sd)
         os.chmod(out, 0o555)
         dst = os.path.join(out, "o.onnx" if command == "export" else "o.pth")
         proc = subprocess.run(prefix + [sys.executable, "-m", "mobileone_cli", command, src, dst],
-                              capture_output=True, text=True, timeout=300,
-                              env=dict(os.environ, HOME=folder))
+                              capture_output=True, text=True, timeout=300, env=env, cwd=folder)
         assert proc.returncode == 2, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
@@ -354,25 +377,7 @@ def test_read_only_folder_is_refused_before_any_work(command, tmp_path, tiny_sd)
 
 # --------------------------------------------------------------------------- races and signals
 
-def _start(args, prelude: str) -> subprocess.Popen:
-    """``mobileone ARGS`` in a subprocess after ``prelude``, with Ctrl-C delivered as at a
-    terminal (a shell may start background jobs with SIGINT ignored)."""
-    code = "\n".join(["import os, signal, sys, time",
-                      "signal.signal(signal.SIGINT, signal.default_int_handler)",
-                      textwrap.dedent(prelude),
-                      "from mobileone_cli.cli import main",
-                      "main(sys.argv[1:])"])
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 120):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return proc.returncode, out, err
+_start, _finish = start_cli, finish_cli
 
 
 @pytest.mark.parametrize("force", [False, True], ids=["exclusive", "force"])

@@ -535,9 +535,9 @@ def test_code_in_a_file_never_runs_without_trust(sources, tmp_path, run_cli):
         assert ck.stubbed == [f"{name}.touch"]
         assert all(torch.equal(ck.state_dict[k], v) for k, v in sd.items())
 
-        res = run_cli("convert", src, tmp_path / "o.pth", "--trust-file")
+        res = run_cli("--trust-file", src, "convert", src, tmp_path / "o.pth")
         assert res.exit_code == 0, res.output
-        assert "warning: --trust-file" in res.stderr
+        assert "warning: trusted file" in res.stderr
         assert mark.exists()  # only the explicit opt-in runs the file's code
     finally:
         sys.path.remove(str(tmp_path))

@@ -213,8 +213,8 @@ def test_trust_file_still_runs_the_real_unpickler(foreign, tmp_path, tiny_sd, ru
     src = _save({"state_dict": tiny_sd, "hook": Call(mod.Tool.run, ("x",))}, tmp_path / "t.pth")
     res = run_cli("inspect", src)
     assert res.exit_code == 0 and not marker.exists(), res.output
-    res = run_cli("inspect", src, "--trust-file")
-    assert res.exit_code == 0 and "warning: --trust-file" in res.stderr
+    res = run_cli("--trust-file", src, "inspect", src)
+    assert res.exit_code == 0 and "warning: trusted file" in res.stderr
     assert marker.exists()
 
 

@@ -353,5 +353,5 @@ def test_bench_rendering(capsys):
 def test_cli_trust_file_flag_reads_the_same_counts(run_cli, write_ckpt):
     path = write_ckpt("s1", form="deploy", layout="apple")
     safe = json.loads(run_cli("stats", path, "--json").stdout)
-    trusted = json.loads(run_cli("stats", path, "--json", "--trust-file").stdout)
+    trusted = json.loads(run_cli("--trust-file", path, "stats", path, "--json").stdout)
     assert safe["checkpoint"]["params"] == trusted["checkpoint"]["params"] == SECTION5["s1"][1]

@@ -186,13 +186,13 @@ def test_runner_file_with_trust_needs_mmengine(runner_file, tmp_path):
     path, _ = runner_file
     code = ("import sys; sys.modules['mmengine'] = None\n"  # as if mmengine were not installed
             "from mobileone_cli.cli import main\n"
-            f"sys.argv = ['mobileone', 'convert', {str(path)!r}, {str(tmp_path / 'o.pth')!r}, "
-            "'--trust-file']\nmain()\n")
+            f"sys.argv = ['mobileone', '--trust-file', {str(path)!r}, 'convert', {str(path)!r}, "
+            f"{str(tmp_path / 'o.pth')!r}]\nmain()\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
-    assert "even with --trust-file" in proc.stderr and "mmengine" in proc.stderr
-    assert "without --trust-file" in proc.stderr and "Traceback" not in proc.stderr
+    assert "even as a trusted file" in proc.stderr and "mmengine" in proc.stderr
+    assert "without trusting it" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.pth").exists()
 
 

@@ -17,8 +17,8 @@ from ..rules.tolerances import short_number
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
            "trust_file_option", "json_option", "input_size_option", "seed_option",
            "prefix_option", "ema_option", "reading_options", "load_options",
-           "preprocessing_options",
-           "resolve_arch", "settle_heap", "complete_from"]
+           "preprocessing_options", "resolve_arch", "settle_heap", "complete_from", "TRUST_KEY",
+           "trusted_files", "option_like_files", "refuse_option_like_files"]
 
 
 def _join_input_size(args: List[str]) -> List[str]:
@@ -138,18 +138,70 @@ def bn_eps_option():
                              "released model).")
 
 
-def _warn_trusted(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+TRUST_KEY = "mobileone.trust"  # where the tool's --trust-file (before the command) keeps its list
+
+
+def _trust_from_before(ctx: click.Context, param: click.Parameter, value: bool):
+    """The files the user trusts, named before the command or in MOBILEONE_TRUST.  The flag
+    after the command is refused: a file named '--trust-file' among the files a shell pattern
+    expands to would pass it."""
     if value:
-        click.echo("warning: --trust-file: checkpoints are unpickled with weights_only=False; "
-                   "code stored in them can run", err=True)
-    return value
+        raise BadInput("--trust-file after the command is refused: a file name among the "
+                       "arguments (from a *) could pass it; name the trusted file before the "
+                       "command",
+                       hint=f"mobileone --trust-file FILE {ctx.info_name} ... (or "
+                            "MOBILEONE_TRUST=FILE); FILE may also be sha256:HEX")
+    return ctx.find_root().meta.get(TRUST_KEY) or False
 
 
 def trust_file_option():
-    return click.option("--trust-file", is_flag=True, callback=_warn_trusted,
-                        help="Unpickle with weights_only=False, which can RUN CODE stored in the "
-                             "file. Only for files you trust; without it, objects that "
-                             "weights-only loading refuses are read as inert placeholders.")
+    """The trust of a command: the TrustList named before it (hidden: the flag itself only
+    says where trust comes from now)."""
+    return click.option("--trust-file", "trust_file", is_flag=True, hidden=True,
+                        callback=_trust_from_before, expose_value=True)
+
+
+def trusted_files(ctx: click.Context, values) -> None:
+    """The files the user trusts (--trust-file before the command, MOBILEONE_TRUST), kept for the
+    command and announced on stderr before anything is read."""
+    from ..errors import MobileOneError, printable
+    from ..io.trust import trust_from_environment, trust_list
+
+    try:
+        trust = trust_list(values) | trust_from_environment()
+    except MobileOneError as exc:
+        raise click.UsageError(exc.message, ctx=ctx) from None
+    ctx.meta[TRUST_KEY] = trust
+    for name in trust.names:
+        click.echo(f"warning: trusted file: {printable(name)} is unpickled with "
+                   f"weights_only=False; code stored in it can run", err=True)
+
+
+def option_like_files(args: List[str]) -> List[str]:
+    """The arguments after the command that look like options and are also names of files here:
+    a shell pattern (``convert * out/``) turns such a file name into an option."""
+    import os
+
+    i, found = 0, []
+    while i < len(args) and args[i].startswith("-"):  # the tool's own options
+        i += 2 if args[i] == "--trust-file" else 1
+    for a in args[i + 1:]:
+        if a == "--":
+            break
+        if a.startswith("-") and a != "-" and os.path.lexists(a):
+            found.append(a)
+    return found
+
+
+def refuse_option_like_files(names: List[str]) -> None:
+    """Refuse, before any work, a run whose options may have come from file names."""
+    if names:
+        shown = ", ".join(repr(n) for n in names[:5]) + (" ..." if len(names) > 5 else "")
+        raise BadInput(f"{shown}: read as option(s), but also the name(s) of file(s) here; a "
+                       f"shell pattern such as * may have turned file names into options, so "
+                       f"nothing was done",
+                       hint="pass files as ./* (or after --); to give the option, rename "
+                            "the file")
 
 
 def preprocessing_options(crop: str = "--crop"):
@@ -197,7 +249,7 @@ def reading_options(ema_help: Optional[str] = None):
 
 def load_options(arch_name: Optional[str] = None, config_path: Optional[str] = None,
                  bn_eps: Optional[float] = None, prefix: Optional[str] = None,
-                 ema: bool = False, trust_file: bool = False, cls=None, **more: Any):
+                 ema: bool = False, trust_file: Any = False, cls=None, **more: Any):
     """The library's LoadOptions (or a subclass ``cls``) from the shared command-line options."""
     from ..io.source import LoadOptions
 

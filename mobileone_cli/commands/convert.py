@@ -58,6 +58,11 @@ def generic_only(**given: Optional[str]) -> None:
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the output in this precision (fusion still runs in float64 and rounds "
                    "once); the summary reports what the rounding costs. Default: SRC's dtype.")
+@click.option("--equalize", is_flag=True,
+              help="Equalize the fused weights across layers for int8 (Nagel et al. 2019: "
+                   "output channel i of a conv divided by s_i, input channel i of the next "
+                   "layer multiplied by it, across ReLU; never after an SE block). The same "
+                   "function, checked against the train model. See docs/quant.md.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance of the check, relative to max |output| (with --generic: "
                    "of each fused block's output). Default: "
@@ -95,7 +100,8 @@ def generic_only(**given: Optional[str]) -> None:
 def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
             no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,
-            dtype: Optional[str], rtol: Optional[float], input_size: Tuple[int, int], seed: int,
+            dtype: Optional[str], equalize: bool, rtol: Optional[float],
+            input_size: Tuple[int, int], seed: int,
             force: bool, suffix: Optional[str], name_template: Optional[str],
             skip_existing: bool, jobs: Optional[int], no_verify: bool,
             as_json: bool, generic: bool, blocks_file: Optional[str], groups: Optional[int],
@@ -120,6 +126,9 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         if no_fuse or prefix is not None:
             raise BadInput("--no-fuse and --prefix do not apply with --generic")
         generic_only(arch=arch_name, config=config_path, to=layout_out, dtype=dtype)
+        if equalize:
+            raise BadInput("--equalize does not apply with --generic (it needs the whole "
+                           "MobileOne chain)")
         from ..fuse.generic import parse_kernel
         from ..jobs.convert_generic import convert_generic_file
         from ..render.generic import generic_to_dict, render_generic
@@ -135,6 +144,7 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=ConvertOptions, layout_out=layout_out, fuse=not no_fuse,
                            dtype=dtype, verify=not no_verify, rtol=rtol, force=force,
+                           equalize=equalize,
                            input_size=input_size, seed=seed)
     if batch:
         from ._batch import run_batch

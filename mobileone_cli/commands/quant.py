@@ -47,6 +47,12 @@ __all__ = ["quant"]
 @click.option("--compare-train", is_flag=True,
               help="Also quantize the unfused train model (each branch's conv+BN folded and "
                    "quantized on its own), to show what fusion costs under int8.")
+@click.option("--equalize", is_flag=True,
+              help="Also measure int8 after data-free quantization (Nagel et al. 2019): "
+                   "cross-layer equalization of the fused weights and, from a train "
+                   "checkpoint's BatchNorm statistics, bias correction; per-tensor and "
+                   "per-channel, before and after, side by side. With --export the program is "
+                   "the equalized one. See docs/quant.md.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
               help="Use N of DIR's images, spread evenly over it.")
 @click.option("--batch", type=int, default=8, show_default=True, help="Images per pass.")
@@ -60,7 +66,8 @@ __all__ = ["quant"]
 @json_option("the report, every block and every number")
 @fetch_options("ckpt")
 def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str,
-          export: Optional[str], force: bool, compare_train: bool, limit: Optional[int],
+          export: Optional[str], force: bool, compare_train: bool, equalize: bool,
+          limit: Optional[int],
           batch: int, workers: Optional[int], seed: int, input_size: Tuple[int, int],
           resize: Optional[int], interpolation: Optional[str], mean: Optional[str],
           std: Optional[str], arch_name: Optional[str], config_path: Optional[str],
@@ -81,6 +88,7 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file,
                            cls=QuantOptions, calib=calib, synthetic=synthetic, scheme=scheme,
                            export=export, force=force, compare_train=compare_train,
+                           equalize=equalize,
                            limit=limit, batch=batch, workers=workers, seed=seed,
                            input_size=tuple(input_size), preprocessing=preprocessing)
     settle_heap()

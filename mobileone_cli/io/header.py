@@ -115,6 +115,9 @@ def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, .
             if not _is_count(d):
                 raise corrupt(f"{_name(key)}: shape {_name(shape, 40)} of {dtype} does not fill "
                               f"its {end - start} bytes (dimensions are non-negative integers)")
+            if d >= 1 << 63:  # torch sizes are int64, an empty tensor's too
+                raise corrupt(f"{_name(key)}: shape {_name(shape, 40)} has a dimension of 2^63 "
+                              f"or more, which no tensor can have")
             count *= d
         if count * DTYPE_BITS[dtype] != (end - start) * 8:
             raise corrupt(f"{_name(key)}: shape {_name(shape, 40)} of {dtype} does not fill its "

@@ -14,6 +14,7 @@ import tempfile
 from typing import Callable, Optional
 
 from ..errors import BadInput
+from . import interrupt
 from .leftovers import TEMP_PREFIX
 from .write import check_destination, is_package, note_published
 
@@ -32,7 +33,9 @@ def atomic_write_dir(dst: str, write: Callable[[str], None], *, force: bool = Fa
     check_destination(dst, force=force, package=True)
     parent = os.path.dirname(os.path.abspath(dst))
     try:
-        holder = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=parent)
+        with interrupt.lock():  # an interrupt removes it, or comes before it exists
+            holder = tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=parent)
+            interrupt.register_temp(holder)
     except OSError as exc:
         raise BadInput(f"{dst}: cannot create a folder in {parent} ({exc.strerror or exc}); "
                        f"nothing was written") from None
@@ -43,8 +46,9 @@ def atomic_write_dir(dst: str, write: Callable[[str], None], *, force: bool = Fa
             raise OSError(errno.EIO, "the exporter wrote no package manifest")
         if check is not None:
             check(tmp)
-        _publish(tmp, dst, force)
-        note_published(dst)
+        with interrupt.lock():  # published and recorded as one step, or not at all
+            _publish(tmp, dst, force)
+            note_published(dst)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None
@@ -52,6 +56,7 @@ def atomic_write_dir(dst: str, write: Callable[[str], None], *, force: bool = Fa
             from None
     finally:
         shutil.rmtree(holder, ignore_errors=True)
+        interrupt.forget_temp(holder)
     return folder_size(dst)
 
 

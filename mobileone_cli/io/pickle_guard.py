@@ -1,12 +1,13 @@
 """The guard between a torch file and the tool: weights-only loading by :mod:`safeload`'s rule,
-code globals refused by name, ``--trust-file`` as the only way to run a file's pickle.
+code globals refused by name, a file the user named as trusted (:mod:`.trust`) as the only one
+whose pickle may run.
 
 Weights-only loading never calls a refused global and the placeholders are inert, so no code
 from a file runs either way.  But a file whose pickle reaches for ``exec``, ``os.system`` or
 ``subprocess.Popen`` (directly, or through ``getattr`` on something that is not a placeholder
 class) is an attack, not a training checkpoint with a foreign class: loading "what is safe"
-around it would hide that.  Such files are refused by name; only ``--trust-file`` (the user's
-explicit decision) opens them.
+around it would hide that.  Such files are refused by name; only naming the file as trusted
+(``mobileone --trust-file FILE COMMAND ...``, the user's explicit decision) opens them.
 """
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ from ..errors import BadInput, first_line, raised_in_package
 # Exceptions that, raised by this package's own code while it reads a file, mean a bug in it.
 PROGRAMMING_ERRORS = (AttributeError, TypeError, AssertionError, KeyError, IndexError)
 
-__all__ = ["CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global", "code_globals",
+__all__ = ["TRUST_HINT", "CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global",
+           "code_globals",
            "refuse_code_globals", "load_torch"]
+
+TRUST_HINT = "`mobileone --trust-file FILE COMMAND ...` or MOBILEONE_TRUST=FILE"
 
 # Modules whose globals run code, touch files, processes or the network, or call other callables.
 # builtins.getattr is one of them by name; safeload answers it with an inert stand-in instead,
@@ -96,20 +100,21 @@ def refuse_code_globals(names: Iterable[str], path: str) -> None:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise BadInput(f"{path}: refused to load: the file calls the Python global {bad[0]}"
                        f"{more}, which can run code; a checkpoint never needs it",
-                       hint="this file may be malicious; only if you trust its source, pass "
-                            "--trust-file")
+                       hint="this file may be malicious; only if you trust its source, name it: "
+                            + TRUST_HINT)
 
 
-def load_torch(path: str, *, trust: bool = False) -> Tuple[Any, List[str]]:
+def load_torch(path: str, *, trusted: Any = None) -> Tuple[Any, List[str]]:
     """(object, globals read as placeholders) of a torch file; BadInput (exit 2) if it cannot be
-    read without running its code.  Only ``trust`` (``--trust-file``) lets the pickle run code."""
+    read without running its code.  Only ``trusted`` (what :func:`.trust.open_trusted` gave for
+    a file the user named) is unpickled in full, which can run code."""
     import pickle
 
     from .safeload import load_inert, refused_global
 
     try:
-        if trust:
-            return _trusted_load(path), []
+        if trusted is not None:
+            return _trusted_load(path, trusted), []
         # No mmap: each tensor then owns its memory, so a conversion that consumes the state
         # dict block by block gives memory back as it goes (peak RSS near load+save).
         loaded = load_inert(path, vet=lambda names: refuse_code_globals(names, path))
@@ -121,12 +126,12 @@ def load_torch(path: str, *, trust: bool = False) -> Tuple[Any, List[str]]:
             refuse_code_globals([glob], path)
             raise BadInput(f"{path}: refused to load: the file needs the Python global {glob}, "
                            f"which weights-only loading does not allow",
-                           hint="if you trust this file, pass --trust-file") from None
+                           hint="if you trust this file, name it: " + TRUST_HINT) from None
         detail = _weights_only_detail(msg)
         if detail:
             raise BadInput(f"{path}: weights-only loading failed, even with placeholders for "
                            f"foreign objects ({detail})",
-                           hint="if you trust this file, pass --trust-file") from None
+                           hint="if you trust this file, name it: " + TRUST_HINT) from None
         raise BadInput(f"{path}: not a loadable checkpoint ({first_line(msg)})") from None
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
             IndexError, TypeError, UnicodeDecodeError, struct.error, ImportError,
@@ -141,22 +146,23 @@ def load_torch(path: str, *, trust: bool = False) -> Tuple[Any, List[str]]:
         raise BadInput(f"{path}: cannot load checkpoint ({reason})") from None
 
 
-def _trusted_load(path: str) -> Any:
-    """--trust-file: plain unpickling, which may run code from the file (the user opted in)."""
+def _trusted_load(path: str, source: Any) -> Any:
+    """A trusted file: plain unpickling of ``source`` (its path, or its open file or bytes), which
+    may run code from the file (the user named it)."""
     import pickle
 
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(source, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, ImportError, AttributeError) as exc:
         if isinstance(exc, PROGRAMMING_ERRORS) and raised_in_package(exc):
             raise
         hint = None
         if isinstance(exc, ImportError):  # e.g. mmengine is not installed here
-            hint = ("without --trust-file, objects of packages that are not installed load as "
+            hint = ("without trusting it, objects of packages that are not installed load as "
                     "inert placeholders")
-        raise BadInput(f"{path}: cannot load checkpoint even with --trust-file "
+        raise BadInput(f"{path}: cannot load checkpoint even as a trusted file "
                        f"({first_line(str(exc)) or exc.__class__.__name__})", hint=hint) from None
 
 

@@ -14,13 +14,14 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..errors import BadInput, first_line
 from .bounds import check_claims, tensors_in
 from .header import MAX_HEADER, SAFETENSORS_DTYPES, read_header
 from .pickle_guard import load_torch
 from .sanity import check_tensor_storage
+from .trust import TrustList, open_trusted
 
 __all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
            "load_object", "as_checkpoint", "unwrap", "swapped_ema", "strip_prefix",
@@ -151,9 +152,11 @@ def strip_prefix(sd: Dict[str, Any]) -> Tuple[Dict[str, Any], str]:
     return sd, stripped
 
 
-def load_object(path: str, *, trust: bool = False) -> Tuple[str, Any, Dict[str, str], List[str]]:
-    """(format, the file's top-level object, safetensors metadata, placeholder globals), loaded
-    safely; nothing is unwrapped (see :func:`load_checkpoint`)."""
+def load_object(path: str, *, trust: Union[bool, TrustList] = False
+                ) -> Tuple[str, Any, Dict[str, str], List[str], bool]:
+    """(format, the file's top-level object, safetensors metadata, placeholder globals, whether
+    it was unpickled as a trusted file), loaded safely; nothing is unwrapped (see
+    :func:`load_checkpoint`).  ``trust``: True (every file), or the files the user named."""
     path = os.fspath(path)
     fmt = sniff_format(path)
     if fmt == "safetensors":
@@ -167,7 +170,7 @@ def load_object(path: str, *, trust: bool = False) -> Tuple[str, Any, Dict[str, 
                 metadata = dict(fh.metadata() or {})
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
             raise BadInput(f"{path}: corrupt safetensors file ({first_line(str(exc))})") from None
-        return fmt, obj, metadata, []
+        return fmt, obj, metadata, [], False
     from .integrity import Background, check_zip_directory, check_zip_integrity
 
     if fmt == "torch-zip":
@@ -175,22 +178,28 @@ def load_object(path: str, *, trust: bool = False) -> Tuple[str, Any, Dict[str, 
     # The CRC pass reads the file a second time; it runs beside the load (file reads and
     # zlib release the GIL), and its verdict is taken before anything from the load is used.
     integrity = Background(check_zip_integrity, path) if fmt == "torch-zip" else None
+    trusted = None
     try:
+        trusted = open_trusted(path, trust)  # decided before anything is unpickled
         with warnings.catch_warnings():  # torch's deprecation chatter is not for our users
             warnings.simplefilter("ignore")
-            obj, stubbed = load_torch(path, trust=trust)
+            obj, stubbed = load_torch(path, trusted=trusted)
     finally:
+        if hasattr(trusted, "close"):
+            trusted.close()
         if integrity is not None:
             integrity.result()  # a damaged file is reported as such, not as a load error
     check_claims(tensors_in(obj), path)  # before anything computes on a view
-    return fmt, obj, {}, stubbed
+    return fmt, obj, {}, stubbed, trusted is not None
 
 
-def load_checkpoint(path: str, *, ema: bool = False, trust: bool = False) -> Checkpoint:
-    """Load any supported checkpoint file safely and unwrap it to a flat state dict."""
+def load_checkpoint(path: str, *, ema: bool = False,
+                    trust: Union[bool, TrustList] = False) -> Checkpoint:
+    """Load any supported checkpoint file safely and unwrap it to a flat state dict.
+    ``trust``: True unpickles in full (can run code); a TrustList only the files it names."""
     path = os.fspath(path)
-    fmt, obj, metadata, stubbed = load_object(path, trust=trust)
-    return as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trust)
+    fmt, obj, metadata, stubbed, trusted = load_object(path, trust=trust)
+    return as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trusted)
 
 
 def as_checkpoint(path: str, fmt: str, obj: Any, metadata: Dict[str, str], stubbed: List[str],
@@ -228,5 +237,5 @@ def loading_notes(ck: Checkpoint) -> List[str]:
         notes.append(f"loaded without running code: {len(ck.stubbed)} foreign global(s) read as "
                      f"inert placeholders ({names})")
     if ck.trusted:
-        notes.append("--trust-file: the file was unpickled with weights_only=False")
+        notes.append("trusted file (--trust-file): unpickled with weights_only=False")
     return notes

@@ -30,7 +30,7 @@ class LoadOptions:
     eps: Optional[float] = None  # --bn-eps; None: the config's eps, else DEFAULT_EPS
     prefix: Optional[str] = None
     ema: bool = False
-    trust: bool = False
+    trust: Any = False  # True: unpickle every file in full; a TrustList: only the files it names
 
 
 @dataclass

@@ -19,33 +19,43 @@ import os
 import stat
 import tempfile
 from contextvars import ContextVar
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
+from . import interrupt
 from .leftovers import TEMP_PREFIX
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
-           "output_format", "recording_writes", "note_published", "CHECKPOINT_EXTENSIONS"]
+           "output_format", "recording_writes", "note_published", "published_paths",
+           "CHECKPOINT_EXTENSIONS"]
 
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-_WRITTEN: ContextVar[Optional[List[str]]] = ContextVar("mobileone_written", default=None)
+# The open recordings, outermost first (a run inside a run is recorded by both).
+_WRITTEN: ContextVar[Tuple[List[str], ...]] = ContextVar("mobileone_written", default=())
 
 
 @contextlib.contextmanager
-def recording_writes() -> Iterator[List[str]]:
-    """The paths published inside the block, in order (the CLI opens one per command)."""
-    written: List[str] = []
-    token = _WRITTEN.set(written)
+def recording_writes(into: Optional[List[str]] = None) -> Iterator[List[str]]:
+    """The paths published inside the block, in order, appended to ``into`` (default: a new
+    list).  The CLI opens one per command; a thread that must answer a signal for the work
+    passes its own list."""
+    written: List[str] = [] if into is None else into
+    token = _WRITTEN.set(_WRITTEN.get() + (written,))
     try:
         yield written
     finally:
         _WRITTEN.reset(token)
 
 
+def published_paths() -> List[str]:
+    """The paths published so far in the innermost :func:`recording_writes` (none outside)."""
+    open_ = _WRITTEN.get()
+    return list(open_[-1]) if open_ else []
+
+
 def note_published(path: str) -> None:
-    """Record ``path`` as published in the current :func:`recording_writes`, if any."""
-    written = _WRITTEN.get()
-    if written is not None:
+    """Record ``path`` as published in every open :func:`recording_writes`."""
+    for written in _WRITTEN.get():
         written.append(path)
 
 
@@ -190,8 +200,10 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
     if need_bytes:
         _check_free_space(dst, parent, need_bytes)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp",
-                                   dir=parent)
+        with interrupt.lock():  # an interrupt removes it, or comes before it exists
+            fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", suffix=".tmp",
+                                       dir=parent)
+            interrupt.register_temp(tmp)
         os.close(fd)
     except OSError as exc:
         raise BadInput(f"{dst}: cannot create a file in {parent} ({exc.strerror or exc}); "
@@ -205,19 +217,24 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give DST the usual permissions
-        _publish(tmp, dst, force)
-        note_published(dst)
+        with interrupt.lock():  # published and recorded as one step, or not at all
+            _publish(tmp, dst, force)
+            note_published(dst)
     except OSError as exc:
         _remove_quietly(tmp)
-        if exc.errno == errno.ENOSPC:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None
         raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was "
                        f"written") from None
     except BaseException as exc:
         _remove_quietly(tmp)
+        if interrupt.wraps_interrupt(exc):
+            raise KeyboardInterrupt from None
         if isinstance(exc, Exception) and _is_writer_error(exc):
             raise _write_failure(dst, parent, exc) from None
         raise
+    finally:
+        interrupt.forget_temp(tmp)
     return os.path.getsize(dst)
 
 
@@ -319,7 +336,11 @@ def _write_failure(dst: str, parent: str, exc: BaseException) -> BadInput:
     import shutil
 
     msg = str(exc)
-    full = "No space left" in msg or "os error 28" in msg
+    full = any(s in msg for s in ("No space left", "os error 28", "Errno 28", "Disk quota",
+                                  "File too large"))
+    cause = exc.__cause__ or exc.__context__
+    full = full or (isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT,
+                                                                    errno.EFBIG))
     if not full:
         try:
             full = shutil.disk_usage(parent).free < (1 << 20)

@@ -25,7 +25,7 @@ from ..errors import (
 from ..io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
-           "convert_many", "batch_exit_code", "output_name", "default_jobs"]
+           "convert_many", "check_outputs", "batch_exit_code", "output_name", "default_jobs"]
 
 DEPLOY_SUFFIX = "_deploy"
 
@@ -128,7 +128,8 @@ def plan_batch(sources: Sequence[str], dst_dir: str, *, suffix: str = "",
     :func:`output_name`.
 
     Refuses, before anything is converted, a DST that is a file, inputs that would land on the
-    same output path, and a run that finds no checkpoint at all.
+    same output path, an output that is one of the inputs (:func:`check_outputs`), and a run
+    that finds no checkpoint at all.
     """
     sources = [os.fspath(s) for s in sources]
     dst_dir = os.fspath(dst_dir)
@@ -158,14 +159,40 @@ def plan_batch(sources: Sequence[str], dst_dir: str, *, suffix: str = "",
             # A missing or unreadable file is reported in its row, like any other bad input.
             pairs.append((src, os.path.join(dst_dir, output_name(os.path.basename(src), suffix,
                                                                  template))))
-    seen: Dict[str, str] = {}
-    for src, dst in pairs:
-        key = os.path.normcase(os.path.abspath(dst))
-        if key in seen:
-            raise BadInput(f"{seen[key]} and {src} would both be written to {dst}",
-                           hint="convert them into different folders")
-        seen[key] = src
+    check_outputs(pairs, inputs_too=False)  # convert_many checks the inputs (--skip-existing)
     return pairs
+
+
+def _identity(path: str) -> tuple:
+    """What ``path`` is on disk: (device, inode) when it exists (a link or another spelling of
+    a file is that file), else its resolved absolute path."""
+    try:
+        st = os.stat(path)
+        return ("file", st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        return ("path", os.path.normcase(os.path.realpath(path)))
+
+
+def check_outputs(pairs: Sequence[Tuple[str, str]], *, inputs_too: bool = True) -> None:
+    """Refuse, before anything is written, a batch in which two inputs share one output or
+    (``inputs_too``) an output is one of its own inputs, with or without --force: ``m.pth`` ->
+    ``m_deploy.pth`` beside a user's ``m_deploy.pth``."""
+    inputs: Dict[Any, str] = {}
+    for src, _ in pairs if inputs_too else ():
+        inputs.setdefault(_identity(src), src)
+    outputs: Dict[Any, str] = {}
+    for src, dst in pairs:
+        key = _identity(dst)
+        if key in inputs:
+            raise BadInput(f"{dst}: the output of {src} is one of this batch's inputs "
+                           f"({inputs[key]}); a batch never writes over its inputs, even with "
+                           f"--force; nothing was written",
+                           hint="convert into another folder, or choose other names (--suffix, "
+                                "--name)")
+        if key in outputs:
+            raise BadInput(f"{outputs[key]} and {src} would both be written to {dst}; nothing "
+                           f"was written", hint="convert them into different folders")
+        outputs[key] = src
 
 
 def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs: int = 1,
@@ -181,10 +208,11 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     output exists alone (status 'skipped').  Output folders are created as needed."""
     import dataclasses
 
-    from ..io.write import note_published
     from .convert import ConvertOptions
 
     options = dataclasses.replace(options or ConvertOptions(), **overrides)
+    check_outputs([(src, dst) for src, dst in pairs
+                   if not (skip_existing and os.path.lexists(dst))])
     todo = []
     items: List[Optional[BatchItem]] = [None] * len(pairs)
     for i, (src, dst) in enumerate(pairs):
@@ -203,42 +231,10 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
             if on_done:
                 on_done(i, item)
         return [it for it in items if it is not None]
-    import concurrent.futures
-    import multiprocessing
+    from .batch_workers import convert_in_workers
 
-    # forkserver: a fresh process imports torch once (never running a parallel region, so no
-    # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
-    ctx: Any
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert",
-                                    "mobileone_cli.jobs.batch"])
-    else:  # Windows
-        ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=jobs, mp_context=ctx,
-                                                initializer=_init_worker) as pool:
-        futures = {pool.submit(_convert_one, pairs[i][0], pairs[i][1], options): i for i in todo}
-        try:
-            for fut in concurrent.futures.as_completed(futures):
-                i = futures[fut]
-                item = items[i] = fut.result()
-                if item.status == "ok":
-                    note_published(item.dst)  # written by a worker: say so on Ctrl-C
-                if on_done:
-                    on_done(i, item)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # workers remove their temp files
-            raise
+    convert_in_workers(_convert_one, pairs, todo, items, options, jobs, on_done)
     return [it for it in items if it is not None]
-
-
-def _init_worker() -> None:
-    """One compute thread per worker: workers on all cores with several threads each would spin
-    against each other."""
-    os.environ["OMP_NUM_THREADS"] = "1"
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def _convert_one(src: str, dst: str, options: Any) -> BatchItem:

@@ -34,6 +34,7 @@ class ConvertOptions(LoadOptions):
     seed: int = 0
     input_size: Tuple[int, int] = (224, 224)
     force: bool = False
+    equalize: bool = False  # cross-layer equalization of the fused weights (fuse.equalize)
 
 
 @dataclass
@@ -58,6 +59,7 @@ class ConvertResult:
     rounding: Any = None  # Metrics: the rounded model against the unrounded one (--dtype)
     health: Optional[Dict[str, Any]] = None  # check.health report of SRC (its cheap parts)
     timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v, --json)
+    equalization: Any = None  # fuse.equalize.Equalization with --equalize
 
     @property
     def metrics(self):
@@ -80,13 +82,41 @@ def parse_dtype(name: Optional[str]):
 
 def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str] = None,
                        fuse: bool = True, eps: float = DEFAULT_EPS, dtype=None,
-                       consume: bool = False) -> Dict[str, Any]:
+                       consume: bool = False, equalize: bool = False) -> Dict[str, Any]:
     """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
-    other key copied through in its original position."""
+    other key copied through in its original position (``equalize``: the fused weights
+    equalized across layers, :mod:`..fuse.equalize`)."""
+    return _converted(sd, det, layout_out=layout_out, fuse=fuse, eps=eps, dtype=dtype,
+                      consume=consume, equalize=equalize)[0]
+
+
+def _equalized(mob: Dict[str, Any], det: Detection, eps: float, dtype, consume: bool):
+    """Fused in float64, equalized in float64 (fuse.equalize), rounded once to ``dtype`` (default:
+    the source's); Apple names."""
+    import torch
+
+    from ..arch.layouts import remap
+    from ..fuse.equalize import equalize_state_dict
+    from ..fuse.fusion import fuse_state_dict
+
+    target = dtype or next(v.dtype for v in mob.values() if v.is_floating_point())
+    fused = fuse_state_dict(mob, det.arch, eps=eps, dtype=torch.float64, layout=det.layout,
+                            consume=consume)
+    apple = remap(fused, det.arch, det.layout, "apple", "deploy")
+    return equalize_state_dict(apple, det.arch, dtype=target)
+
+
+def _converted(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str], fuse: bool,
+               eps: float, dtype, consume: bool, equalize: bool):
+    """(the converted state dict, the fuse.equalize.Equalization or None)."""
     from ..arch.layouts import remap
     from ..fuse.fusion import fuse_state_dict
 
     layout_out = layout_out or det.layout
+    if equalize and not (fuse and det.form == "train"):
+        raise BadInput("--equalize equalizes the fusion of a train checkpoint (it is checked "
+                       "against the train model)", hint="give the train (unfused) checkpoint, "
+                                                        "without --no-fuse")
     pfx = det.prefix
     ours = {e.key for e in det.entries()}
     first_ours = next(k for k in sd if k.startswith(pfx) and k[len(pfx):] in ours)
@@ -96,21 +126,24 @@ def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Option
         for k in list(sd):
             if k.startswith(pfx) and k[len(pfx):] in ours:
                 del sd[k]
-    form = det.form
-    if fuse and form == "train":
+    form, eq, layout_in = det.form, None, det.layout
+    if equalize:
+        mob, eq = _equalized(mob, det, eps, dtype, consume)
+        form, layout_in = "deploy", "apple"
+    elif fuse and form == "train":
         mob = fuse_state_dict(mob, det.arch, eps=eps, dtype=dtype, layout=det.layout,
                               consume=consume)
         form = "deploy"
     elif dtype is not None:
         mob = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in mob.items()}
-    mob = remap(mob, det.arch, det.layout, layout_out, form)
+    mob = remap(mob, det.arch, layout_in, layout_out, form)
     out: Dict[str, Any] = {}
     for k in order:
         if k == first_ours:
             out.update((pfx + mk, mv) for mk, mv in mob.items())
         elif not (k.startswith(pfx) and k[len(pfx):] in ours):
             out[k] = sd[k] if not consume else sd.pop(k)
-    return out
+    return out, eq
 
 
 def _container(layout: str, det: Detection, form: str, extras: Dict[str, Any],
@@ -136,7 +169,15 @@ def _check(result: ConvertResult, train_sd: Dict[str, Any], deploy_sd: Dict[str,
     det = result.detection
     check_room(det.arch, options.input_size, 1, "the check")
     x = seeded_inputs(options.seed, 1, options.input_size, det.arch.in_channels)
-    result.verdict = judge(train_sd, deploy_sd, det.arch, x, train_layout=det.layout,
+    train_layout = det.layout
+    if result.equalization is not None:  # the train model reparameterized alike, in float64
+        from ..arch.layouts import remap
+        from ..fuse.equalize import equalize_train_state_dict
+
+        train_sd = equalize_train_state_dict(remap(train_sd, det.arch, det.layout, "apple",
+                                                   "train"), det.arch, result.equalization)
+        train_layout = "apple"
+    result.verdict = judge(train_sd, deploy_sd, det.arch, x, train_layout=train_layout,
                            deploy_layout=result.layout_out, bn_eps=result.eps, rtol=options.rtol)
     non_finite(result.verdict, result.src, fused_here=True)
     if not result.verdict.passed:
@@ -154,7 +195,7 @@ def _rounding(result: ConvertResult, sd: Dict[str, Any], out: Dict[str, Any],
 
     det = result.detection
     ref_sd = convert_state_dict(sd, det, layout_out=result.layout_out, fuse=options.fuse,
-                                eps=result.eps)
+                                eps=result.eps, equalize=options.equalize)
     keys = [e.key for e in schema(det.arch, result.layout_out, result.form_out)]
     x = seeded_inputs(options.seed, 1, options.input_size, det.arch.in_channels)
     with torch.no_grad():
@@ -229,9 +270,11 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
     # --dtype changes the precision: measure what that costs (unless nothing is to be checked).
     rounds = (options.verify and dtype is not None
               and str(dtype).replace("torch.", "") != det.dtype)
-    with steps("fuse" if fusing else "remap"):
-        out = convert_state_dict(sd, det, layout_out=layout_out, fuse=options.fuse,
-                                 eps=source.eps, dtype=dtype, consume=not (keep_train or rounds))
+    with steps(("equalize" if options.equalize else "fuse") if fusing else "remap"):
+        out, equalization = _converted(sd, det, layout_out=layout_out, fuse=options.fuse,
+                                       eps=source.eps, dtype=dtype,
+                                       consume=not (keep_train or rounds),
+                                       equalize=options.equalize)
         from ..io.sanity import check_fused_finite
 
         mob_out = [det.prefix + e.key for e in schema(det.arch, layout_out, form_out)]
@@ -244,7 +287,7 @@ def _convert(src: str, dst: Optional[str], source: Any, options: ConvertOptions,
         params_out=param_count(schema(det.arch, layout_out, form_out)), eps=source.eps,
         size_in=os.path.getsize(src), passthrough=len(det.extra_keys), notes=notes,
         dtype_out=str(dtype).replace("torch.", "") if dtype is not None else None,
-        health=health, timings=steps.seconds)
+        health=health, timings=steps.seconds, equalization=equalization)
     if rounds:
         with steps("rounding"):
             result.rounding = _rounding(result, sd, out, options)

@@ -224,6 +224,7 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
             t0 = time.perf_counter()
             outs = [m.run(b.x) for m in models]
             report.forward_seconds += time.perf_counter() - t0
+            _same_shapes(models, outs)
             tops: List[Optional[torch.Tensor]] = [None] * len(outs)
             for i, (res, out) in enumerate(zip(results, outs)):
                 if res.accuracy is not None:
@@ -240,3 +241,14 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
         first = report.unreadable_listed[0][1] if report.unreadable_listed else "-"
         raise BadInput(f"{data}: none of the {selected} image(s) could be read (first: {first})")
     return report
+
+
+def _same_shapes(models, outs) -> None:
+    """An exported file whose output is not shaped like the checkpoint's (its graph computes
+    another shape than it declares) is bad input, named."""
+    ref = tuple(outs[0].shape)
+    for m, out in zip(models[1:], outs[1:]):
+        if tuple(out.shape) != ref:
+            raise BadInput(f"{m.name}: its output has shape {list(out.shape)} where "
+                           f"{models[0].name}'s has {list(ref)} (an exported file may declare "
+                           f"one shape and compute another)")

@@ -159,10 +159,10 @@ def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
     from ..io.contents import flat_tensors, structure
     from ..io.read import as_checkpoint, load_object, unwrap
 
-    fmt, obj, metadata, stubbed = load_object(path, trust=trust)
+    fmt, obj, metadata, stubbed, trusted = load_object(path, trust=trust)
     facts = {"file": path, "file_format": fmt, "size": os.path.getsize(path),
              "structure": structure(obj), "stubbed_globals": list(stubbed),
-             "trusted": bool(trust), "metadata": metadata}
+             "trusted": trusted, "metadata": metadata}
     try:
         sd, _, _ = unwrap(obj, ema=ema, path=path)
         if not all(isinstance(k, str) for k in sd):
@@ -173,7 +173,7 @@ def _torch(path: str, ema: bool, trust: bool, health: bool, strict: bool):
         tensors = flat_tensors(obj)
         facts.update(wrapper=None, other_entries=[], stripped_prefix="")
         return facts, tensor_info(tensors), ArrayView(tensors) if health else None, exc.message
-    ck = as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trust)
+    ck = as_checkpoint(path, fmt, obj, metadata, stubbed, ema=ema, trust=trusted)
     facts.update(wrapper=ck.wrapper, other_entries=sorted(map(str, ck.extras)),
                  stripped_prefix=ck.stripped_prefix, ema_note=ck.ema_note)
     return facts, tensor_info(ck.state_dict), ArrayView(ck.state_dict) if health else None, None

@@ -38,6 +38,7 @@ class QuantOptions(LoadOptions):
     export: Optional[str] = None  # OUT.pte
     force: bool = False
     compare_train: bool = False
+    equalize: bool = False  # also measure (and export) after data-free quantization
     input_size: Tuple[int, int] = (224, 224)  # synthetic images; the crop of DIR's images
     preprocessing: Any = None  # data.pipeline.Preprocessing for DIR (default: eval's)
     limit: Optional[int] = None  # at most this many of DIR's images, spread over it
@@ -76,6 +77,7 @@ class ExportCheck:
     scale: float
     outside_delegate: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    equalized: bool = False  # the program of the equalized, bias-corrected model
 
 
 @dataclass
@@ -89,6 +91,7 @@ class QuantReport:
     deploy: Any  # quant.measure.FormResult
     train: Any = None  # FormResult with --compare-train
     export: Optional[ExportCheck] = None
+    equalized: Any = None  # jobs.quant_equalize.EqualizedQuant with --equalize
     fused_here: bool = False
     seconds: float = 0.0
     notes: List[str] = field(default_factory=list)
@@ -235,8 +238,18 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
                            dtype=torch.float32)
         report.train = measure(train, images, form="train", **kw)
         del train
+    program = None
+    if o.equalize:
+        from ..quant.dfq import bias_corrected_copy
+        from .quant_equalize import measure_equalized
+
+        report.equalized, eq = measure_equalized(side, images, report.deploy, kw, deploy)
+        report.notes += report.equalized.notes
+        if o.export is not None:
+            program = bias_corrected_copy(eq.model, eq.expected, o.scheme)
+        del eq
     if o.export is not None:
-        report.export = _export(deploy, images, o)
+        report.export = _export(deploy, images, o, program)
     for form in (report.deploy, report.train):
         if form is not None and form.unmeasurable:
             report.notes.append(f"{form.form} form: activation ranges not finite at "
@@ -246,8 +259,9 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
     return report
 
 
-def _export(deploy, images: _Images, o: QuantOptions) -> ExportCheck:
-    """PT2E int8 program -> ``o.export`` (atomically), executed in the ExecuTorch runtime on
+def _export(deploy, images: _Images, o: QuantOptions, program=None) -> ExportCheck:
+    """PT2E int8 program of ``program`` (default: ``deploy``; with --equalize the equalized,
+    bias-corrected model) -> ``o.export`` (atomically), executed in the ExecuTorch runtime on
     every calibration image against the fp32 deploy model; the numbers are the file's."""
     import torch
 
@@ -262,13 +276,14 @@ def _export(deploy, images: _Images, o: QuantOptions) -> ExportCheck:
     export = o.export
     assert export is not None  # called for --export only
     t0 = time.perf_counter()
-    net = MeanPoolHead(deploy).eval()
+    net = MeanPoolHead(deploy if program is None else program).eval()
     sample = torch.zeros(1, *images.calib.shape)
     converted = quantize_program(net, sample, (x for x, _, _ in images.singles()),
                                  per_channel=o.scheme == "per-channel")
     logits = deploy.arch.has_head
     result = ExportCheck(path=export, size=0, scheme=o.scheme, images=0, output_db=None,
-                         top1_agreement=None, top5_agreement=None, max_abs_diff=0.0, scale=0.0)
+                         top1_agreement=None, top5_agreement=None, max_abs_diff=0.0, scale=0.0,
+                         equalized=o.equalize)
 
     def write(tmp: str) -> None:
         result.outside_delegate = write_program(converted, sample, tmp)["outside_delegate"]

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -34,6 +34,7 @@ from ..check.localize import HEAD, compared_modules, head_input
 from ..check.tally import Accuracy, Agreement
 from ..models.mobileone import DeployBlock, TrainBlock
 from ..rules.tolerances import QUANT_FLAG_DB
+from .biascorrect import corrected_bias
 from .fakequant import ChannelNoise, Noise, Observer, channel_spread, fake_quant, quantize_weight
 
 __all__ = ["Unit", "BlockResult", "FormResult", "plan_units", "measure", "flag_blocks",
@@ -127,19 +128,34 @@ def _se_swaps(block: nn.Module, scheme: str):
     return [(c.weight, quantize_weight(c.weight, scheme)) for c in (se.reduce, se.expand)]
 
 
-def plan_units(model: nn.Module, scheme: str) -> List[Unit]:
-    """The units of ``model`` (deploy or train form, eval mode) and their int8 weights."""
+def _weight_swaps(layer: nn.Module, scheme: str, mean: Optional[torch.Tensor]):
+    """The int8 weight of a conv or linear layer, and, when its mean input is known, its bias
+    corrected for the rounding's expected shift (:mod:`.biascorrect`)."""
+    w = layer.weight
+    wq = quantize_weight(w, scheme)
+    swaps = [(w, wq)]
+    if mean is not None and layer.bias is not None:
+        swaps.append((layer.bias, corrected_bias(layer.bias, w, wq, mean,
+                                                 getattr(layer, "groups", 1))))
+    return swaps
+
+
+def plan_units(model: nn.Module, scheme: str,
+               expected: Optional[Dict[str, torch.Tensor]] = None) -> List[Unit]:
+    """The units of ``model`` (deploy or train form, eval mode) and their int8 weights;
+    ``expected`` (deploy form): the mean input of each block by name, for bias correction."""
     units = []
+    expected = expected or {}
     for name, stage, mod in compared_modules(model):
         u = Unit(name=name, stage=stage, module=mod)
         if name == HEAD:
-            u.swaps = [(mod.weight, quantize_weight(mod.weight, scheme))]
+            u.swaps = _weight_swaps(mod, scheme, expected.get(name))
             u.spread = channel_spread(mod.weight)
             u.points = [(mod, "pre", Observer(f"{name} input"))]
         elif isinstance(mod, DeployBlock):
-            w = mod.reparam_conv.weight
-            u.swaps = [(w, quantize_weight(w, scheme))] + _se_swaps(mod, scheme)
-            u.spread = channel_spread(w)
+            u.swaps = (_weight_swaps(mod.reparam_conv, scheme, expected.get(name))
+                       + _se_swaps(mod, scheme))
+            u.spread = channel_spread(mod.reparam_conv.weight)
         elif isinstance(mod, TrainBlock):
             spreads = []
             seqs = [(f"rbr_conv.{i}", s) for i, s in enumerate(mod.rbr_conv)]
@@ -228,10 +244,12 @@ def _chunks(batches: Batches, per_pass: int):
 
 
 def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_pass: int = 4,
-            logits: bool = True, num_classes: int = 0) -> FormResult:
+            logits: bool = True, num_classes: int = 0,
+            expected: Optional[Dict[str, torch.Tensor]] = None) -> FormResult:
     """Calibrate on ``batches()`` (fp32 ranges), then measure on them again: each unit alone,
-    the whole int8 network, the output's agreement (and accuracy when labelled)."""
-    units = plan_units(model, scheme)
+    the whole int8 network, the output's agreement (and accuracy when labelled); ``expected``:
+    see :func:`plan_units`."""
+    units = plan_units(model, scheme, expected)
     hooks = _Hooks(units)
     own = {u.name: Noise() for u in units}
     cumulative = {u.name: Noise() for u in units}

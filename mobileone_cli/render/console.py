@@ -30,7 +30,7 @@ from ..rules.dtypes import human_bytes
 __all__ = ["console", "width", "MAX_WIDTH", "fmt_rel", "emit", "shorten_middle", "shorten_path",
            "human_bytes", "compact", "safe", "line", "Output", "output_session",
            "verbosity", "quiet", "verbose", "QUIET", "NORMAL", "VERBOSE",
-           "fmt_seconds", "render_timings", "timings_json", "MAX_SHOWN"]
+           "fmt_seconds", "render_timings", "timings_json", "MAX_SHOWN", "json_text", "json_safe"]
 
 MAX_SHOWN = 1000  # characters of one user- or file-derived string in a table or a line
 
@@ -82,7 +82,7 @@ def width(stderr: bool = False) -> int:
     import sys
 
     cols = os.environ.get("COLUMNS", "").strip()
-    if cols.isdigit() and int(cols) > 0:
+    if cols.isascii() and cols.isdigit() and int(cols) > 0:  # not '²', which isdigit() too
         return min(int(cols), MAX_WIDTH)
     stream = sys.stderr if stderr else sys.stdout
     try:
@@ -97,7 +97,18 @@ def console(stderr: bool = False):
     """A rich Console of :func:`width` columns."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width(stderr))
+    return Console(stderr=stderr, highlight=False, soft_wrap=False, width=width(stderr),
+                   _environ=_sizes_checked(os.environ))
+
+
+def _sizes_checked(environ) -> Dict[str, str]:
+    """The environment without a COLUMNS or LINES that is not a plain number ('²' is a digit
+    to Python, not to int()): rich would fail on it."""
+    def usable(value: str) -> bool:
+        value = value.strip()
+        return value.isascii() and value.isdigit()
+
+    return {k: v for k, v in environ.items() if k not in ("COLUMNS", "LINES") or usable(v)}
 
 
 def safe(text: object, width: Optional[int] = None) -> str:
@@ -203,13 +214,40 @@ def timings_json(timings: Optional[Dict[str, float]]) -> Dict[str, Any]:
     return {"timings_s": dict(timings)} if verbose() and timings else {}
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every string valid Unicode: a file name that is not valid UTF-8 (Python
+    holds its bytes as lone surrogates) shows them as ``\\xff`` text, so every JSON parser
+    reads the document."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return "".join(f"\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF
+                           else f"\\u{ord(c):04x}" if 0xD800 <= ord(c) <= 0xDFFF else c
+                           for c in value)
+    if isinstance(value, dict):
+        return {json_safe(k) if isinstance(k, str) else k: json_safe(v)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(document: Any) -> str:
+    """The tool's JSON: indented, ASCII, always valid (see :func:`json_safe`)."""
+    return json.dumps(json_safe(document), indent=2, default=lambda o: json_safe(str(o)))
+
+
 def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
          render: Callable[..., None], **render_options: Any) -> None:
     """The one output path: ``to_dict(result)`` as JSON on stdout, or ``render(result)``."""
     if as_json:
         import click
 
-        click.echo(json.dumps(to_dict(result), indent=2, default=str))
+        click.echo(json_text(to_dict(result)))
         state = _OUTPUT.get()
         if state is not None:
             state.json_documents += 1

@@ -35,6 +35,7 @@ def convert_to_dict(r) -> Dict[str, Any]:
         "check": verdict_to_dict(r.verdict) if r.verdict is not None else None,
         "notes": r.notes, "dtype_out": r.dtype_out,
         "rounding": metrics_to_dict(r.rounding), "health": r.health,
+        "equalization": r.equalization.describe() if r.equalization is not None else None,
         **timings_json(r.timings),
     })
 
@@ -109,6 +110,11 @@ def render_convert(r, title: str = "mobileone convert") -> None:
         from .verify import render_blocks
 
         render_blocks(out, v)
+    if r.equalization is not None:
+        from .equalize import equalization_lines
+
+        for label, text in equalization_lines(r.equalization.describe()):
+            line(out, label, text)
     if v is not None:
         line(out, "check:", v.summary(), whole=True)  # the verdict: one line, grep-able
     for note in r.notes:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from ..rules.tolerances import QUANT_FLAG_DB
 from .console import console, human_bytes, line, quiet, safe
+from .quant_equalize import equalized_line, equalized_to_dict, render_equalized
 from .verdict import finite_json
 
 __all__ = ["quant_to_dict", "render_quant", "profile_rows", "quant_plot", "result_line"]
@@ -35,6 +36,8 @@ def quant_to_dict(r) -> Dict[str, Any]:
         "calibration": asdict(r.calibration),
         "deploy": _form(r.deploy), "train": _form(r.train),
         "export": asdict(r.export) if r.export is not None else None,
+        "equalized": (equalized_to_dict(r.equalized, _form)
+                      if getattr(r, "equalized", None) is not None else None),
         "seconds": r.seconds, "notes": list(r.notes),
     })
 
@@ -186,6 +189,8 @@ def result_line(r) -> str:
     if r.export is not None:
         e = r.export
         text += f"; {e.path}: {_db(e.output_db)} dB, top-1 agreement {_pct(e.top1_agreement)}"
+    if getattr(r, "equalized", None) is not None:
+        text += f"; {equalized_line(r.equalized, _db)}"
     return text
 
 
@@ -223,11 +228,15 @@ def render_quant(r) -> None:
         d = r.train.output_db - r.deploy.output_db
         line(out, "", f"fusion under int8: the unfused model's output SQNR is {abs(d):.1f} dB "
                       f"{'higher' if d >= 0 else 'lower'} than the fused one's")
+    if getattr(r, "equalized", None) is not None:
+        render_equalized(r, out, _db, _pct)
     e = r.export
     if e is not None:
         outside = (f"; outside the XNNPACK delegate: {', '.join(e.outside_delegate)}"
                    if e.outside_delegate else "")
-        line(out, "", f"wrote {e.path} ({human_bytes(e.size)}, int8 {e.scheme}, PT2E + XNNPACK)"
+        eq = ", equalized + bias-corrected" if e.equalized else ""
+        line(out, "", f"wrote {e.path} ({human_bytes(e.size)}, int8 {e.scheme}{eq}, PT2E + "
+                      f"XNNPACK)"
                       f": executed in the ExecuTorch runtime on {e.images} images{outside}")
     for note in r.notes:
         line(out, "note:", note)

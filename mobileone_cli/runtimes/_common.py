@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from ..errors import BadInput
 
-__all__ = ["importable", "require", "quiet", "no_fd2", "NOISY_LOGGERS"]
+__all__ = ["importable", "require", "quiet", "no_fd2", "disk_full", "NOISY_LOGGERS"]
 
 NOISY_LOGGERS = ("torch", "torch.onnx", "torch.utils._pytree", "torch._export", "onnxscript",
                  "onnx_ir", "torchao", "executorch", "coremltools", "litert_torch", "absl",
@@ -43,6 +43,21 @@ def require(packages: Sequence[str], hint: str) -> None:
         verb = "is" if len(missing) == 1 else "are"
         raise BadInput(f"this needs {' and '.join(missing)}, which {verb} not installed",
                        hint=hint)
+
+
+def disk_full(exc: BaseException) -> None:
+    """Raise ``OSError(ENOSPC)`` when an exporter failed because the disk is full (its own
+    error type wrapping the OSError, or only its text): the writer then says so, exit 2."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        if "No space left on device" in str(exc)[:2000]:
+            raise OSError(errno.ENOSPC, "No space left on device") from None
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
 
 
 def quiet_env() -> None:

@@ -64,10 +64,14 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None,
                 from litert_torch.generative.quantize import quant_recipes
 
                 kwargs["quant_config"] = quant_recipes.full_fp16_recipe()
-            litert_torch.convert(model, (sample,), **kwargs).export(path)
+            # The bytes, written below: the converter's own file writer ends the process
+            # (exit 1, no message) when the disk is full.
+            content = litert_torch.convert(model, (sample,), **kwargs).model_content()
         except Exception as exc:  # the converter raises many types; the message is what matters
             raise VerificationFailed(f"LiteRT conversion failed: {exc.__class__.__name__}: "
                                      f"{first_line(str(exc), 200)}") from None
+    with open(path, "wb") as fh:  # an OSError (disk full) is reported by atomic_write
+        fh.write(content)
     return {}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
 from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE
-from ._common import quiet
+from ._common import disk_full, quiet
 from .base import Artifact, ExportPlan, Runtime
 from .onnx_guard import check_graph, run_bounded
 
@@ -105,6 +105,7 @@ def export(model, path: str, *, sample, dynamic_batch: bool, dynamic_size: bool,
                                   dynamic_axes={"input": in_axes, output_name: out_axes}
                                   if in_axes else None, do_constant_folding=True)
         except Exception as exc:  # the exporters raise many types; the message is what matters
+            disk_full(exc)
             raise VerificationFailed(f"the {exporter} ONNX exporter failed: "
                                      f"{exc.__class__.__name__}: {first_line(str(exc), 200)}",
                                      hint="run with --exporter torchscript or dynamo to try the "

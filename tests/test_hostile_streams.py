@@ -1,0 +1,239 @@
+"""Hostile environments and inputs that once reached exit 3 ('a bug'), and what stdout may be.
+
+Each runs the CLI in its own process, as a user would: a pipe into ``head``, stdout on
+``/dev/full`` or closed, ``COLUMNS=²``, ``PYTHONIOENCODING=ascii`` with a non-ASCII file name,
+``--json`` with file names that are not UTF-8, a 91-byte safetensors file with a dimension of
+2^64-1, an ONNX file that computes another shape than the checkpoint.  The convention for a
+reader that stops reading: output is dropped quietly and the command ends with its own status.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import mobileone_cli
+
+from .hostile import assert_one_error, deploy_matches_train, temp_files
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mobileone_cli.__file__)))
+
+
+def _env(**more):
+    env = dict(os.environ, **more)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def _cmd(*args):
+    return [sys.executable, "-m", "mobileone_cli", *map(str, args)]
+
+
+def _run(*args, cwd=None, **kw):
+    env = _env(**kw.pop("env", {}))
+    kw.setdefault("stdout", subprocess.PIPE)
+    return subprocess.run(_cmd(*args), cwd=cwd, env=env, stderr=subprocess.PIPE, timeout=600,
+                          **kw)
+
+
+@pytest.fixture
+def files(tmp_path, tiny_sd):
+    """A train checkpoint, its deploy file, and two class folders of images."""
+    from PIL import Image
+
+    src = tmp_path / "tiny.pth"
+    torch.save(tiny_sd, src)
+    assert _run("convert", src, tmp_path / "deploy.pth", "-q").returncode == 0
+    g = torch.Generator().manual_seed(0)
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(2):
+            pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(tmp_path / "imgs" / c / f"{i}.png")
+    return tmp_path
+
+
+COMMANDS = {
+    "stats": ["stats", "--arch", "s0"],
+    "inspect": ["inspect", "{d}/tiny.pth"],
+    "convert": ["convert", "{d}/tiny.pth", "{d}/out.pth"],
+    "verify": ["verify", "{d}/tiny.pth", "{d}/deploy.pth"],
+    "export": ["export", "{d}/tiny.pth", "{d}/out.onnx"],
+    "eval": ["eval", "{d}/tiny.pth", "{d}/imgs"],
+    "quant": ["quant", "{d}/tiny.pth"],
+    "demo": ["demo"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_each_command_piped_into_head_ends_quietly(name, files):
+    """`mobileone X | head -1` (and a reader that has gone before the first line): the
+    command's own status (0 here), no traceback, no 'error:'; its work (an output file) done."""
+    if name == "export":
+        pytest.importorskip("onnxruntime")
+    args = [a.format(d=files) for a in COMMANDS[name]]
+    shell = " ".join(map(_quote, _cmd(*args))) + " | head -1"
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], env=_env(), cwd=files,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "error" not in proc.stderr, proc.stderr
+    for out in ("out.pth", "out.onnx"):
+        (files / out).unlink(missing_ok=True)
+    gone = subprocess.Popen(_cmd(*args), env=_env(), cwd=files, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    gone.stdout.close()  # the reader is gone before anything is written
+    _, err = gone.communicate(timeout=600)
+    assert gone.returncode == 0, err
+    assert b"Traceback" not in err and b"error" not in err, err
+    if name == "convert":
+        assert deploy_matches_train(torch.load(files / "tiny.pth"), files / "out.pth") < 1e-5
+
+
+def _quote(s: str) -> str:
+    import shlex
+
+    return shlex.quote(str(s))
+
+
+def test_a_failed_verification_keeps_its_status_through_a_pipe(files):
+    """verify of a wrong deploy file into `head -1`: exit 1 still (not 0, not a crash)."""
+    sd = torch.load(files / "deploy.pth")
+    key = next(k for k in sd if k.endswith("weight"))
+    sd[key] = sd[key] * 1.5
+    torch.save(sd, files / "wrong.pth")
+    shell = " ".join(map(_quote, _cmd("verify", files / "tiny.pth", files / "wrong.pth")))
+    proc = subprocess.run(["bash", "-c", shell + " | head -1; exit ${PIPESTATUS[0]}"],
+                          env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_stdout_on_a_full_device_is_an_error(files):
+    """`> /dev/full`: exit 2, one line that says so and what was written (DST is whole)."""
+    with open("/dev/full", "w") as full:
+        proc = _run("convert", files / "tiny.pth", files / "out.pth", stdout=full, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error(proc.stderr, "cannot write the output to stdout",
+                     "no space left on device", "already written:", "out.pth")
+    assert deploy_matches_train(torch.load(files / "tiny.pth"), files / "out.pth") < 1e-5
+    with open("/dev/full", "w") as full:
+        proc = _run("stats", "--arch", "s0", "--json", stdout=full, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert_one_error(proc.stderr, "no space left on device", "nothing was written")
+
+
+def test_a_closed_stdout_is_an_error_and_never_takes_a_file(files):
+    """`>&-`: no file the tool opens gets descriptor 1 (the report would land in it); exit 2,
+    one line, no traceback after DST was written."""
+    proc = subprocess.run(["bash", "-c", " ".join(map(_quote, _cmd(
+        "convert", files / "tiny.pth", files / "out.pth"))) + " >&-"], env=_env(),
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error(proc.stderr, "stdout (it is closed)", "already written:")
+    assert deploy_matches_train(torch.load(files / "tiny.pth"), files / "out.pth") < 1e-5
+    assert temp_files(files) == []
+
+
+@pytest.mark.parametrize("columns", ["²", "٣", "12a", "-5", ""])
+def test_odd_columns_are_ignored(columns):
+    proc = _run("stats", "--arch", "s0", env={"COLUMNS": columns, "LINES": columns}, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "params" in proc.stdout and proc.stderr == ""
+
+
+def test_ascii_output_with_a_non_ascii_file_name(tmp_path, tiny_sd):
+    """PYTHONIOENCODING=ascii and a file named é.pth: escaped, exit 0 (it was exit 3)."""
+    src = tmp_path / "é.pth"
+    torch.save(tiny_sd, src)
+    proc = _run("convert", src, tmp_path / "dé.pth", env={"PYTHONIOENCODING": "ascii"},
+                text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "d\\xe9.pth" in proc.stdout and "Traceback" not in proc.stderr
+    bad = _run("inspect", tmp_path / "missing-é.pth", env={"PYTHONIOENCODING": "ascii"},
+               text=True)
+    assert bad.returncode == 2 and "missing-\\xe9.pth" in bad.stderr, bad.stderr
+
+
+def _strict_json(text: str):
+    """Parse ``text`` as a strict parser would: every string must be valid Unicode."""
+    doc = json.loads(text)
+
+    def walk(v):
+        if isinstance(v, str):
+            v.encode("utf-8")  # a lone surrogate raises
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(k)
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+    walk(doc)
+    return doc
+
+
+def test_json_is_valid_for_names_that_are_not_utf8(tmp_path, tiny_sd):
+    folder = os.fsencode(str(tmp_path))
+    src, dst = folder + b"/\xff.pth", folder + b"/\xfe_deploy.pth"
+    torch.save(tiny_sd, src.decode("utf-8", "surrogateescape"))
+    for args, code in ((["inspect", src, "--json"], 0),
+                       (["convert", src, dst, "--json"], 0),
+                       (["inspect", folder + b"/\xfd.pth", "--json"], 2)):
+        proc = subprocess.run(_cmd(*[os.fsdecode(a) if isinstance(a, bytes) else a
+                                     for a in args]), env=_env(), capture_output=True,
+                              timeout=600)
+        assert proc.returncode == code, proc.stderr
+        doc = _strict_json(proc.stdout.decode("utf-8"))
+        assert "\\xf" in json.dumps(doc, ensure_ascii=False)
+
+
+def test_a_dimension_of_2_to_the_64_is_bad_input(tmp_path):
+    """91 bytes: a zero-element tensor whose other dimension is 2^64-1 (exit 3 before)."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [0, 2 ** 64 - 1],
+                               "data_offsets": [0, 0]}}).encode()
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert path.stat().st_size == 91
+    for args in (["inspect", path], ["stats", path], ["convert", path, tmp_path / "o.pth"]):
+        proc = _run(*args, text=True)
+        assert proc.returncode == 2, proc.stderr
+        assert_one_error(proc.stderr, "2^63")
+    assert temp_files(tmp_path) == [] and not (tmp_path / "o.pth").exists()
+
+
+@pytest.mark.slow
+def test_an_onnx_file_computing_another_shape_than_it_declares(files):
+    """Declared [batch, 10], computed [batch, 7] (a Slice at the end): eval says which file,
+    exit 2; verify finds the mismatch, exit 1 (it was exit 3)."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    assert _run("export", files / "tiny.pth", files / "t.onnx", "-q").returncode == 0
+    model = onnx.load(files / "t.onnx")
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        for i, o in enumerate(node.output):
+            if o == out:
+                node.output[i] = "before_slice"
+    g.initializer.extend([numpy_helper.from_array(np.array([v], np.int64), n)
+                          for n, v in (("s0", 0), ("s1", 7), ("ax", 1))])
+    g.node.append(helper.make_node("Slice", ["before_slice", "s0", "s1", "ax"], [out]))
+    onnx.save(model, files / "lies.onnx")
+    proc = _run("eval", files / "tiny.pth", files / "imgs", "--deploy", files / "lies.onnx",
+                text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_error(proc.stderr, "lies.onnx", "[4, 7]", "[4, 10]")
+    proc = _run("verify", files / "tiny.pth", files / "lies.onnx", text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
