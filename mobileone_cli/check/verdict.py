@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
-from ..errors import BadInput
 from ..arch.specs import ArchSpec
+from ..errors import BadInput
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
-from .harness import (CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass,
-                      strict_fp32)
+from .harness import CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass, strict_fp32
 from .localize import BlockError, lockstep
 
 __all__ = ["Stage", "Verdict", "judge", "non_finite"]
@@ -140,8 +139,8 @@ class Verdict:
             tol = (f"bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the rounding "
                    f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
-            where = self.first_divergent
-            part = f", parting from {where.name} on" if where is not None else ""
+            divergent = self.first_divergent
+            part = f", parting from {divergent.name} on" if divergent is not None else ""
             amp = self.amplification
             amp_text = f"; rounding is amplified x{amp:.2g} here" if amp else ""
             return (f"equivalent up to fp32 rounding: in fp32 the {self.compared} differ by "
@@ -196,7 +195,8 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
     adaptive tolerance) D's sensitivity, the perturbed D against D on the same images."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
     refs, outs, pouts = [], [], []
-    keep = {} if x.shape[0] > chunk else None  # cast/perturbed blocks serve every chunk
+    # cast/perturbed blocks serve every chunk
+    keep: Optional[Dict[Any, Any]] = {} if x.shape[0] > chunk else None
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             xi = x[i:i + chunk].to(device=device, dtype=dtype)
@@ -265,8 +265,9 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
         verdict.fp64 = run("fp64", torch.float64)
-        verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
-                                                     fp32.train_output, logits)
+        ref64, ref32 = verdict.fp64.train_output, fp32.train_output
+        assert ref64 is not None and ref32 is not None  # run() keeps them until the end
+        verdict.train_fp32_vs_fp64 = compare_outputs(ref64, ref32, logits)
     for stage in (verdict.fp32, verdict.fp64):
         if stage is not None:
             stage.train_output = None  # the verdict keeps numbers, not activations

@@ -3,8 +3,17 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import (console, fmt_rel, fmt_seconds, line, quiet, safe, shorten_middle,
-                      shorten_path, verbose)
+from .console import (
+    console,
+    fmt_rel,
+    fmt_seconds,
+    line,
+    quiet,
+    safe,
+    shorten_middle,
+    shorten_path,
+    verbose,
+)
 from .convert import convert_to_dict
 
 __all__ = ["render_batch", "batch_to_dict"]

@@ -120,7 +120,8 @@ def render_eval(r) -> None:
                       ("rel", "right")):
         if col.startswith("top") and not scored or col == "agree" and not r.logits:
             continue
-        t.add_column(col, justify=just, no_wrap=True)
+        # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     room = max(24, out.width - 54)  # what the other columns leave to "role name"
     for m in r.models:
         name = ("(fused here)" if m.info.get("path") is None
@@ -158,7 +159,7 @@ def render_eval(r) -> None:
                       f"{min(a.disagreeing, len(a.disagreements))})")
     if r.unreadable:
         out.print(f"{r.unreadable} unreadable image(s), skipped:")
-        for name, why in r.unreadable_listed[:SHOWN]:
+        for _name, why in r.unreadable_listed[:SHOWN]:
             out.print(f"  {safe(why)}")
         if r.unreadable > SHOWN:
             out.print(f"  ... and {r.unreadable - SHOWN} more (listed in --json)")
@@ -174,8 +175,13 @@ def progress_bar(enabled: bool = True) -> Iterator[Optional[Callable[[int, int],
     if not enabled or not err.is_terminal:
         yield None
         return
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     start: List[float] = []
     with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
