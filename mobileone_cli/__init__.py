@@ -31,7 +31,8 @@ _LAZY = {
     "verify_artifact": "jobs.verify_artifact", "check_artifact": "check.artifact",
     "load_artifact": "runtimes", "Artifact": "runtimes",
     # the jobs
-    "ConvertOptions": "jobs.convert", "convert_file": "jobs.convert", "convert_state_dict": "jobs.convert",
+    "ConvertOptions": "jobs.convert", "convert_file": "jobs.convert",
+    "convert_state_dict": "jobs.convert",
     "convert_generic_file": "jobs.convert_generic", "ExportOptions": "jobs.export",
     "export_file": "jobs.export", "convert_many": "jobs.batch", "plan_batch": "jobs.batch",
     "inspect_file": "jobs.inspect", "stats_for_arch": "jobs.stats",

@@ -18,8 +18,15 @@ from typing import Iterable, List, Optional
 import click
 
 from . import __version__
-from .errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, MobileOneError, first_line,
-                     is_out_of_memory, one_line, printable)
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    MobileOneError,
+    exit_code_of,
+    first_line,
+    one_line,
+    printable,
+)
 
 COMMANDS = {
     "convert": "Fuse and/or remap a MobileOne checkpoint (Apple, mmpretrain, timm).",
@@ -38,24 +45,13 @@ COMMANDS = {
 GLOBAL_FLAGS = ("--debug", "-q", "--quiet", "-v", "--verbose")
 
 
-def _distance(a: str, b: str) -> int:
-    """Edit distance with transpositions (--froce is one step from --force)."""
-    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
-    for i in range(1, len(a) + 1):
-        for j in range(1, len(b) + 1):
-            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1,
-                          d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
-    return d[len(a)][len(b)]
-
-
 def closest(word: str, candidates: Iterable[str]) -> Optional[str]:
-    """The candidate nearest to ``word`` if it is a plausible typo of it, else None."""
-    best = min(candidates, key=lambda c: (_distance(word, c), c), default=None)
-    if best is None or _distance(word, best) > max(1, min(len(word), len(best)) // 3):
-        return None
-    return best
+    """The candidate nearest to ``word`` if it is a plausible typo of it, else None (difflib's
+    similarity, the rule config fields use too)."""
+    import difflib
+
+    near = difflib.get_close_matches(word, sorted(set(candidates)), n=1, cutoff=0.75)
+    return near[0] if near else None
 
 
 def _wants_json(ctx: click.Context) -> bool:
@@ -127,15 +123,17 @@ class LazyGroup(click.Group):
             raise _usage_error(exc) from None
 
     def invoke(self, ctx: click.Context):
-        from .io.write import published
+        import contextlib
+
+        from .io.write import recording_writes
+        from .render.console import output_session
 
         debug = bool(ctx.params.get("debug"))
         wants_json = _wants_json(ctx)  # read before click hands the arguments to the command
-        from .render.console import reset_emitted, set_verbosity
-
-        reset_emitted()
-        published.clear()  # what THIS command writes (several may run in one process)
-        set_verbosity(_verbosity(ctx))
+        level = _verbosity(ctx)
+        run = contextlib.ExitStack()  # what THIS command prints and writes
+        output = run.enter_context(output_session(level))
+        written = run.enter_context(recording_writes())
         try:
             from .commands._options import refuse_option_like_files
 
@@ -147,13 +145,11 @@ class LazyGroup(click.Group):
                 traceback.print_exc()
             lost = type(exc).__name__ == "OutputLost"  # stdout failed: say what is on disk
             if lost or not exc.shown:  # a verdict the report printed is not repeated
-                click.echo(f"error: {one_line(exc.message)}"
-                           + (f"; {_written()}" if lost else ""), err=True)
+                said = f"; {_written(written)}" if lost else ""
+                click.echo(f"error: {one_line(exc.message)}{said}", err=True)
             if exc.hint:
                 click.echo(f"hint: {one_line(exc.hint)}", err=True)
-            from .render.console import json_emitted
-
-            if wants_json and not json_emitted():  # a script reading --json gets JSON, once
+            if wants_json and not output.json_documents:  # a script reading --json gets JSON, once
                 from .render.console import json_text
 
                 click.echo(json_text({"error": exc.message, "hint": exc.hint,
@@ -166,22 +162,22 @@ class LazyGroup(click.Group):
             names = [o for p in getattr(command, "params", []) for o in p.opts + p.secondary_opts
                      if o.startswith("-")]
             near = closest(exc.option_name, names)
-            exc.possibilities = [near] if near else []
+            exc.possibilities = [near] if near else []  # type: ignore[misc]  # click's Final
             raise _usage_error(exc) from None
         except click.UsageError as exc:
             raise _usage_error(exc) from None
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except KeyboardInterrupt:
-            click.echo(f"interrupted; {_written()}", err=True)
+            click.echo(f"interrupted; {_written(written)}", err=True)
             ctx.exit(EXIT_INTERRUPTED)
         except Exception as exc:  # MemoryError included
             if debug:
                 traceback.print_exc()
-            if is_out_of_memory(exc):
+            if exit_code_of(exc) == EXIT_BAD_INPUT:  # a failed allocation
                 click.echo(printable(f"error: out of memory: `{self._asked()}` asks for more "
                                      f"memory than this machine has ({_allocation(exc)}); "
-                                     f"{_written()}"), err=True)
+                                     f"{_written(written)}"), err=True)
                 click.echo("hint: use a smaller --batch or --input-size, or a smaller network",
                            err=True)
                 ctx.exit(EXIT_BAD_INPUT)
@@ -190,7 +186,9 @@ class LazyGroup(click.Group):
                                  f"{first_line(str(exc), 300)}"), err=True)
             click.echo("hint: this is a bug in mobileone; please report it with the output of "
                        "the same command run with --debug", err=True)
-            ctx.exit(EXIT_INTERNAL)
+            ctx.exit(exit_code_of(exc))
+        finally:
+            run.close()
 
     def _asked(self, width: int = 160) -> str:
         text = " ".join(["mobileone"] + [str(a) for a in getattr(self, "argv", [])])
@@ -252,13 +250,11 @@ def _verbosity(ctx: click.Context) -> int:
     return QUIET if quiet else VERBOSE if verbose else NORMAL
 
 
-def _written() -> str:
+def _written(written: List[str]) -> str:
     """What an interrupted run leaves behind, as it happened."""
-    from .io.write import published
-
-    if not published:
+    if not written:
         return "nothing was written"
-    return "already written: " + one_line(", ".join(published), 500)
+    return "already written: " + one_line(", ".join(written), 500)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -267,11 +263,18 @@ def main(argv: Optional[List[str]] = None) -> None:
     it at once (:mod:`.commands._run`); stdout and stderr never crash it
     (:mod:`.render.streams`)."""
     from .commands._run import run_interruptibly
+    from .io.write import recording_writes
     from .render.streams import guard_standard_streams
 
     guard_standard_streams()
+    written: List[str] = []  # filled by the work's thread, read by this one on a signal
+
+    def work():
+        with recording_writes(into=written):
+            return cli.main(args=argv, prog_name="mobileone")
+
     try:
-        run_interruptibly(lambda: cli.main(args=argv, prog_name="mobileone"), _written)
+        run_interruptibly(work, lambda: _written(written))
     finally:
         for stream in (sys.stdout, sys.stderr):
             try:
@@ -282,39 +285,16 @@ def main(argv: Optional[List[str]] = None) -> None:
 
 def entry_point() -> None:
     """The ``mobileone`` script and ``python -m mobileone_cli``: :func:`main`, then the exit
-    without the interpreter's teardown where that is safe (:func:`_exit_skipping_teardown`)."""
+    without the interpreter's teardown where that is safe
+    (:func:`mobileone_cli.platform.exit_skipping_teardown`)."""
+    from .platform import exit_skipping_teardown, may_skip_teardown
+
     try:
         main()
     except SystemExit as exc:
-        if not _may_skip_teardown(exc.code):
+        if not may_skip_teardown(exc.code):
             raise
-        _exit_skipping_teardown(exc.code or 0)
-
-
-def _may_skip_teardown(code: object) -> bool:
-    """A command that imported torch, with an integer exit code and no thread still working."""
-    import threading
-
-    return ((code is None or isinstance(code, int)) and "torch" in sys.modules
-            and all(t.daemon or t is threading.main_thread() for t in threading.enumerate()))
-
-
-def _exit_skipping_teardown(code: int) -> None:
-    """Exit as the interpreter would, minus its teardown.
-
-    After the work is done and every file is closed, the interpreter frees torch's objects one
-    by one: 0.2-0.3 s of every command that imported it, which the OS does at once.  The exit
-    handlers still run (temporary folders, worker pools) and the output is flushed first."""
-    import atexit
-    import os
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
-            pass
-    os._exit(code)
+        exit_skipping_teardown(int(exc.code or 0))
 
 
 if __name__ == "__main__":  # pragma: no cover

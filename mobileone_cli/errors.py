@@ -12,7 +12,8 @@ from typing import Optional
 
 __all__ = ["MobileOneError", "BadInput", "VerificationFailed", "EXIT_OK", "EXIT_MISMATCH",
            "EXIT_BAD_INPUT", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "printable", "first_line",
-           "most_serious", "is_out_of_memory", "one_line", "MAX_MESSAGE"]
+           "most_serious", "is_out_of_memory", "one_line", "MAX_MESSAGE", "exit_code_of",
+           "EXIT_STATUS", "raised_in_package"]
 
 EXIT_OK = 0
 EXIT_MISMATCH = 1
@@ -44,6 +45,41 @@ class VerificationFailed(MobileOneError):
     """The two models do not compute the same function within tolerance: exit 1."""
 
     exit_code = EXIT_MISMATCH
+
+
+# The word a report uses for each exit code (one row of a batch, a JSON "status").
+EXIT_STATUS = {EXIT_OK: "ok", EXIT_MISMATCH: "mismatch", EXIT_BAD_INPUT: "bad input",
+               EXIT_INTERNAL: "internal error", EXIT_INTERRUPTED: "interrupted"}
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The exit code of an exception that ends a job: the policy of the whole tool.
+
+    A MobileOneError carries its own; Ctrl-C (and SIGTERM, which the CLI turns into it) is 130;
+    a failed allocation is bad input (the input asked for more memory than there is); anything
+    else is a bug (3)."""
+    if isinstance(exc, MobileOneError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if is_out_of_memory(exc):
+        return EXIT_BAD_INPUT
+    return EXIT_INTERNAL
+
+
+def raised_in_package(exc: BaseException) -> bool:
+    """The innermost frame of ``exc`` is code of this package (not torch, pickle or zipfile):
+    where a reader catches a library's many exception types as 'bad file', an exception our own
+    code raised is a bug in the reader, not a property of the file."""
+    import os
+
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(here + os.sep)
 
 
 def most_serious(codes) -> int:

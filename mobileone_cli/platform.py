@@ -1,36 +1,23 @@
-"""Memory a job will need, estimated from the architecture before anything is allocated.
+"""What this process learns from and does to the machine it runs on: the memory available now
+(Linux /proc and cgroups), handing freed heap back (glibc ``malloc_trim``), and the exit of the
+console script without the interpreter's teardown.
 
-A config within every bound of :mod:`.limits` can still describe a network of a trillion
-parameters (six stages of 64 pairs at 16384 channels).  Counting it is arithmetic; building it
-is not: on Linux such a job does not fail with MemoryError but grows until the kernel kills it
-(or the machine swaps).  Jobs that build models (``demo``, ``stats --bench``, the checks of
-``verify``, ``convert`` and ``export``) therefore compare a rough, deliberately generous estimate
-with the memory the machine has available and refuse, naming both numbers, when it cannot fit.
-The estimate counts the copies of the weights a check may hold at once and the activations of
-one forward pass.  This module never imports torch.
+A config within every bound of :mod:`.rules.limits` can still describe a network of a trillion
+parameters; on Linux such a job does not fail with MemoryError but grows until the kernel kills
+it.  Jobs that build models compare :func:`mobileone_cli.arch.memory.job_bytes` (arithmetic on
+the architecture) with :func:`available_memory` through :func:`check_memory`, and refuse, naming
+both numbers, when it cannot fit.  This module never imports torch.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import sys
+from typing import Any, Optional
 
 from .errors import BadInput
-from .arch.specs import ArchSpec
+from .rules.dtypes import human_bytes
 
-__all__ = ["available_memory", "weight_elements", "activation_elements", "job_bytes",
-           "check_memory", "WEIGHT_COPIES", "human", "release_freed_heap"]
-
-# Copies of the train-form weights, in float32 units, that a check may hold at once: the train
-# and deploy files (their models share those tensors), and, when a check runs several chunks of
-# images, the blocks it keeps cast to float64 and perturbed (2 + 2 + 2); with room to spare.
-WEIGHT_COPIES = 10
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000.0
-    return f"{n:.1f} TB"
+__all__ = ["available_memory", "check_memory", "release_freed_heap", "may_skip_teardown",
+           "exit_skipping_teardown"]
 
 
 def available_memory() -> Optional[int]:
@@ -75,57 +62,15 @@ def _cgroup_left() -> Optional[int]:
     return None
 
 
-def weight_elements(arch: ArchSpec) -> int:
-    """Elements of every tensor of the train form (the larger form)."""
-    total = 0
-    for b in arch.block_specs():
-        cpg = b.in_channels // b.groups
-        per_bn = 4 * b.out_channels
-        branches = b.conv_branches + (1 if b.has_scale else 0) + (1 if b.has_identity else 0)
-        total += b.conv_branches * b.out_channels * cpg * b.kernel_size ** 2
-        total += (b.out_channels * cpg if b.has_scale else 0) + branches * per_bn
-        if b.se_channels:
-            total += 2 * b.se_channels * b.out_channels + b.se_channels + b.out_channels
-    last = arch.widths[-1] if arch.widths else arch.stem_channels
-    return total + (arch.num_classes * (last + 1) if arch.num_classes else 0)
-
-
-def activation_elements(arch: ArchSpec, input_size: Sequence[int]) -> Tuple[int, int]:
-    """(largest, sum) of the block outputs of one image of ``input_size``."""
-    h, w = int(input_size[0]), int(input_size[1])
-    largest = total = arch.in_channels * h * w
-    for b in arch.block_specs():
-        h = max(1, (h + 2 * b.padding - b.kernel_size) // b.stride + 1)
-        w = max(1, (w + 2 * b.padding - b.kernel_size) // b.stride + 1)
-        n = b.out_channels * h * w
-        largest = max(largest, n)
-        total += n
-    return largest, total
-
-
-def job_bytes(arch: ArchSpec, input_size: Sequence[int] = (224, 224), per_pass: int = 1,
-              images: int = 0) -> int:
-    """Generous estimate of the peak bytes of building, fusing and checking ``arch`` with
-    ``per_pass`` images of ``input_size`` in one forward pass (``images`` held in all)."""
-    largest, total = activation_elements(arch, input_size)
-    branches = max((b.conv_branches for b in arch.block_specs()), default=1) + 3
-    # float64 passes; three models side by side; the block outputs of a pass are compared
-    # as they come, the branches of the widest block exist at once.
-    per_image = 8 * 3 * (largest * branches + total)
-    h, w = int(input_size[0]), int(input_size[1])
-    inputs = 12 * images * arch.in_channels * h * w  # generated in float64, kept in float32
-    return 4 * WEIGHT_COPIES * weight_elements(arch) + per_pass * per_image + inputs
-
-
 def check_memory(need: int, what: str, hint: Optional[str] = None) -> None:
     """BadInput naming ``what`` when ``need`` bytes exceed the memory available now."""
     have = available_memory()
     if have is not None and need > have:
-        raise BadInput(f"{what} needs about {human(need)} of memory; this machine has "
-                       f"{human(have)} available", hint=hint)
+        raise BadInput(f"{what} needs about {human_bytes(need)} of memory; this machine has "
+                       f"{human_bytes(have)} available", hint=hint)
 
 
-_TRIM = None  # glibc's malloc_trim, False where the C library has none
+_TRIM: Any = None  # glibc's malloc_trim, False where the C library has none
 
 
 def release_freed_heap() -> None:
@@ -145,3 +90,29 @@ def release_freed_heap() -> None:
             _TRIM = False
     if _TRIM:
         _TRIM(0)
+
+
+def may_skip_teardown(code: object) -> bool:
+    """A command that imported torch, with an integer exit code and no thread still working."""
+    import threading
+
+    return ((code is None or isinstance(code, int)) and "torch" in sys.modules
+            and all(t.daemon or t is threading.main_thread() for t in threading.enumerate()))
+
+
+def exit_skipping_teardown(code: int) -> None:
+    """Exit as the interpreter would, minus its teardown.
+
+    After the work is done and every file is closed, the interpreter frees torch's objects one
+    by one: 0.2-0.3 s of every command that imported it, which the OS does at once.  The exit
+    handlers still run (temporary folders, worker pools) and the output is flushed first."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
+            pass
+    os._exit(code)

@@ -2,36 +2,42 @@
 
 Torch-free and at the bottom of the layers, so every job can record its steps; the renderers
 show them (``render.console.render_timings``) and ``--json`` reports them as ``timings_s``.
-A step also tells the process's step listener (if one is set, :func:`set_listener`) when it
-starts and ends: the command line draws progress from that (``render.progress``), so a job
-never depends on how (or whether) progress is shown.
+A step also tells the run's step listener (if one is set, :func:`listening`) when it starts and
+ends: the command line draws progress from that (``render.progress``), so a job never depends on
+how (or whether) progress is shown.  The listener is a context variable: concurrent or nested
+runs each tell their own.
 """
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional
+from contextvars import ContextVar
+from typing import Callable, Dict, Iterator, Optional
 
-__all__ = ["Steps", "step", "set_listener", "listener"]
+__all__ = ["Steps", "step", "listening", "listener"]
 
 # (event, name) with event 'start' or 'end'; None: nobody is watching.
 Listener = Callable[[str, str], None]
-_listener: List[Optional[Listener]] = [None]
+_LISTENER: ContextVar[Optional[Listener]] = ContextVar("mobileone_step_listener", default=None)
 
 
-def set_listener(fn: Optional[Listener]) -> Optional[Listener]:
-    """Make ``fn`` the step listener of this process; returns the one it replaces."""
-    old, _listener[0] = _listener[0], fn
-    return old
+@contextmanager
+def listening(fn: Optional[Listener]) -> Iterator[None]:
+    """``fn`` is told the steps that run inside the block (None: nobody is)."""
+    token = _LISTENER.set(fn)
+    try:
+        yield
+    finally:
+        _LISTENER.reset(token)
 
 
 def listener() -> Optional[Listener]:
-    return _listener[0]
+    return _LISTENER.get()
 
 
 @contextmanager
 def _told(name: str) -> Iterator[None]:
-    fn = _listener[0]
+    fn = _LISTENER.get()
     if fn is None:
         yield
         return

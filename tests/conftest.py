@@ -1,18 +1,29 @@
-"""Shared fixtures: synthetic checkpoints with random weights AND random BN statistics."""
+"""Shared fixtures and the small networks of the tests (each name means one network):
+synthetic checkpoints with random weights AND random BN statistics."""
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from mobileone_cli.arch.specs import get_arch
+from mobileone_cli.arch.specs import ArchSpec, get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.cli import cli
 from mobileone_cli.models.synthetic import random_state_dict
 
 ARCHS = ("s0", "s1", "s2", "s3", "s4")
+# Three stages, small enough to fuse and check in milliseconds, with every kind of block: k = 1..3,
+# scale and identity branches, stride 2, SE, a head.
+TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
+                conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
+# Four stages like the released variants (k = 2, SE in the last two stages), still small; named
+# "custom", as detection names a network that is no released variant.
+FOUR_STAGE = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64),
+                      blocks=(1, 2, 1, 1), conv_branches=(2, 2, 2, 2), se_blocks=(0, 0, 1, 1),
+                      num_classes=10)
 
 
 def invoke(*args: str):
@@ -24,6 +35,22 @@ def invoke(*args: str):
 @pytest.fixture
 def run_cli():
     return invoke
+
+
+@pytest.fixture
+def tiny_sd():
+    """A train-form Apple-layout state dict of TINY."""
+    return random_state_dict(TINY, seed=1)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run faster on one thread than on several busy ones (modules that check
+    many tiny networks use it: ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -45,15 +72,57 @@ def write_ckpt(tmp_path):
     return _write
 
 
-# Reference section 1, typed in again: stem C, stage widths, whether the variant has SE.
-REF = {"s0": (48, (48, 128, 256, 1024), False), "s1": (64, (96, 192, 512, 1280), False),
-       "s2": (64, (96, 256, 640, 2048), False), "s3": (64, (128, 320, 768, 2048), False),
-       "s4": (64, (192, 448, 896, 2048), True)}
+LAYOUTS = ("apple", "mmpretrain", "timm")
+# The published architecture (apple/ml-mobileone): stem C, stage widths, SE, conv branches k of the
+# stages (the stem always has k = 1).
+REF = {"s0": (48, (48, 128, 256, 1024), False, 4), "s1": (64, (96, 192, 512, 1280), False, 1),
+       "s2": (64, (96, 256, 640, 2048), False, 1), "s3": (64, (128, 320, 768, 2048), False, 1),
+       "s4": (64, (192, 448, 896, 2048), True, 1)}
+# Key counts train / deploy of the three libraries' state dicts.
+COUNTS = {"s0": (1323, 88), "s1": (562, 88), "s2": (562, 88), "s3": (562, 88), "s4": (610, 136)}
+
+# One row per part: Apple's name -> (mmpretrain's, timm's).
+PARTS = [
+    (r"rbr_conv\.(\d+)\.conv\.", (r"branch_conv_list.\1.conv.", r"conv_kxk.\1.conv.")),
+    (r"rbr_conv\.(\d+)\.bn\.", (r"branch_conv_list.\1.norm.", r"conv_kxk.\1.bn.")),
+    (r"rbr_scale\.conv\.", ("branch_scale.conv.", "conv_scale.conv.")),
+    (r"rbr_scale\.bn\.", ("branch_scale.norm.", "conv_scale.bn.")),
+    (r"rbr_skip\.", ("branch_norm.", "identity.")),
+    (r"se\.reduce\.", ("se.conv1.conv.", "attn.fc1.")),
+    (r"se\.expand\.", ("se.conv2.conv.", "attn.fc2.")),
+    (r"reparam_conv\.", ("branch_reparam.", "reparam_conv.")),
+]
+
+
+def translate(key: str, layout: str) -> str:
+    """An Apple key in ``layout``, by mmpretrain's and timm's module names (no mobileone_cli code
+    involved)."""
+    if layout == "apple":
+        return key
+    col = {"mmpretrain": 0, "timm": 1}[layout]
+    if key.startswith("linear."):
+        return "head.fc." + key[len("linear."):]
+    m = re.match(r"stage0\.(.*)$", key)
+    if m:
+        block, rest = ("backbone.stage0." if col == 0 else "stem."), m.group(1)
+    else:
+        m = re.match(r"stage(\d)\.(\d+)\.(.*)$", key)
+        s, j, rest = int(m.group(1)), m.group(2), m.group(3)
+        block = f"backbone.stage{s}.{j}." if col == 0 else f"stages.{s - 1}.{j}."
+    for pat, repl in PARTS:
+        new, n = re.subn("^" + pat, repl[col], rest)
+        if n:
+            return block + new
+    raise AssertionError(f"no rule for {key}")
+
+
+def as_layout(sd, layout):
+    return {translate(k, layout): v for k, v in sd.items()}
 
 
 def expected_deploy_keys(arch: str):
     """[(key, shape)] of Apple's mobileone(variant, inference_mode=True), from the reference."""
-    stem, widths, se = REF[arch]
+    stem, widths, se, _ = REF[arch]
     out = [("stage0.reparam_conv.weight", (stem, 3, 3, 3)), ("stage0.reparam_conv.bias", (stem,))]
     c = stem
     for s, (w, pairs) in enumerate(zip(widths, (2, 8, 10, 1)), start=1):

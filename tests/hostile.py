@@ -1,16 +1,18 @@
-"""Shared by tests/test_hostile_*.py: a tiny MobileOne, the refusal oracle, hostile-file builders,
+"""Shared by tests/test_hostile_*.py: the refusal oracle, hostile-file builders, hostile pickles,
 and a runner that measures a command's CPU time and peak memory in its own process.
 
 The oracle of every refusal: its exit code, no Python traceback, exactly one ``error:`` line
 (plus optional ``hint:``/``warning:`` lines) naming what is wrong, and neither DST nor a temp
-file afterwards.  Hostile inputs that once cost gigabytes or minutes are run in a subprocess
-under an address-space limit far below that failure; the program reports its own peak RSS
-(``VmHWM``) and the kernel its CPU time (``os.wait4``), which, unlike wall time, does not grow
-when the machine is busy with other work.
+file afterwards.  Hostile inputs that would cost gigabytes or minutes unbounded run in a
+subprocess under an address-space limit far below that failure; the program reports its own
+peak RSS (``VmHWM``) and the kernel its CPU time (``os.wait4``), which, unlike wall time, does
+not grow when the machine is busy with other work.
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
+import json
 import os
 import struct
 import subprocess
@@ -26,31 +28,12 @@ from typing import Dict, List, Optional, Sequence
 import pytest
 import torch
 
+from mobileone_cli.errors import BadInput
 from mobileone_cli.io.leftovers import TEMP_PREFIX
 from mobileone_cli.models.mobileone import MobileOne
-from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.arch.specs import ArchSpec
 from mobileone_cli.arch.layouts import remap
 
-from .conftest import invoke  # noqa: F401 (the CLI in this process, for the test files)
-
-TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
-                conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny convolutions run faster on one thread than on several busy ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture
-def tiny_sd():
-    return random_state_dict(TINY, seed=1)
-
+from .conftest import TINY, invoke  # noqa: F401 (the CLI in this process, for the test files)
 
 def temp_files(folder) -> list:
     """Temp files of this tool (or any ``.tmp``) left in ``folder``."""
@@ -279,3 +262,75 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+# ----------------------------------------------------------------------- hostile pickles
+
+class Payload:
+    """Unpickling this calls ``func(*args)``, which would create the marker file.
+
+    Only the call is pickled (the global and its arguments), as in a real malicious checkpoint."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _write_marker(marker):
+    return f"open({str(marker)!r}, 'w').write('pwned')"
+
+
+PAYLOADS = {
+    "posix.system": lambda marker: Payload(os.system, f"touch {marker}"),
+    "builtins.exec": lambda marker: Payload(builtins.exec, _write_marker(marker)),
+    "builtins.eval": lambda marker: Payload(builtins.eval, _write_marker(marker)),
+    "subprocess.Popen": lambda marker: Payload(subprocess.Popen, ["touch", str(marker)]),
+}
+
+
+# ----------------------------------------------------------------------- shared checks
+
+def refused(fn, *needles):
+    with pytest.raises(BadInput) as info:
+        fn()
+    for needle in needles:
+        assert needle in info.value.message, (needle, info.value.message)
+    assert "\n" not in info.value.message
+    return info.value.message
+
+
+def returns_quickly(fn, seconds: float = 20.0):
+    """``fn()``'s outcome; fails (instead of hanging the suite) if it blocks."""
+    box = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the test
+            box["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), f"blocked for {seconds} s"
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def fake_package(root, weights_path="com.apple.CoreML/weights",
+                 model_path="com.apple.CoreML/model.mlmodel") -> str:
+    """The folder structure coremltools writes (Manifest.json naming the model and weights)."""
+    pkg = os.path.join(root, "m.mlpackage")
+    data = os.path.join(pkg, "Data", "com.apple.CoreML")
+    os.makedirs(os.path.join(data, "weights"))
+    open(os.path.join(data, "model.mlmodel"), "wb").write(b"\0" * 16)
+    open(os.path.join(data, "weights", "weight.bin"), "wb").write(b"\0" * 64)
+    manifest = {"fileFormatVersion": "1.0.0", "rootModelIdentifier": "a", "itemInfoEntries": {
+        "a": {"author": "com.apple.CoreML", "name": "model.mlmodel", "path": model_path},
+        "b": {"author": "com.apple.CoreML", "name": "weights", "path": weights_path}}}
+    with open(os.path.join(pkg, "Manifest.json"), "w") as fh:
+        json.dump(manifest, fh)
+    return pkg

@@ -14,7 +14,6 @@ import os
 import pytest
 import torch
 
-from mobileone_cli.arch.specs import ArchSpec
 from mobileone_cli.jobs.batch import (BatchItem, batch_exit_code, convert_many, find_checkpoints,
                                  plan_batch)
 from mobileone_cli.io.read import load_checkpoint
@@ -24,13 +23,13 @@ from mobileone_cli.arch.layouts import remap, schema
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
+from .conftest import FOUR_STAGE
 
-TINY = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64), blocks=(1, 2, 1, 1),
-                conv_branches=(2, 2, 2, 2), se_blocks=(0, 0, 1, 1), num_classes=10)
+
 
 
 def _write(path, layout="apple", seed=0):
-    sd = random_state_dict(TINY, layout=layout, seed=seed)
+    sd = random_state_dict(FOUR_STAGE, layout=layout, seed=seed)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_checkpoint(str(path), sd, force=True)
     return sd
@@ -38,7 +37,7 @@ def _write(path, layout="apple", seed=0):
 
 def _matches_train(train_sd, layout, out_path):
     """The written deploy file computes what the train model (eval mode) computes."""
-    arch = TINY
+    arch = FOUR_STAGE
     out = load_checkpoint(str(out_path)).state_dict
     train = MobileOne(arch).eval()
     train.load_state_dict(remap(train_sd, arch, layout, "apple", "train"))
@@ -115,8 +114,8 @@ def test_several_files_into_a_folder_all_good(tmp_path, run_cli):
     sd = load_checkpoint(str(out / "m_deploy.pth")).state_dict
     assert all(v.dtype == torch.float16 for v in sd.values())
     assert "stem.reparam_conv.weight" in sd
-    assert len(a) == len(schema(TINY, "apple", "train"))
-    assert len(sd) == len(schema(TINY, "timm", "deploy"))
+    assert len(a) == len(schema(FOUR_STAGE, "apple", "train"))
+    assert len(sd) == len(schema(FOUR_STAGE, "timm", "deploy"))
 
 
 def test_existing_outputs_are_kept_without_force(tmp_path, run_cli):

@@ -182,7 +182,7 @@ def test_quiet_and_verbose_exclude_each_other(run_cli):
 def test_mobileone_style_blocks_outside_a_mobileone_suggest_generic(run_cli, tmp_path, command):
     import torch
 
-    from tests.test_generic import FastVitLike, randomize
+    from .nets import FastVitLike, randomize
 
     src = str(tmp_path / "fastvit.pth")
     torch.save(randomize(FastVitLike(), seed=3).state_dict(), src)

@@ -1,9 +1,10 @@
 """YAML model configs (`--config FILE`).
 
-The s0..s4 configs below are typed in from the reference tables (shared/reference/mobileone.md,
-section 1: width multipliers, k, SE pairs) in mmpretrain's own arch-dict names, so a config that
-loads to the built-in spec, with the same keys and shapes in every layout and form, is checked
-against an independent source.  Key counts come from the reference's section 3.
+The s0..s4 configs below are typed in from the published architecture (apple/ml-mobileone and
+mmpretrain's arch settings: width multipliers, k, SE pairs) in mmpretrain's own arch-dict names,
+so a config that loads to the built-in spec, with the same keys and shapes in every layout and
+form, is checked against an independent source.  Key counts are those of the three libraries'
+state dicts.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from mobileone_cli.models.synthetic import random_state_dict
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "examples", "custom_3stage.yaml")
 
-# Reference section 1: width multipliers, k, SE pairs; section 3: train / deploy key counts.
+# The published architecture: width multipliers, k, SE pairs; train / deploy key counts.
 REFERENCE = {
     "s0": ([0.75, 1.0, 1.0, 2.0], 4, [0, 0, 0, 0], 1323, 88),
     "s1": ([1.5, 1.5, 2.0, 2.5], 1, [0, 0, 0, 0], 562, 88),

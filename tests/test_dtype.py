@@ -10,18 +10,15 @@ import pytest
 import torch
 
 import mobileone_cli.fuse.fusion as fusion
-from mobileone_cli.arch.specs import ArchSpec
 from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.jobs.convert import convert_file
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
+from .conftest import FOUR_STAGE
+
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-# A small MobileOne (SE in the last two stages, k=2) that detection recognises from its shapes:
-# float64 reference runs of s0 are slow; the CLI test below uses s0.
-TINY = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64), blocks=(1, 2, 1, 1),
-                conv_branches=(2, 2, 2, 2), se_blocks=(0, 0, 1, 1), num_classes=10)
 
 
 def _model(sd, arch, deploy):
@@ -42,7 +39,7 @@ def _images(size):
 
 
 def test_fp16_and_bf16_outputs_and_reported_rounding_cost(tmp_path):
-    arch = TINY
+    arch = FOUR_STAGE
     sd = random_state_dict(arch, seed=31)
     src = str(tmp_path / "tiny_train.pth")
     torch.save(sd, src)
@@ -93,7 +90,7 @@ def test_cli_dtype_summary_and_json(write_ckpt, run_cli, tmp_path):
 
 
 def test_deploy_input_rounding_is_measured_against_itself(tmp_path):
-    arch = TINY
+    arch = FOUR_STAGE
     deploy = fuse_state_dict(random_state_dict(arch, seed=33), arch)
     src = str(tmp_path / "tiny_deploy.pth")
     torch.save(deploy, src)
@@ -109,7 +106,7 @@ def test_deploy_input_rounding_is_measured_against_itself(tmp_path):
 
 
 def test_fusion_error_still_fails_with_dtype(run_cli, tmp_path, monkeypatch):
-    """--dtype used to skip the tolerance check; a wrong fusion must still exit 1."""
+    """--dtype does not skip the tolerance check: a wrong fusion still exits 1."""
     real = fusion.fuse_state_dict
 
     def broken(*args, **kw):
@@ -120,7 +117,7 @@ def test_fusion_error_still_fails_with_dtype(run_cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(fusion, "fuse_state_dict", broken)
     src = str(tmp_path / "tiny_train.pth")
-    torch.save(random_state_dict(TINY, seed=34), src)
+    torch.save(random_state_dict(FOUR_STAGE, seed=34), src)
     dst = tmp_path / "tiny_fp16.pth"
     res = run_cli("convert", src, str(dst), "--dtype", "fp16")
     assert res.exit_code == 1, res.output

@@ -10,7 +10,6 @@ a constant image.
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest

@@ -16,7 +16,7 @@ def test_python_api_tour(tmp_path):
     text = out.stdout
     assert "verify: equal" in text
     assert "inspect: safetensors timm deploy s1" in text
-    # s1 counts from the reference tables (section 5), typed in independently.
+    # s1 counts of the published models at 224x224, typed in independently.
     assert re.search(r"stats: train\s+4,825,192 params\s+830,062,080 MACs", text)
     assert re.search(r"stats: deploy\s+4,764,840 params\s+825,057,024 MACs", text)
     for rel in re.findall(r"max rel diff ([0-9.e+-]+)", text):

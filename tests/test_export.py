@@ -131,16 +131,16 @@ def test_onnx_check_catches_a_different_model(exported):
 def test_failed_check_writes_nothing(write_ckpt, tmp_path, monkeypatch):
     """A graph that computes something else (here: one bias changed before export) -> exit 1,
     no OUT, no temp file."""
-    import mobileone_cli.jobs.export as ex
+    import mobileone_cli.runtimes.onnx as onnx_runtime
 
-    real = ex.export_model
+    real = onnx_runtime.export
 
     def tampered(model, path, **kw):
         conv = model.stage1[0].reparam_conv  # a new tensor: the model shares the checked weights
         conv.bias = torch.nn.Parameter(conv.bias.detach() + 0.05)
         return real(model, path, **kw)
 
-    monkeypatch.setattr(ex, "export_model", tampered)
+    monkeypatch.setattr(onnx_runtime, "export", tampered)
     src = write_ckpt("s0", seed=5)
     dst = str(tmp_path / "bad.onnx")
     with pytest.raises(VerificationFailed, match="nothing was written"):

@@ -22,7 +22,8 @@ from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.rules import limits
 
 from .fetchserver import APPLE, COMMIT, MMPRETRAIN, FetchServer
-from .hostile import TINY, assert_one_error, deploy_matches_train, invoke
+from .conftest import TINY, invoke
+from .hostile import assert_one_error, deploy_matches_train
 
 S0 = APPLE + "mobileone_s0_unfused.pth.tar"
 S0_FUSED = APPLE + "mobileone_s0.pth.tar"

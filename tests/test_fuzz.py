@@ -4,9 +4,9 @@ Every mutated file must end in exit 0 with an output that this test verifies its
 train-form model in eval mode vs the deploy file), or in exit 2 with a one-line error; never exit
 3, never a traceback, never a partial output or a temp file.
 
-The default run is small; ``pytest --fuzz-n N`` (or ``MOBILEONE_FUZZ_N=N``) runs N inputs, and
-``MOBILEONE_FUZZ_SEED`` picks other mutations.  Both print how many inputs were tried (``-s``,
-and the terminal summary).
+The quick tier tries QUICK_N mutations, the full run (marked slow) DEFAULT_N; ``pytest --fuzz-n
+N`` (or ``MOBILEONE_FUZZ_N=N``) makes the full run N inputs, and ``MOBILEONE_FUZZ_SEED`` picks
+other mutations.  Both print how many inputs were tried (``-s``, and the terminal summary).
 """
 from __future__ import annotations
 
@@ -26,11 +26,10 @@ from mobileone_cli.arch.layouts import remap
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
-DEFAULT_N = 240
-# Small enough to fuse and check in milliseconds; still has every part: k > 1 conv branches,
-# scale and identity branches, strided and depthwise blocks, SE, a head.
-TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
-                conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
+from .conftest import TINY
+
+DEFAULT_N = 240  # the slow run (--fuzz-n N or MOBILEONE_FUZZ_N=N for more)
+QUICK_N = 24  # the quick tier (-m "not slow"): the first mutations of the same sequence
 CHECK_SIZE = (32, 32)  # the CLI's built-in verification runs on images of this size here
 
 
@@ -404,8 +403,11 @@ def has_command(name: str) -> bool:
     return importlib.util.find_spec(f"mobileone_cli.commands.{name}") is not None
 
 
-def test_fuzz_convert(run_cli, tmp_path, request, small_check, record_property):
-    n = fuzz_count(request.config)
+@pytest.mark.parametrize("run", [pytest.param("quick", id="quick"),
+                                 pytest.param("full", id="full", marks=pytest.mark.slow)])
+def test_fuzz_convert(run, run_cli, tmp_path, request, small_check, record_property):
+    """The quick tier tries the first QUICK_N mutations; the slow run DEFAULT_N (or --fuzz-n)."""
+    n = QUICK_N if run == "quick" else fuzz_count(request.config)
     rng = random.Random(int(os.environ.get("MOBILEONE_FUZZ_SEED", "20240606")))
     base = {s: random_state_dict(s.arch, form=s.form, layout=s.layout, seed=i + 1)
             for i, s in enumerate(SEEDS)}
@@ -448,6 +450,7 @@ def report(request, record_property, line: str, tried: int) -> None:
     config._mobileone_summary = getattr(config, "_mobileone_summary", []) + [line]
 
 
+@pytest.mark.slow
 def test_fuzz_real_variant(run_cli, tmp_path, request, small_check, record_property):
     """A few mutations of a full-size s1 checkpoint: real shapes, real key counts."""
     rng = random.Random(7)

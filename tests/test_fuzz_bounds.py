@@ -26,7 +26,7 @@ from mobileone_cli.io.bounds import claimed_bytes
 from mobileone_cli.io.read import load_object
 from mobileone_cli.rules import limits
 
-from .test_hostile_bounds import returns_quickly
+from .hostile import fake_package, returns_quickly
 
 pytestmark = pytest.mark.slow
 
@@ -164,7 +164,6 @@ def test_fuzz_image_folders(tmp_path):
 def test_fuzz_package_manifests(tmp_path):
     from mobileone_cli.runtimes.confine import check_package
 
-    from .test_hostile_external import fake_package
 
     parts = ["..", ".", "com.apple.CoreML", "weights", "model.mlmodel", "/", "/dev", "zero",
              "link", ""]
@@ -195,7 +194,7 @@ def test_fuzz_onnx_loops_and_external_data(tmp_path):
 
     from mobileone_cli.runtimes.onnx_guard import check_graph
 
-    from .test_hostile_external import external_model, loop_model
+    from .onnx_graphs import external_model, loop_model
 
     for i, rng in cases("onnx"):
         if rng.random() < 0.5:

@@ -17,15 +17,11 @@ from safetensors.torch import save_file
 from mobileone_cli.check.health import checkpoint_health
 from mobileone_cli.jobs.inspect import inspect_file
 from mobileone_cli.models.synthetic import random_state_dict
-from mobileone_cli.arch.specs import ArchSpec
 from mobileone_cli.arch.layouts import remap
 from mobileone_cli.rules.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE
 
-from .conftest import fold_by_hand
+from .conftest import TINY, fold_by_hand
 
-# Every kind of block: k = 1..3, scale and identity branches, SE, stride 2, a head.
-TINY = ArchSpec(name="tiny", stem_channels=8, widths=(8, 16, 24), blocks=(1, 2, 1),
-                conv_branches=(2, 1, 3), se_blocks=(0, 1, 1), num_classes=10)
 BLOCKS = [b.name for b in TINY.block_specs()]
 # Block paths of each file layout, written out: Apple 'stage2.1' is timm 'stages.1.1'.
 FILE_NAMES = {

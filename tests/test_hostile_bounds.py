@@ -12,19 +12,20 @@ nothing left behind) run in a measured subprocess.
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
 import torch
 
-from mobileone_cli.errors import BadInput
 from mobileone_cli.io.bounds import check_claims, tensors_in
 from mobileone_cli.io.read import load_checkpoint, load_object
 from mobileone_cli.io.text import read_text, text_lines
 from mobileone_cli.rules.limits import MAX_VIEW_BYTES
 
-from .hostile import (TINY, assert_bounded, assert_one_error, assert_refused, one_thread,  # noqa: F401
-                      run_bounded, temp_files, tiny_sd)
+from .hostile import (assert_bounded, assert_one_error, assert_refused, refused,
+                      returns_quickly, run_bounded)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def broadcast(n: int) -> torch.Tensor:
@@ -35,15 +36,6 @@ def broadcast(n: int) -> torch.Tensor:
 def overlapping(side: int) -> torch.Tensor:
     """A (side, side) tensor over 2 * side - 1 stored floats: row i starts at element i."""
     return torch.zeros(2 * side - 1).as_strided((side, side), (1, 1))
-
-
-def refused(fn, *needles):
-    with pytest.raises(BadInput) as info:
-        fn()
-    for needle in needles:
-        assert needle in info.value.message, (needle, info.value.message)
-    assert "\n" not in info.value.message
-    return info.value.message
 
 
 # ------------------------------------------------------------------------ tensor claims
@@ -124,25 +116,6 @@ def test_convert_with_one_huge_view_is_bounded(tmp_path, tiny_sd):
 
 
 # ------------------------------------------------------------------------ text inputs
-
-def returns_quickly(fn, seconds: float = 20.0):
-    """``fn()``'s outcome; fails (instead of hanging the suite) if it blocks."""
-    box = {}
-
-    def run():
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the test
-            box["error"] = exc
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"blocked for {seconds} s"
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
 
 @pytest.fixture
 def fifo(tmp_path):

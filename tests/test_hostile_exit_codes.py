@@ -9,8 +9,10 @@ import os
 import pytest
 import torch
 
-from .hostile import (HUGE_CONFIG, alias_bomb, assert_refused, one_thread,  # noqa: F401
-                      tiny_sd)
+from .hostile import HUGE_CONFIG, alias_bomb, assert_refused
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_usage_errors_exit_2(tmp_path, run_cli):

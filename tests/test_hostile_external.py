@@ -12,7 +12,6 @@ matters (the checks run before coremltools reads anything), by coremltools where
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -21,52 +20,22 @@ import torch
 
 from mobileone_cli.rules import limits
 
-from .hostile import assert_bounded, assert_one_error, run_bounded, one_thread, tiny_sd  # noqa: F401
-from .test_hostile_bounds import refused, returns_quickly
+from .hostile import (assert_bounded, assert_one_error, fake_package, refused, returns_quickly,
+                      run_bounded)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto as T, helper as h, numpy_helper as nh  # noqa: E402
+
+from .onnx_graphs import _body, _model, external_model, loop_model, save  # noqa: E402
 
 from mobileone_cli.runtimes import onnx as ort_runtime  # noqa: E402
 from mobileone_cli.runtimes.onnx_guard import RunTimedOut, check_loops  # noqa: E402
 
 
 # --------------------------------------------------------------------------- ONNX graphs
-
-def _model(nodes, inits, shape=(1, 3, 8, 8), out="out"):
-    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("input", T.FLOAT, list(shape))],
-                     [h.make_tensor_value_info(out, T.FLOAT, list(shape))], inits)
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
-    m.ir_version = 8
-    return m
-
-
-def _body(op="Identity", extra=()):
-    nodes = [h.make_node("Identity", ["cond_in"], ["cond_out"]), *extra,
-             h.make_node(op, ["x_in"] + (["W"] if op == "MatMul" else []), ["x_out"])]
-    return h.make_graph(nodes, "body", [
-        h.make_tensor_value_info("i", T.INT64, []), h.make_tensor_value_info("cond_in", T.BOOL, []),
-        h.make_tensor_value_info("x_in", T.FLOAT, None)],
-        [h.make_tensor_value_info("cond_out", T.BOOL, []),
-         h.make_tensor_value_info("x_out", T.FLOAT, None)])
-
-
-def loop_model(trips, body=None, shape=(1, 3, 8, 8), extra_inits=()):
-    """out = input after ``trips`` iterations of ``body`` (Identity by default); ``trips``
-    None: no trip count (runs until the condition turns false)."""
-    inits = [nh.from_array(np.array(True), "C"), *extra_inits]
-    if trips is not None:
-        inits.append(nh.from_array(np.array(trips, dtype=np.int64), "M"))
-    loop = h.make_node("Loop", ["M" if trips is not None else "", "C", "input"], ["out"],
-                       body=body or _body())
-    return _model([loop], inits, shape)
-
-
-def save(model, path) -> str:
-    onnx.save(model, str(path))
-    return str(path)
-
 
 @pytest.mark.parametrize("trips,needle", [(2 ** 62, "4,611,686,018,427,387,904 iterations"),
                                           (None, "without a constant trip count"),
@@ -127,24 +96,6 @@ def test_cli_verify_of_a_2_62_loop_is_refused_quickly(tmp_path, tiny_sd):
 
 # --------------------------------------------------------------------------- ONNX external data
 
-def external_model(folder, location, offset=None, length=None) -> str:
-    """An Identity-plus-Add graph whose addend (48 floats of 1.0) is external data at
-    ``location``; the real bytes are in ``w.bin``."""
-    w = nh.from_array(np.ones((1, 3, 4, 4), dtype=np.float32), "W")
-    m = _model([h.make_node("Add", ["input", "W"], ["out"])], [w], shape=(1, 3, 4, 4))
-    path = os.path.join(folder, "ext.onnx")
-    onnx.save_model(m, path, save_as_external_data=True, location="w.bin", size_threshold=0)
-    m = onnx.load(path, load_external_data=False)
-    t = m.graph.initializer[0]
-    entries = {"location": location, "offset": offset, "length": length}
-    del t.external_data[:]
-    for k, v in entries.items():
-        if v is not None:
-            t.external_data.add(key=k, value=str(v))
-    onnx.save_model(m, path)
-    return path
-
-
 def test_honest_external_data_loads_and_runs(tmp_path):
     art = ort_runtime.load(external_model(str(tmp_path), "w.bin"))
     x = torch.randn(1, 3, 4, 4)
@@ -175,22 +126,6 @@ def test_external_data_outside_the_model_is_refused(tmp_path, case):
 
 
 # --------------------------------------------------------------------------- .mlpackage
-
-def fake_package(root, weights_path="com.apple.CoreML/weights",
-                 model_path="com.apple.CoreML/model.mlmodel") -> str:
-    """The folder structure coremltools writes (Manifest.json naming the model and weights)."""
-    pkg = os.path.join(root, "m.mlpackage")
-    data = os.path.join(pkg, "Data", "com.apple.CoreML")
-    os.makedirs(os.path.join(data, "weights"))
-    open(os.path.join(data, "model.mlmodel"), "wb").write(b"\0" * 16)
-    open(os.path.join(data, "weights", "weight.bin"), "wb").write(b"\0" * 64)
-    manifest = {"fileFormatVersion": "1.0.0", "rootModelIdentifier": "a", "itemInfoEntries": {
-        "a": {"author": "com.apple.CoreML", "name": "model.mlmodel", "path": model_path},
-        "b": {"author": "com.apple.CoreML", "name": "weights", "path": weights_path}}}
-    with open(os.path.join(pkg, "Manifest.json"), "w") as fh:
-        json.dump(manifest, fh)
-    return pkg
-
 
 def test_honest_package_structure_passes(tmp_path):
     from mobileone_cli.runtimes.confine import check_package

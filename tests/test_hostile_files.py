@@ -13,8 +13,11 @@ import struct
 import pytest
 import torch
 
-from .hostile import (assert_bounded, assert_refused, one_thread, run_bounded,  # noqa: F401
-                      safetensors_with_header, tiny_sd, zip_bomb)
+from .hostile import (assert_bounded, assert_refused, run_bounded, safetensors_with_header,
+                      zip_bomb)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_missing_directory_and_empty(tmp_path, run_cli):

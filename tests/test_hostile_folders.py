@@ -25,9 +25,10 @@ from mobileone_cli.data.pipeline import (DecodeOutOfMemory, ImageError, load_ten
 from mobileone_cli.data.stream import stream_batches
 from mobileone_cli.errors import BadInput
 
-from .hostile import assert_refused, one_thread, tiny_sd  # noqa: F401
+from .hostile import assert_refused, returns_quickly
 from .imaging import class_tree, pattern, write_image
-from .test_hostile_bounds import returns_quickly
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 pytest.importorskip("PIL")
 

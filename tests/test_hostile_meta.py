@@ -18,7 +18,8 @@ import torch
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.rules.limits import MAX_META_DEPTH
 
-from .hostile import TINY, assert_refused
+from .conftest import TINY
+from .hostile import assert_refused
 
 LIMIT_S = 60
 LIMIT_RSS_MB = 2048

@@ -20,8 +20,9 @@ import torch
 
 import mobileone_cli
 
-from .hostile import assert_one_error, digest, one_thread, temp_files, tiny_sd  # noqa: F401
-from .hostile import invoke
+from .hostile import assert_one_error, digest, invoke, temp_files
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Payload:

@@ -6,38 +6,14 @@ shows each one does run under an unguarded ``torch.load``.
 """
 from __future__ import annotations
 
-import builtins
-import os
 import subprocess
 
 import pytest
 import torch
 
-from .hostile import assert_refused, one_thread, tiny_sd  # noqa: F401 (fixtures)
+from .hostile import PAYLOADS, assert_refused
 
-
-class Payload:
-    """Unpickling this calls ``func(*args)``, which would create the marker file.
-
-    Only the call is pickled (the global and its arguments), as in a real malicious checkpoint."""
-
-    def __init__(self, func, *args):
-        self.func, self.args = func, args
-
-    def __reduce__(self):
-        return self.func, self.args
-
-
-def _write_marker(marker):
-    return f"open({str(marker)!r}, 'w').write('pwned')"
-
-
-PAYLOADS = {
-    "posix.system": lambda marker: Payload(os.system, f"touch {marker}"),
-    "builtins.exec": lambda marker: Payload(builtins.exec, _write_marker(marker)),
-    "builtins.eval": lambda marker: Payload(builtins.eval, _write_marker(marker)),
-    "subprocess.Popen": lambda marker: Payload(subprocess.Popen, ["touch", str(marker)]),
-}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("glob", list(PAYLOADS))

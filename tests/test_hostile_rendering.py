@@ -17,8 +17,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from .hostile import (assert_bounded, assert_refused, invoke, one_thread,  # noqa: F401
-                      run_bounded, tiny_sd)
+from .hostile import assert_bounded, assert_refused, invoke, run_bounded
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # A file name cannot hold '/', so the markup is an unclosed tag (it links the rest of the line).
 EVIL = "e[link=mailto:a@evil.example]click\x1b]0;pwned\x07\nOK: fine"

@@ -18,8 +18,9 @@ import torch
 
 import mobileone_cli
 
-from .hostile import (deploy_matches_train, digest, finish_cli, one_thread,  # noqa: F401
-                      start_cli, temp_files, tiny_sd)
+from .hostile import deploy_matches_train, digest, finish_cli, start_cli, temp_files
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mobileone_cli.__file__)))
 

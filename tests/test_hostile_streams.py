@@ -19,8 +19,9 @@ import torch
 
 import mobileone_cli
 
-from .hostile import TINY, assert_one_error, deploy_matches_train, one_thread  # noqa: F401
-from .hostile import temp_files, tiny_sd  # noqa: F401
+from .hostile import assert_one_error, deploy_matches_train, temp_files
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(mobileone_cli.__file__)))
 

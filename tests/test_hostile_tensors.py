@@ -15,8 +15,11 @@ from safetensors.torch import save_file
 
 from mobileone_cli.models.synthetic import random_state_dict
 
-from .hostile import (TINY, assert_refused, deploy_matches_train, one_thread,  # noqa: F401
-                      tiny_sd)
+from .conftest import TINY
+from .hostile import assert_refused, deploy_matches_train
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_resnet_state_dict(tmp_path, run_cli):
@@ -29,7 +32,8 @@ def test_resnet_state_dict(tmp_path, run_cli):
 
 
 def test_two_mobileones_under_different_prefixes_need_prefix(tmp_path, tiny_sd, run_cli):
-    """Never a silent pick (it used to take the shortest prefix): 'backbone.' vs 'teacher.'."""
+    """Never a silent pick (not the shortest prefix, not the first): 'backbone.' vs
+    'teacher.'."""
     sd = {**{f"backbone.{k}": v for k, v in tiny_sd.items()},
           **{f"teacher.{k}": v for k, v in random_state_dict(TINY, seed=2).items()}}
     src = tmp_path / "two.pth"
@@ -297,9 +301,9 @@ def test_verify_agrees_with_convert_on_numeric_edge_cases(tmp_path, tiny_sd, run
 @pytest.mark.parametrize("extra", [[], ["--no-fuse"]], ids=["fused", "remapped"])
 def test_views_into_one_flat_buffer_are_written_alone(extra, tmp_path, tiny_sd, run_cli):
     """A source whose tensors all view one flat buffer (as some training tools save them):
-    torch saves whole storages, so every tensor passed through unchanged used to carry the
-    entire train buffer into DST (25.8 MB for an 8 MB deploy file).  DST holds only its own
-    numbers: every tensor loads with a storage of its own size."""
+    torch saves whole storages, so a tensor passed through unchanged would carry the entire
+    train buffer into DST (25.8 MB for an 8 MB deploy file).  DST holds only its own numbers:
+    every tensor loads with a storage of its own size."""
     flat = torch.cat([v.reshape(-1).float() for v in tiny_sd.values()])
     sd, at = {}, 0
     for k, v in tiny_sd.items():

@@ -17,8 +17,11 @@ import textwrap
 import pytest
 import torch
 
-from .hostile import (assert_refused, deploy_matches_train, digest, finish_cli,  # noqa: F401
-                      one_thread, start_cli, temp_files, tiny_sd)
+from .hostile import (assert_refused, deploy_matches_train, digest, finish_cli, start_cli,
+                      temp_files)
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_existing_dst_is_never_overwritten_without_force(tmp_path, tiny_sd, run_cli):
@@ -200,7 +203,7 @@ def _src(tmp_path, tiny_sd):
                                         ("no/such/o.pth", "does not exist")])
 def test_bad_destination_is_refused_before_loading(dst, needle, tmp_path, tiny_sd,
                                                    monkeypatch):
-    """Refused before SRC is even read (it used to fail only after all the work)."""
+    """Refused before SRC is even read, not after all the work."""
     import mobileone_cli.io.source as source_mod
     from .hostile import invoke
 
@@ -293,7 +296,7 @@ def test_symlink_to_a_file_is_replaced_not_written_through(tmp_path, tiny_sd):
 
 def test_longest_legal_destination_name_is_written(tmp_path, tiny_sd):
     """A 254-character file name (NAME_MAX is 255) is legal; the temp name beside it is short
-    whatever DST's length (it used to be '.NAME.XXXX.tmp', too long for such a name)."""
+    whatever DST's length ('.NAME.XXXX.tmp' would be too long for such a name)."""
     from .hostile import invoke
 
     src = _src(tmp_path, tiny_sd)
@@ -445,7 +448,7 @@ STAGES = {
 def test_interrupt_at_each_stage(stage, sig, tmp_path, tiny_sd):
     """Ctrl-C or kill during load, fusion, write, or just after DST was published: exit 130,
     one line that says truthfully what was written, no temp file, SRC untouched, DST absent or
-    whole (it used to say 'nothing was written' after the rename)."""
+    whole (after the rename it says DST was written)."""
     src = _src(tmp_path, tiny_sd)
     before = digest(src)
     dst = tmp_path / "o.pth"

@@ -1,13 +1,13 @@
 """Apple, mmpretrain and timm layouts in and out, wrappers, embedded backbones, safe loading.
 
 Expected keys are derived here, independently of mobileone_cli.arch.layouts: a generator of Apple keys
-written from section 1 of shared/reference/mobileone.md, and a translator to the other layouts
-written from the table of section 3 (checked against literal keys and the exact key counts).
+written from the architecture of apple/ml-mobileone (widths, k, SE per variant), and a translator to
+the other layouts written from mmpretrain's and timm's module names (checked against literal keys
+and the exact key counts).
 """
 from __future__ import annotations
 
 import os
-import re
 import sys
 import types
 
@@ -23,20 +23,14 @@ from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
-from .conftest import ARCHS
+from .conftest import ARCHS, COUNTS, LAYOUTS, REF, as_layout, translate
 
-LAYOUTS = ("apple", "mmpretrain", "timm")
-# Section 1: stem C, stage widths, SE, conv branches k of the stages (the stem always has k = 1).
-REF = {"s0": (48, (48, 128, 256, 1024), False, 4), "s1": (64, (96, 192, 512, 1280), False, 1),
-       "s2": (64, (96, 256, 640, 2048), False, 1), "s3": (64, (128, 320, 768, 2048), False, 1),
-       "s4": (64, (192, 448, 896, 2048), True, 1)}
-# Section 3, key counts train / deploy.
-COUNTS = {"s0": (1323, 88), "s1": (562, 88), "s2": (562, 88), "s3": (562, 88), "s4": (610, 136)}
 BN5 = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def apple_keys(arch: str, form: str, head: bool = True):
-    """Apple keys of a variant, written out from section 1 and the Apple column of section 3."""
+    """Apple keys of a variant, written out from the published architecture and Apple's module
+    names."""
     stem, widths, se, k = REF[arch]
     out = []
 
@@ -68,45 +62,8 @@ def apple_keys(arch: str, form: str, head: bool = True):
     return out
 
 
-# Section 3, one row per part: Apple's name -> (mmpretrain's, timm's).
-PARTS = [
-    (r"rbr_conv\.(\d+)\.conv\.", (r"branch_conv_list.\1.conv.", r"conv_kxk.\1.conv.")),
-    (r"rbr_conv\.(\d+)\.bn\.", (r"branch_conv_list.\1.norm.", r"conv_kxk.\1.bn.")),
-    (r"rbr_scale\.conv\.", ("branch_scale.conv.", "conv_scale.conv.")),
-    (r"rbr_scale\.bn\.", ("branch_scale.norm.", "conv_scale.bn.")),
-    (r"rbr_skip\.", ("branch_norm.", "identity.")),
-    (r"se\.reduce\.", ("se.conv1.conv.", "attn.fc1.")),
-    (r"se\.expand\.", ("se.conv2.conv.", "attn.fc2.")),
-    (r"reparam_conv\.", ("branch_reparam.", "reparam_conv.")),
-]
-
-
-def translate(key: str, layout: str) -> str:
-    """An Apple key in ``layout``, by the rules of section 3 (no mobileone_cli code involved)."""
-    if layout == "apple":
-        return key
-    col = {"mmpretrain": 0, "timm": 1}[layout]
-    if key.startswith("linear."):
-        return "head.fc." + key[len("linear."):]
-    m = re.match(r"stage0\.(.*)$", key)
-    if m:
-        block, rest = ("backbone.stage0." if col == 0 else "stem."), m.group(1)
-    else:
-        m = re.match(r"stage(\d)\.(\d+)\.(.*)$", key)
-        s, j, rest = int(m.group(1)), m.group(2), m.group(3)
-        block = f"backbone.stage{s}.{j}." if col == 0 else f"stages.{s - 1}.{j}."
-    for pat, repl in PARTS:
-        new, n = re.subn("^" + pat, repl[col], rest)
-        if n:
-            return block + new
-    raise AssertionError(f"no rule for {key}")
-
-
-def as_layout(sd, layout):
-    return {translate(k, layout): v for k, v in sd.items()}
-
-
-# Literal keys typed from section 3, to check the generator and translator above.
+# Literal keys typed from the three libraries' state dicts, to check the generator and translator
+# above.
 LITERAL = {
     ("s0", "train", "apple"): ["stage0.rbr_conv.0.conv.weight", "stage1.0.rbr_conv.3.bn.running_var",
                                "stage1.1.rbr_skip.num_batches_tracked", "stage4.1.rbr_conv.3.bn.bias",
@@ -180,7 +137,7 @@ def test_round_trip_matrix(arch, sources):
                 for k, v in want.items():
                     assert out[k].dtype == v.dtype and torch.equal(out[k], v), (lay, form, target, k)
                 if form == "deploy":
-                    # Apple's save order (section 3) carried over to every layout.
+                    # Apple's save order carried over to every layout.
                     assert list(out) == [translate(k, target) for k in apple_keys(arch, "deploy")]
 
 
@@ -195,7 +152,7 @@ def test_fused_outputs_bit_identical_across_layouts(arch, sources):
     for lay, target in FUSE_CELLS:
         sd = as_layout(src["train"], lay)
         fused = convert_state_dict(sd, detect_layout(tensor_info(sd)), layout_out=target)
-        # Same keys, same order, same bits as the Apple fusion remapped by the rules of section 3
+        # Same keys, same order, same bits as the Apple fusion remapped by the key rules above
         # (and that one is checked against the train model below and in test_foundation).
         assert list(fused) == [translate(k, target) for k in want_order], (lay, target)
         for k in want_order:
@@ -332,7 +289,7 @@ def test_timm_loads_our_deploy_output(arch, sources):
     sd = as_layout(sources(arch)["train"], "timm")
     det = detect_layout(tensor_info(sd))
     ours = convert_state_dict(sd, det, layout_out="timm")
-    # timm's inference_mode blocks lose their padding (reference section 7): build the train
+    # timm's inference_mode blocks lose their padding (a known timm behaviour): build the train
     # model, reparameterize it, then load the fused weights.
     model = reparameterize_model(timm.create_model(f"mobileone_{arch}", pretrained=False)).eval()
     model.load_state_dict(ours, strict=True)

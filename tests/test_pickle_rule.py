@@ -18,8 +18,8 @@ from mobileone_cli.io.read import load_checkpoint
 from mobileone_cli.io.safeload import Placeholder, load_inert
 from mobileone_cli.models.synthetic import random_state_dict
 
-from .hostile import TINY, assert_refused
-from .test_hostile_pickles import PAYLOADS, Payload
+from .conftest import TINY
+from .hostile import PAYLOADS, Payload, assert_refused
 
 
 class Call(Payload):

@@ -32,6 +32,27 @@ def test_steps_are_drawn_on_a_terminal_and_nothing_elsewhere():
             assert display is None and listener() is None
 
 
+def test_a_display_belongs_to_its_own_run():
+    """The display is a context variable: a nested quiet run and another thread draw nothing
+    into it, and its steps are told only to it."""
+    import threading
+
+    buf, tty = _tty()
+    seen = []
+    with progress_mod.shown(True, out=tty) as outer:
+        assert listener() is outer
+        with progress_mod.shown(False, out=tty) as inner:  # a nested -q/--json run
+            assert inner is None and listener() is None
+            with Steps()("nested step"):
+                pass
+        worker = threading.Thread(target=lambda: seen.append(listener()))
+        worker.start()
+        worker.join()
+        assert listener() is outer
+    assert seen == [None]
+    assert "nested step" not in buf.getvalue()
+
+
 def test_counter_draws_a_bar_in_the_shared_display():
     buf, tty = _tty()
     with progress_mod.shown(True, out=tty):

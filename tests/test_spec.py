@@ -20,5 +20,5 @@ def test_builtin_table_reads_the_same_as_yaml_and_matches_the_reference():
         assert raw[name]["widths"] == list(spec.widths)
         assert raw[name]["se_blocks"] == list(spec.se_blocks)
         assert raw[name]["conv_branches"] == list(spec.conv_branches)
-        stem, widths, se = REF[name]
+        stem, widths, se, _ = REF[name]
         assert (spec.stem_channels, spec.widths, any(spec.se_blocks)) == (stem, widths, se)

@@ -1,9 +1,9 @@
 """`mobileone stats`, exact params and MACs/FLOPs, train vs deploy, and --bench.
 
-Every count is checked against something that does not use mobileone_cli.arch.counting: the numbers of
-section 5 of shared/reference/mobileone.md typed in again, parameter and buffer sizes of the torch
-model (model.build_model on the meta device: shapes without memory), torch's own
-FlopCounterMode, and a from-scratch counter of fvcore's rules written below.
+Every count is checked against something that does not use mobileone_cli.arch.counting: the counts
+of Apple's, mmpretrain's and timm's models at 224x224 (they agree) typed in again, parameter and
+buffer sizes of the torch model (model.build_model on the meta device: shapes without memory),
+torch's own FlopCounterMode, and a from-scratch counter of fvcore's rules written below.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from mobileone_cli.models.synthetic import random_state_dict
 
 from .conftest import ARCHS
 
-# Section 5: arch -> (params train, params deploy, MACs train, MACs deploy) at 224x224, head included.
+# Published counts: arch -> (params train, params deploy, MACs train, MACs deploy) at 224x224, head included.
 SECTION5 = {
     "s0": (5_293_272, 2_078_504, 1_051_935_232, 275_110_400),
     "s1": (4_825_192, 4_764_840, 830_062_080, 825_057_024),
@@ -51,7 +51,7 @@ def section5(arch, form):
     return (p_tr, m_tr) if form == "train" else (p_dp, m_dp)
 
 
-# --- section 5, to the unit ------------------------------------------------------------------
+# --- published counts, to the unit ---------------------------------------------------------------
 
 @pytest.mark.parametrize("arch,form", CELLS)
 def test_section5_exact(arch, form):
@@ -97,19 +97,12 @@ def flop_counter(model, h, w, device="meta"):
 def test_flop_counter_mode_at_224(arch, form):
     """FlopCounterMode counts 2 x MACs of conv and linear layers, SE's 1x1 convs included (they
     are aten.convolution calls on the pooled map); it ignores BN, pooling, sigmoid and the
-    products, exactly as our MACs do, so FLOPs == 2 x MACs with no remainder, section 5 included."""
+    products, exactly as our MACs do, so FLOPs == 2 x MACs with no remainder, the published counts included."""
     fc, _ = flop_counter(meta_model(arch, form), 224, 224)
     assert fc.get_total_flops() == 2 * section5(arch, form)[1]
     assert fc.get_total_flops() == arch_stats(get_arch(arch)).form(form).value("flops")
 
 
-@pytest.fixture
-def one_thread():
-    """The machine is shared: small forwards run faster on one thread than fighting for two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("arch,size", [("s0", (64, 64)), ("s4", (45, 99))])
@@ -239,7 +232,7 @@ def test_cli_checkpoint_counts_real_tensors(run_cli, write_ckpt):
     assert c["tensors"] == len(sd) == 1323
     assert c["params"] == _learnable(sd) == c["analytic_params"] and c["matches_analytic"]
     assert c["buffers"] == sum(v.numel() for v in sd.values()) - _learnable(sd)
-    # Section 5's s0 with a 10-class head instead of the 1000-class one.
+    # The published s0 with a 10-class head instead of the 1000-class one.
     assert c["params"] == SECTION5["s0"][0] - (1024 * 1000 + 1000) + (1024 * 10 + 10)
 
 

@@ -31,7 +31,7 @@ from mobileone_cli.arch.layouts import remap
 from .mmengine_runner import ARCH as MMP_ARCH
 
 FIXTURES = Path(__file__).parent / "fixtures"
-# timm's byobnet MobileOne of make_timm_fixtures.TIMM_CFG, written out by the rules of section 1
+# timm's byobnet MobileOne of make_timm_fixtures.TIMM_CFG, written out by the published architecture
 # of the reference: widths int(base * wf) of (64, 128, 256, 512), one k for every stage.
 TIMM_ARCH = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 64, 64),
                      blocks=(1, 1, 2, 1), conv_branches=(2, 2, 2, 2), se_blocks=(0, 0, 1, 1),

@@ -31,12 +31,7 @@ BLOCK = {"s0": "stage2.3", "s1": "stage3.2", "s2": "stage2.7", "s3": "stage3.5",
          "s4": "stage3.12"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @functools.lru_cache(maxsize=None)

@@ -29,13 +29,7 @@ from mobileone_cli.rules.tolerances import DEFAULT_RTOL as RTOL
 from .conftest import ARCHS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convolutions on a shared 2-core box: one thread wastes less time spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def strict_json(text: str):

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from mobileone_cli.render.console import MAX_WIDTH
-from tests.test_generic import FastVitLike, randomize
+from .nets import FastVitLike, randomize
 
 WIDTH = 80
 # Kept whole on purpose: verdicts, results and error lines (docs/cli.md, "80 columns").
@@ -215,7 +215,7 @@ def test_notes_wrap_but_verdicts_stay_whole(run_cli_env, files):
 
 
 def test_reference_numbers_whole_in_the_narrowest_stats(run_cli_env):
-    """The totals table keeps every digit at 80 columns (reference section 5, s4)."""
+    """The totals table keeps every digit at 80 columns (the published s4 counts)."""
     res = run80(run_cli_env, "stats", "--arch", "s4")
     totals = res.output.split("totals by convention")[1]
     for n in (14951248, 14838352, 2986802432, 2979269760):

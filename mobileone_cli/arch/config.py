@@ -19,7 +19,8 @@ one number for every stage; ``se_blocks`` defaults to none.  A BatchNorm eps (``
 mmpretrain's spelling, or ``bn_eps``) becomes the spec's ``bn_eps`` and reaches the fusion.
 Every problem is one line naming the field (``model.backbone.arch.widths``) and what is wrong.
 
-This module never imports torch.
+This module parses and validates what a config says; :mod:`mobileone_cli.io.configfile` reads
+the file.  It never imports torch.
 """
 from __future__ import annotations
 
@@ -28,14 +29,12 @@ import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from ..errors import BadInput
-from .specs import ArchSpec, builtin_archs, match_builtin
+from ..rules.limits import MAX_ALIASES, MAX_CHANNELS, MAX_CONFIG_BYTES, MAX_STAGES
 from .fields import Fields, cut, join, quote, type_name
-from ..rules.limits import MAX_CHANNELS, MAX_STAGES
+from .specs import ArchSpec, builtin_archs, match_builtin
 
 __all__ = ["config_from_text", "parse_config", "BASE_CHANNELS", "MAX_CONFIG_BYTES"]
 
-MAX_CONFIG_BYTES = 1 << 20  # a model config is a few hundred bytes
-MAX_ALIASES = 64  # YAML aliases (*ref) in one config; alias bombs expand exponentially
 BASE_CHANNELS = (64, 128, 256, 512)  # mmpretrain's widths for width_factor 1.0, stage1..4
 
 # mmpretrain arch-dict names -> ArchSpec names.
@@ -146,8 +145,9 @@ def _backbone(f: Fields, value: Any, field: str) -> Tuple[Dict[str, Any], Option
     arch = bb["arch"]
     overridden = False
     if isinstance(arch, str):
-        arch_name: Optional[str] = _builtin(f, arch, join(field, "arch"))
-        kwargs = builtin_archs()[arch_name].to_dict()
+        builtin = _builtin(f, arch, join(field, "arch"))
+        arch_name: Optional[str] = builtin
+        kwargs = builtin_archs()[builtin].to_dict()
         kwargs.pop("name")
     else:
         kwargs, arch_name = _arch_mapping(f, arch, join(field, "arch"))
@@ -316,8 +316,8 @@ def _build(f: Fields, kwargs: Dict[str, Any], base: str) -> ArchSpec:
                          f"is {head_classes}, but {join(arch_field, 'num_classes')} is "
                          f"{arch_classes}; keep one of them")
         kwargs["num_classes"] = head_classes
-    fields = {k: (tuple(v) if isinstance(v, list) else v)
-              for k, v in kwargs.items() if not k.startswith("_") and k != "name"}
+    fields: Dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v)
+                              for k, v in kwargs.items() if not k.startswith("_") and k != "name"}
     spec = ArchSpec(name="custom", **fields)
     last = spec.widths[-1]
     if head_in is not None and head_in != last:

@@ -18,8 +18,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
-from .specs import ArchSpec, BlockSpec
+from ..rules.dtypes import numel, tensor_bytes
 from .layouts import FORMS
+from .specs import ArchSpec, BlockSpec
 
 __all__ = ["Count", "FormCount", "ArchStats", "FileCount", "CONVENTIONS", "FORMS", "conv_out",
            "block_count", "count_form", "arch_stats", "file_count", "part_name"]
@@ -228,17 +229,6 @@ class FileCount:
         return self.params + self.buffers + self.other
 
 
-_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-             "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
-
-
-def _numel(shape: Sequence[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
 def file_count(tensors: Mapping[str, Tuple[str, Sequence[int]]], detection) -> FileCount:
     """Sum the real tensors of a checkpoint, sorted by what the detected schema says they are.
 
@@ -249,8 +239,8 @@ def file_count(tensors: Mapping[str, Tuple[str, Sequence[int]]], detection) -> F
     params = buffers = other = nbytes = 0
     parts: Dict[str, int] = {}
     for key, (dtype, shape) in tensors.items():
-        n = _numel(shape)
-        nbytes += n * _ITEMSIZE.get(str(dtype), 4)
+        n = numel(shape)
+        nbytes += tensor_bytes(dtype, shape, unknown=4)
         entry = kinds.get(key)
         if entry is None:
             other += n

@@ -9,8 +9,15 @@ import difflib
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 from ..errors import BadInput
-from ..rules.limits import (MAX_BRANCHES, MAX_CHANNELS, MAX_CLASSES, MAX_KERNEL, MAX_PAIRS,
-                     MAX_STAGES)
+from ..rules.limits import (
+    MAX_BRANCHES,
+    MAX_CHANNELS,
+    MAX_CLASSES,
+    MAX_KERNEL,
+    MAX_PAIRS,
+    MAX_STAGES,
+    check_bn_eps,
+)
 
 __all__ = ["Fields", "quote", "cut", "join", "type_name"]
 
@@ -71,12 +78,10 @@ class Fields:
         return number
 
     def eps(self, value: Any, field: str) -> float:
-        """A BatchNorm eps: 0 < eps < 1."""
-        eps = self.number(value, field)
-        if not eps < 1:
-            raise self.fail(field, f"BatchNorm eps must lie between 0 and 1, not {eps:g}",
-                            hint="PyTorch's default, used by every released MobileOne, is 1e-5")
-        return eps
+        """A BatchNorm eps, held to the rule of ``--bn-eps`` (:func:`check_bn_eps`)."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(field, f"must be a number, not {type_name(value)} ({quote(value)})")
+        return check_bn_eps(value, option=f"{self.where}: {field}")
 
     def int_list(self, value: Any, field: str, minimum: int, name: str = "") -> Tuple[int, ...]:
         if not isinstance(value, list):

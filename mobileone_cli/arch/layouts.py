@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from .specs import ArchSpec, BlockSpec
 
@@ -51,7 +51,8 @@ LAYOUTS: Dict[str, Layout] = {
         name="apple", stem="stage0", block="stage{s}.{j}", head="linear",
         parts=(("conv", "rbr_conv.{n}.conv"), ("conv_bn", "rbr_conv.{n}.bn"),
                ("scale", "rbr_scale.conv"), ("scale_bn", "rbr_scale.bn"), ("skip", "rbr_skip"),
-               ("se_reduce", "se.reduce"), ("se_expand", "se.expand"), ("reparam", "reparam_conv"))),
+               ("se_reduce", "se.reduce"), ("se_expand", "se.expand"),
+               ("reparam", "reparam_conv"))),
     "mmpretrain": Layout(
         name="mmpretrain", stem="backbone.stage0", block="backbone.stage{s}.{j}", head="head.fc",
         parts=(("conv", "branch_conv_list.{n}.conv"), ("conv_bn", "branch_conv_list.{n}.norm"),
@@ -66,7 +67,8 @@ LAYOUTS: Dict[str, Layout] = {
 }
 LAYOUT_NAMES = tuple(LAYOUTS)
 # Other names users give the same layouts (mmcls is mmpretrain's former name).
-LAYOUT_ALIASES = {"mmcls": "mmpretrain", "mmclassification": "mmpretrain", "openmmlab": "mmpretrain",
+LAYOUT_ALIASES = {"mmcls": "mmpretrain", "mmclassification": "mmpretrain",
+                  "openmmlab": "mmpretrain",
                   "ml-mobileone": "apple", "pytorch-image-models": "timm"}
 
 
@@ -194,8 +196,8 @@ def in_layout(canonical: str, names: Mapping[str, str]) -> str:
     return canonical if not own or own == canonical else f"{own} ({canonical})"
 
 
-def remap(state_dict: Mapping[str, object], arch: ArchSpec, src: str, dst: str,
-          form: str) -> Dict[str, object]:
+def remap(state_dict: Mapping[str, Any], arch: ArchSpec, src: str, dst: str,
+          form: str) -> Dict[str, Any]:
     """Rename every tensor from one layout to another, in the destination's save order.
 
     The tensors are not copied.  Keys that are not part of the MobileOne are refused by the

@@ -13,14 +13,16 @@ import functools
 import os
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-__all__ = ["ArchSpec", "BlockSpec", "builtin_archs", "get_arch", "ARCH_NAMES", "canonical_arch_name",
+__all__ = ["ArchSpec", "BlockSpec", "builtin_archs", "get_arch", "ARCH_NAMES",
+           "canonical_arch_name",
            "match_builtin", "arch_differences", "expect_arch"]
 
 ARCH_NAMES = ("s0", "s1", "s2", "s3", "s4")
 _BUILTIN_YAML = os.path.join(os.path.dirname(__file__), "configs", "builtin.yaml")
-# How the other ecosystems spell a variant: timm 'mobileone_s2', mmpretrain 'mobileone-s2_8xb32_in1k'
+# How the other ecosystems spell a variant: timm 'mobileone_s2', mmpretrain
+# 'mobileone-s2_8xb32_in1k'
 # config names, Apple 'mobileone_s2_unfused'.
 _ALIAS = re.compile(r"^(?:mobileone[-_ ]?)?(s\d)(?:[-_].*)?$", re.I)
 
@@ -73,7 +75,7 @@ class ArchSpec:
     in_channels: int = 3
     se_ratio: float = 0.0625
     stem_conv_branches: int = 1
-    bn_eps: Optional[float] = None  # a config's BatchNorm eps; None: not stated (use 1e-5)
+    bn_eps: Optional[float] = None  # a config's BatchNorm eps; None: not stated (DEFAULT_EPS)
 
     def __post_init__(self) -> None:
         n = len(self.widths)
@@ -84,9 +86,9 @@ class ArchSpec:
     @property
     def eps(self) -> float:
         """The BatchNorm eps to fuse with: the stated one, else PyTorch's default."""
-        from ..rules.limits import DEFAULT_EPS
+        from ..rules.limits import default_eps
 
-        return self.bn_eps if self.bn_eps is not None else DEFAULT_EPS
+        return default_eps(self.bn_eps)
 
     @property
     def num_stages(self) -> int:
@@ -151,7 +153,7 @@ def _block_specs(arch: ArchSpec) -> Tuple[BlockSpec, ...]:
 
 def _spec_from_mapping(name: str, d: Dict[str, object]) -> ArchSpec:
     fields = {f.name for f in dataclasses.fields(ArchSpec)}
-    kwargs = {}
+    kwargs: Dict[str, Any] = {}
     for key, value in d.items():
         if key not in fields:
             raise ValueError(f"unknown field {key!r}")

@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import VerificationFailed
 from ..arch.specs import ArchSpec
+from ..errors import VerificationFailed
 from ..rules.tolerances import EXPORT_RTOL, EXPORT_SENSITIVITY_FACTOR
 from .harness import Metrics, compare_outputs, load_model, seeded_inputs
 
@@ -81,11 +81,11 @@ class WeightCheck:
 def stored_weights(deploy_sd: Mapping[str, torch.Tensor], dtype: str,
                    runtime: str) -> Dict[str, torch.Tensor]:
     """The deploy weights as the ``runtime`` stores them in a ``dtype`` artifact, in float64."""
-    from ..runtimes import runtime_module
+    from ..runtimes import get_runtime
 
-    rule = getattr(runtime_module(runtime), "stored_weights", None)
-    if rule is not None:
-        return rule(deploy_sd, dtype)
+    stored = get_runtime(runtime).stored_weights(deploy_sd, dtype)
+    if stored is not None:
+        return stored
     half = dtype == "fp16"
     return {k: (v.to(torch.float16) if half else v.to(torch.float32)).to(torch.float64)
             for k, v in deploy_sd.items()}

@@ -9,20 +9,22 @@ import copy
 import math
 import zlib
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..errors import BadInput
-from ..arch.specs import ArchSpec
 from ..arch.layouts import remap
+from ..arch.memory import job_bytes
+from ..arch.specs import ArchSpec
+from ..errors import BadInput
+from ..platform import check_memory
 from ..rules.limits import check_seed
-from ..platform import check_memory, job_bytes
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["Metrics", "compare_outputs", "load_model", "seeded_inputs", "strict_fp32",
-           "resolve_device", "perturb", "perturb_", "perturb_module", "float_dtype", "CHUNK", "per_pass", "check_room"]
+           "resolve_device", "perturb", "perturb_", "perturb_module", "float_dtype", "CHUNK",
+           "per_pass", "check_room"]
 
 CHUNK = 4  # images per forward pass while block outputs are kept (bounds memory)
 
@@ -180,6 +182,7 @@ def strict_fp32(device: Any = "cpu") -> Iterator[None]:
         yield
         return
     conv = getattr(torch.backends.cudnn, "conv", None)
+    targets: List[Tuple[Any, str, Any]]
     if conv is not None and hasattr(conv, "fp32_precision"):
         targets = [(conv, "fp32_precision", "ieee"),
                    (torch.backends.cuda.matmul, "fp32_precision", "ieee")]

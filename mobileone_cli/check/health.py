@@ -5,14 +5,15 @@ facts that silently change a result (the training eps deciding the fused weights
 and branches, values a half-precision format cannot hold, mixed dtypes).  Value statistics run on
 numpy arrays (``io.arrays``), so a ``.safetensors`` file is examined without torch; only the eps
 sensitivity of a train-form MobileOne needs torch, because it is measured with the tool's one
-fusion (``fuse.fusion.fuse_block``) at the two eps values of ``spec.tolerances.EPS_PROBE``.
+fusion (``fuse.fusion.fuse_block``) at the two eps values of ``rules.tolerances.EPS_PROBE``.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from ..io.detect import Detection, TensorInfo
 from ..arch.layouts import get_layout
+from ..io.detect import Detection, TensorInfo
+from ..rules.dtypes import FLOAT_DTYPES
 from ..rules.tolerances import EPS_PROBE, EPS_SENSITIVITY_WARN, FLUSH_WARN_SHARE, FORMAT_RANGE
 
 __all__ = ["checkpoint_health", "eps_sensitivity", "block_name", "PARTS", "CHEAP_PARTS"]
@@ -20,7 +21,6 @@ __all__ = ["checkpoint_health", "eps_sensitivity", "block_name", "PARTS", "CHEAP
 PARTS = ("finite", "variance", "dead", "eps", "headroom", "dtypes")
 # What convert adds to its summary: BatchNorm tensors and dtypes only, no pass over every value.
 CHEAP_PARTS = ("finite", "variance", "dead", "dtypes")
-FLOATS = ("float64", "float32", "float16", "bfloat16")
 WORST_SHOWN = 3
 
 
@@ -38,7 +38,7 @@ def _finite(values: Mapping[str, Any], keys: Iterable[str]) -> List[Dict[str, An
 
     bad = []
     for k in keys:
-        a = values.get(k)
+        a: Any = values.get(k)
         if not _is_float(a) or np.isfinite(a).all():
             continue
         bad.append({"key": k, "nan": int(np.isnan(a).sum()), "inf": int(np.isinf(a).sum())})
@@ -98,7 +98,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
 
     branches, channels, blocks = [], [], []
     for p in bns:
-        g = values.get(p + "weight")
+        g: Any = values.get(p + "weight")
         if not _is_float(g) or not g.size:
             continue
         n = int((g == 0).sum())
@@ -108,7 +108,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
             channels.append({"key": p + "weight", "count": n, "of": int(g.size)})
     if det is not None and det.form == "train":
         for name, prefixes in _block_branches(det):
-            gammas = [values.get(p + "weight") for p in prefixes]
+            gammas: List[Any] = [values.get(p + "weight") for p in prefixes]
             if gammas and all(_is_float(g) and g.shape == gammas[0].shape for g in gammas):
                 n = int(np.logical_and.reduce([g == 0 for g in gammas]).sum())
                 if n:
@@ -116,7 +116,7 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
     elif det is not None:
         lay = get_layout(det.layout)
         for b in det.arch.block_specs():
-            w = values.get(det.full_key(f"{lay.block_path(b)}.{lay.part('reparam')}.weight"))
+            w: Any = values.get(det.full_key(f"{lay.block_path(b)}.{lay.part('reparam')}.weight"))
             if _is_float(w) and w.size:
                 n = int((~np.any(w.reshape(w.shape[0], -1) != 0, axis=1)).sum())
                 if n:
@@ -127,11 +127,12 @@ def _dead(values: Mapping[str, Any], bns: List[str], det: Optional[Detection]) -
 def _headroom(values: Mapping[str, Any]) -> Dict[str, Any]:
     """Per half-precision format: largest |value| against its range, the values that would
     become inf there, and the shares of the nonzero finite values that would become subnormal
-    (or zero) and zero.  Thresholds follow round-to-nearest-even (spec.tolerances)."""
+    (or zero) and zero.  Thresholds follow round-to-nearest-even (rules.tolerances)."""
     import numpy as np
 
-    acc = {f: {"max_abs": 0.0, "max_key": None, "overflow": 0, "overflow_keys": [],
-               "subnormal": 0, "zero": 0, "zero_keys": []} for f in FORMAT_RANGE}
+    acc: Dict[str, Dict[str, Any]] = {
+        f: {"max_abs": 0.0, "max_key": None, "overflow": 0, "overflow_keys": [], "subnormal": 0,
+            "zero": 0, "zero_keys": []} for f in FORMAT_RANGE}
     nonzero = 0
     for k, a in values.items():
         if not _is_float(a) or not a.size:
@@ -174,7 +175,7 @@ def _dtypes(infos: Mapping[str, TensorInfo]) -> Dict[str, Any]:
     from ..io.contents import tensor_totals
 
     counts = tensor_totals(infos)["dtypes"]
-    floats = {d: n for d, n in counts.items() if d in FLOATS}
+    floats = {d: n for d, n in counts.items() if d in FLOAT_DTYPES}
     return {"counts": counts, "mixed": len(floats) > 1}
 
 
@@ -261,15 +262,18 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
                      f"weights are set by eps alone")
     dead = h.get("dead")
     if dead and dead["branches"]:
-        warn("dead_branch", f"{len(dead['branches'])} dead branch(es), gamma == 0 in every channel: "
+        warn("dead_branch", f"{len(dead['branches'])} dead branch(es), gamma == 0 in every "
+                            f"channel: "
                      f"{_few(dead['branches'])}")
     if dead and dead["channels"]:
         n = sum(c["count"] for c in dead["channels"])
-        warn("dead_channel", f"gamma == 0 in {n} channel(s) of {len(dead['channels'])} BatchNorm(s) "
+        warn("dead_channel", f"gamma == 0 in {n} channel(s) of {len(dead['channels'])} "
+                             f"BatchNorm(s) "
                      f"({_few([c['key'] for c in dead['channels']])})")
     if dead and dead["blocks"]:
         n = sum(b["channels"] for b in dead["blocks"])
-        warn("dead_block", f"{n} block output channel(s) are constant (no branch passes the input) in "
+        warn("dead_block", f"{n} block output channel(s) are constant (no branch passes the "
+                           f"input) in "
                      f"{_few([b['block'] for b in dead['blocks']])}")
     eps = h.get("eps")
     if eps and eps.get("measured") and eps["max"] is not None and \
@@ -284,7 +288,8 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
                      f"give convert/verify the right --bn-eps")
     for fmt, r in (h.get("headroom") or {}).items():
         if r["overflow"]:
-            warn("overflow", f"{fmt}: {r['overflow']} value(s) beyond its range of {r['limit']:.5g} "
+            warn("overflow", f"{fmt}: {r['overflow']} value(s) beyond its range of "
+                             f"{r['limit']:.5g} "
                          f"(largest |x| {r['max_abs']:.3g}, in {_few(r['overflow_keys'])}); "
                          f"stored as {fmt} they become inf")
         if r["zero_share"] > FLUSH_WARN_SHARE:
@@ -292,7 +297,7 @@ def _issues(h: Dict[str, Any]) -> List[Dict[str, str]]:
                          f"zero (in {_few(r['zero_keys'])})")
     dt = h.get("dtypes")
     if dt and dt["mixed"]:
-        mix = ", ".join(f"{d}: {n}" for d, n in dt["counts"].items() if d in FLOATS)
+        mix = ", ".join(f"{d}: {n}" for d, n in dt["counts"].items() if d in FLOAT_DTYPES)
         warn("dtype_mix", f"mixed float dtypes ({mix} tensors)")
     return issues
 

@@ -10,9 +10,17 @@ from __future__ import annotations
 import os
 from typing import List, Optional, Sequence
 
+from ..data.pipeline import (
+    IMAGE_EXTENSIONS,
+    PILLOW_HINT,
+    Preprocessing,
+    check_image_size,
+    load_tensor,
+    make_preprocessing,
+    pillow,
+    transform,
+)
 from ..data.walk import Walker
-from ..data.pipeline import (IMAGE_EXTENSIONS, PILLOW_HINT, Preprocessing, check_image_size,
-                             load_tensor, make_preprocessing, pillow, transform)
 from ..errors import BadInput
 from ..rules.limits import MAX_IMAGES
 

@@ -23,6 +23,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..arch.specs import ArchSpec
 from .harness import perturb_module
 
 __all__ = ["BlockError", "StageError", "compared_modules", "head_input", "lockstep",
@@ -91,9 +92,11 @@ def stage_label(stage: int, num_stages: int = 10 ** 6) -> str:
 def compared_modules(model: nn.Module) -> List[Tuple[str, int, nn.Module]]:
     """(name, stage, module) of every block of our model, then its head, in forward order."""
     mods = dict(model.named_modules())
-    out = [(b.name, b.stage, mods[b.name]) for b in model.arch.block_specs()]
+    # MobileOne.arch; torch's stubs type every module attribute as Tensor | Module.
+    arch: ArchSpec = model.arch  # type: ignore[assignment]
+    out = [(b.name, b.stage, mods[b.name]) for b in arch.block_specs()]
     if getattr(model, HEAD, None) is not None:
-        out.append((HEAD, model.arch.num_stages + 1, mods[HEAD]))
+        out.append((HEAD, arch.num_stages + 1, mods[HEAD]))
     return out
 
 
@@ -163,7 +166,8 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     asked after each block, ends the run there (all three outputs are then None).
     """
     dtype = x.dtype
-    t = d = p = x
+    t = d = x
+    p: Optional[torch.Tensor] = x
 
     def block(role: str, name: str, make) -> nn.Module:
         if keep is None:
@@ -176,16 +180,17 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
                                                   compared_modules(deploy)):
         if name == HEAD:  # the head takes the pooled, flattened features
             t, d = head_input(train, t), head_input(deploy, d)
-            p = head_input(deploy, p) if unit is not None else None
-        t_blk = block("train", name, lambda: _in_dtype(t_mod, dtype))
-        d_blk = block("deploy", name, lambda: _in_dtype(d_mod, dtype))
+            p = head_input(deploy, p) if unit is not None and p is not None else None
+        t_blk = block("train", name, lambda m=t_mod: _in_dtype(m, dtype))
+        d_blk = block("deploy", name, lambda m=d_mod: _in_dtype(m, dtype))
         t_out = t_blk(t)
         d_out = d_blk(d)
         d_own = d_out if d is t else d_blk(t)
         _update(errors["deploy"].setdefault(name, BlockError(name, stage)),
                 t_out, d_out, t_out, d_own, t_out)
         if unit is not None:
-            p_blk = block("perturbed", name, lambda: perturb_module(d_blk, name, unit))
+            p_blk = block("perturbed", name,
+                          lambda m=d_blk, n=name: perturb_module(m, n, unit))
             p_out = p_blk(p)
             p_own = p_out if p is t else p_blk(t)
             _update(errors["perturbed"].setdefault(name, BlockError(name, stage)),
@@ -199,7 +204,9 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
 
 def head_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the model's head is fed (MobileOne.forward: flatten(gap(features)))."""
-    return torch.flatten(model.gap(x), 1)
+    # torch's stubs type every module attribute as Tensor | Module.
+    gap: nn.Module = model.gap  # type: ignore[assignment]
+    return torch.flatten(gap(x), 1)
 
 
 def stage_table(errors: Sequence[BlockError], bad: Sequence[str],

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
-from ..errors import BadInput
-from ..timing import step
 from ..arch.layouts import block_names, in_layout, stage_names
 from ..arch.specs import ArchSpec
+from ..errors import BadInput
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
-from .harness import (CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass,
-                      strict_fp32)
+from ..timing import step
+from .harness import CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass, strict_fp32
 from .localize import BlockError, lockstep
 
 __all__ = ["Stage", "Verdict", "judge", "non_finite"]
@@ -152,8 +151,9 @@ class Verdict:
             tol = (f"bound {rel_bound:.2e} ({tol} + {SENSITIVITY_FACTOR:g}x the rounding "
                    f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
-            where = self.first_divergent
-            part = f", parting from {self.label(where.name)} on" if where is not None else ""
+            divergent = self.first_divergent
+            part = (f", parting from {self.label(divergent.name)} on" if divergent is not None
+                    else "")
             amp = self.amplification
             amp_text = f"; rounding is amplified x{amp:.2g} here" if amp else ""
             return (f"equivalent up to fp32 rounding: in fp32 the {self.compared} differ by "
@@ -225,7 +225,8 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
     the first block beyond its bound, which decides the check; the rest is ``fallback``'s."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
     refs, outs, pouts = [], [], []
-    keep = {} if x.shape[0] > chunk else None  # cast/perturbed blocks serve every chunk
+    # cast/perturbed blocks serve every chunk
+    keep: Optional[Dict[Any, Any]] = {} if x.shape[0] > chunk else None
     stop = (_first_bad(errors, rtol, atol, unit is not None)
             if fallback is not None and x.shape[0] <= chunk else None)
     with strict_fp32(device):
@@ -233,7 +234,8 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
             xi = x[i:i + chunk].to(device=device, dtype=dtype)
             ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep,
                                       stop=stop)
-            if ref is None:
+            if ref is None or out is None:
+                assert fallback is not None  # only a referee given a fallback stops early
                 return _stopped(precision, errors, fallback, rtol, atol, unit is not None)
             refs.append(ref.cpu())
             outs.append(out.cpu())
@@ -328,9 +330,9 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
         with step(None, "float64 referee"):
             verdict.fp64 = run("fp64", torch.float64,
                                fallback=None if referee or not fp32.bad_blocks else fp32)
-        if verdict.fp64.train_output is not None:
-            verdict.train_fp32_vs_fp64 = compare_outputs(verdict.fp64.train_output,
-                                                         fp32.train_output, logits)
+        ref64, ref32 = verdict.fp64.train_output, fp32.train_output
+        if ref64 is not None and ref32 is not None:  # a referee stopped early has no output
+            verdict.train_fp32_vs_fp64 = compare_outputs(ref64, ref32, logits)
     for stage in (verdict.fp32, verdict.fp64):
         if stage is not None:
             stage.train_output = None  # the verdict keeps numbers, not activations

@@ -1,4 +1,5 @@
-"""Batch mode of ``mobileone convert`` (several SRCs, or folders): progress bar, table, exit code."""
+"""Batch mode of ``mobileone convert`` (several SRCs, or folders): progress bar, table, exit
+code."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence

@@ -9,11 +9,14 @@ from typing import Any, List, Optional
 
 import click
 
-from ..errors import BadInput
 from ..arch.specs import ARCH_NAMES, ArchSpec, get_arch
+from ..errors import BadInput
+from ..rules.limits import DEFAULT_EPS, MAX_SEED
+from ..rules.tolerances import short_number
 
 __all__ = ["MobileOneCommand", "InputSize", "arch_option", "config_option", "bn_eps_option",
-           "trust_file_option", "json_option", "input_size_option", "load_options",
+           "trust_file_option", "json_option", "input_size_option", "seed_option",
+           "prefix_option", "ema_option", "reading_options", "load_options",
            "preprocessing_options", "resolve_arch", "settle_heap", "complete_from", "TRUST_KEY",
            "trusted_files", "option_like_files", "refuse_option_like_files"]
 
@@ -96,6 +99,12 @@ def arch_option(default: Optional[str] = None, help_text: Optional[str] = None):
                                           "'auto' (default) detects it from tensor shapes.")
 
 
+def seed_option(help_text: Optional[str] = None):
+    """``--seed``: every command's seed is an integer torch's generators take."""
+    return click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                        help=help_text)
+
+
 def prefix_option(help_text: str = "Key prefix of the MobileOne inside the checkpoint (e.g. "
                                      "'backbone.'); default: found automatically when there is "
                                      "one."):
@@ -125,7 +134,8 @@ def bn_eps_option():
     return click.option("--bn-eps", type=float, default=None, callback=_valid_bn_eps,
                         metavar="EPS",
                         help="BatchNorm eps of the training run (not stored in checkpoints). "
-                             "Default: the config's, else 1e-5 (every released model).")
+                             f"Default: the config's, else {short_number(DEFAULT_EPS)} (every "
+                             "released model).")
 
 
 TRUST_KEY = "mobileone.trust"  # where the tool's --trust-file (before the command) keeps its list
@@ -139,7 +149,7 @@ def _trust_from_before(ctx: click.Context, param: click.Parameter, value: bool):
         raise BadInput("--trust-file after the command is refused: a file name among the "
                        "arguments (from a *) could pass it; name the trusted file before the "
                        "command",
-                       hint="mobileone --trust-file FILE " + ctx.info_name + " ... (or "
+                       hint=f"mobileone --trust-file FILE {ctx.info_name} ... (or "
                             "MOBILEONE_TRUST=FILE); FILE may also be sha256:HEX")
     return ctx.find_root().meta.get(TRUST_KEY) or False
 

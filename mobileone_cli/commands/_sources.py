@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import click
 
@@ -42,7 +42,7 @@ def sha256_option():
 
 def _inputs(kwargs: dict, names: tuple, keep_last: bool) -> List[tuple]:
     """(argument, index or None, value) of every checkpoint the command was given."""
-    out = []
+    out: List[Tuple[str, Optional[int], Any]] = []
     for name in names:
         value = kwargs.get(name)
         if isinstance(value, (tuple, list)):

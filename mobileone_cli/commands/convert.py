@@ -5,12 +5,24 @@ from typing import Optional, Tuple
 
 import click
 
-from ..errors import BadInput
 from ..arch.layouts import LAYOUT_NAMES
-from ..rules.limits import MAX_SEED
-from ._options import (MobileOneCommand, arch_option, bn_eps_option, complete_from,
-                       config_option, input_size_option, json_option, load_options,
-                       trust_file_option)
+from ..errors import BadInput
+from ..rules.limits import default_eps
+from ..rules.tolerances import checkpoint_rule_text
+from ._options import (
+    MobileOneCommand,
+    arch_option,
+    bn_eps_option,
+    complete_from,
+    config_option,
+    ema_option,
+    input_size_option,
+    json_option,
+    load_options,
+    prefix_option,
+    seed_option,
+    trust_file_option,
+)
 from ._sources import fetch_options
 
 
@@ -39,11 +51,9 @@ def generic_only(**given: Optional[str]) -> None:
               help="Key layout of DST (default: the layout of SRC; mmcls = mmpretrain).")
 @click.option("--no-fuse", is_flag=True,
               help="Keep the train form: only remap the keys to --to's layout.")
-@click.option("--prefix", default=None, metavar="PFX",
-              help="Convert the MobileOne under this key prefix (e.g. 'backbone.'); every other "
-                   "key is copied unchanged. Default: found automatically when there is one.")
-@click.option("--ema", is_flag=True,
-              help="Convert the EMA weights (ema_state_dict, ...) instead of the state_dict.")
+@prefix_option("Convert the MobileOne under this key prefix (e.g. 'backbone.'); every other key "
+               "is copied unchanged. Default: found automatically when there is one.")
+@ema_option("Convert the EMA weights (ema_state_dict, ...) instead of the state_dict.")
 @trust_file_option()
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
               help="Store the output in this precision (fusion still runs in float64 and rounds "
@@ -54,11 +64,12 @@ def generic_only(**given: Optional[str]) -> None:
                    "layer multiplied by it, across ReLU; never after an SE block). The same "
                    "function, checked against the train model. See docs/quant.md.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
-              help="Fixed tolerance of the check, relative to max |output| (default: 1e-4 plus "
-                   "the measured rounding sensitivity of the output dtype).")
+              help="Fixed tolerance of the check, relative to max |output| (with --generic: "
+                   "of each fused block's output). Default: "
+                   f"{checkpoint_rule_text()} the measured rounding sensitivity of the "
+                   "output dtype.")
 @input_size_option(help_extra=" Size of the check image.")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Seed of the check image.")
+@seed_option("Seed of the check image.")
 @click.option("--force", is_flag=True, help="Overwrite DST if it exists.")
 @click.option("--suffix", default=None, metavar="TEXT",
               help="Batch: appended to each output's name (default: _deploy when fusing, which "
@@ -89,7 +100,8 @@ def generic_only(**given: Optional[str]) -> None:
 def convert(paths: Tuple[str, ...], arch_name: Optional[str],
             config_path: Optional[str], bn_eps: Optional[float], layout_out: Optional[str],
             no_fuse: bool, prefix: Optional[str], ema: bool, trust_file: bool,
-            dtype: Optional[str], equalize: bool, rtol: Optional[float], input_size: Tuple[int, int], seed: int,
+            dtype: Optional[str], equalize: bool, rtol: Optional[float],
+            input_size: Tuple[int, int], seed: int,
             force: bool, suffix: Optional[str], name_template: Optional[str],
             skip_existing: bool, jobs: Optional[int], no_verify: bool,
             as_json: bool, generic: bool, blocks_file: Optional[str], groups: Optional[int],
@@ -117,11 +129,11 @@ def convert(paths: Tuple[str, ...], arch_name: Optional[str],
         if equalize:
             raise BadInput("--equalize does not apply with --generic (it needs the whole "
                            "MobileOne chain)")
-        from ..jobs.convert_generic import convert_generic_file
         from ..fuse.generic import parse_kernel
+        from ..jobs.convert_generic import convert_generic_file
         from ..render.generic import generic_to_dict, render_generic
 
-        result = convert_generic_file(first, dst, eps=1e-5 if bn_eps is None else bn_eps,
+        result = convert_generic_file(first, dst, eps=default_eps(bn_eps),
                                       force=force, verify=not no_verify, groups=groups,
                                       norm_kernel=parse_kernel(norm_kernel), ema=ema,
                                       trust=trust_file, rtol=rtol, blocks_file=blocks_file)

@@ -5,8 +5,8 @@ from typing import Optional, Tuple
 
 import click
 
+from ._options import MobileOneCommand, json_option, load_options, reading_options
 from ._sources import fetch_options
-from ._options import (MobileOneCommand, json_option, load_options, reading_options)
 
 __all__ = ["eval"]
 

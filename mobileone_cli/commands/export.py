@@ -6,10 +6,17 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput
-from ..rules.limits import MAX_SEED
+from ..rules.tolerances import export_rule_text
+from ..runtimes.coreml import DEFAULT_DEPLOYMENT_TARGET
+from ._options import (
+    MobileOneCommand,
+    input_size_option,
+    json_option,
+    load_options,
+    reading_options,
+    seed_option,
+)
 from ._sources import fetch_options
-from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
-                       reading_options)
 
 
 def parse_batch(value: Optional[str]):
@@ -51,19 +58,19 @@ def parse_batch(value: Optional[str]):
               help="Precision of the artifact: fp16 stores float16 weights (.onnx, .pte: also "
                    "float16 input, output and arithmetic; .tflite: float32 biases, input and "
                    "output; .mlpackage: compute precision FLOAT16).")
-@click.option("--coreml-target", default="iOS16", show_default=True, metavar="TARGET",
+@click.option("--coreml-target", default=DEFAULT_DEPLOYMENT_TARGET, show_default=True,
+              metavar="TARGET",
               help="Core ML minimum deployment target (.mlpackage): iOS15..iOS18, "
                    "macOS12..macOS15.")
 @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
               show_default=True, help="torch.onnx exporter; auto = dynamo when onnxscript is "
                                       "installed and the opset allows it.")
 @reading_options()
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Seed of the check images.")
+@seed_option("Seed of the check images.")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance of the runtime check, relative to max |output|. Default: "
-                   "1e-3 plus 4x the measured effect of the artifact's arithmetic precision "
-                   "(fp32 or fp16) on this network.")
+                   f"{export_rule_text()} the measured effect of the artifact's arithmetic "
+                   "precision (fp32 or fp16) on this network.")
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
 @json_option("the summary")
 @fetch_options("ckpt")

@@ -31,8 +31,13 @@ def fetch(names: Tuple[str, ...], show_list: bool, force: bool, offline: bool,
     from ..io.remote import FetchSettings
     from ..jobs.fetch import fetch_names, list_known
     from ..render.console import emit
-    from ..render.fetch import (download_bar, fetch_to_dict, known_to_dict, render_fetch,
-                                render_known)
+    from ..render.fetch import (
+        download_bar,
+        fetch_to_dict,
+        known_to_dict,
+        render_fetch,
+        render_known,
+    )
 
     settings = FetchSettings(cache_dir=cache_dir, offline=True if offline else None,
                              sha256=check_sha256_pin(sha256), force=force,

@@ -8,7 +8,14 @@ from typing import Optional
 
 import click
 
-from ._options import config_option, json_option, resolve_arch, trust_file_option
+from ._options import (
+    config_option,
+    ema_option,
+    json_option,
+    prefix_option,
+    resolve_arch,
+    trust_file_option,
+)
 from ._sources import fetch_options
 
 
@@ -23,9 +30,8 @@ from ._sources import fetch_options
                     "--strict.")
 @click.argument("ckpt", type=click.Path(dir_okay=True))
 @json_option()
-@click.option("--prefix", default=None, metavar="PFX",
-              help="Look at the MobileOne under this key prefix (when there are several).")
-@click.option("--ema", is_flag=True, help="Look at the EMA weights instead of the state_dict.")
+@prefix_option("Look at the MobileOne under this key prefix (when there are several).")
+@ema_option("Look at the EMA weights instead of the state_dict.")
 @click.option("--strict", is_flag=True,
               help="Exit 1 when the health check finds faults (NaN/Inf, negative variances) "
                    "or the file is a damaged MobileOne that convert would refuse.")

@@ -5,10 +5,17 @@ from typing import Optional, Tuple
 
 import click
 
-from ._sources import fetch_options
-from ._options import (MobileOneCommand, input_size_option, json_option, load_options,
-                       preprocessing_options, reading_options)
+from ._options import (
+    MobileOneCommand,
+    input_size_option,
+    json_option,
+    load_options,
+    preprocessing_options,
+    reading_options,
+    seed_option,
+)
 from ._plot import check_plot, plot_option, write_plot
+from ._sources import fetch_options
 
 __all__ = ["quant"]
 
@@ -51,8 +58,7 @@ __all__ = ["quant"]
 @click.option("--batch", type=int, default=8, show_default=True, help="Images per pass.")
 @click.option("--workers", type=int, default=None, metavar="N",
               help="Image-decoding threads (default: the cores, at most 8; 0: none).")
-@click.option("--seed", type=int, default=0, show_default=True,
-              help="Seed of the synthetic images (image i uses seed + i).")
+@seed_option("Seed of the synthetic images (image i uses seed + i).")
 @input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
 @preprocessing_options(crop="--input-size")
 @reading_options()

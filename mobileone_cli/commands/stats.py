@@ -8,10 +8,16 @@ from typing import Optional
 
 import click
 
-from ._options import (MobileOneCommand, config_option, input_size_option, json_option,
-                       resolve_arch, trust_file_option)
-from ._sources import fetch_options
+from ._options import (
+    MobileOneCommand,
+    config_option,
+    input_size_option,
+    json_option,
+    resolve_arch,
+    trust_file_option,
+)
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
+from ._sources import fetch_options
 
 
 @click.command(cls=MobileOneCommand,
@@ -59,9 +65,9 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
           threads: Optional[int], runs: int, warmup: int, trust_file: bool, exact: bool,
           plot_path: Optional[str], force: bool, as_json: bool) -> int:
     from ..errors import BadInput
+    from ..jobs.stats import bench_report, stats_for_arch, stats_for_checkpoint
     from ..render.console import emit
     from ..render.stats import render_stats, stats_plot, stats_to_dict
-    from ..jobs.stats import bench_report, stats_for_arch, stats_for_checkpoint
 
     if ckpt is None and arch_name is None and config_path is None:
         raise BadInput("give a checkpoint file or --arch", hint="e.g. mobileone stats --arch s2")
@@ -73,6 +79,7 @@ def stats(ckpt: Optional[str], arch_name: Optional[str], config_path: Optional[s
     if ckpt is None and arch is None:
         raise BadInput("--arch auto needs a checkpoint file")
     if ckpt is None:
+        assert arch is not None  # refused above
         report = stats_for_arch(arch, input_size)
     else:
         report = stats_for_checkpoint(ckpt, arch=arch, input_size=input_size, trust=trust_file,

@@ -7,12 +7,20 @@ from typing import Optional, Tuple
 import click
 
 from ..errors import BadInput, VerificationFailed
-from ..rules.limits import MAX_SEED
-from ..rules.tolerances import DEFAULT_ATOL
-from ._options import (MobileOneCommand, bn_eps_option, config_option, input_size_option,
-                       json_option, load_options, trust_file_option)
-from ._sources import fetch_options
+from ..rules.tolerances import DEFAULT_ATOL, checkpoint_rule_text
+from ._options import (
+    MobileOneCommand,
+    bn_eps_option,
+    config_option,
+    ema_option,
+    input_size_option,
+    json_option,
+    load_options,
+    seed_option,
+    trust_file_option,
+)
 from ._plot import check_plot, plot_force_option, plot_option, write_plot
+from ._sources import fetch_options
 
 
 @click.command(cls=MobileOneCommand,
@@ -28,8 +36,7 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @click.argument("deploy_ckpt", type=click.Path(dir_okay=True), required=False)
 @bn_eps_option()
 @config_option()
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-              help="Seed of the random inputs.")
+@seed_option("Seed of the random inputs.")
 @click.option("--batch", type=int, default=4, show_default=True, help="Number of random inputs.")
 @input_size_option()
 @click.option("--images", "images_dir", type=click.Path(), default=None, metavar="DIR",
@@ -39,14 +46,14 @@ from ._plot import check_plot, plot_force_option, plot_option, write_plot
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda[:N].")
 @click.option("--rtol", type=click.FloatRange(min=0), default=None,
               help="Fixed tolerance relative to max |train output| (output and each block). "
-                   "Default: 1e-4 plus 4x the measured effect of rounding the deploy weights "
-                   "(so it follows the deploy file's dtype).")
+                   f"Default: {checkpoint_rule_text()} the measured effect of rounding the "
+                   "deploy weights (so it follows the deploy file's dtype).")
 @click.option("--atol", type=click.FloatRange(min=0), default=DEFAULT_ATOL, show_default=True,
               help="Absolute tolerance added to the relative one.")
 @click.option("--reference", type=click.Choice(["fp64"]), default=None,
               help="Always run the float64 referee (by default it runs where fp32 cannot "
                    "decide).")
-@click.option("--ema", is_flag=True, help="Use the EMA weights of both files.")
+@ema_option("Use the EMA weights of both files.")
 @trust_file_option()
 @click.option("--all-blocks", is_flag=True, help="Show the error of every block (as -v does).")
 @plot_option("the error profile")
@@ -65,7 +72,8 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
 
     settle_heap()
     check_plot(plot_path, force)
-    if deploy_ckpt is not None and deploy_ckpt.strip().isdigit() and not os.path.exists(deploy_ckpt):
+    if (deploy_ckpt is not None and deploy_ckpt.strip().isdigit()
+            and not os.path.exists(deploy_ckpt)):
         raise BadInput(f"{deploy_ckpt!r} is not a checkpoint file",
                        hint="--input-size takes 224, 224x192 or two numbers: 224 192")
     from ..runtimes import target_for

@@ -8,7 +8,8 @@ reproduced step by step from mmcv 2.2 and mmpretrain 1.2:
    EXIF orientation applied, 16-bit samples shifted right by 8 (what OpenCV does; Pillow's own
    conversion would clip them);
 2. ``ResizeEdge(scale=256, edge='short', backend='pillow')``: the short edge becomes 256 and the
-   long edge ``int(256 * long / short)`` (truncated); ``PIL.Image.resize`` with the filter (bilinear);
+   long edge ``int(256 * long / short)`` (truncated); ``PIL.Image.resize`` with the filter
+   (bilinear);
 3. ``CenterCrop(224)``: offsets ``int(round((size - crop) / 2))``, Python's round (half to even:
    an offset of 16.5 is 16, 17.5 is 18);
 4. ``ClsDataPreprocessor``: uint8 -> float32, ``(x - mean) / std`` in float32 with mean
@@ -37,7 +38,8 @@ __all__ = ["Preprocessing", "make_preprocessing", "ImageError", "DecodeOutOfMemo
 MMPRETRAIN_MEAN = (123.675, 116.28, 103.53)
 MMPRETRAIN_STD = (58.395, 57.12, 57.375)
 RESIZE_RATIO = 256 / 224  # resize : crop of the default, kept when only the crop is changed
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")  # mmcv's pillow set
+# mmcv's pillow set
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 PILLOW_HINT = "pip install 'mobileone-cli[images]'   (or: pip install pillow)"
 
 
@@ -73,7 +75,8 @@ class Preprocessing:
             raise BadInput(f"--crop {h}x{w}: each side must be between 1 and {MAX_INPUT_SIDE}")
         if max(h, w) > self.resize:
             raise BadInput(f"--crop {h}x{w} does not fit in an image whose short edge is resized "
-                           f"to {self.resize}", hint="give a --resize at least as large as the crop")
+                           f"to {self.resize}",
+                           hint="give a --resize at least as large as the crop")
         if self.interpolation not in INTERPOLATIONS:
             raise BadInput(f"--interpolation {self.interpolation!r}: one of "
                            f"{', '.join(INTERPOLATIONS)}")
@@ -116,7 +119,7 @@ def _triple(value: Any, option: str) -> Optional[Tuple[float, float, float]]:
             from None
     if len(nums) != 3:
         raise BadInput(f"{option} {value!r}: give three numbers (R,G,B)")
-    return nums  # type: ignore[return-value]
+    return nums
 
 
 def make_preprocessing(resize: Optional[int] = None, crop: Any = None,
@@ -277,8 +280,8 @@ def transform(image, p: Preprocessing):
     image = image.crop(crop_box(image.width, image.height, p.crop))
     # numpy, not torch: decoding threads must not each start torch's intra-op thread pool.
     # float32 subtraction and division are correctly rounded in both: the same bits.
-    x = np.asarray(image, dtype=np.uint8).astype(np.float32)
-    x = (x - np.asarray(p.mean, dtype=np.float32)) / np.asarray(p.std, dtype=np.float32)
+    pixels = np.asarray(image, dtype=np.uint8).astype(np.float32)
+    x = (pixels - np.asarray(p.mean, dtype=np.float32)) / np.asarray(p.std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
 
 

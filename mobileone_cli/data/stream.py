@@ -12,7 +12,7 @@ import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterable, Iterator, List, Optional, Tuple
 
 from ..errors import BadInput
 from ..rules.limits import MAX_WORKERS
@@ -26,8 +26,8 @@ __all__ = ["Batch", "stream_batches", "default_workers"]
 class Batch:
     """Images (B, 3, H, W) float32, their labels (B,) int64 and their names."""
 
-    x: object  # torch.Tensor
-    labels: object  # torch.Tensor
+    x: Any  # torch.Tensor
+    labels: Any  # torch.Tensor
     names: List[str]
 
 
@@ -55,7 +55,7 @@ def stream_batches(items: Iterable[Item], p: Preprocessing, batch: int, *,
     workers = default_workers() if workers is None else workers
     if not 0 <= workers <= MAX_WORKERS:
         raise BadInput(f"--workers {workers}: must be between 0 and {MAX_WORKERS}")
-    xs: List[object] = []
+    xs: List[Any] = []
     labels: List[int] = []
     names: List[str] = []
 
@@ -92,10 +92,10 @@ def stream_batches(items: Iterable[Item], p: Preprocessing, batch: int, *,
         try:
             while True:
                 while len(pending) < ahead:
-                    item = next(source, None)
-                    if item is None:
+                    new = next(source, None)
+                    if new is None:
                         break
-                    pending.append((item, pool.submit(_load, item, p, root)))
+                    pending.append((new, pool.submit(_load, new, p, root)))
                 if not pending:
                     break
                 item, future = pending.popleft()

@@ -17,11 +17,11 @@ from typing import Dict, MutableMapping, Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..errors import BadInput
-from ..arch.specs import ArchSpec, BlockSpec
 from ..arch.layouts import get_layout
-from ..rules.limits import DEFAULT_EPS
+from ..arch.specs import ArchSpec, BlockSpec
+from ..errors import BadInput
 from ..platform import release_freed_heap
+from ..rules.limits import DEFAULT_EPS
 
 __all__ = ["BatchNormStats", "bn_scale_shift", "fuse_branches", "fuse_block", "fuse_state_dict",
            "DEFAULT_EPS"]

@@ -30,7 +30,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..arch.blocks import PATTERNS, BlockPattern
 from ..errors import BadInput
-from ..io.detect import FLOAT_DTYPES, TensorInfo
+from ..io.detect import TensorInfo
+from ..rules.dtypes import FLOAT_DTYPES
 from .generic_found import FoundBlock, FoundBranch
 from .generic_keys import BN_REQUIRED, Grouping, Kernel, Parts, group_keys
 

@@ -16,9 +16,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from ..arch.blocks import PATTERNS, BlockPattern
 from ..errors import BadInput
 from ..io.detect import tensor_info
+from ..rules.limits import DEFAULT_EPS
+from ..rules.tolerances import DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from .generic import FoundBlock, Kernel, find_blocks_grouped
 
-__all__ = ["GenericReport", "fuse_generic", "check_blocks", "fold_block"]
+__all__ = ["GenericReport", "fuse_generic", "check_blocks", "block_bounds", "fold_block"]
 
 CHUNK_ELEMENTS = 1 << 18
 
@@ -62,6 +64,7 @@ def _folded(sd: Mapping[str, Any], b: FoundBlock, eps: float):
 
     where = f"block {b.path or '(top level)'}"
     p = b.parts
+    assert p is not None  # find_blocks fills it
     out = []
     for br in b.branches:
         mods = p.branches.get(br.name, {}) if br.kind not in ("identity", "block") else {}
@@ -86,7 +89,7 @@ def _folded(sd: Mapping[str, Any], b: FoundBlock, eps: float):
     return out
 
 
-def fold_block(sd: Mapping[str, Any], b: FoundBlock, eps: float = 1e-5, dtype=None):
+def fold_block(sd: Mapping[str, Any], b: FoundBlock, eps: float = DEFAULT_EPS, dtype=None):
     """(kernel, bias) of one block's deploy conv: float64 throughout, rounded once to ``dtype``
     (None: stay float64)."""
     import torch
@@ -129,7 +132,7 @@ def _dtype(sd: Mapping[str, Any], b: FoundBlock):
     return sd[keys[0]].dtype
 
 
-def fuse_generic(state_dict: Mapping[str, Any], *, eps: float = 1e-5,
+def fuse_generic(state_dict: Mapping[str, Any], *, eps: float = DEFAULT_EPS,
                  groups: Optional[int] = None, norm_kernel: Optional[Kernel] = None,
                  patterns: Sequence[BlockPattern] = PATTERNS
                  ) -> Tuple[Dict[str, Any], GenericReport]:
@@ -168,6 +171,50 @@ def fuse_generic(state_dict: Mapping[str, Any], *, eps: float = 1e-5,
     return out, report
 
 
+def _block_input(b: FoundBlock, g):
+    import torch
+
+    kh, kw = b.kernel_size
+    cin = (b.groups or 1) * b.in_per_group
+    return torch.randn(2, cin, 2 * kh + 3, 2 * kw + 3, generator=g, dtype=torch.float64)
+
+
+def block_bounds(fused: Mapping[str, Any], blocks: Sequence[FoundBlock], *,
+                 rtol: Optional[float] = None, seed: int = 0) -> Dict[str, float]:
+    """{path: bound on :func:`check_blocks`' max rel diff}: ``rtol`` when given, else the
+    checkpoint rule of ``verify`` applied to one block: DEFAULT_RTOL plus SENSITIVITY_FACTOR
+    times the relative change of the fused block's output when its stored weight and bias move
+    by one unit roundoff of their dtype with random signs (the rounding the stored dtype can
+    cause, measured on this block)."""
+    import torch
+    import torch.nn.functional as F
+
+    if rtol is not None:
+        return {b.path: rtol for b in blocks}
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    out: Dict[str, float] = {}
+    for b in blocks:
+        x = _block_input(b, g)
+        kh, kw = b.kernel_size
+        w, bias = fused[b.weight_key], fused[b.bias_key]
+        unit = UNIT_ROUNDOFF.get(str(w.dtype).replace("torch.", ""), UNIT_ROUNDOFF["float32"])
+        moved_w, moved_b = (t.to(f64) * (1 + unit * _random_signs(t.shape, g)) for t in (w, bias))
+        conv: Dict[str, Any] = dict(padding=(kh // 2, kw // 2), groups=b.groups or 1)
+        y = F.conv2d(x, w.to(f64), bias.to(f64), **conv)
+        scale = float(y.abs().max())
+        moved = float((F.conv2d(x, moved_w, moved_b, **conv) - y).abs().max())
+        out[b.path] = DEFAULT_RTOL + SENSITIVITY_FACTOR * (moved / scale if scale > 0 else 0.0)
+    return out
+
+
+def _random_signs(shape, g):
+    """+1 or -1 per element, float64, from generator ``g``."""
+    import torch
+
+    return torch.randint(0, 2, shape, generator=g, dtype=torch.float64) * 2 - 1
+
+
 def _reference(sd, b: FoundBlock, x, eps: float):
     """The block run as it is built: each branch with its own padding, float64."""
     import torch
@@ -189,6 +236,7 @@ def _reference(sd, b: FoundBlock, x, eps: float):
 
     gamma = (sd[b.layer_scale_key].to(f64).reshape(1, -1, 1, 1)
              if b.layer_scale_key is not None else None)
+    assert p is not None  # find_blocks fills it
     total = torch.zeros(())
     for br in b.branches:
         mods = p.branches.get(br.name, {})
@@ -210,7 +258,7 @@ def _reference(sd, b: FoundBlock, x, eps: float):
 
 
 def check_blocks(state_dict: Mapping[str, Any], fused: Mapping[str, Any],
-                 blocks: Sequence[FoundBlock], *, eps: float = 1e-5, seed: int = 0
+                 blocks: Sequence[FoundBlock], *, eps: float = DEFAULT_EPS, seed: int = 0
                  ) -> Dict[str, float]:
     """{path: max |train - fused| / max |train|} per block, on seeded random inputs.
 

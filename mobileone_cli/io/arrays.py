@@ -12,25 +12,14 @@ import os
 import struct
 from typing import Any, Dict, Iterator, List, Mapping, Tuple
 
+from ..rules.dtypes import DTYPE_BYTES, tensor_bytes
+
 __all__ = ["safetensors_arrays", "as_array", "ArrayView", "tensor_bytes", "DTYPE_BYTES"]
 
-# Bytes per element of the dtypes tensors are stored in (torch names, as TensorInfo spells them).
-DTYPE_BYTES = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4,
-               "int16": 2, "int8": 1, "uint8": 1, "bool": 1, "float8_e4m3fn": 1,
-               "float8_e5m2": 1, "uint16": 2, "uint32": 4, "uint64": 8, "complex64": 8,
-               "complex128": 16}
 # safetensors dtype -> numpy dtype it is read as (little-endian, as the format stores it).
 _NUMPY = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4",
           "I16": "<i2", "I8": "i1", "U8": "u1", "BOOL": "?", "U16": "<u2", "U32": "<u4",
           "U64": "<u8"}
-
-
-def tensor_bytes(dtype: str, shape: Tuple[int, ...]) -> int:
-    """Storage bytes of a tensor of ``dtype`` and ``shape`` (0 for what is not a tensor)."""
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n * DTYPE_BYTES.get(dtype, 0)
 
 
 def _widen_bf16(raw: Any) -> Any:

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
+from ..rules.limits import MAX_WALK_DEPTH, MAX_WALK_ITEMS
 from .detect import TensorInfo, tensor_info
 from .read import Checkpoint
 
-__all__ = ["Listing", "list_tensors", "structure", "flat_tensors", "tensor_totals", "MAX_DEPTH",
-           "MAX_ITEMS"]
+__all__ = ["Listing", "list_tensors", "structure", "flat_tensors", "tensor_totals"]
 
-MAX_DEPTH = 8  # nesting levels walked below the top level
-MAX_ITEMS = 200_000  # container items visited in all
 
 
 def _is_tensor(x: Any) -> bool:
@@ -31,8 +29,9 @@ def _walk(obj: Any, path: str, depth: int, budget: List[int]) -> Iterator[Tuple[
     if _is_tensor(obj):
         yield path, obj
         return
-    if depth > MAX_DEPTH:
+    if depth > MAX_WALK_DEPTH:
         return
+    items: Iterable[Tuple[Any, Any]]
     if isinstance(obj, Mapping):
         items = obj.items()
     elif isinstance(obj, (list, tuple)):
@@ -47,9 +46,9 @@ def _walk(obj: Any, path: str, depth: int, budget: List[int]) -> Iterator[Tuple[
 
 
 def flat_tensors(obj: Any, budget: Optional[List[int]] = None) -> Dict[str, Any]:
-    """{dotted path: tensor} of every tensor in a loaded object (a walk of at most MAX_ITEMS
-    container items in all, shared through ``budget`` between calls)."""
-    return dict(_walk(obj, "", 0, budget if budget is not None else [MAX_ITEMS]))
+    """{dotted path: tensor} of every tensor in a loaded object (a walk of at most
+    MAX_WALK_ITEMS container items in all, shared through ``budget`` between calls)."""
+    return dict(_walk(obj, "", 0, budget if budget is not None else [MAX_WALK_ITEMS]))
 
 
 def tensor_totals(infos: Mapping[str, TensorInfo]) -> Dict[str, Any]:
@@ -91,15 +90,15 @@ def structure(obj: Any) -> List[Dict[str, Any]]:
         entries = list(obj.items())
     else:
         entries = [("(top level)", obj)]
-    budget = [MAX_ITEMS]  # one walk for the whole file: shared references cannot multiply it
-    loose = {str(k): v for k, v in entries[:MAX_ITEMS] if _is_tensor(v)}
+    budget = [MAX_WALK_ITEMS]  # one walk for the whole file: shared references cannot multiply it
+    loose = {str(k): v for k, v in entries[:MAX_WALK_ITEMS] if _is_tensor(v)}
     rows = []
     if loose:
         totals = tensor_totals(tensor_info(loose))
         rows.append({"key": "(tensors)", "kind": "state dict" if len(loose) == len(entries)
                      else "tensors", "items": len(loose), "tensors": totals["tensors"],
                      "tensor_bytes": totals["tensor_bytes"]})
-    for key, value in entries[:MAX_ITEMS]:
+    for key, value in entries[:MAX_WALK_ITEMS]:
         if _is_tensor(value):
             continue
         tensors = flat_tensors(value, budget)

@@ -11,15 +11,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..errors import BadInput
-from ..arch.specs import ArchSpec, match_builtin
 from ..arch.layouts import LAYOUTS, Layout, TensorEntry, get_layout, schema
+from ..arch.specs import ArchSpec, match_builtin
+from ..errors import BadInput
+from ..rules.dtypes import FLOAT_DTYPES
 
 __all__ = ["Detection", "Damaged", "detect_layout", "find_candidates", "implied_root", "TensorInfo"]
 
 # key -> (dtype name, shape); dtype names as torch prints them without 'torch.' ('float32').
 TensorInfo = Tuple[str, Tuple[int, ...]]
-FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 NOT_A_TENSOR = ", not a tensor"  # dtype suffix tensor_info gives values that are not tensors
 
 
@@ -121,7 +121,8 @@ def _infer_arch(sub: Mapping[str, TensorInfo], lay: Layout, where: str) -> Tuple
     note_form(stem_block)
     stem_w = weight_shape(stem_block)
     if len(stem_w) != 4:
-        raise BadInput(f"{where}: the stem weight of the {lay.name} layout is not a 4-d conv kernel")
+        raise BadInput(f"{where}: the stem weight of the {lay.name} layout is not a 4-d conv "
+                       f"kernel")
     stem_channels, in_channels, kernel_size = stem_w[0], stem_w[1], stem_w[2]
     if min(stem_w) <= 0 or kernel_size % 2 == 0:
         raise BadInput(f"{where}: the stem kernel has shape {list(stem_w)}; a MobileOne stem "

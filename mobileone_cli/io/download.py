@@ -66,7 +66,7 @@ def check_url(url: str, came_from: Optional[str] = None) -> str:
     scheme = parts.scheme.lower()
     via = f" (redirected from {shown(came_from)})" if came_from else ""
     try:
-        parts.port
+        _ = parts.port  # reading it validates the port
     except ValueError:
         raise BadInput(f"{shown(url)}: not a valid address (its port){via}") from None
     if "@" in parts.netloc:

@@ -24,22 +24,10 @@ import struct
 from typing import Any, Dict, List, Tuple
 
 from ..errors import BadInput
-from ..rules.limits import MAX_TENSORS
+from ..rules.dtypes import DTYPE_BITS, SAFETENSORS_DTYPES
+from ..rules.limits import MAX_HEADER, MAX_INT_DIGITS, MAX_TENSORS
 
 __all__ = ["read_header", "SAFETENSORS_DTYPES", "DTYPE_BITS", "MAX_HEADER"]
-
-MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
-MAX_INT_DIGITS = 20  # 2**64 - 1 has 20 digits: larger is no size or offset
-
-# safetensors dtype -> torch dtype name (the ones this tool may meet in a checkpoint).
-SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                      "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
-                      "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
-# Every dtype the safetensors library knows, with its width in bits.
-DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
-              "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16,
-              "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64,
-              "F64": 64, "I64": 64, "U64": 64}
 
 
 class _Refused(ValueError):

@@ -94,6 +94,7 @@ def _commit_of(path: str, file: str) -> str:
 
 def _one(hub, ref: RemoteRef, file: str, cache: str, *, offline: bool, timeout: float,
          force: bool, progress: Optional[Progress]) -> HubFile:
+    assert ref.repo is not None  # a Hub reference names its repository
     common = dict(revision=ref.revision, cache_dir=cache, endpoint=_endpoint())
     if offline:
         path = hub.hf_hub_download(ref.repo, file, local_files_only=True, **common)

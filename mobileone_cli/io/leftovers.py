@@ -12,7 +12,7 @@ TEMP_PREFIX = ".mobileone-tmp-"  # + "<pid>-<random>": see io.write.atomic_write
 
 def stale_temp_files(folder: str) -> List[str]:
     """Temp files of this tool in ``folder`` whose process is gone (killed during a write)."""
-    out = []
+    out: List[str] = []
     try:
         names = os.listdir(folder)
     except OSError:

@@ -7,7 +7,7 @@ lists, and container subclasses become plain ``dict``/``list``/``tuple``/``set``
 The walk visits each object once: shared and cyclic references in the input stay shared and
 cyclic in the copy (the same object graph), so a ``meta`` that names one list 2**60 times through
 shared references costs as much as the list.  The number of objects and the nesting depth are
-bounded (``spec.limits``); beyond them the file is refused (exit 2).
+bounded (``rules.limits``); beyond them the file is refused (exit 2).
 """
 from __future__ import annotations
 
@@ -43,10 +43,12 @@ class _Copy:
             return hit[1]
         self.items += 1
         if self.items > MAX_META_ITEMS:
-            raise BadInput(f"{self.where}: its metadata holds more than {MAX_META_ITEMS:,} objects; "
+            raise BadInput(f"{self.where}: its metadata holds more than {MAX_META_ITEMS:,} "
+                           f"objects; "
                            f"refusing to copy it into the output")
         if depth > MAX_META_DEPTH:
-            raise BadInput(f"{self.where}: its metadata is nested more than {MAX_META_DEPTH} levels "
+            raise BadInput(f"{self.where}: its metadata is nested more than {MAX_META_DEPTH} "
+                           f"levels "
                            f"deep; refusing to copy it into the output")
         if isinstance(obj, Placeholder) or (isinstance(obj, type) and issubclass(obj, Placeholder)):
             return self._remember(obj, f"<not loaded: {obj.global_name}>")

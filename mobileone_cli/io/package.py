@@ -16,7 +16,7 @@ from typing import Callable, Optional
 from ..errors import BadInput
 from . import interrupt
 from .leftovers import TEMP_PREFIX
-from .write import check_destination, is_package, published
+from .write import check_destination, is_package, note_published
 
 __all__ = ["atomic_write_dir", "is_package", "folder_size"]
 
@@ -48,7 +48,7 @@ def atomic_write_dir(dst: str, write: Callable[[str], None], *, force: bool = Fa
             check(tmp)
         with interrupt.lock():  # published and recorded as one step, or not at all
             _publish(tmp, dst, force)
-            published.append(dst)
+            note_published(dst)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None

@@ -14,9 +14,13 @@ from __future__ import annotations
 import struct
 from typing import Any, Iterable, List, Optional, Tuple
 
-from ..errors import BadInput, first_line
+from ..errors import BadInput, first_line, raised_in_package
 
-__all__ = ["TRUST_HINT", "CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global", "code_globals",
+# Exceptions that, raised by this package's own code while it reads a file, mean a bug in it.
+PROGRAMMING_ERRORS = (AttributeError, TypeError, AssertionError, KeyError, IndexError)
+
+__all__ = ["TRUST_HINT", "CODE_MODULES", "DATA_BUILTINS", "python3_name", "is_code_global",
+           "code_globals",
            "refuse_code_globals", "load_torch"]
 
 TRUST_HINT = "`mobileone --trust-file FILE COMMAND ...` or MOBILEONE_TRUST=FILE"
@@ -132,7 +136,10 @@ def load_torch(path: str, *, trusted: Any = None) -> Tuple[Any, List[str]]:
     except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError,
             IndexError, TypeError, UnicodeDecodeError, struct.error, ImportError,
             AssertionError, OverflowError, NotImplementedError, RecursionError) as exc:
-        # torch's unpickler reports a damaged legacy file with any of these
+        # torch's unpickler reports a damaged legacy file with any of these; raised by our own
+        # loading code, the programming errors among them are bugs (exit 3), not bad files.
+        if isinstance(exc, PROGRAMMING_ERRORS) and raised_in_package(exc):
+            raise
         reason = first_line(str(exc)) or exc.__class__.__name__
         if "zip archive" in reason or "central directory" in reason or isinstance(exc, EOFError):
             reason = "truncated or corrupt file: " + reason
@@ -149,6 +156,8 @@ def _trusted_load(path: str, source: Any) -> Any:
     try:
         return torch.load(source, map_location="cpu", weights_only=False)
     except (pickle.UnpicklingError, ImportError, AttributeError) as exc:
+        if isinstance(exc, PROGRAMMING_ERRORS) and raised_in_package(exc):
+            raise
         hint = None
         if isinstance(exc, ImportError):  # e.g. mmengine is not installed here
             hint = ("without trusting it, objects of packages that are not installed load as "

@@ -4,8 +4,9 @@ Loading never runs code from the file: torch files go through ``torch.load(weigh
 safetensors through the safetensors library.  Work is bounded by the file: a torch zip whose
 directory declares compressed records or records larger than the file is refused before anything
 is inflated, and tensors that claim more than the file stores (broadcast or overlapping views,
-:mod:`.bounds`) before anything is computed from them.  Torch is imported only inside the functions that need tensors;
-:func:`sniff_format` and :func:`read_safetensors_header` work without it.
+:mod:`.bounds`) before anything is computed from them.  Torch is imported only inside the
+functions that need tensors; :func:`sniff_format` and :func:`read_safetensors_header` work
+without it.
 """
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ def swapped_ema(obj: Any) -> bool:
     plus the raw training weights under ``module.``-prefixed keys.
     """
     ema = obj.get("ema_state_dict") if isinstance(obj, Mapping) else None
-    return (isinstance(ema, Mapping) and "steps" in ema and isinstance(obj.get("state_dict"), Mapping)
+    return (isinstance(ema, Mapping) and "steps" in ema
+            and isinstance(obj.get("state_dict"), Mapping)
             and all(k == "steps" or str(k).startswith("module.") for k in ema))
 
 

@@ -15,11 +15,21 @@ import re
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Optional
 
-from ..arch.sources import KnownCheckpoint, RemoteRef, SOURCE_BASES, parse_remote
+from ..arch.sources import SOURCE_BASES, KnownCheckpoint, RemoteRef, parse_remote
 from ..errors import BadInput, printable
 from ..rules import limits
-from .cache import (CacheEntry, cache_root, check_record, check_sha256_pin, entry_for_known,
-                    entry_for_url, file_sha256, locked, read_record, write_record)
+from .cache import (
+    CacheEntry,
+    cache_root,
+    check_record,
+    check_sha256_pin,
+    entry_for_known,
+    entry_for_url,
+    file_sha256,
+    locked,
+    read_record,
+    write_record,
+)
 from .download import Progress, discard, download
 
 __all__ = ["FetchSettings", "Fetched", "remote_ref", "resolve", "local_path", "source_url",
@@ -120,10 +130,12 @@ def resolve(text: str, settings: Optional[FetchSettings] = None) -> Optional[Fet
 
 def _fetch(text: str, ref: RemoteRef, settings: FetchSettings, root: str) -> Fetched:
     if ref.kind == "url":
+        assert ref.url is not None  # parse_source sets it for a URL
         return _fetch_url(text, ref.url, entry_for_url(root, ref.url), None, settings, "url")
-    if ref.kind == "hub" or ref.known.source == "hf-hub":
+    if ref.kind == "hub" or (ref.known is not None and ref.known.source == "hf-hub"):
         return _fetch_hub(ref, settings, root)
     known = ref.known
+    assert known is not None  # a known name when neither a URL nor a Hub file
     return _fetch_url(text, source_url(known), entry_for_known(root, known.source, known.file),
                       known, settings, known.source)
 

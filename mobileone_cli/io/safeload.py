@@ -34,9 +34,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
+from ..rules.limits import MAX_STUBS
+
 __all__ = ["Placeholder", "make_stub", "refused_global", "load_inert", "Loaded", "MAX_STUBS"]
 
-MAX_STUBS = 256  # a file naming more foreign globals than this is not a checkpoint we can help
 
 # torch's two refusals of a global: not allowed ('... GLOBAL x.y was not an allowed global ...')
 # and blocked outright ('... unsupported GLOBAL os.system whose module os is blocked').

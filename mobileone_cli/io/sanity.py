@@ -7,9 +7,11 @@ Torch is imported only inside the functions.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Set
 
 from ..errors import BadInput
+from ..rules.limits import DEFAULT_EPS
+from ..rules.tolerances import short_number
 
 __all__ = ["check_tensor_storage", "unify_float_dtypes",
            "check_bn_stats", "check_fused_finite", "check_finite", "non_finite_keys", "preflight"]
@@ -40,7 +42,7 @@ def non_finite_keys(state_dict: Mapping[str, Any], keys: Iterable[str]) -> List[
         t = state_dict.get(k)
         if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel():
             by_dtype.setdefault(t.dtype, []).append(k)
-    bad = set()
+    bad: Set[str] = set()
     for group in by_dtype.values():
         # One fused 2-norm per tensor (NaN and Inf survive it; its vectorized kernel is ~10x
         # the max-|x| one): hundreds of per-tensor calls cost more than reading the numbers.
@@ -116,7 +118,8 @@ def check_bn_stats(state_dict: Mapping[str, Any], running_var_keys: Iterable[str
                 raise BadInput(f"{where}: {k} has {n} channel(s) with running_var == 0 and "
                                f"--bn-eps is 0: the BatchNorm divides by zero",
                                hint=f"pass the eps the model was trained with (PyTorch's "
-                                    f"default is 1e-5); `mobileone inspect {where}` measures "
+                                    f"default is {short_number(DEFAULT_EPS)}); "
+                                    f"`mobileone inspect {where}` measures "
                                     f"how much eps matters")
             zeros += n
             zero_keys.append(k)

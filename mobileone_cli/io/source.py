@@ -10,8 +10,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-from ..arch.specs import ArchSpec, expect_arch
 from ..arch.layouts import TensorEntry
+from ..arch.specs import ArchSpec, expect_arch
 from ..errors import BadInput
 from ..rules.limits import check_bn_eps, resolve_eps
 from ..timing import Steps, step
@@ -28,7 +28,7 @@ class LoadOptions:
 
     arch: Optional[ArchSpec] = None  # the architecture the user expects (--arch / --config)
     arch_source: Optional[str] = None  # '--config FILE' when arch came from a config
-    eps: Optional[float] = None  # --bn-eps; None: the config's eps, else 1e-5
+    eps: Optional[float] = None  # --bn-eps; None: the config's eps, else DEFAULT_EPS
     prefix: Optional[str] = None
     ema: bool = False
     trust: Any = False  # True: unpickle every file in full; a TrustList: only the files it names

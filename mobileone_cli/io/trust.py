@@ -72,7 +72,8 @@ def trust_list(values: Sequence[str], origin: str = "--trust-file") -> TrustList
 
 
 def trust_from_environment(environ: Optional[Mapping[str, str]] = None) -> TrustList:
-    """The files ``MOBILEONE_TRUST`` names (paths or ``sha256:HEX``, separated by ``os.pathsep``)."""
+    """The files ``MOBILEONE_TRUST`` names (paths or ``sha256:HEX``, separated by
+    ``os.pathsep``)."""
     value = (os.environ if environ is None else environ).get(TRUST_ENV, "")
     parts: List[str] = []
     for piece in value.split(os.pathsep):

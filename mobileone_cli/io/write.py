@@ -8,25 +8,55 @@ then published in one step, so DST is either untouched or complete.
 * Temp files are named ``.mobileone-tmp-<pid>-<random>`` (short, so any legal DST name works) and
   removed on every catchable exit; a later run names stale ones left by a killed process
   (:mod:`.leftovers`).
-* :data:`published` records what this process has written, so an interrupt can say so truthfully.
+* :func:`recording_writes` collects what a run has published, so an interrupt can say so
+  truthfully (a context variable: concurrent or nested runs each keep their own list).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
 import tempfile
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from contextvars import ContextVar
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..errors import BadInput
 from . import interrupt
 from .leftovers import TEMP_PREFIX
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
-           "output_format", "published", "CHECKPOINT_EXTENSIONS"]
+           "output_format", "recording_writes", "note_published", "published_paths",
+           "CHECKPOINT_EXTENSIONS"]
 
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-published: List[str] = []  # paths this process has published, in order
+# The open recordings, outermost first (a run inside a run is recorded by both).
+_WRITTEN: ContextVar[Tuple[List[str], ...]] = ContextVar("mobileone_written", default=())
+
+
+@contextlib.contextmanager
+def recording_writes(into: Optional[List[str]] = None) -> Iterator[List[str]]:
+    """The paths published inside the block, in order, appended to ``into`` (default: a new
+    list).  The CLI opens one per command; a thread that must answer a signal for the work
+    passes its own list."""
+    written: List[str] = [] if into is None else into
+    token = _WRITTEN.set(_WRITTEN.get() + (written,))
+    try:
+        yield written
+    finally:
+        _WRITTEN.reset(token)
+
+
+def published_paths() -> List[str]:
+    """The paths published so far in the innermost :func:`recording_writes` (none outside)."""
+    open_ = _WRITTEN.get()
+    return list(open_[-1]) if open_ else []
+
+
+def note_published(path: str) -> None:
+    """Record ``path`` as published in every open :func:`recording_writes`."""
+    for written in _WRITTEN.get():
+        written.append(path)
 
 
 def output_format(dst: str) -> str:
@@ -189,12 +219,13 @@ def atomic_write(dst: str, write: Callable[[str], None], *, force: bool = False,
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give DST the usual permissions
         with interrupt.lock():  # published and recorded as one step, or not at all
             _publish(tmp, dst, force)
-            published.append(dst)
+            note_published(dst)
     except OSError as exc:
         _remove_quietly(tmp)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             raise BadInput(f"{dst}: no space left on device; nothing was written") from None
-        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was written") from None
+        raise BadInput(f"{dst}: cannot write ({exc.strerror or exc}); nothing was "
+                       f"written") from None
     except BaseException as exc:
         _remove_quietly(tmp)
         if interrupt.wraps_interrupt(exc):

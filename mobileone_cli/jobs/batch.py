@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import (EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_OK, BadInput, VerificationFailed,
-                     is_out_of_memory, most_serious)
+from ..errors import (
+    EXIT_BAD_INPUT,
+    EXIT_OK,
+    EXIT_STATUS,
+    BadInput,
+    MobileOneError,
+    exit_code_of,
+    most_serious,
+)
 from ..io.write import CHECKPOINT_EXTENSIONS
 
 __all__ = ["CHECKPOINT_EXTENSIONS", "BatchItem", "is_batch", "find_checkpoints", "plan_batch",
@@ -171,10 +178,10 @@ def check_outputs(pairs: Sequence[Tuple[str, str]], *, inputs_too: bool = True) 
     """Refuse, before anything is written, a batch in which two inputs share one output or
     (``inputs_too``) an output is one of its own inputs, with or without --force: ``m.pth`` ->
     ``m_deploy.pth`` beside a user's ``m_deploy.pth``."""
-    inputs = {}
+    inputs: Dict[Any, str] = {}
     for src, _ in pairs if inputs_too else ():
         inputs.setdefault(_identity(src), src)
-    outputs = {}
+    outputs: Dict[Any, str] = {}
     for src, dst in pairs:
         key = _identity(dst)
         if key in inputs:
@@ -211,24 +218,26 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
     items: List[Optional[BatchItem]] = [None] * len(pairs)
     for i, (src, dst) in enumerate(pairs):
         if skip_existing and os.path.lexists(dst):
-            items[i] = BatchItem(src, dst, "skipped", EXIT_OK, f"{dst} exists (--skip-existing)")
+            skipped = BatchItem(src, dst, "skipped", EXIT_OK, f"{dst} exists (--skip-existing)")
+            items[i] = skipped
             if on_done:
-                on_done(i, items[i])
+                on_done(i, skipped)
         elif not options.force and os.path.lexists(dst):  # a re-run: say both ways on
-            items[i] = BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
-                                 f"{dst}: already exists (use --skip-existing or --force)",
-                                 exists=True)
+            refused = BatchItem(src, dst, EXIT_STATUS[EXIT_BAD_INPUT], EXIT_BAD_INPUT,
+                                f"{dst}: already exists (use --skip-existing or --force)",
+                                exists=True)
+            items[i] = refused
             if on_done:
-                on_done(i, items[i])
+                on_done(i, refused)
         else:
             todo.append(i)
     if jobs <= 1 or len(todo) <= 1:
         for i in todo:
             if on_start:
                 on_start(i, pairs[i][0])
-            items[i] = _convert_one(pairs[i][0], pairs[i][1], options)
+            item = items[i] = _convert_one(pairs[i][0], pairs[i][1], options)
             if on_done:
-                on_done(i, items[i])
+                on_done(i, item)
         return [it for it in items if it is not None]
     from .batch_workers import convert_in_workers
 
@@ -246,19 +255,17 @@ def _convert_one(src: str, dst: str, options: Any) -> BatchItem:
         result = convert_file(src, dst, options)
         result.state_dict = None  # keep the summary, free the tensors
         return BatchItem(src, dst, "ok", EXIT_OK, result=result)
-    except VerificationFailed as exc:
-        return BatchItem(src, dst, "mismatch", exc.exit_code, _with_hint(exc), facts=exc.facts)
-    except BadInput as exc:
-        return BatchItem(src, dst, "bad input", exc.exit_code, _with_hint(exc), facts=exc.facts)
+    except MobileOneError as exc:
+        code = exit_code_of(exc)
+        return BatchItem(src, dst, EXIT_STATUS[code], code, _with_hint(exc), facts=exc.facts)
     except OSError as exc:
-        return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT,
+        return BatchItem(src, dst, EXIT_STATUS[EXIT_BAD_INPUT], EXIT_BAD_INPUT,
                          f"{dst}: cannot create the output folder ({exc.strerror or exc})")
-    except Exception as exc:  # MemoryError included
-        if is_out_of_memory(exc):  # the file asks for more memory than there is
-            return BatchItem(src, dst, "bad input", EXIT_BAD_INPUT, f"{src}: out of memory")
-        # a bug: record it and go on with the next file
-        return BatchItem(src, dst, "internal error", EXIT_INTERNAL,
-                         f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
+    except Exception as exc:  # MemoryError included; a bug is recorded and the batch goes on
+        code = exit_code_of(exc)
+        message = (f"{src}: out of memory" if code == EXIT_BAD_INPUT else
+                   f"{src}: {exc.__class__.__name__}: {exc}".splitlines()[0][:300])
+        return BatchItem(src, dst, EXIT_STATUS[code], code, message)
 
 
 def _with_hint(exc) -> str:
@@ -266,5 +273,6 @@ def _with_hint(exc) -> str:
 
 
 def batch_exit_code(items: Sequence[BatchItem]) -> int:
-    """0 when all converted; else the most serious failure: internal 3 > mismatch 1 > bad input 2."""
+    """0 when all converted; else the most serious failure: internal 3 > mismatch 1 > bad
+    input 2."""
     return most_serious(it.exit_code for it in items)

@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ..io import interrupt
-from ..io.write import published
+from ..io.write import note_published, published_paths
 
 __all__ = ["convert_in_workers"]
 
@@ -27,6 +27,7 @@ def convert_in_workers(convert_one: Callable[..., Any], pairs: Sequence[Tuple[st
 
     # forkserver: a fresh process imports torch once (never running a parallel region, so no
     # OpenMP state is forked) and forks every worker from it; spawn would import torch in each.
+    ctx: Any
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["torch", "mobileone_cli.jobs.convert",
@@ -48,7 +49,7 @@ def convert_in_workers(convert_one: Callable[..., Any], pairs: Sequence[Tuple[st
                     with interrupt.lock():
                         done.add(i)
                         if items[i].status == "ok":
-                            published.append(items[i].dst)  # written by a worker
+                            note_published(items[i].dst)  # written by a worker
                     if on_done:
                         on_done(i, items[i])
             except BaseException:
@@ -70,7 +71,7 @@ def _stop_workers(pool: Any, pairs: Sequence[Tuple[str, str]], before: dict, don
     """Stop a batch's worker processes now (an interrupt, or an error of the batch itself): each
     removes its temp file and exits (SIGTERM; SIGKILL after 2 s, its temp files removed here),
     and every output a worker published whose result had not come back yet is recorded in
-    ``published``.  Idempotent."""
+    the current run's written files (:func:`..io.write.recording_writes`).  Idempotent."""
     import signal
     import time
 
@@ -102,13 +103,14 @@ def _stop_workers(pool: Any, pairs: Sequence[Tuple[str, str]], before: dict, don
                 _remove(os.path.join(folder, name))
     for i in sorted(before):
         dst = pairs[i][1]
-        if i not in done and _on_disk(dst) not in (None, before[i]) and dst not in published:
-            published.append(dst)
+        if (i not in done and _on_disk(dst) not in (None, before[i])
+                and dst not in published_paths()):
+            note_published(dst)
     pool.shutdown(wait=False, cancel_futures=True)
     if interrupt.interrupted():  # the process exits next, skipping its exit handlers: release
         from multiprocessing import util  # the pool's semaphores now (else a warning on exit)
 
-        util._run_finalizers(0)
+        util._run_finalizers(0)  # type: ignore[attr-defined]  # private, no stub
 
 
 def _remove(path: str) -> None:

@@ -7,18 +7,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import __version__
+from ..arch.layouts import get_layout, param_count, schema
 from ..errors import BadInput, MobileOneError, VerificationFailed
 from ..io.detect import Detection
-from ..io.source import LoadOptions, open_source
 from ..io.leftovers import stale_note
+from ..io.source import LoadOptions, open_source
 from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
-from ..arch.layouts import get_layout, param_count, schema
-from ..rules.limits import check_seed
+from ..rules.dtypes import STORAGE_DTYPES
+from ..rules.limits import DEFAULT_EPS, check_seed
 from ..timing import Steps
 
 __all__ = ["ConvertOptions", "ConvertResult", "convert_file", "convert_state_dict", "DTYPES"]
 
-DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+DTYPES = STORAGE_DTYPES  # --dtype name -> dtype
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ConvertResult:
     keys_out: int
     params_in: int
     params_out: int
-    eps: float = 1e-5
+    eps: float = DEFAULT_EPS
     size_in: int = 0
     size_out: int = 0
     verdict: Any = None  # check.verdict.Verdict, when checked
@@ -80,7 +81,7 @@ def parse_dtype(name: Optional[str]):
 
 
 def convert_state_dict(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str] = None,
-                       fuse: bool = True, eps: float = 1e-5, dtype=None,
+                       fuse: bool = True, eps: float = DEFAULT_EPS, dtype=None,
                        consume: bool = False, equalize: bool = False) -> Dict[str, Any]:
     """The converted state dict: MobileOne keys fused/remapped in place of the old ones, every
     other key copied through in its original position (``equalize``: the fused weights
@@ -108,8 +109,8 @@ def _equalized(mob: Dict[str, Any], det: Detection, eps: float, dtype, consume: 
 def _converted(sd: Dict[str, Any], det: Detection, *, layout_out: Optional[str], fuse: bool,
                eps: float, dtype, consume: bool, equalize: bool):
     """(the converted state dict, the fuse.equalize.Equalization or None)."""
-    from ..fuse.fusion import fuse_state_dict
     from ..arch.layouts import remap
+    from ..fuse.fusion import fuse_state_dict
 
     layout_out = layout_out or det.layout
     if equalize and not (fuse and det.form == "train"):

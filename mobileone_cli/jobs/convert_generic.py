@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed
-from ..fuse.generic import FoundBlock, Kernel
-from ..fuse.generic_fuse import GenericReport, check_blocks, fuse_generic
+from ..fuse.generic import Kernel
+from ..fuse.generic_fuse import GenericReport, block_bounds, check_blocks, fuse_generic
+from ..rules.limits import DEFAULT_EPS
 from ..timing import Steps
 
 __all__ = ["GenericResult", "convert_generic_file", "generic_patterns"]
@@ -26,20 +27,13 @@ def generic_patterns(blocks_file: Optional[str] = None) -> tuple:
     return load_blocks(os.fspath(blocks_file)) + PATTERNS
 
 
-def _default_rtol(fused: Mapping[str, Any], blocks: Sequence[FoundBlock]) -> float:
-    """1e-4 (verify's default) for float32/64; a few rounding steps of half-precision kernels."""
-    import torch
-
-    eps = max(torch.finfo(fused[b.weight_key].dtype).eps for b in blocks)
-    return max(1e-4, 4 * eps)
-
-
 @dataclass
 class GenericResult:
     src: str
     dst: Optional[str]
     report: GenericReport
     checks: Dict[str, float] = field(default_factory=dict)  # path -> max rel diff
+    bounds: Dict[str, float] = field(default_factory=dict)  # path -> its bound (block_bounds)
     size_in: int = 0
     size_out: int = 0
     notes: List[str] = field(default_factory=list)
@@ -51,7 +45,8 @@ class GenericResult:
         return max(self.checks.values()) if self.checks else None
 
 
-def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, force: bool = False,
+def convert_generic_file(src: str, dst: Optional[str], *, eps: float = DEFAULT_EPS,
+                         force: bool = False,
                          verify: bool = True, groups: Optional[int] = None,
                          norm_kernel: Optional[Kernel] = None, ema: bool = False,
                          trust: bool = False, rtol: Optional[float] = None,
@@ -64,8 +59,8 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     patterns of an in-house naming to the built-in ones.
     """
     from .. import __version__
-    from ..io.read import load_checkpoint, loading_notes
     from ..io.leftovers import stale_note
+    from ..io.read import load_checkpoint, loading_notes
     from ..io.write import check_checkpoint_name, check_destination, output_format, save_checkpoint
     from ..rules.limits import check_bn_eps, check_seed
 
@@ -91,13 +86,13 @@ def convert_generic_file(src: str, dst: Optional[str], *, eps: float = 1e-5, for
     if verify:
         with steps("check"):
             result.checks = check_blocks(ck.state_dict, out, report.blocks, eps=eps, seed=seed)
-        tol = _default_rtol(out, report.blocks) if rtol is None else rtol
-        bad = [(p, r) for p, r in result.checks.items() if not r <= tol]
+            result.bounds = block_bounds(out, report.blocks, rtol=rtol, seed=seed)
+        bad = [(p, r) for p, r in result.checks.items() if not r <= result.bounds[p]]
         if bad:
-            path, rel = max(bad, key=lambda pr: pr[1])
+            path, rel = max(bad, key=lambda pr: pr[1] / max(result.bounds[pr[0]], 1e-300))
             raise VerificationFailed(f"{src}: fused block {path or '(top level)'} differs from its "
-                                     f"branches (max rel diff {rel:.3g} > {tol:g}); nothing was "
-                                     f"written")
+                                     f"branches (max rel diff {rel:.3g} > "
+                                     f"{result.bounds[path]:.3g}); nothing was written")
     result.notes += loading_notes(ck)
     if ck.stripped_prefix:
         out = {ck.stripped_prefix + k: v for k, v in out.items()}

@@ -12,11 +12,12 @@ convert and verify only).  The files stay in the folder; nothing in it is overwr
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 from ..assets import digits as assets
 from ..errors import BadInput
@@ -38,7 +39,7 @@ class HeldoutResult:
     name: str  # 'train', 'deploy', '.onnx', 'int8 per-channel', ...
     runs_in: str  # PyTorch, onnxruntime, ...
     file: Optional[str]  # what was run, None for an in-memory model
-    top1: float  # held-out accuracy
+    top1: Optional[float]  # held-out accuracy (None: no image was scored)
     agreement: Optional[float]  # top-1 agreement with the reference (None: the reference)
     disagreeing: int = 0  # images whose top-1 differs from the reference's
     max_rel: Optional[float] = None  # largest output difference / max |reference output|
@@ -49,14 +50,14 @@ class HeldoutResult:
 class DemoReport:
     folder: str
     synthetic: bool
-    arch: object  # ArchSpec
-    convert: object  # jobs.convert.ConvertResult
+    arch: Any  # ArchSpec
+    convert: Any  # jobs.convert.ConvertResult
     source: str  # the train-form checkpoint in the folder
     network: Optional[str] = None  # the trained network's name
     record: Optional[dict] = None  # assets.digits.training_record
     images: int = 0  # held-out images evaluated
     heldout: List[HeldoutResult] = field(default_factory=list)
-    exports: List[object] = field(default_factory=list)  # jobs.export.ExportResult
+    exports: List[Any] = field(default_factory=list)  # jobs.export.ExportResult
     missing: List[Tuple[str, str]] = field(default_factory=list)  # (extension, install hint)
     pngs: Optional[str] = None  # folder of the held-out PNGs, when Pillow is installed
     notes: List[str] = field(default_factory=list)
@@ -64,7 +65,7 @@ class DemoReport:
     @property
     def files(self) -> List[str]:
         out = [self.source, self.convert.dst]
-        if not self.synthetic:
+        if not self.synthetic and self.network is not None:
             out.insert(1, assets.config_path(self.network).replace(assets.FOLDER, self.folder))
         return out + [e.dst for e in self.exports]
 
@@ -117,7 +118,7 @@ def run_demo(folder: str = DEFAULT_FOLDER, *, network: str = assets.DEFAULT_NETW
     from ..io.write import atomic_write
 
     for origin, dst in ((assets.checkpoint_path(name), src), (assets.config_path(name), config)):
-        atomic_write(dst, lambda tmp, origin=origin: shutil.copyfile(origin, tmp), force=True)
+        atomic_write(dst, functools.partial(_copy_to, origin), force=True)
     spec = assets.arch(name)
     size = (assets.SIZE, assets.SIZE)
     step("convert and verify")
@@ -135,11 +136,12 @@ def run_demo(folder: str = DEFAULT_FOLDER, *, network: str = assets.DEFAULT_NETW
 
 def _synthetic(folder: str, arch, arch_source: Optional[str], seed: int, force: bool,
                step: Progress) -> DemoReport:
-    from .convert import ConvertOptions, convert_file
+    from ..arch.memory import job_bytes, weight_elements
     from ..arch.specs import get_arch
     from ..io.write import save_checkpoint
     from ..models.synthetic import random_state_dict
-    from ..platform import check_memory, job_bytes, weight_elements
+    from ..platform import check_memory
+    from .convert import ConvertOptions, convert_file
 
     arch = arch or get_arch("s0")
     check_memory(job_bytes(arch), f"the demo of {arch.name} ({weight_elements(arch):,} weights)",
@@ -153,6 +155,10 @@ def _synthetic(folder: str, arch, arch_source: Optional[str], seed: int, force: 
     result = convert_file(src, dst, ConvertOptions(arch=arch if arch_source else None,
                                                    arch_source=arch_source, force=True))
     return DemoReport(folder=folder, synthetic=True, arch=arch, convert=result, source=src)
+
+
+def _copy_to(origin: str, tmp: str) -> None:
+    shutil.copyfile(origin, tmp)
 
 
 def _export_all(report: DemoReport, config: str, *, force: bool, step: Progress) -> None:
@@ -179,7 +185,6 @@ def _heldout(report: DemoReport) -> None:
     """Every model on the held-out images; top-1 and agreement with the train model."""
     import torch
 
-    from .eval import artifact_model
     from ..check.harness import load_model, strict_fp32
     from ..check.tally import Accuracy, Agreement
     from ..data.digits import heldout_images
@@ -187,6 +192,7 @@ def _heldout(report: DemoReport) -> None:
     from ..io.read import load_checkpoint
     from ..quant.fakequant import SCHEMES
     from ..quant.measure import measure
+    from .eval import artifact_model
 
     arch = report.arch
     x, y = heldout_images()
@@ -225,10 +231,11 @@ def _heldout(report: DemoReport) -> None:
     for scheme in SCHEMES:
         m = measure(deploy, batches, scheme=scheme, form="deploy", per_pass=len(y),
                     logits=True, num_classes=arch.num_classes)
+        agreement = m.top1_agreement if m.top1_agreement is not None else 0.0
         report.heldout.append(HeldoutResult(
             name=f"int8 {scheme}", runs_in="fake quant", file=None,
-            top1=m.accuracy_int8[0], agreement=m.top1_agreement,
-            disagreeing=round((1 - m.top1_agreement) * m.images),
+            top1=m.accuracy_int8[0] if m.accuracy_int8 is not None else None,
+            agreement=m.top1_agreement, disagreeing=round((1 - agreement) * m.images),
             max_rel=m.max_abs_diff / m.scale if m.scale else None,
             reference="train" if deploy_disagree == 0 else "deploy"))
     if deploy_disagree:

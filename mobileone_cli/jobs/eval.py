@@ -18,18 +18,18 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..arch.specs import ArchSpec
 from ..check.harness import load_model, resolve_device, strict_fp32
 from ..check.tally import Accuracy, Agreement
-from .verify import Side, pair_sides, read_side
 from ..data.folders import Dataset, open_dataset
 from ..data.pipeline import Preprocessing, pillow
 from ..data.stream import default_workers, stream_batches
 from ..errors import BadInput
 from ..io.source import LoadOptions
-from ..runtimes import Artifact, load_artifact, runtime_for
-from ..arch.specs import ArchSpec
 from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
+from ..runtimes import Artifact, load_artifact, runtime_for
 from ..timing import Steps, step
+from .verify import Side, pair_sides, read_side
 
 __all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files", "artifact_model"]
 

@@ -15,17 +15,20 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..check.artifact import ShapeCheck, WeightCheck, check_shapes
 from ..errors import BadInput, VerificationFailed
-from ..io.source import LoadOptions
 from ..io.leftovers import stale_note
+from ..io.source import LoadOptions
 from ..io.write import atomic_write
-from ..runtimes import TARGETS, Target, runtime_module, target_for
-from ..runtimes.onnx import EXPORTERS, export as export_model, resolve_exporter
-from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE as MAX_SIDE, check_batch
+from ..rules.limits import MAX_BATCH, check_batch
+from ..rules.limits import MAX_INPUT_SIDE as MAX_SIDE
 from ..rules.tolerances import EXPORT_RTOL
+from ..runtimes import TARGETS, ExportPlan, Runtime, get_runtime, target_for
+from ..runtimes.coreml import DEFAULT_DEPLOYMENT_TARGET
+from ..runtimes.onnx import EXPORTERS, resolve_exporter
+from ..runtimes.onnx import export as export_model
 from ..timing import Steps
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model",
@@ -63,7 +66,7 @@ class ExportResult:
 
 
 def require_onnx() -> None:
-    runtime_module("onnx").require()
+    get_runtime("onnx").require()
 
 
 def check_onnx(path: str, deploy_sd, arch, shapes, *, dtype: str = "fp32", seed: int = 0,
@@ -73,11 +76,7 @@ def check_onnx(path: str, deploy_sd, arch, shapes, *, dtype: str = "fp32", seed:
     from ..runtimes import load_artifact
 
     return check_artifact(load_artifact(path, kind="onnx"), deploy_sd, arch, shapes, dtype=dtype,
-                          compute=_compute(TARGETS[".onnx"], dtype), seed=seed, rtol=rtol)
-
-
-def _compute(target: Target, dtype: str) -> str:
-    return target.fp16_compute if dtype == "fp16" else "float32"
+                          compute=get_runtime("onnx").compute(dtype), seed=seed, rtol=rtol)
 
 
 @dataclass
@@ -95,15 +94,15 @@ class ExportOptions(LoadOptions):
     opset: Optional[int] = None  # .onnx
     dtype: str = "fp32"
     exporter: str = "auto"  # .onnx
-    coreml_target: str = "iOS16"  # .mlpackage minimum deployment target
+    coreml_target: str = DEFAULT_DEPLOYMENT_TARGET  # .mlpackage minimum deployment target
     force: bool = False
     verify: bool = True  # check the fusion against the train model (train-form input)
     seed: int = 0
     rtol: Optional[float] = None
 
 
-def _plan(o: ExportOptions, dst: str) -> Tuple[Target, Optional[int], bool, Optional[int]]:
-    """Target, batch (None: dynamic), dynamic size and max batch, or BadInput."""
+def _plan(o: ExportOptions, dst: str) -> Tuple[Runtime, ExportPlan]:
+    """The target's runtime and the shape of the export, or BadInput before any work."""
     target = target_for(dst)
     if target is None or os.fspath(dst).rstrip("/" + os.sep) != os.fspath(dst):
         raise BadInput(f"{dst}: OUT must end in one of {', '.join(TARGETS)} (the extension "
@@ -118,33 +117,32 @@ def _plan(o: ExportOptions, dst: str) -> Tuple[Target, Optional[int], bool, Opti
         raise BadInput(f"a dynamic height and width: {target.extension} artifacts have a fixed "
                        f"input size", hint="leave it out (--input-size sets the size), or "
                                            "export .onnx")
-    onnx = target.module == "onnx"
-    for name, value, default in (("--opset", o.opset, None), ("--exporter", o.exporter, "auto")):
-        if not onnx and value != default:
-            raise BadInput(f"{name} applies to .onnx only, not {target.extension}")
-    if target.module != "coreml" and o.coreml_target != "iOS16":
-        raise BadInput(f"--coreml-target applies to .mlpackage only, not {target.extension}")
-    from ..runtimes.coreml import DEPLOYMENT_TARGETS
-
-    if o.coreml_target not in DEPLOYMENT_TARGETS:
-        raise BadInput(f"--coreml-target {o.coreml_target!r}: choose one of "
-                       f"{', '.join(DEPLOYMENT_TARGETS)}")
+    for other in TARGETS.values():  # options that belong to another runtime keep their default
+        for name, default in other.options.items():
+            if name not in target.options and getattr(o, name) != default:
+                raise BadInput(f"--{name.replace('_', '-')} applies to {other.extension} only, "
+                               f"not {target.extension}")
     max_batch = None
-    if batch is None and not onnx:
+    if batch is None and target.bounded_batch:
         max_batch = o.max_batch or DEFAULT_MAX_BATCH
         if not 1 <= max_batch <= MAX_BATCH:
             raise BadInput(f"--max-batch {max_batch}: must be between 1 and {MAX_BATCH}")
-        from ..runtimes.executorch import MIN_EXAMPLE_BATCH
-
-        if target.module == "executorch" and max_batch <= MIN_EXAMPLE_BATCH:
-            raise BadInput(f"--max-batch {max_batch}: an ExecuTorch program with a dynamic "
-                           f"batch needs a maximum above {MIN_EXAMPLE_BATCH}",
-                           hint="or fix the batch with --batch N")
     elif o.max_batch is not None:
-        raise BadInput("--max-batch bounds a dynamic batch of a .pte, .tflite or .mlpackage",
+        bounded = ", ".join(t.extension for t in TARGETS.values() if t.bounded_batch)
+        raise BadInput(f"--max-batch bounds a dynamic batch of a {_or(bounded)}",
                        hint="use it with --batch dynamic")
-    _validate_shape(tuple(o.input_size), batch)
-    return target, batch, dynamic_size, max_batch
+    plan = ExportPlan(batch=batch, dynamic_size=dynamic_size, max_batch=max_batch,
+                      dtype=o.dtype)
+    target.plan(o, plan)
+    h, w = o.input_size
+    _validate_shape((h, w), batch)
+    return target, plan
+
+
+def _or(listed: str) -> str:
+    """'.pte, .tflite, .mlpackage' -> '.pte, .tflite or .mlpackage'."""
+    head, _, last = listed.rpartition(", ")
+    return f"{head} or {last}" if head else last
 
 
 def _validate_shape(input_size: Tuple[int, int], batch: Optional[int]) -> None:
@@ -159,8 +157,8 @@ def _validate_shape(input_size: Tuple[int, int], batch: Optional[int]) -> None:
 
 def _deploy(src: str, o: ExportOptions, input_size):
     """Load, fuse (and judge the fusion): (convert result, Apple-key deploy state dict)."""
-    from .convert import ConvertOptions, convert_file
     from ..arch.layouts import schema
+    from .convert import ConvertOptions, convert_file
 
     load = {f.name: getattr(o, f.name) for f in dataclasses.fields(LoadOptions)}
     conv = convert_file(src, None, ConvertOptions(**load, layout_out="apple", fuse=True,
@@ -182,15 +180,16 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     check passes."""
     o = dataclasses.replace(options or ExportOptions(), **overrides)
     src, dst = os.fspath(src), os.fspath(dst)
-    input_size = tuple(o.input_size)
-    target, batch, dynamic_size, max_batch = _plan(o, dst)
+    h, w = o.input_size
+    input_size = (h, w)
+    target, plan = _plan(o, dst)
+    batch = plan.batch
     from ..io.write import check_destination
 
     check_destination(dst, force=o.force, src=src, what=f"path ending in {target.extension}",
-                      package=target.module == "coreml")
-    runtime = runtime_module(target.module)
-    runtime.require()
-    exporter = resolve_exporter(o.exporter, o.opset) if target.module == "onnx" else None
+                      package=target.package)
+    target.require()
+    facts = target.prepare(o)
 
     import torch
 
@@ -202,7 +201,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     steps = Steps()
     steps.seconds.update(conv.timings or {})
     det = conv.detection
-    shapes = check_shapes(batch, input_size, dynamic_size)
+    shapes = check_shapes(batch, input_size, plan.dynamic_size)
     check_room(det.arch, max(s[1:] for s in shapes), max(s[0] for s in shapes),
                f"the {target.runtime} check")
     if o.dtype == "fp16":
@@ -213,7 +212,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
                                      f"+-65504); export in fp32")
     net = load_model(deploy_sd, det.arch, "deploy", dtype=torch.float32)
     half_net = o.dtype == "fp16" and target.fp16_input
-    if target.module != "onnx":
+    if target.pooled_head:
         from ..models.mobileone import MeanPoolHead
 
         net = MeanPoolHead(net)
@@ -224,16 +223,16 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
                          dtype=torch.float16 if half_net else torch.float32)
     output_name = "logits" if det.arch.has_head else "features"
     result = ExportResult(src=src, dst=dst, detection=det, fused=det.form == "train",
-                          fusion_metrics=conv.metrics, exporter=exporter, opset=None,
+                          fusion_metrics=conv.metrics, exporter=facts.get("exporter"),
+                          opset=None,
                           dtype=o.dtype, input_name="input", output_name=output_name,
                           input_shape=[], output_shape=[], rtol=o.rtol, notes=list(conv.notes),
                           target=target.module, runtime=target.runtime)
     write = _timed(steps, f"export ({target.runtime})",
-                   _write_step(result, runtime, net, sample, o, batch, dynamic_size, max_batch))
+                   _write_step(result, target, net, sample, o, plan, facts))
     check = _timed(steps, f"{target.runtime} check",
-                   _check_step(result, target, deploy_sd, det.arch, o, batch, dynamic_size,
-                               max_batch, input_size))
-    if target.module == "coreml":
+                   _check_step(result, target, deploy_sd, det.arch, o, plan, facts, input_size))
+    if target.package:
         from ..io.package import atomic_write_dir
 
         result.size_out = atomic_write_dir(dst, write, force=o.force, check=check)
@@ -244,7 +243,7 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     return result
 
 
-def _timed(steps: Steps, name: str, fn):
+def _timed(steps: Steps, name: str, fn: Callable[[str], None]) -> Callable[[str], None]:
     """``fn(tmp)`` run as the step ``name`` (timed for -v, shown as progress)."""
     def run(tmp: str) -> None:
         with steps(name):
@@ -253,72 +252,41 @@ def _timed(steps: Steps, name: str, fn):
     return run
 
 
-def _write_step(result: ExportResult, runtime, net, sample, o: ExportOptions,
-                batch: Optional[int], dynamic_size: bool, max_batch: Optional[int]):
-    """``write(tmp)`` for atomic_write: the target's exporter (ONNX: dynamo, falling back to
-    TorchScript under ``auto``)."""
+def _write_step(result: ExportResult, target: Runtime, net, sample, o: ExportOptions,
+                plan: ExportPlan, facts: Dict[str, Any]):
+    """``write(tmp)`` for atomic_write: the runtime's exporter."""
     def write(tmp: str) -> None:
-        if result.target != "onnx":
-            extra: Dict[str, Any] = {}
-            if result.target in ("litert", "coreml"):
-                extra["dtype"] = o.dtype
-            if result.target == "coreml":
-                extra.update(deployment_target=o.coreml_target, output_name=result.output_name)
-            result.details.update(runtime.export(net, tmp, sample=sample, max_batch=max_batch,
-                                                 **extra) or {})
-            return
-        kwargs = dict(sample=sample, dynamic_batch=batch is None, dynamic_size=dynamic_size,
-                      opset=o.opset, output_name=result.output_name)
-        try:
-            export_model(net, tmp, exporter=result.exporter, **kwargs)
-        except VerificationFailed as exc:
-            if o.exporter != "auto" or result.exporter != "dynamo":
-                raise
-            result.notes.append(f"dynamo exporter failed ({exc.message}); used the TorchScript "
-                                f"one")
-            result.exporter = "torchscript"
-            export_model(net, tmp, exporter=result.exporter, **kwargs)
+        result.details.update(target.export(net, tmp, sample=sample, options=o, plan=plan,
+                                            output_name=result.output_name, facts=facts,
+                                            notes=result.notes) or {})
+        result.exporter = facts.get("exporter")
 
     return write
 
 
-def _check_step(result: ExportResult, target: Target, deploy_sd, arch, o: ExportOptions,
-                batch: Optional[int], dynamic_size: bool, max_batch: Optional[int],
-                input_size):
-    """``check(tmp)`` for atomic_write: the artifact in its runtime (Core ML off macOS: its
-    weights read back) against our deploy model; raises VerificationFailed on a mismatch."""
+def _check_step(result: ExportResult, target: Runtime, deploy_sd, arch, o: ExportOptions,
+                plan: ExportPlan, facts: Dict[str, Any], input_size):
+    """``check(tmp)`` for atomic_write: the artifact in its runtime (where it cannot run here,
+    its weights read back) against our deploy model; raises VerificationFailed on a mismatch."""
     def check(tmp: str) -> None:
         from ..check.artifact import check_artifact, precision_note
         from ..runtimes import load_artifact
 
-        if target.module == "onnx":
-            from ..runtimes.onnx import graph_io
-
-            result.opset = graph_io(tmp)[0]
-            if o.opset is not None and result.opset != o.opset:
-                raise BadInput(f"--opset {o.opset}: the {result.exporter} exporter wrote opset "
-                               f"{result.opset}")
         artifact = load_artifact(tmp, kind=target.module)
+        target.check_written(tmp, artifact, o, plan, facts)
+        result.opset = facts.get("opset")
         result.input_name, result.input_shape = artifact.input_name, artifact.input_shape
         result.output_shape = artifact.output_shape
-        if target.module == "executorch":
-            planned = artifact.details["planned_input"][0]
-            if planned != (max_batch or batch):
-                raise VerificationFailed(f"the ExecuTorch program was planned for a batch of "
-                                         f"{planned}, not {max_batch or batch}")
-            if max_batch is not None:
-                result.input_shape = [f"1..{max_batch}"] + list(artifact.input_shape[1:])
-        if target.module in ("litert", "coreml") and max_batch is not None:
-            result.input_shape = [f"1..{max_batch}"] + list(artifact.input_shape[1:])
-        if target.module == "coreml":
-            _check_package(result, tmp, deploy_sd)
+        if plan.max_batch is not None:
+            result.input_shape = [f"1..{plan.max_batch}"] + list(artifact.input_shape[1:])
+        _check_stored_weights(result, target, tmp, deploy_sd)
         if not artifact.executes:
             result.executed = False
-            result.not_executed = f"not executed: {target.runtime} runs only on macOS"
+            result.not_executed = target.not_executed()
             return
         result.checks = check_artifact(artifact, deploy_sd, arch,
-                                       check_shapes(batch, input_size, dynamic_size),
-                                       dtype=o.dtype, compute=_compute(target, o.dtype),
+                                       check_shapes(plan.batch, input_size, plan.dynamic_size),
+                                       dtype=o.dtype, compute=target.compute(o.dtype),
                                        seed=o.seed, rtol=o.rtol)
         note = precision_note(result.checks)
         if note:
@@ -334,15 +302,18 @@ def _check_step(result: ExportResult, target: Target, deploy_sd, arch, o: Export
     return check
 
 
-def _check_package(result: ExportResult, path: str, deploy_sd) -> None:
-    """Every weight stored in a Core ML package against the deploy weights."""
+def _check_stored_weights(result: ExportResult, target: Runtime, path: str, deploy_sd) -> None:
+    """Every weight stored in the artifact against the deploy weights, where the runtime can
+    read them back (Core ML)."""
     from ..check.artifact import check_weights
-    from ..runtimes.coreml import const_name, read_weights
 
-    names = {k: const_name(k, result.dtype) for k in deploy_sd}
-    result.weights = w = check_weights(read_weights(path), deploy_sd, names, result.dtype)
+    read = target.read_weights(path, list(deploy_sd), result.dtype)
+    if read is None:
+        return
+    stored, names = read
+    result.weights = w = check_weights(stored, deploy_sd, names, result.dtype)
     if not w.passed:
         what = (f"missing {w.missing[0]}" if w.missing else
                 f"wrong {w.wrong[0]}" if w.wrong else f"unexpected constant {w.unexpected[0]}")
-        raise VerificationFailed(f"{result.src}: the Core ML package does not hold exactly the "
-                                 f"deploy weights ({what}); nothing was written")
+        raise VerificationFailed(f"{result.src}: the {target.runtime} package does not hold "
+                                 f"exactly the deploy weights ({what}); nothing was written")

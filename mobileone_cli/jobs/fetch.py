@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 from ..arch.sources import KNOWN, KnownCheckpoint
 from ..errors import BadInput
 from ..io.cache import entry_for_known, read_record
-from ..io.remote import FetchSettings, Fetched, remote_ref, resolve, source_url
+from ..io.remote import Fetched, FetchSettings, remote_ref, resolve, source_url
 
 __all__ = ["FetchReport", "KnownRow", "KnownList", "fetch_names", "list_known"]
 
@@ -54,11 +54,15 @@ def fetch_names(names: Sequence[str], settings: Optional[FetchSettings] = None) 
         raise BadInput(f"--sha256 pins one file; {len(names)} names were given")
     report = FetchReport(cache=settings.root)
     for name in names:
-        report.fetched.append(resolve(name, settings))
+        fetched = resolve(name, settings)
+        assert fetched is not None  # every name was checked to be remote above
+        report.fetched.append(fetched)
     return report
 
 
 def _hub_cached(known: KnownCheckpoint, root: str) -> Optional[str]:
+    if known.repo is None:  # not a Hub file
+        return None
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:

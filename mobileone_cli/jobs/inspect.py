@@ -15,12 +15,12 @@ caller passes ``trust``.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
+from ..arch.layouts import param_count
+from ..arch.specs import expect_arch
 from ..errors import BadInput
 from ..io.detect import Damaged, Detection, TensorInfo, detect_layout, tensor_info
-from ..arch.specs import expect_arch
-from ..arch.layouts import param_count
 
 __all__ = ["inspect_file", "describe"]
 
@@ -79,7 +79,7 @@ def _generic_blocks(infos: Mapping[str, TensorInfo], patterns=None) -> Dict[str,
         blocks, already = [], grouping.already
         found = [(p.pattern, "cannot fuse") for p in grouping.blocks.values()]
     else:
-        found = [(b.parts.pattern, "will fuse") for b in blocks]
+        found = [(b.parts.pattern, "will fuse") for b in blocks if b.parts is not None]
     # MobileOne blocks inside a FastViT/MobileCLIP (same naming) are listed under that family
     fastvit = {p.naming for p, _ in found if p.family.startswith("FastViT")}
     types: Dict[tuple, Dict[str, Any]] = {}
@@ -142,7 +142,8 @@ def _safetensors(path: str, ema: bool, health: bool):
              "structure": [{"key": "(top level)", "kind": "flat tensor map", "items": len(infos),
                             "tensors": len(infos),
                             "tensor_bytes": sum(tensor_bytes(d, s) for d, s in infos.values())}]}
-    values, unread = None, []
+    values: Optional[Dict[str, Any]] = None
+    unread: List[str] = []
     if health:
         from ..io.arrays import safetensors_arrays
 
@@ -188,9 +189,8 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     network; the report then uses its name.  A file without a MobileOne is described, not
     refused, unless ``prefix`` or ``arch`` asked for one; its re-parameterisable blocks are
     listed per family and block type (``blocks_file``: patterns of ``--blocks`` as well)."""
-    from ..runtimes import runtime_for
-
     from ..io.remote import local_path
+    from ..runtimes import runtime_for
 
     path = local_path(os.fspath(path))  # a name (apple:s0, hf-hub:...): its checked cache file
     wanted = prefix is not None or arch is not None  # the user asked for a MobileOne
@@ -235,6 +235,7 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
             from .convert_generic import generic_patterns
 
             patterns = generic_patterns(blocks_file)
+        assert problem is not None  # why no MobileOne was found
         report = _not_mobileone(infos, problem, unwrapped=unwrapped, patterns=patterns, **facts)
     report["health"] = None
     if health:

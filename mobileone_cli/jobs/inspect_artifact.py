@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
+from ..errors import BadInput
+
 __all__ = ["inspect_artifact", "artifact_size"]
 
 
@@ -21,6 +23,8 @@ def inspect_artifact(path: str) -> Dict[str, Any]:
     from ..runtimes import load_artifact, target_for
 
     target = target_for(path)
+    if target is None:
+        raise BadInput(f"{path}: not an exported model (.onnx, .pte, .tflite, .mlpackage)")
     art = load_artifact(path)
     details = {k: v for k, v in art.details.items() if isinstance(v, (int, float, str))
                and k != "threads"}

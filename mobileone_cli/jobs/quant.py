@@ -113,7 +113,7 @@ def _validate(o: QuantOptions, ckpt: str) -> None:
     if o.calib is not None and not os.path.isdir(o.calib):
         raise BadInput(f"--calib {o.calib}: not a directory (a folder of images, or of class "
                        f"folders as eval reads them)")
-    check_batch(o.batch, tuple(o.input_size))
+    check_batch(o.batch, (o.input_size[0], o.input_size[1]))
     check_seed(o.seed)
     check_seed(o.seed + (o.synthetic or DEFAULT_SYNTHETIC))
     if o.export is not None:
@@ -209,9 +209,9 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
     import torch
 
     from ..check.harness import check_room, load_model, per_pass
-    from .verify import read_side
     from ..fuse.fusion import fuse_state_dict
     from ..quant.measure import measure
+    from .verify import read_side
 
     steps = Steps()
     side = read_side(ckpt, o, steps=steps)
@@ -231,8 +231,8 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
                                         layout=side.layout)
     deploy = load_model(deploy_sd, arch, "deploy", layout=side.layout, bn_eps=side.eps,
                         dtype=torch.float32)
-    kw = dict(scheme=o.scheme, per_pass=chunk, logits=arch.has_head,
-              num_classes=arch.num_classes)
+    kw: Dict[str, Any] = dict(scheme=o.scheme, per_pass=chunk, logits=arch.has_head,
+                              num_classes=arch.num_classes)
     with steps("int8 deploy passes"):
         measured = measure(deploy, images, form="deploy", **kw)
     report = QuantReport(source=side.describe(), arch=arch, scheme=o.scheme,
@@ -284,6 +284,8 @@ def _export(deploy, images: _Images, o: QuantOptions, steps: Steps,
     from ..quant.pt2e import quantize_program, write_program
     from ..runtimes import load_artifact
 
+    export = o.export
+    assert export is not None  # called for --export only
     t0 = time.perf_counter()
     net = MeanPoolHead(deploy if program is None else program).eval()
     sample = torch.zeros(1, *images.calib.shape)
@@ -291,7 +293,7 @@ def _export(deploy, images: _Images, o: QuantOptions, steps: Steps,
         converted = quantize_program(net, sample, (x for x, _, _ in images.singles()),
                                      per_channel=o.scheme == "per-channel")
     logits = deploy.arch.has_head
-    result = ExportCheck(path=o.export, size=0, scheme=o.scheme, images=0, output_db=None,
+    result = ExportCheck(path=export, size=0, scheme=o.scheme, images=0, output_db=None,
                          top1_agreement=None, top5_agreement=None, max_abs_diff=0.0, scale=0.0,
                          equalized=o.equalize)
 
@@ -321,6 +323,6 @@ def _export(deploy, images: _Images, o: QuantOptions, steps: Steps,
             result.top1_agreement = agreement.agreement
             result.top5_agreement = top5 / agreement.images
 
-    result.size = atomic_write(o.export, write, force=o.force, check=check)
+    result.size = atomic_write(export, write, force=o.force, check=check)
     result.seconds = time.perf_counter() - t0
     return result

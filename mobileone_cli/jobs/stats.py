@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from ..errors import BadInput
-from ..arch.specs import ArchSpec
-from ..timing import Steps
 from ..arch.counting import DEFAULT_SIZE, ArchStats, FileCount, arch_stats, file_count
+from ..arch.specs import ArchSpec
+from ..errors import BadInput
+from ..timing import Steps
 
 __all__ = ["StatsReport", "stats_for_arch", "stats_for_checkpoint", "bench_report"]
 
@@ -61,10 +61,9 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
 
     ``arch`` (optional) must describe the same network; for a deploy file it also says how many
     conv branches the train form had, which a fused file no longer records."""
-    from ..io.detect import detect_layout
-    from ..io.contents import list_tensors
     from ..arch.specs import expect_arch
-
+    from ..io.contents import list_tensors
+    from ..io.detect import detect_layout
     from ..io.remote import local_path
 
     path = local_path(path)  # a name (apple:s0, hf-hub:...): its checked cache file
@@ -104,7 +103,8 @@ def stats_for_checkpoint(path: str, arch: Optional[ArchSpec] = None,
 
 def bench_report(report: StatsReport, **kwargs) -> StatsReport:
     """Add measured latency and memory of both forms (see :mod:`.bench`)."""
-    from ..platform import check_memory, job_bytes, weight_elements
+    from ..arch.memory import job_bytes, weight_elements
+    from ..platform import check_memory
     from .stats_bench import run_bench
 
     arch, size = report.stats.arch, report.stats.input_size

@@ -1,10 +1,10 @@
 """Measured CPU latency and peak memory of the train form against the deploy form.
 
-Each form runs in its own fresh Python process (``python -m mobileone_cli.jobs.stats_bench``), so that one
-form's allocator caches, thread pools and warm-up cannot flatter the other, and so that the memory
-figure is the process's own.  Two memory figures are reported.  Peak tensor memory is exact and
-repeatable: one extra forward pass runs under a dispatch mode that tracks every op's output
-tensor from creation to release (:func:`peak_tensor_bytes`).  Peak RSS is what the OS saw,
+Each form runs in its own fresh Python process (``python -m mobileone_cli.jobs.stats_bench``), so
+that one form's allocator caches, thread pools and warm-up cannot flatter the other, and so that
+the memory figure is the process's own.  Two memory figures are reported.  Peak tensor memory is
+exact and repeatable: one extra forward pass runs under a dispatch mode that tracks every op's
+output tensor from creation to release (:func:`peak_tensor_bytes`).  Peak RSS is what the OS saw,
 read from ``/proc/self``:
 after the warm-up passes (which also pay one-off costs such as lazily loaded kernels), freed heap
 is handed back to the OS (glibc ``malloc_trim``) and the kernel's peak-RSS mark is reset
@@ -31,7 +31,7 @@ import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..arch.specs import ArchSpec
 
@@ -194,11 +194,11 @@ def _runner(model, x, runtime: str, threads: Optional[int], workdir: str):
     here, before any timing)."""
     import torch
 
-    if BENCH_RUNTIMES[runtime] is None:
+    name = BENCH_RUNTIMES[runtime]
+    if name is None:
         return (lambda: model(x)), torch.get_num_threads()
     from ..runtimes import load_artifact, runtime_module
 
-    name = BENCH_RUNTIMES[runtime]
     mod = runtime_module(name)
     mod.require()
     path = os.path.join(workdir, "model" + {"onnx": ".onnx", "executorch": ".pte",
@@ -285,10 +285,11 @@ def run_bench(arch: ArchSpec, *, input_size: Sequence[int] = (224, 224), batch: 
         raise ValueError("batch, runs, warmup and threads must be >= 1")
     if runtime not in BENCH_RUNTIMES:
         raise ValueError(f"runtime must be one of {', '.join(BENCH_RUNTIMES)}")
-    if BENCH_RUNTIMES[runtime] is not None:  # refuse here, with the install hint, not in a child
+    module = BENCH_RUNTIMES[runtime]
+    if module is not None:  # refuse here, with the install hint, not in a child
         from ..runtimes import runtime_module
 
-        runtime_module(BENCH_RUNTIMES[runtime]).require()
+        runtime_module(module).require()
     job = {"arch": arch.to_dict(), "input_size": [int(v) for v in input_size], "batch": batch,
            "threads": threads, "warmup": warmup, "runs": runs, "seed": seed,
            "runtime": runtime}
@@ -324,8 +325,9 @@ def _child_env() -> Dict[str, str]:
     return env
 
 
-def _arch_from_dict(d: Dict[str, object]) -> ArchSpec:
-    return ArchSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+def _arch_from_dict(d: Dict[str, Any]) -> ArchSpec:
+    fields: Dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    return ArchSpec(**fields)
 
 
 def _main(argv: Sequence[str]) -> int:

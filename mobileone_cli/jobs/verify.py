@@ -12,15 +12,15 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ..arch.specs import ArchSpec
+from ..check.harness import check_room, resolve_device, seeded_inputs
+from ..check.localize import StageError, stage_table
+from ..check.verdict import Verdict, judge, non_finite
 from ..errors import BadInput
 from ..io.source import LoadOptions, open_source, recorded_eps
-from ..arch.specs import ArchSpec
-from ..rules.limits import check_batch, parse_input_size
+from ..rules.limits import DEFAULT_EPS, check_batch, parse_input_size
 from ..rules.tolerances import DEFAULT_ATOL
 from ..timing import Steps
-from ..check.harness import check_room, resolve_device, seeded_inputs
-from ..check.verdict import Verdict, judge, non_finite
-from ..check.localize import StageError, stage_table
 
 __all__ = ["Side", "read_side", "pair_sides", "VerifyReport", "ProfileRow", "verify_state_dicts",
            "verify_files"]
@@ -39,7 +39,7 @@ class Side:
     state_dict: Dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
     source: str = "file"  # 'file' or 'fused in memory'
     notes: List[str] = field(default_factory=list)  # how the file was read
-    eps: float = 1e-5
+    eps: float = DEFAULT_EPS
     eps_from: str = "default"  # '--bn-eps', a config, 'metadata' or 'default' (Source.eps_from)
     recorded_eps: Optional[float] = None  # the bn_eps in the file's own metadata
 
@@ -238,6 +238,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
     report.deploy = deploy.describe()
     report.notes.extend(train.notes + deploy.notes + image_notes)
     if names is not None:
+        assert images_dir is not None and pipeline is not None  # read together above
         report.inputs.update(kind="images", dir=os.fspath(images_dir), files=len(names),
                              preprocessing=pipeline.describe())
     if deploy_path is not None and not report.passed and _most_blocks_bad(report):

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import BadInput
-from ..io.source import LoadOptions
 from ..arch.specs import ArchSpec
-from ..rules.limits import check_batch, parse_input_size
 from ..check.artifact import ShapeCheck, WeightCheck, check_artifact, check_weights, precision_note
 from ..check.verdict import Verdict
+from ..errors import BadInput
+from ..io.source import LoadOptions
+from ..rules.limits import check_batch, parse_input_size
 
 __all__ = ["ArtifactReport", "verify_artifact"]
 
@@ -88,15 +88,16 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
                     seed: int = 0, batch: int = 4, input_size: Any = (224, 224),
                     rtol: Optional[float] = None) -> ArtifactReport:
     """A checkpoint (train: fused and judged here; deploy: as is) against an artifact."""
-    from ..fuse.fusion import fuse_state_dict
-    from ..runtimes import TARGETS, load_artifact, target_for
     from ..arch.layouts import remap
+    from ..fuse.fusion import fuse_state_dict
+    from ..runtimes import load_artifact, target_for
     from .verify import read_side, verify_state_dicts
 
     size = parse_input_size(input_size)
     side = read_side(ckpt, options or LoadOptions())
+    artifact = load_artifact(path)  # refuses a path that no runtime's extension names
     target = target_for(path)
-    artifact = load_artifact(path)
+    assert target is not None
     arch = side.arch
     report = ArtifactReport(arch=arch, checkpoint=side.describe(),
                             artifact={"path": path, "runtime": target.runtime,
@@ -117,16 +118,14 @@ def verify_artifact(ckpt: str, path: str, *, options: Optional[LoadOptions] = No
     classes = out[-1] if arch.has_head and len(out) == 2 else None
     if arch.has_head and isinstance(classes, int) and classes != arch.num_classes:
         raise BadInput(f"{path} outputs {classes} classes, but {ckpt} has {arch.num_classes}")
-    if target.module == "coreml":
-        from ..runtimes.coreml import const_name, read_weights
-
-        names = {k: const_name(k, report.dtype) for k in deploy_sd}
-        report.weights = check_weights(read_weights(path), deploy_sd, names, report.dtype)
+    read = target.read_weights(path, list(deploy_sd), report.dtype)
+    if read is not None:
+        report.weights = check_weights(read[0], deploy_sd, read[1], report.dtype)
     if not artifact.executes:
         report.executed = False
-        report.not_executed = f"not executed: {target.runtime} runs only on macOS"
+        report.not_executed = target.not_executed()
         return report
-    compute = TARGETS[target.extension].fp16_compute if report.dtype == "fp16" else "float32"
+    compute = target.compute(report.dtype)
     report.checks = check_artifact(artifact, deploy_sd, arch, _shapes(artifact, arch, batch, size),
                                    dtype=report.dtype, compute=compute, seed=seed, rtol=rtol)
     note = precision_note(report.checks)

@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..fuse.fusion import DEFAULT_EPS, fuse_state_dict
 from ..arch.specs import ArchSpec, BlockSpec, get_arch
+from ..fuse.fusion import DEFAULT_EPS, fuse_state_dict
 from ..rules.limits import MAX_STAGES
 
 __all__ = ["MobileOne", "TrainBlock", "DeployBlock", "SqueezeExcite", "MeanPoolHead",
@@ -92,12 +92,12 @@ class MobileOne(nn.Module):
     """MobileOne in train or deploy form.  ``forward`` returns logits, or the last feature map
     when the architecture has no head (``num_classes == 0``)."""
 
-    def __init__(self, arch: ArchSpec, deploy: bool = False, bn_eps: Optional[float] = None) -> None:
+    def __init__(self, arch: ArchSpec, deploy: bool = False,
+                 bn_eps: Optional[float] = None) -> None:
         super().__init__()
         self.arch = arch
         self.deploy = deploy
-        self.bn_eps = bn_eps if bn_eps is not None else (
-            arch.bn_eps if arch.bn_eps is not None else DEFAULT_EPS)
+        self.bn_eps = bn_eps if bn_eps is not None else arch.eps
         if arch.num_stages > MAX_STAGES:
             raise ValueError(f"at most {MAX_STAGES} stages are supported, not {arch.num_stages}")
         self._build_blocks()

@@ -19,8 +19,8 @@ from typing import Dict, Optional
 
 import torch
 
-from ..arch.specs import ArchSpec
 from ..arch.layouts import remap, schema
+from ..arch.specs import ArchSpec
 
 __all__ = ["random_state_dict", "STATS", "CALIBRATION_SIZE", "CALIBRATION_BATCHES"]
 
@@ -49,7 +49,8 @@ def _raw_train(arch: ArchSpec, g: torch.Generator) -> Dict[str, torch.Tensor]:
         elif leaf == "weight":
             fan_in = math.prod(e.shape[1:])
             spec = specs.get(e.block)
-            branches = 1 if spec is None else spec.conv_branches + spec.has_scale + spec.has_identity
+            branches = (1 if spec is None else
+                        spec.conv_branches + spec.has_scale + spec.has_identity)
             out[e.key] = torch.randn(e.shape, generator=g, dtype=torch.float64) * math.sqrt(
                 1.0 / (fan_in * branches))
         else:  # conv/linear bias

@@ -111,7 +111,8 @@ class Noise:
             if pair is None:
                 self.finite = False
                 return
-            sig, noi = _energies(*pair, None)
+            r, o = pair
+            sig, noi = _energies(r, o, None)
             self.signal += float(sig)
             self.noise += float(noi)
 
@@ -135,7 +136,8 @@ class ChannelNoise:
             if pair is None:
                 self.finite = False
                 return
-            sig, noi = _energies(*pair, list(range(1, pair[0].dim())))  # channel: dim 0 now
+            r, o = pair
+            sig, noi = _energies(r, o, list(range(1, r.dim())))  # channel: dim 0 now
             self.signal = sig if self.signal is None else self.signal + sig
             self.noise = noi if self.noise is None else self.noise + noi
 
@@ -143,12 +145,13 @@ class ChannelNoise:
     def median_db(self) -> Optional[float]:
         """The median over channels with a signal of their SQNR (lower median); None when no
         channel has one."""
-        if not self.finite or self.signal is None:
+        signal, noise = self.signal, self.noise
+        if not self.finite or signal is None or noise is None:
             return None
-        live = self.signal > 0
+        live = signal > 0
         if not bool(live.any()):
             return None
-        ratio = self.signal[live] / self.noise[live]  # inf where there is no noise
+        ratio = signal[live] / noise[live]  # inf where there is no noise
         return 10.0 * math.log10(float(ratio.median()))
 
 

@@ -290,7 +290,7 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
                     from ..check.harness import compare_outputs
 
                     top5 += round((compare_outputs(ref, out).top5 or 0.0) * x.shape[0])
-                    if bool((labels >= 0).all()):
+                    if acc32 is not None and acc8 is not None and bool((labels >= 0).all()):
                         labelled = True
                         acc32.update(ref, labels)
                         acc8.update(out, labels)
@@ -306,7 +306,7 @@ def measure(model: nn.Module, batches: Batches, *, scheme: str, form: str, per_p
     if logits and agreement.images:
         res.top1_agreement = agreement.agreement
         res.top5_agreement = top5 / agreement.images
-    if labelled:
+    if labelled and acc32 is not None and acc8 is not None:
         res.accuracy_fp32 = (acc32.top1, acc32.topk)
         res.accuracy_int8 = (acc8.top1, acc8.topk)
     res.unmeasurable = [obs.name for u in units for _, _, obs in u.points if not obs.finite]
@@ -326,7 +326,7 @@ def flag_blocks(blocks: Sequence[BlockResult]) -> Tuple[List[str], Optional[floa
         return [], None
     typical = known[(len(known) - 1) // 2]
     bad = sorted((b for b in blocks if b.channel_db is not None
-                  and b.channel_db <= typical - QUANT_FLAG_DB), key=lambda b: b.channel_db)
+                  and b.channel_db <= typical - QUANT_FLAG_DB), key=lambda b: b.channel_db or 0.0)
     for b in bad:
         b.flagged = True
     return [b.name for b in bad], typical

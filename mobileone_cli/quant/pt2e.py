@@ -13,7 +13,8 @@ from typing import Any, Dict, Iterable
 import torch
 
 from ..errors import VerificationFailed, first_line
-from ..runtimes._common import quiet, require as _require
+from ..runtimes._common import quiet
+from ..runtimes._common import require as _require
 from ..runtimes.executorch import INSTALL_HINT, lower
 
 __all__ = ["require", "quantize_program", "write_program"]
@@ -30,7 +31,9 @@ def quantize_program(net: torch.nn.Module, sample: torch.Tensor,
     ``calibration`` (tensors of shape ``sample.shape``): the converted Q/DQ graph module."""
     with quiet():
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer, get_symmetric_quantization_config)
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     with quiet(), torch.no_grad():
         try:

@@ -9,19 +9,27 @@ terminal's, else 80 (output piped to a file or a program), at most :data:`MAX_WI
 it; prose (notes, hints, legends) is wrapped to it by :func:`line`; the one-line verdicts
 (``PASS:``/``FAIL:``, convert's ``check:``) and ``error:`` lines are never wrapped (grep-able).
 
-Verbosity (``-q``/``-v``, set once per command by the CLI): :func:`quiet` renderers print only
-their one-line result; :func:`verbose` renderers add step timings and every per-block row.
+Verbosity (``-q``/``-v``): :func:`quiet` renderers print only their one-line result;
+:func:`verbose` renderers add step timings and every per-block row.  It belongs to one command
+run, an :class:`Output` the CLI opens with :func:`output_session` (a context variable, so runs in
+other threads or nested runs each see their own); outside a session output is NORMAL and nothing
+is recorded.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-from typing import Any, Callable, Dict, Optional
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Optional
+
+from ..rules.dtypes import human_bytes
 
 __all__ = ["console", "width", "MAX_WIDTH", "fmt_rel", "emit", "shorten_middle", "shorten_path",
-           "human_bytes", "compact", "safe", "line", "json_emitted", "reset_emitted",
-           "set_verbosity", "verbosity", "quiet", "verbose", "QUIET", "NORMAL", "VERBOSE",
+           "human_bytes", "compact", "safe", "line", "Output", "output_session",
+           "verbosity", "quiet", "verbose", "QUIET", "NORMAL", "VERBOSE",
            "fmt_seconds", "render_timings", "timings_json", "MAX_SHOWN", "json_text", "json_safe"]
 
 MAX_SHOWN = 1000  # characters of one user- or file-derived string in a table or a line
@@ -30,35 +38,42 @@ MAX_WIDTH = 120  # wider terminals get tables of this width at most: lines stay 
 DEFAULT_WIDTH = 80  # output that is not a terminal, without COLUMNS
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
-_state = {"verbosity": NORMAL}
-_emitted = []  # JSON documents printed by this process (the CLI prints at most one)
 
 
-def json_emitted() -> bool:
-    """Whether a JSON document has been printed (a failing command's report already says it)."""
-    return bool(_emitted)
+@dataclass
+class Output:
+    """The output of one command run: how much to print, and how many JSON documents were
+    printed (a failing command whose report already went out as JSON prints no second one)."""
+
+    verbosity: int = NORMAL
+    json_documents: int = 0
 
 
-def reset_emitted() -> None:
-    """Start of a command: nothing printed yet (the API and tests run many in one process)."""
-    _emitted.clear()
+_OUTPUT: ContextVar[Optional[Output]] = ContextVar("mobileone_output", default=None)
 
 
-def set_verbosity(level: int) -> None:
-    """QUIET (-q), NORMAL or VERBOSE (-v); the CLI sets it at the start of every command."""
-    _state["verbosity"] = max(QUIET, min(VERBOSE, int(level)))
+@contextlib.contextmanager
+def output_session(level: int = NORMAL) -> Iterator[Output]:
+    """One command run printing at QUIET (-q), NORMAL or VERBOSE (-v)."""
+    state = Output(verbosity=max(QUIET, min(VERBOSE, int(level))))
+    token = _OUTPUT.set(state)
+    try:
+        yield state
+    finally:
+        _OUTPUT.reset(token)
 
 
 def verbosity() -> int:
-    return _state["verbosity"]
+    state = _OUTPUT.get()
+    return NORMAL if state is None else state.verbosity
 
 
 def quiet() -> bool:
-    return _state["verbosity"] <= QUIET
+    return verbosity() <= QUIET
 
 
 def verbose() -> bool:
-    return _state["verbosity"] >= VERBOSE
+    return verbosity() >= VERBOSE
 
 
 def width(stderr: bool = False) -> int:
@@ -136,14 +151,6 @@ def line(out, head: str, body: object = "", *, whole: bool = False) -> None:
         out.print(Text(rows[0]), soft_wrap=True)
     for row in rows[1:]:
         out.print(Text(row), soft_wrap=True)
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000.0
-    return f"{n:.1f} GB"
 
 
 def compact(n: int) -> str:
@@ -241,6 +248,8 @@ def emit(result: Any, as_json: bool, to_dict: Callable[[Any], Dict[str, Any]],
         import click
 
         click.echo(json_text(to_dict(result)))
-        _emitted.append(True)
+        state = _OUTPUT.get()
+        if state is not None:
+            state.json_documents += 1
     else:
         render(result, **render_options)

@@ -3,8 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import (console, fmt_rel, human_bytes, line, quiet, render_timings, safe,
-                      shorten_path, timings_json, verbose)
+from .console import (
+    console,
+    fmt_rel,
+    human_bytes,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+    verbose,
+)
 from .verdict import finite_json, metrics_to_dict, verdict_to_dict
 
 __all__ = ["convert_to_dict", "render_convert", "result_line"]

@@ -7,7 +7,8 @@ import shlex
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from .console import console, fmt_rel, line, quiet, safe, verbose
-from .convert import convert_to_dict, render_convert, result_line as convert_line
+from .convert import convert_to_dict, render_convert
+from .convert import result_line as convert_line
 from .export import export_to_dict
 from .verdict import finite_json
 
@@ -79,7 +80,8 @@ def render_demo(report) -> None:
                   header_style="bold")
         for col, just in (("model", "left"), ("runs in", "left"), ("top-1", "right"),
                           ("agrees with train", "right"), ("max rel diff", "right")):
-            t.add_column(col, justify=just, no_wrap=col != "runs in")
+            # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
+            t.add_column(col, justify=just, no_wrap=col != "runs in")  # type: ignore[arg-type]
         for r in report.heldout:
             agree = "-" if r.agreement is None else (
                 f"{_pct(r.agreement)}" + ("" if r.disagreeing == 0 else

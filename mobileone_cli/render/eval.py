@@ -4,8 +4,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from .console import (console, fmt_rel, line, quiet, render_timings, safe, shorten_path,
-                      timings_json)
+from .console import console, fmt_rel, line, quiet, render_timings, safe, shorten_path, timings_json
 from .verdict import finite_json
 
 __all__ = ["eval_to_dict", "render_eval", "progress_bar"]
@@ -121,7 +120,8 @@ def render_eval(r) -> None:
                       ("rel", "right")):
         if col.startswith("top") and not scored or col == "agree" and not r.logits:
             continue
-        t.add_column(col, justify=just, no_wrap=True)
+        # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     room = max(24, out.width - 54)  # what the other columns leave to "role name"
     for m in r.models:
         name = ("(fused here)" if m.info.get("path") is None
@@ -159,7 +159,7 @@ def render_eval(r) -> None:
                       f"{min(a.disagreeing, len(a.disagreements))})")
     if r.unreadable:
         out.print(f"{r.unreadable} unreadable image(s), skipped:")
-        for name, why in r.unreadable_listed[:SHOWN]:
+        for _name, why in r.unreadable_listed[:SHOWN]:
             out.print(f"  {safe(why)}")
         if r.unreadable > SHOWN:
             out.print(f"  ... and {r.unreadable - SHOWN} more (listed in --json)")

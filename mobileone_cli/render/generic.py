@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import (console, fmt_rel, human_bytes, line, quiet, render_timings, safe,
-                      shorten_path, timings_json)
+from .console import (
+    console,
+    fmt_rel,
+    human_bytes,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+)
 
 __all__ = ["generic_to_dict", "render_generic"]
 

@@ -20,11 +20,11 @@ EIGHTHS = " ▏▎▍▌▋▊▉█"  # 0..8 eighths of a character cell
 LIGHT = "░"
 MARK = "│"
 MAX_DECADES = 14  # a log axis spans at most this many decades (smaller values sit at its left)
-MAX_WIDTH = 100  # pictures stop growing here: wider bars show nothing more
+MAX_PICTURE_WIDTH = 100  # pictures stop growing here: wider bars show nothing more
 
 
 def _width(out) -> int:
-    return min(out.width, MAX_WIDTH)
+    return min(out.width, MAX_PICTURE_WIDTH)
 
 
 def _ascii(out) -> bool:

@@ -12,42 +12,48 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Any, Callable, Iterator, List, Optional
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 __all__ = ["shown", "counter", "StepProgress"]
 
-_active: List["StepProgress"] = []  # the display installed by shown(), if any
+# The display :func:`shown` installed for this run, if any (nested or concurrent runs: their own).
+_ACTIVE: ContextVar[Optional["StepProgress"]] = ContextVar("mobileone_progress", default=None)
 
 
 class StepProgress:
-    """A step listener (``timing.set_listener``) drawing the running steps on ``out``."""
+    """A step listener (``timing.listening``) drawing the running steps on ``out``."""
 
     def __init__(self, out) -> None:
         self.out = out
         self.stack: List[str] = []
         self.counters = 0  # bars of counter() alive: the display stays while they count
-        self.bar = None
-        self.task = None
+        self.bar: Optional[Progress] = None  # drawn while a step runs or a counter counts
+        self.task: Optional[TaskID] = None
 
-    def _start(self) -> None:
+    def _start(self) -> Progress:
         if self.bar is not None:
-            return
-        from rich.progress import (BarColumn, Progress, SpinnerColumn, TextColumn,
-                                   TimeElapsedColumn)
+            return self.bar
+        from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         # No stdout/stderr redirection: a report printed meanwhile goes where it belongs.
-        self.bar = Progress(SpinnerColumn(), TextColumn("{task.description}"),
-                            BarColumn(bar_width=24), TextColumn("{task.fields[count]}"),
-                            TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
-                            console=self.out, transient=True, redirect_stdout=False,
-                            redirect_stderr=False)
-        self.bar.start()
-        self.task = self.bar.add_task("", total=None, rate="", count="")
+        bar = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                       BarColumn(bar_width=24), TextColumn("{task.fields[count]}"),
+                       TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                       console=self.out, transient=True, redirect_stdout=False,
+                       redirect_stderr=False)
+        bar.start()
+        self.bar, self.task = bar, bar.add_task("", total=None, rate="", count="")
+        return bar
 
     def _stop(self) -> None:
         if self.bar is not None and not self.stack and not self.counters:
             self.bar.stop()
-            self.bar = self.task = None
+            self.bar = None
+            self.task = None
 
     def _describe(self) -> None:
         if self.bar is not None and self.task is not None:
@@ -68,19 +74,19 @@ class StepProgress:
     def count(self, label: str, unit: str) -> Iterator[Callable[[int, int], None]]:
         """A bar of ``label``: the callback takes (done, total) and shows units per second."""
         self.counters += 1
-        self._start()
+        bar = self._start()  # stays while this counter counts (self.counters)
         task: List[Any] = []
         start: List[float] = []
 
         def update(done: int, total: int) -> None:
             if not task:
-                task.append(self.bar.add_task(label, total=total, rate="", count=""))
+                task.append(bar.add_task(label, total=total, rate="", count=""))
                 start.append(time.perf_counter())
             elapsed = time.perf_counter() - start[0]
             rate = f"{done / elapsed:.1f} {unit}/s" if done and elapsed > 0 else ""
-            self.bar.update(task[0], completed=done, total=total, rate=rate,
-                            count=f"{done}/{total}")
-            self.bar.refresh()
+            bar.update(task[0], completed=done, total=total, rate=rate,
+                       count=f"{done}/{total}")
+            bar.refresh()
 
         try:
             yield update
@@ -101,23 +107,20 @@ def _stderr():
 def shown(enabled: bool = True, out=None) -> Iterator[Optional[StepProgress]]:
     """Draw the steps of whatever runs inside, on ``out`` (default: stderr) when it is a
     terminal and ``enabled`` (the CLI passes False for ``-q`` and ``--json``)."""
-    from ..timing import set_listener
+    from ..timing import listening
 
     out = out if out is not None else _stderr()
-    if not enabled or not out.is_terminal:
-        yield None
-        return
-    display = StepProgress(out)
-    previous = set_listener(display)
-    _active.append(display)
+    display = StepProgress(out) if enabled and out.is_terminal else None
+    token = _ACTIVE.set(display)  # None: an outer run's display stays off for this block
     try:
-        yield display
+        with listening(display):
+            yield display
     finally:
-        _active.remove(display)
-        set_listener(previous)
-        display.stack.clear()
-        display.counters = 0
-        display._stop()
+        _ACTIVE.reset(token)
+        if display is not None:
+            display.stack.clear()
+            display.counters = 0
+            display._stop()
 
 
 @contextlib.contextmanager
@@ -128,8 +131,9 @@ def counter(label: str, unit: str = "items",
     if not enabled:
         yield None
         return
-    if _active:
-        with _active[-1].count(label, unit) as update:
+    active = _ACTIVE.get()
+    if active is not None:
+        with active.count(label, unit) as update:
             yield update
         return
     with shown(True) as display:

@@ -6,8 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from ..rules.tolerances import QUANT_FLAG_DB
-from .console import (console, human_bytes, line, quiet, render_timings, safe, timings_json,
-                      verbose)
+from .console import console, human_bytes, line, quiet, render_timings, safe, timings_json, verbose
 from .quant_equalize import equalized_line, equalized_to_dict, render_equalized
 from .verdict import finite_json
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 from ..arch.counting import CONVENTIONS
-from .console import (compact, console, human_bytes, line, quiet, render_timings, safe,
-                      shorten_path, timings_json)
+from .console import (
+    compact,
+    console,
+    human_bytes,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+)
 
 __all__ = ["render_stats", "stats_to_dict", "CONVENTION_LABELS", "result_line", "stats_plot"]
 
@@ -24,10 +33,6 @@ def _pct(saved: int, base: int) -> str:
         return "0%"
     pct = -100.0 * saved / base
     return f"{pct:+.1f}%" if abs(pct) >= 0.1 else f"{pct:+.2g}%"
-
-
-def _bytes(n: int) -> str:
-    return human_bytes(n)
 
 
 def stats_to_dict(report) -> Dict[str, object]:
@@ -216,7 +221,7 @@ def _render_file(out, report) -> None:
     t.add_row("layout", safe(report.layout) + (f" under {safe(repr(report.prefix))}"
                                                  if report.prefix else ""))
     t.add_row("form", safe(report.form))
-    t.add_row("tensors", f"{f.tensors:,} ({_bytes(f.bytes)} of tensor data)")
+    t.add_row("tensors", f"{f.tensors:,} ({human_bytes(f.bytes)} of tensor data)")
     match = "matches" if report.file_matches else "DIFFERS from"
     t.add_row("learnable elements", f"{f.params:,} ({match} the analytic {analytic:,})")
     t.add_row("running statistics", f"{f.buffers:,}")
@@ -242,10 +247,10 @@ def _render_bench(out, b) -> None:
     approx = False
     for name, f in b.forms.items():
         approx = approx or f.memory_method != "clear_refs"
-        rss = _bytes(f.peak_delta) + ("" if f.memory_method == "clear_refs" else "*")
+        rss = human_bytes(f.peak_delta) + ("" if f.memory_method == "clear_refs" else "*")
         row = [name, f"{f.median_ms:.2f}", f"{f.p90_ms:.2f}", f"{f.min_ms:.2f}",
-               f"{f.max_ms:.2f}"] + ([_bytes(f.peak_tensors)] if torch_rt else [])
-        t.add_row(*row, rss, _bytes(f.weight_bytes))
+               f"{f.max_ms:.2f}"] + ([human_bytes(f.peak_tensors)] if torch_rt else [])
+        t.add_row(*row, rss, human_bytes(f.weight_bytes))
     out.print(t)
     line(out, "", f"{b.warmup} warm-up + {b.runs} timed runs per form, each form in its own "
                   f"process")

@@ -146,7 +146,7 @@ def stats_svg(names: Sequence[str], panels, title: str,
 
     body = [_text(10, 38, "light = train form, dark = deploy form (linear scale, each panel to "
                           "its largest value)", "subtitle")]
-    y = TOP
+    y: float = TOP
     for ptitle, train, deploy in panels:
         y = _panel(body, y, ptitle, names, [("train", train), ("deploy", deploy)],
                    lambda i, tr=train, dp=deploy: f"{compact(tr[i])} -> {compact(dp[i])}")

@@ -3,8 +3,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-from .console import (console, fmt_rel, line, quiet, render_timings, safe, shorten_path,
-                      timings_json, verbose)
+from ..rules.tolerances import SENSITIVITY_FACTOR
+from .console import (
+    console,
+    fmt_rel,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+    verbose,
+)
 from .verdict import finite_json, verdict_to_dict
 
 __all__ = ["render_verify", "verify_to_dict", "render_blocks", "verify_plot"]
@@ -84,7 +94,7 @@ def render_verify(report, all_blocks: bool = False) -> None:
         return
     tol = f"rtol {v.rtol:g}" + (f", atol {v.atol:g}" if v.atol else "")
     if v.adaptive:
-        tol += " + 4x the measured rounding sensitivity"
+        tol += f" + {SENSITIVITY_FACTOR:g}x the measured rounding sensitivity"
     head = Table(title="mobileone verify", show_header=False)
     head.add_column("", style="bold", no_wrap=True)
     head.add_column("", overflow="fold")
@@ -122,7 +132,9 @@ def render_verify(report, all_blocks: bool = False) -> None:
     s = Table(title="per stage (own = block fed the train model's input)", header_style="bold")
     for col, just in (("stage", "left"), ("blocks", "right"), ("at output", "right"),
                       ("worst block", "left"), ("own", "right"), ("", "left")):
-        s.add_column(col, justify=just, no_wrap=just == "right", min_width=len(col))
+        # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
+        s.add_column(col, justify=just, no_wrap=just == "right",  # type: ignore[arg-type]
+                     min_width=len(col))
     for row in report.stages:
         s.add_row(safe(row.label or row.name), str(row.blocks), fmt_rel(row.max_rel),
                   safe(row.worst_label or row.worst_block),

@@ -9,17 +9,20 @@ This module never imports torch.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 from ..errors import BadInput
+from .tolerances import short_number
 
 __all__ = ["MAX_STAGES", "MAX_PAIRS", "MAX_BRANCHES", "MAX_CHANNELS", "MAX_KERNEL",
            "MAX_CLASSES", "MAX_INPUT_SIDE", "MAX_BATCH", "MAX_PASS_PIXELS", "MAX_BN_EPS",
            "DEFAULT_EPS", "MAX_META_ITEMS", "MAX_META_DEPTH", "MAX_SEED", "MAX_TENSORS",
            "MAX_IMAGE_PIXELS", "MAX_IMAGE_ASPECT", "MAX_IMAGES", "MAX_LISTED", "MAX_WORKERS",
-           "MAX_LABEL_LINE", "MAX_VIEW_BYTES", "MAX_TEXT_BYTES", "MAX_DECODE_PIXELS",
-           "MAX_EXTERNAL_BYTES", "MAX_LOOP_TRIPS", "ONNX_RUN_SECONDS", "parse_input_size",
-           "check_batch", "check_bn_eps", "resolve_eps", "check_seed", "MAX_DOWNLOAD",
+           "MAX_LABEL_LINE", "MAX_CONFIG_BYTES", "MAX_ALIASES", "MAX_HEADER", "MAX_INT_DIGITS",
+           "MAX_STUBS", "MAX_WALK_DEPTH", "MAX_WALK_ITEMS", "MAX_VIEW_BYTES", "MAX_TEXT_BYTES",
+           "MAX_DECODE_PIXELS", "MAX_EXTERNAL_BYTES", "MAX_LOOP_TRIPS", "ONNX_RUN_SECONDS",
+           "parse_input_size", "check_batch", "check_bn_eps", "default_eps", "resolve_eps",
+           "check_seed", "MAX_DOWNLOAD",
            "MAX_REDIRECTS", "DOWNLOAD_TIMEOUT", "DOWNLOAD_ATTEMPTS"]
 
 MAX_STAGES = 6  # stage slots of models.mobileone.MobileOne
@@ -57,7 +60,7 @@ MAX_LABEL_LINE = 4096
 MAX_VIEW_BYTES = 64 * 1024 * 1024
 # Text inputs (--config, --labels, --classes): bytes read at most.  ImageNet's validation list
 # is 1.6 MB and a synset list 31 KB; a model config is a few hundred bytes (its own, smaller
-# bound is arch.config.MAX_CONFIG_BYTES).
+# bound is MAX_CONFIG_BYTES).
 MAX_TEXT_BYTES = 64 * 1024 * 1024
 # ``eval``: decoded pixels in flight across every decoding thread (RGB: 3 bytes each, plus
 # Pillow's working copies, ~13 bytes a pixel), whatever --workers says: one image at the
@@ -79,6 +82,18 @@ MAX_BN_EPS = 1.0
 # same list 2**60 times through shared references, which the copy visits once each.
 MAX_META_ITEMS = 1_000_000
 MAX_META_DEPTH = 100
+# Files read before anything is trusted: a YAML model config (a few hundred bytes) and its aliases
+# (*ref; alias bombs expand exponentially); a safetensors header (the safetensors library's own
+# limit) and the digits of one of its integers (2**64 - 1 has 20: larger is no size or offset);
+# the foreign globals one pickle may name (more is not a checkpoint we can help with); the
+# nesting levels and container items walked to list the tensors of a loaded object.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_ALIASES = 64
+MAX_HEADER = 100 * 1024 * 1024
+MAX_INT_DIGITS = 20
+MAX_STUBS = 256
+MAX_WALK_DEPTH = 8
+MAX_WALK_ITEMS = 200_000
 # Downloads (``apple:s0``, ``hf-hub:...``, URLs): the bytes one file may have (the largest official
 # checkpoint is 60 MB), redirects followed, the seconds a connection or a silent read may take
 # (MOBILEONE_TIMEOUT replaces it) and the tries of a transfer that breaks off (each resumes).
@@ -101,7 +116,7 @@ def parse_input_size(value: Any, *, option: str = "--input-size") -> Tuple[int, 
             parts = list(value)
         except TypeError:
             parts = []
-    nums = []
+    nums: List[int] = []
     for p in parts:
         text = str(p).strip()
         if not text.isdigit() or len(text) > 6:
@@ -141,7 +156,11 @@ def check_seed(seed: Any, option: str = "--seed") -> int:
 
 
 def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:
-    """``eps`` as a float, or BadInput: it must be finite and in [0, MAX_BN_EPS]."""
+    """``eps`` as a float, or BadInput: it must be finite and in [0, MAX_BN_EPS].  The one rule
+    for ``--bn-eps``, the library's ``eps=`` and a config's ``norm_cfg.eps``/``bn_eps``: 0 is
+    PyTorch's BatchNorm without eps (exact where every running_var is positive)."""
+    if isinstance(eps, bool):
+        raise BadInput(f"{option} {_short(eps)} is not a number")
     try:
         value = float(eps)
     except (TypeError, ValueError, OverflowError):
@@ -149,8 +168,14 @@ def check_bn_eps(eps: Any, option: str = "--bn-eps") -> float:
     if not math.isfinite(value) or value < 0 or value > MAX_BN_EPS:
         raise BadInput(f"{option} {_short(eps)} is out of range: BatchNorm eps must be finite "
                        f"and between 0 and {MAX_BN_EPS:g}",
-                       hint="PyTorch's default, used by every released MobileOne, is 1e-5")
+                       hint=f"PyTorch's default, used by every released MobileOne, is "
+                            f"{short_number(DEFAULT_EPS)}")
     return value
+
+
+def default_eps(eps: Optional[float]) -> float:
+    """``eps`` when stated, else :data:`DEFAULT_EPS` (checkpoints do not store it)."""
+    return DEFAULT_EPS if eps is None else eps
 
 
 def resolve_eps(option: Optional[float], config: Optional[float], source: str = "the config"
@@ -164,7 +189,7 @@ def resolve_eps(option: Optional[float], config: Optional[float], source: str = 
                        f"{source}", hint="drop one of them: they must say the same")
     if option is not None:
         return option
-    return config if config is not None else DEFAULT_EPS
+    return default_eps(config)
 
 
 def _short(value: Any, width: int = 40) -> str:

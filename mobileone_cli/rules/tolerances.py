@@ -33,7 +33,7 @@ EXPORT_SENSITIVITY_FACTOR = 4.0
 # BatchNorm eps values (PyTorch's default and the value TensorFlow ports use); above the warning
 # level, the eps the model was trained with (not stored in checkpoints) decides the fused weights.
 # A channel with running_var v moves by about (b - a) / (2 v): the warning fires below v ~ 0.5.
-EPS_PROBE = (1e-5, 1e-3)
+EPS_PROBE = (1e-5, 1e-3)  # the first is limits.DEFAULT_EPS
 EPS_SENSITIVITY_WARN = 1e-3
 # The half-precision storage formats, as round-to-nearest-even rounds into them: the largest
 # finite value; |x| at or above ``overflow`` (max + half an ulp) becomes inf; below ``normal``
@@ -52,3 +52,25 @@ FLUSH_WARN_SHARE = 1e-3
 # many dB below the median block's carries 10x the typical block's quantization noise or more,
 # and is flagged as dominating the int8 error.
 QUANT_FLAG_DB = 10.0
+
+
+def short_number(x: float) -> str:
+    """``x`` as the help texts write it: 1e-4, 0.5, 4 (never 1e-04 or 0.0001)."""
+    if x == 0 or abs(x) >= 1e-2:
+        return f"{x:g}"
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def checkpoint_rule_text() -> str:
+    """The default bound of a checkpoint check in words ("1e-4 plus 4x"), made from the
+    constants so --help, the reports and the check itself cannot drift apart."""
+    return f"{short_number(DEFAULT_RTOL)} plus {short_number(SENSITIVITY_FACTOR)}x"
+
+
+def export_rule_text() -> str:
+    """The default bound of an exported artifact's check in words ("1e-3 plus 4x")."""
+    rtols = sorted(set(EXPORT_RTOL.values()))
+    base = (short_number(rtols[0]) if len(rtols) == 1 else
+            " or ".join(f"{short_number(v)} ({k})" for k, v in sorted(EXPORT_RTOL.items())))
+    return f"{base} plus {short_number(EXPORT_SENSITIVITY_FACTOR)}x"

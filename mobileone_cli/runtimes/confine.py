@@ -102,8 +102,8 @@ def check_package(path: str) -> None:
     if not isinstance(entries, dict):
         raise BadInput(f"{manifest}: no itemInfoEntries")
     for key, entry in entries.items():
-        rel = entry.get("path") if isinstance(entry, dict) else None
-        confined_path(path, os.path.join(path, "Data"), rel, f"{manifest} (item "
+        named = entry.get("path") if isinstance(entry, dict) else None
+        confined_path(path, os.path.join(path, "Data"), named, f"{manifest} (item "
                       f"{printable(str(key))[:60]!r})",
                       folder=isinstance(entry, dict) and entry.get("name") == "weights")
 

@@ -1,8 +1,9 @@
 """Core ML ML programs (``.mlpackage``), the ``coreml`` extra.
 
 Export: the model is traced (``torch.jit.trace``) and converted with ``coremltools.convert(...,
-convert_to="mlprogram")`` at a minimum deployment target (iOS16 by default) and a compute
-precision (fp32, or fp16: float16 weights and arithmetic).  A dynamic batch is a ``RangeDim``.
+convert_to="mlprogram")`` at a minimum deployment target (:data:`DEFAULT_DEPLOYMENT_TARGET` by
+default) and a compute precision (fp32, or fp16: float16 weights and arithmetic).  A dynamic
+batch is a ``RangeDim``.
 
 Core ML executes only on macOS (coremltools' ``predict`` raises elsewhere).  What CAN be checked
 everywhere is the package's content: :func:`read_weights` reads every constant straight from the
@@ -20,18 +21,21 @@ import math
 import os
 import struct
 import sys
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import BadInput, VerificationFailed, first_line, printable
-from . import Artifact
-from ._common import quiet, require as _require
+from ._common import quiet
+from ._common import require as _require
+from .base import Artifact, ExportPlan, Runtime
 from .confine import check_package, confined_path, map_confined
 
-__all__ = ["export", "load", "require", "read_weights", "const_name", "can_execute",
+__all__ = ["RUNTIME", "DEFAULT_DEPLOYMENT_TARGET", "export", "load", "require", "read_weights",
+           "const_name", "can_execute",
            "DEPLOYMENT_TARGETS", "INSTALL_HINT"]
 
 INSTALL_HINT = ("pip install 'mobileone-cli[coreml]'  (or the plain package: "
                 "pip install coremltools)")
+DEFAULT_DEPLOYMENT_TARGET = "iOS16"
 DEPLOYMENT_TARGETS = ("iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14",
                       "macOS15")
 _SENTINEL = 0xDEADBEEF
@@ -59,7 +63,8 @@ def const_name(key: str, dtype: str) -> str:
 
 
 def export(model, path: str, *, sample, max_batch: Optional[int] = None, dtype: str = "fp32",
-           deployment_target: str = "iOS16", output_name: str = "logits") -> Dict[str, Any]:
+           deployment_target: str = DEFAULT_DEPLOYMENT_TARGET,
+           output_name: str = "logits") -> Dict[str, Any]:
     """Convert ``model`` (fp32, eval mode) traced on ``sample`` to an ``.mlpackage`` at
     ``path`` (a folder).  ``max_batch``: a flexible batch of 1..max_batch."""
     import torch
@@ -222,7 +227,7 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
         raise VerificationFailed(f"{path}: not a readable Core ML package "
                                  f"({first_line(str(exc))})") from None
     inp, out = desc.input[0], desc.output[0]
-    in_shape = [int(d) for d in inp.type.multiArrayType.shape]
+    in_shape: List[Any] = [int(d) for d in inp.type.multiArrayType.shape]
     ranges = inp.type.multiArrayType.shapeRange.sizeRanges
     max_batch = None
     if len(ranges) and ranges[0].upperBound != ranges[0].lowerBound:
@@ -248,3 +253,40 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
                     output_shape=[int(d) for d in out.type.multiArrayType.shape],
                     input_dtype="float32", run=run, weight_dtype="float16" if fp16 else "float32",
                     executes=executes, details={"threads": threads, "max_batch": max_batch})
+
+
+class CoreMLRuntime(Runtime):
+    module = "coreml"
+    extension = ".mlpackage"
+    runtime = "Core ML"
+    extra = "coreml"
+    dynamic_size = False
+    default_batch = 1
+    fp16_input = False
+    fp16_compute = "float16"
+    executes_on = "darwin"
+    package = True
+    options = {"coreml_target": DEFAULT_DEPLOYMENT_TARGET}
+
+    def require(self) -> None:
+        require()
+
+    def plan(self, options: Any, plan: ExportPlan) -> None:
+        if options.coreml_target not in DEPLOYMENT_TARGETS:
+            raise BadInput(f"--coreml-target {options.coreml_target!r}: choose one of "
+                           f"{', '.join(DEPLOYMENT_TARGETS)}")
+
+    def export(self, net: Any, path: str, *, sample: Any, options: Any, plan: ExportPlan,
+               output_name: str, facts: Dict[str, Any], notes: List[str]) -> Dict[str, Any]:
+        return export(net, path, sample=sample, max_batch=plan.max_batch, dtype=plan.dtype,
+                      deployment_target=options.coreml_target, output_name=output_name)
+
+    def load(self, path: str, threads: Optional[int] = None) -> Artifact:
+        return load(path, threads=threads)
+
+    def read_weights(self, path: str, keys: Any, dtype: str
+                     ) -> Optional[Tuple[Dict[str, Any], Dict[str, str]]]:
+        return read_weights(path), {k: const_name(k, dtype) for k in keys}
+
+
+RUNTIME = CoreMLRuntime()

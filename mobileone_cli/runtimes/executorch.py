@@ -21,13 +21,15 @@ its C++ core prints CPU-detection lines to stderr on first use, muted here.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
-from . import Artifact
-from ._common import no_fd2, quiet, require as _require
+from ._common import no_fd2, quiet
+from ._common import require as _require
+from .base import Artifact, ExportPlan, Runtime
 
-__all__ = ["export", "example", "lower", "load", "require", "set_threads", "INSTALL_HINT",
+__all__ = ["RUNTIME", "export", "example", "lower", "load", "require", "set_threads",
+           "INSTALL_HINT",
            "MIN_EXAMPLE_BATCH"]
 
 INSTALL_HINT = ("pip install 'mobileone-cli[executorch]'  (or the plain package, next to the "
@@ -79,8 +81,7 @@ def lower(program, path: str, *, max_batch: Optional[int] = None) -> Dict[str, A
     require()
     with quiet(), torch.no_grad():
         try:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import (
-                XnnpackPartitioner)
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
             from executorch.exir import to_edge_transform_and_lower
 
             edge = to_edge_transform_and_lower(
@@ -164,3 +165,40 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
                     weight_dtype=dtype,
                     details={"planned_input": list(inp.sizes()), "threads": n_threads,
                              "max_batch": max_batch})
+
+
+class ExecuTorchRuntime(Runtime):
+    module = "executorch"
+    extension = ".pte"
+    runtime = "ExecuTorch (XNNPACK)"
+    extra = "executorch"
+    dynamic_size = False
+    default_batch = 1
+    fp16_input = True
+    fp16_compute = "float16"  # XNNPACK runs fp16 convolutions in fp16 on this CPU
+
+    def require(self) -> None:
+        require()
+
+    def plan(self, options: Any, plan: ExportPlan) -> None:
+        if plan.max_batch is not None and plan.max_batch <= MIN_EXAMPLE_BATCH:
+            raise BadInput(f"--max-batch {plan.max_batch}: an ExecuTorch program with a dynamic "
+                           f"batch needs a maximum above {MIN_EXAMPLE_BATCH}",
+                           hint="or fix the batch with --batch N")
+
+    def export(self, net: Any, path: str, *, sample: Any, options: Any, plan: ExportPlan,
+               output_name: str, facts: Dict[str, Any], notes: List[str]) -> Dict[str, Any]:
+        return export(net, path, sample=sample, max_batch=plan.max_batch)
+
+    def load(self, path: str, threads: Optional[int] = None) -> Artifact:
+        return load(path, threads=threads)
+
+    def check_written(self, path: str, artifact: Artifact, options: Any, plan: ExportPlan,
+                      facts: Dict[str, Any]) -> None:
+        planned = artifact.details["planned_input"][0]
+        if planned != (plan.max_batch or plan.batch):
+            raise VerificationFailed(f"the ExecuTorch program was planned for a batch of "
+                                     f"{planned}, not {plan.max_batch or plan.batch}")
+
+
+RUNTIME = ExecuTorchRuntime()

@@ -14,13 +14,14 @@ Run: ``ai_edge_litert.interpreter.Interpreter`` (XNNPACK delegate on CPU).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import VerificationFailed, first_line
-from . import Artifact
-from ._common import no_fd2, quiet, quiet_env, require as _require
+from ._common import no_fd2, quiet, quiet_env
+from ._common import require as _require
+from .base import Artifact, ExportPlan, Runtime
 
-__all__ = ["export", "load", "require", "stored_weights", "INSTALL_HINT"]
+__all__ = ["RUNTIME", "export", "load", "require", "stored_weights", "INSTALL_HINT"]
 
 INSTALL_HINT = ("pip install 'mobileone-cli[litert]'  (or the plain packages, next to the torch "
                 "you have: pip install torch==<your torch> litert-torch ai-edge-litert; ~2 GB)")
@@ -137,3 +138,30 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
                     output_shape=dims([int(d) for d in out["shape_signature"]], out["shape"]),
                     input_dtype=dtype, run=run, weight_dtype=weight_dtype,
                     details={"threads": threads})
+
+
+class LiteRTRuntime(Runtime):
+    module = "litert"
+    extension = ".tflite"
+    runtime = "LiteRT interpreter"
+    extra = "litert"
+    dynamic_size = False
+    default_batch = 1
+    fp16_input = False
+    fp16_compute = "float32"  # fp16 weights, dequantized by the interpreter: fp32 arithmetic
+
+    def require(self) -> None:
+        require()
+
+    def export(self, net: Any, path: str, *, sample: Any, options: Any, plan: ExportPlan,
+               output_name: str, facts: Dict[str, Any], notes: List[str]) -> Dict[str, Any]:
+        return export(net, path, sample=sample, max_batch=plan.max_batch, dtype=plan.dtype)
+
+    def load(self, path: str, threads: Optional[int] = None) -> Artifact:
+        return load(path, threads=threads)
+
+    def stored_weights(self, deploy_sd: Mapping[str, Any], dtype: str) -> Optional[Dict[str, Any]]:
+        return stored_weights(deploy_sd, dtype)
+
+
+RUNTIME = LiteRTRuntime()

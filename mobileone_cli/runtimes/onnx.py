@@ -13,11 +13,11 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
 from ..rules.limits import MAX_BATCH, MAX_INPUT_SIDE
-from . import Artifact
 from ._common import disk_full, quiet
+from .base import Artifact, ExportPlan, Runtime
 from .onnx_guard import check_graph, run_bounded
 
-__all__ = ["load", "require", "graph_io", "describe", "export", "resolve_exporter",
+__all__ = ["RUNTIME", "load", "require", "graph_io", "describe", "export", "resolve_exporter",
            "INSTALL_HINT", "EXPORTERS", "DYNAMO_MIN_OPSET"]
 
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -217,3 +217,53 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
                     input_shape=in_shape,
                     output_shape=out_shape, input_dtype=dtype, run=run, weight_dtype=dtype,
                     details={"opset": opset, "initializers": inits, "threads": threads})
+
+
+class OnnxRuntime(Runtime):
+    module = "onnx"
+    extension = ".onnx"
+    runtime = "onnxruntime"
+    extra = "onnx"
+    dynamic_size = True
+    default_batch = None
+    fp16_input = True
+    fp16_compute = "float16"  # onnxruntime runs fp16 graphs in fp16 on this CPU
+    bounded_batch = False
+    pooled_head = False
+    options = {"opset": None, "exporter": "auto"}
+
+    def require(self) -> None:
+        require()
+
+    def prepare(self, options: Any) -> Dict[str, Any]:
+        return {"exporter": resolve_exporter(options.exporter, options.opset)}
+
+    def export(self, net: Any, path: str, *, sample: Any, options: Any, plan: ExportPlan,
+               output_name: str, facts: Dict[str, Any], notes: List[str]) -> Dict[str, Any]:
+        """The exporter of :meth:`prepare`; under ``auto`` a failed dynamo export falls back to
+        the TorchScript one, and the note says so."""
+        kwargs = dict(sample=sample, dynamic_batch=plan.batch is None,
+                      dynamic_size=plan.dynamic_size, opset=options.opset,
+                      output_name=output_name)
+        try:
+            export(net, path, exporter=facts["exporter"], **kwargs)
+        except VerificationFailed as exc:
+            if options.exporter != "auto" or facts["exporter"] != "dynamo":
+                raise
+            notes.append(f"dynamo exporter failed ({exc.message}); used the TorchScript one")
+            facts["exporter"] = "torchscript"
+            export(net, path, exporter="torchscript", **kwargs)
+        return {}
+
+    def load(self, path: str, threads: Optional[int] = None) -> Artifact:
+        return load(path, threads=threads)
+
+    def check_written(self, path: str, artifact: Artifact, options: Any, plan: ExportPlan,
+                      facts: Dict[str, Any]) -> None:
+        facts["opset"] = graph_io(path)[0]
+        if options.opset is not None and facts["opset"] != options.opset:
+            raise BadInput(f"--opset {options.opset}: the {facts.get('exporter')} exporter wrote "
+                           f"opset {facts['opset']}")
+
+
+RUNTIME = OnnxRuntime()

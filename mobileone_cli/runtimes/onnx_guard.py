@@ -56,8 +56,8 @@ def check_external_data(model, path: str) -> None:
         where = f"{path}: tensor {printable(t.name)[:80]!r}"
         real = confined_path(base, base, info.get("location"), where)
         try:
-            offset, length = int(info.get("offset") or 0), info.get("length")
-            length = int(length) if length is not None else os.path.getsize(real) - offset
+            offset, stated = int(info.get("offset") or 0), info.get("length")
+            length = int(stated) if stated is not None else os.path.getsize(real) - offset
         except ValueError:
             raise BadInput(f"{where}: external data offset or length is not a number") from None
         if offset < 0 or length < 0 or offset + length > os.path.getsize(real):
