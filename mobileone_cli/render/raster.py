@@ -66,7 +66,8 @@ def svg_to_png(svg: str) -> bytes:
             x, y = _num(el, "x"), _num(el, "y")
             w, h = _num(el, "width"), _num(el, "height")
             if w > 0 and h > 0:
-                draw.rectangle([x, y, max(x, x + w - 1), max(y, y + h - 1)], fill=_color(el.get("fill", "")))
+                draw.rectangle([x, y, max(x, x + w - 1), max(y, y + h - 1)],
+                               fill=_color(el.get("fill", "")))
         elif tag == "line":
             stroke = el.get("stroke", "black")
             draw.line([_num(el, "x1"), _num(el, "y1"), _num(el, "x2"), _num(el, "y2")],
