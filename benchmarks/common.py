@@ -24,9 +24,11 @@ PY = sys.executable
 MOBILEONE = [PY, "-m", "mobileone_cli"]
 
 
-def run_once(cmd: Sequence[str], env: Dict[str, str] = None) -> Tuple[float, float, str]:
-    """(wall seconds, peak RSS MiB, stdout) of one child process; a failing child stops the
-    run.  Output goes to files, not pipes: a chatty child cannot block on a full pipe."""
+def run_once(cmd: Sequence[str], env: Dict[str, str] = None,
+             codes: Sequence[int] = (0,)) -> Tuple[float, float, str]:
+    """(wall seconds, peak RSS MiB, stdout) of one child process; a child exiting with a code
+    not in ``codes`` stops the run.  Output goes to files, not pipes: a chatty child cannot
+    block on a full pipe."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, cwd=ROOT, env=env)
@@ -37,7 +39,7 @@ def run_once(cmd: Sequence[str], env: Dict[str, str] = None) -> Tuple[float, flo
         out.seek(0)
         err.seek(0)
         text = out.read().decode(errors="replace")
-        if code != 0:
+        if code not in codes:
             raise CaseFailed(f"benchmark case failed ({code}): {' '.join(cmd)}\n"
                              f"{err.read().decode(errors='replace')[-3000:]}")
     return wall, usage.ru_maxrss / 1024.0, text
@@ -48,7 +50,8 @@ class CaseFailed(SystemExit):
 
 
 def measure(cmd: Sequence[str], runs: int, cleanup: Sequence[str] = (),
-            env: Dict[str, str] = None, parse: bool = False) -> Dict[str, Any]:
+            env: Dict[str, str] = None, parse: bool = False,
+            codes: Sequence[int] = (0,)) -> Dict[str, Any]:
     """Median wall time and peak RSS of ``runs`` runs of ``cmd`` (``cleanup`` removed first).
 
     ``parse``: the child prints a JSON object as its last stdout line (what it measured inside,
@@ -60,7 +63,7 @@ def measure(cmd: Sequence[str], runs: int, cleanup: Sequence[str] = (),
                 shutil.rmtree(path)
             elif os.path.exists(path):
                 os.unlink(path)
-        w, r, text = run_once(cmd, env)
+        w, r, text = run_once(cmd, env, codes)
         walls.append(w)
         rss.append(r)
         if parse:
@@ -85,16 +88,19 @@ from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.fuse.fusion import fuse_state_dict
 from mobileone_cli.models.synthetic import random_state_dict
 for spec, path in zip(sys.argv[1::2], sys.argv[2::2]):
-    arch, form = spec.split(":")
+    arch, form, *tampered = spec.split(":")
     sd = random_state_dict(get_arch(arch), seed=1)
     if form == "deploy":
         sd = fuse_state_dict(sd, get_arch(arch))
+    for block in tampered:  # 'arch:deploy:stage2.5': that block's bias moved
+        sd[block + ".reparam_conv.bias"] = sd[block + ".reparam_conv.bias"] + 0.5
     save_checkpoint(path, sd, force=True)
 """
 
 
 def make_checkpoints(folder: str, specs: Dict[str, str]) -> Dict[str, str]:
-    """{name: path} of synthetic checkpoints ({name: 'arch:form'} with file names as names),
+    """{name: path} of synthetic checkpoints ({name: 'arch:form'}, or 'arch:deploy:BLOCK' with
+    BLOCK's bias moved by 0.5, with file names as names),
     made in a child so that this process never imports torch (a forked child's ru_maxrss would
     otherwise start at the parent's size)."""
     paths = {name: os.path.join(folder, name) for name in specs}

@@ -1,6 +1,7 @@
 """`mobileone verify` (two files, and one file fused in memory) against a verified `convert` of
 the same file: target <= 2x its wall time and <= 2x its peak RSS, on s0 and s4 (--quick: s0).
-verify checks 4 images by default, convert 1: `--batch 1` is the same work, measured too."""
+verify checks 4 images by default, convert 1: `--batch 1` is the same work, measured too.
+A failing verify (a deploy file with one tampered bias) costs at most 2x a passing one."""
 from __future__ import annotations
 
 import os
@@ -10,6 +11,8 @@ from common import MOBILEONE, Report, make_checkpoints, measure
 
 def run(report: Report, folder: str, runs: int, quick: bool = False) -> None:
     ck = make_checkpoints(folder, {"s0.pth": "s0:train", "s0_deploy.pth": "s0:deploy",
+                                   "s0_tampered.pth": "s0:deploy:stage2.5",
+                                   "s0_tampered_late.pth": "s0:deploy:stage4.0",
                                    "s4.pth": "s4:train", "s4_deploy.pth": "s4:deploy"})
     out = os.path.join(folder, "verify_out.pth")
     for arch in ("s0",) if quick else ("s0", "s4"):
@@ -24,3 +27,19 @@ def run(report: Report, folder: str, runs: int, quick: bool = False) -> None:
                           2.0)
             report.target(f"verify {label} {arch} peak RSS <= 2x convert",
                           m["rss"] / conv["rss"], 2.0)
+    failing(report, ck, runs)
+
+
+def failing(report: Report, ck, runs: int) -> None:
+    """A failing s0 verify against a passing one: the float64 referee of a failing check stops
+    at the first block it confirms (a late block is the dearest case, measured too)."""
+    train = ck["s0.pth"]
+    ok = report.case("s0 verify, passing", measure(MOBILEONE + ["verify", train,
+                                                                ck["s0_deploy.pth"]], runs))
+    bad = report.case("s0 verify, failing (stage2.5 bias tampered)",
+                      measure(MOBILEONE + ["verify", train, ck["s0_tampered.pth"]], runs,
+                              codes=(1,)))
+    report.case("s0 verify, failing (stage4.0 bias tampered)",
+                measure(MOBILEONE + ["verify", train, ck["s0_tampered_late.pth"]], runs,
+                        codes=(1,)))
+    report.target("verify failing/passing s0 wall <= 2x", bad["wall"] / ok["wall"], 2.0)

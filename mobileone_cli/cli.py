@@ -59,6 +59,14 @@ def _wants_json(ctx: click.Context) -> bool:
     return "--json" in rest
 
 
+def _progress(wants_json: bool):
+    """Progress of the command's slow steps on a terminal stderr (never with -q or --json)."""
+    from .render.console import quiet
+    from .render.progress import shown
+
+    return shown(enabled=not wants_json and not quiet())
+
+
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on demand, with one error policy for all."""
 
@@ -130,13 +138,15 @@ class LazyGroup(click.Group):
             from .commands._options import refuse_option_like_files
 
             refuse_option_like_files(getattr(self, "forged", []))
-            return super().invoke(ctx)
+            with _progress(wants_json):
+                return super().invoke(ctx)
         except MobileOneError as exc:
             if debug:
                 traceback.print_exc()
             lost = type(exc).__name__ == "OutputLost"  # stdout failed: say what is on disk
-            said = f"; {_written(written)}" if lost else ""
-            click.echo(f"error: {one_line(exc.message)}{said}", err=True)
+            if lost or not exc.shown:  # a verdict the report printed is not repeated
+                said = f"; {_written(written)}" if lost else ""
+                click.echo(f"error: {one_line(exc.message)}{said}", err=True)
             if exc.hint:
                 click.echo(f"hint: {one_line(exc.hint)}", err=True)
             if wants_json and not output.json_documents:  # a script reading --json gets JSON, once

@@ -32,6 +32,7 @@ class MobileOneError(Exception):
         self.message = message
         self.hint = hint
         self.facts: dict = {}  # what was learned before the failure (arch, layout, max_rel)
+        self.shown = False  # the command's own output already said it (a FAIL verdict line)
 
 
 class BadInput(MobileOneError):

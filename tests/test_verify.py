@@ -172,7 +172,7 @@ def test_perturbed_block_report_names_it(tmp_path, run_cli):
     assert res.exit_code == 1
     assert "FAIL" in res.stdout and "first block that breaks: stage2.7" in res.stdout
     assert "BAD" in res.stdout  # the stage2 row of the per-stage table
-    assert res.stderr.startswith("error: NOT equivalent") and "stage2.7" in res.stderr
+    assert "error:" not in res.stderr  # the FAIL line says it once
     assert "Traceback" not in res.output
 
 

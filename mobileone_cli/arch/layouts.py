@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Tuple
 from .specs import ArchSpec, BlockSpec
 
 __all__ = ["Layout", "LAYOUTS", "LAYOUT_NAMES", "FORMS", "TensorEntry", "schema", "key_map",
-           "get_layout", "BN_LEAVES"]
+           "get_layout", "BN_LEAVES", "block_names", "stage_names", "in_layout"]
 
 FORMS = ("train", "deploy")
 BN_LEAVES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -163,6 +163,37 @@ def _key_map(arch: ArchSpec, src: str, dst: str, form: str) -> Dict[str, str]:
 def key_map(arch: ArchSpec, src: str, dst: str, form: str) -> Dict[str, str]:
     """{key in ``src`` layout: key in ``dst`` layout} for every tensor of ``arch`` in ``form``."""
     return _key_map(arch, get_layout(src).name, get_layout(dst).name, form)
+
+
+@functools.lru_cache(maxsize=64)
+def _block_names(arch: ArchSpec, layout_name: str) -> Dict[str, str]:
+    lay = LAYOUTS[layout_name]
+    names = {b.name: lay.block_path(b) for b in arch.block_specs()}
+    names["linear"] = lay.head
+    return names
+
+
+def block_names(arch: ArchSpec, layout: str) -> Dict[str, str]:
+    """{canonical block name: that block's module path in ``layout``}: ``stage2.5`` is
+    ``stages.1.5`` in timm, ``backbone.stage2.5`` in mmpretrain; the head is ``linear``."""
+    return dict(_block_names(arch, get_layout(layout).name))
+
+
+def stage_names(arch: ArchSpec, layout: str) -> Dict[str, str]:
+    """{canonical stage name ('stem', 'stage1', ..., 'head'): its module path in ``layout``}."""
+    lay = get_layout(layout)
+    names = {"stem": lay.stem, "head": lay.head.rsplit(".", 1)[0] if "." in lay.head
+             else lay.head}
+    for s in range(1, arch.num_stages + 1):
+        names[f"stage{s}"] = lay.block.split(".{j}")[0].format(s=s, s0=s - 1)
+    return names
+
+
+def in_layout(canonical: str, names: Mapping[str, str]) -> str:
+    """``stages.1.5 (stage2.5)``: a block or stage named as the file names it, the canonical
+    (Apple) name beside it; the canonical name alone where the two agree or none is known."""
+    own = names.get(canonical)
+    return canonical if not own or own == canonical else f"{own} ({canonical})"
 
 
 def remap(state_dict: Mapping[str, Any], arch: ArchSpec, src: str, dst: str,

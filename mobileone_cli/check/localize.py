@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -68,6 +68,8 @@ class StageError:
     worst_block: str  # the block with the largest own error in the stage
     worst_own_rel: float
     within: bool  # every block of the stage within its bound on its own
+    label: str = ""  # the stage as the deploy file names it, canonical name beside it
+    worst_label: str = ""  # the worst block alike
 
     def to_dict(self) -> Dict[str, object]:
         return asdict(self)
@@ -149,8 +151,9 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 @torch.no_grad()
 def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
              errors: Dict[str, Dict[str, BlockError]], *, unit: Optional[float] = None,
-             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None
-             ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None,
+             stop: Optional[Callable[[str], bool]] = None
+             ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Run the train model T, the deploy model D and, with ``unit``, P (D with every weight
     perturbed by ``unit``, :func:`~.harness.perturb_module`) block by block on ``x``, in
     ``x``'s dtype, and accumulate the block errors: ``errors['deploy']`` (D against T) and
@@ -159,7 +162,8 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     Only the current block's activations are alive, and each block exists in ``x``'s dtype only
     while it runs (``keep``: a dict that holds the cast and perturbed blocks for the next chunk
     of images).  Returns the outputs of T, D and P (None without ``unit``): the same tensors
-    the models' own forward gives, since the blocks run in forward order.
+    the models' own forward gives, since the blocks run in forward order.  ``stop(name)``,
+    asked after each block, ends the run there (all three outputs are then None).
     """
     dtype = x.dtype
     t = d = x
@@ -193,6 +197,8 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
                     d_out, p_out, d_own, p_own, t_out, cosine=False)
             p = p_out
         t, d = t_out, d_out
+        if stop is not None and stop(name):
+            return None, None, None
     return t, d, (p if unit is not None else None)
 
 
@@ -203,9 +209,14 @@ def head_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.flatten(gap(x), 1)
 
 
-def stage_table(errors: Sequence[BlockError], bad: Sequence[str]) -> List[StageError]:
+def stage_table(errors: Sequence[BlockError], bad: Sequence[str],
+                names: Optional[Mapping[str, str]] = None) -> List[StageError]:
     """One row per stage (stem first, head last): error at its output and its worst block;
-    ``bad`` names the blocks outside their bound."""
+    ``bad`` names the blocks outside their bound, ``names`` how the file names blocks and
+    stages (:func:`~..arch.layouts.in_layout`)."""
+    from ..arch.layouts import in_layout
+
+    names = names or {}
     rows: List[StageError] = []
     stages = sorted({e.stage for e in errors})
     num_stages = max(e.stage for e in errors if e.name != HEAD) if errors else 0
@@ -216,5 +227,7 @@ def stage_table(errors: Sequence[BlockError], bad: Sequence[str]) -> List[StageE
         rows.append(StageError(name=stage_label(s, num_stages), blocks=len(blocks),
                                max_rel=blocks[-1].max_rel, worst_block=worst.name,
                                worst_own_rel=worst.own_rel,
-                               within=not any(e.name in bad_set for e in blocks)))
+                               within=not any(e.name in bad_set for e in blocks),
+                               label=in_layout(stage_label(s, num_stages), names),
+                               worst_label=in_layout(worst.name, names)))
     return rows

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
+from ..arch.layouts import block_names, in_layout, stage_names
 from ..arch.specs import ArchSpec
 from ..errors import BadInput
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
+from ..timing import step
 from .harness import CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass, strict_fp32
 from .localize import BlockError, lockstep
 
@@ -49,6 +51,9 @@ class Stage:
     output_bound: float = 0.0  # absolute bound at the output
     block_bounds: Dict[str, float] = field(default_factory=dict)  # absolute bound of each block
     train_output: Optional[torch.Tensor] = field(default=None, repr=False)
+    # The referee of a failing check stops at the first block it confirms beyond its bound:
+    # that block's name; the blocks after it and the output are then the fp32 stage's numbers.
+    stopped_at: Optional[str] = None
 
     @property
     def output_within(self) -> bool:
@@ -73,6 +78,13 @@ class Verdict:
     fp64: Optional[Stage] = None  # the referee, when fp32 could not decide
     train_fp32_vs_fp64: Optional[Metrics] = None  # how far fp32 arithmetic moves the train model
     images: int = 0  # the checked images
+    # {canonical block or stage name: its name in the deploy file's layout}; empty for Apple's
+    names: Dict[str, str] = field(default_factory=dict)
+
+    def label(self, name: str) -> str:
+        """A block or stage as the deploy file names it, the canonical name beside it
+        (``stages.1.5 (stage2.5)``)."""
+        return in_layout(name, self.names)
 
     @property
     def decisive(self) -> Stage:
@@ -140,7 +152,8 @@ class Verdict:
                    f"sensitivity of {self.deploy_dtype} weights)")
         if self.passed and self.fp64 is not None and not self.fp32.passed:
             divergent = self.first_divergent
-            part = f", parting from {divergent.name} on" if divergent is not None else ""
+            part = (f", parting from {self.label(divergent.name)} on" if divergent is not None
+                    else "")
             amp = self.amplification
             amp_text = f"; rounding is amplified x{amp:.2g} here" if amp else ""
             return (f"equivalent up to fp32 rounding: in fp32 the {self.compared} differ by "
@@ -159,11 +172,11 @@ class Verdict:
             bound = _bound(self.rtol, self.atol, bad.scale,
                            sens.own_abs if sens is not None and sens.finite else 0.0,
                            self.adaptive)
-            where = (f"; first block that breaks: {bad.name} (its own rel diff "
+            where = (f"; first block that breaks: {self.label(bad.name)} (its own rel diff "
                      f"{bad.own_rel:.2e}, bound {bound / bad.scale if bad.scale else 0:.2e})")
         elif self.first_divergent is not None:
             where = (f"; no block is wrong on its own, the difference builds up from "
-                     f"{self.first_divergent.name} on")
+                     f"{self.label(self.first_divergent.name)} on")
         precision = "" if stage.precision == "fp32" else " (float64 referee)"
         return (f"NOT equivalent{precision}: max rel diff of the {self.compared} "
                 f"{out.max_rel:.2e} ({tol}){where}")
@@ -189,18 +202,41 @@ def _bound(rtol: float, atol: float, scale: float, sens_abs: float, adaptive: bo
     return atol + rtol * scale + (SENSITIVITY_FACTOR * sens_abs if adaptive else 0.0)
 
 
+def _first_bad(errors: Dict[str, Dict[str, BlockError]], rtol: float, atol: float,
+               adaptive: bool) -> Callable[[str], bool]:
+    """``stop(name)`` for :func:`lockstep`: whether block ``name`` is beyond its bound (the
+    same bound :func:`_stage` applies), so a failing check's referee ends there."""
+    def stop(name: str) -> bool:
+        b = errors["deploy"][name]
+        s = errors["perturbed"].get(name)
+        sens = s.own_abs if s is not None and s.finite else 0.0
+        return not (b.finite and b.own_abs <= _bound(rtol, atol, b.scale, sens, adaptive))
+
+    return stop
+
+
 def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype, device: str,
-           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float]) -> Stage:
+           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float],
+           fallback: Optional[Stage] = None) -> Stage:
     """D against T on ``x`` in ``dtype``, ``chunk`` images at a time, and (``unit``: the
-    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images."""
+    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images.
+
+    ``fallback`` (the fp32 stage of a failing check, all images in one pass): the run stops at
+    the first block beyond its bound, which decides the check; the rest is ``fallback``'s."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
     refs, outs, pouts = [], [], []
     # cast/perturbed blocks serve every chunk
     keep: Optional[Dict[Any, Any]] = {} if x.shape[0] > chunk else None
+    stop = (_first_bad(errors, rtol, atol, unit is not None)
+            if fallback is not None and x.shape[0] <= chunk else None)
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             xi = x[i:i + chunk].to(device=device, dtype=dtype)
-            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep)
+            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep,
+                                      stop=stop)
+            if ref is None or out is None:
+                assert fallback is not None  # only a referee given a fallback stops early
+                return _stopped(precision, errors, fallback, rtol, atol, unit is not None)
             refs.append(ref.cpu())
             outs.append(out.cpu())
             if pout is not None:
@@ -221,6 +257,27 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
         stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
         if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
             stage.bad_blocks.append(b.name)
+    return stage
+
+
+def _stopped(precision: str, errors: Dict[str, Dict[str, BlockError]], fallback: Stage,
+             rtol: float, atol: float, adaptive: bool) -> Stage:
+    """The referee's stage when it stopped at its first bad block: its blocks up to there,
+    the fp32 stage's blocks (and their fp32 verdicts) after it and its output."""
+    blocks = list(errors["deploy"].values())
+    last = blocks[-1].name
+    done = {b.name for b in blocks}
+    stage = Stage(precision=precision, output=fallback.output,
+                  blocks=blocks + [b for b in fallback.blocks if b.name not in done],
+                  sensitivity=fallback.sensitivity, output_bound=fallback.output_bound,
+                  bad_blocks=[last] + [b for b in fallback.bad_blocks if b not in done],
+                  stopped_at=last)
+    stage.block_sensitivity = dict(fallback.block_sensitivity, **errors["perturbed"])
+    stage.block_bounds = dict(fallback.block_bounds)
+    for b in blocks:
+        s = errors["perturbed"].get(b.name)
+        sens = s.own_abs if s is not None and s.finite else 0.0
+        stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
     return stage
 
 
@@ -252,22 +309,30 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
                        device=device).eval()
     deploy = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device).eval()
 
-    def run(precision: str, dtype: torch.dtype) -> Stage:
+    def run(precision: str, dtype: torch.dtype, fallback: Optional[Stage] = None) -> Stage:
         return _stage(precision, train, deploy, x, dtype=dtype, device=device, chunk=chunk,
-                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None)
+                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None,
+                      fallback=fallback)
 
-    fp32 = run("fp32", torch.float32)
+    with step(None, "fp32 pass"):
+        fp32 = run("fp32", torch.float32)
     verdict = Verdict(rtol=rtol, atol=atol, adaptive=adaptive,
                       deploy_dtype=str(d_dtype).replace("torch.", ""), unit=unit,
                       compared="logits" if logits else "feature map", fp32=fp32,
                       images=int(x.shape[0]))
+    if deploy_layout != "apple":
+        verdict.names = {**stage_names(arch, deploy_layout), **block_names(arch, deploy_layout)}
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
-        verdict.fp64 = run("fp64", torch.float64)
+        # A referee of a failing check ends at the first block it confirms (what makes a
+        # failing check cost about what a passing one does); --reference fp64 runs it whole.
+        with step(None, "float64 referee"):
+            verdict.fp64 = run("fp64", torch.float64,
+                               fallback=None if referee or not fp32.bad_blocks else fp32)
         ref64, ref32 = verdict.fp64.train_output, fp32.train_output
-        assert ref64 is not None and ref32 is not None  # run() keeps them until the end
-        verdict.train_fp32_vs_fp64 = compare_outputs(ref64, ref32, logits)
+        if ref64 is not None and ref32 is not None:  # a referee stopped early has no output
+            verdict.train_fp32_vs_fp64 = compare_outputs(ref64, ref32, logits)
     for stage in (verdict.fp32, verdict.fp64):
         if stage is not None:
             stage.train_output = None  # the verdict keeps numbers, not activations

@@ -21,7 +21,7 @@ __all__ = ["eval"]
                     "Unreadable images are counted and skipped. Needs Pillow.")
 @click.argument("ckpt", type=click.Path(dir_okay=True))
 @click.argument("data", type=click.Path())
-@click.option("--deploy", "deploy", multiple=True, type=click.Path(dir_okay=False),
+@click.option("--deploy", "deploy", multiple=True, type=click.Path(dir_okay=True),
               metavar="FILE", help="A deploy checkpoint, or an exported .onnx (and any format "
                                    "`mobileone export` writes) to evaluate beside CKPT; "
                                    "repeatable. Without a deploy checkpoint, a train-form CKPT "
@@ -67,7 +67,7 @@ def eval(ckpt: str, data: str, deploy: Tuple[str, ...], labels: Optional[str],  
     preprocessing = make_preprocessing(resize, crop, interpolation, mean, std)
     options = load_options(arch_name, config_path, bn_eps, prefix, ema, trust_file)
     settle_heap()
-    with progress_bar(enabled=not quiet()) as progress:
+    with progress_bar(enabled=not quiet() and not as_json) as progress:
         report = evaluate_files(ckpt, data, deploy=deploy, labels=labels, classes=classes,
                                 options=options, preprocessing=preprocessing, limit=limit,
                                 batch=batch, workers=workers, device=device, progress=progress)

@@ -33,7 +33,8 @@ from ._sources import fetch_options
 @prefix_option("Look at the MobileOne under this key prefix (when there are several).")
 @ema_option("Look at the EMA weights instead of the state_dict.")
 @click.option("--strict", is_flag=True,
-              help="Exit 1 when the health check finds faults (NaN/Inf, negative variances).")
+              help="Exit 1 when the health check finds faults (NaN/Inf, negative variances) "
+                   "or the file is a damaged MobileOne that convert would refuse.")
 @click.option("--no-health", is_flag=True,
               help="Skip the health check: a .safetensors file is then read from its header "
                    "alone, without reading the weights or importing torch.")
@@ -60,6 +61,9 @@ def inspect(ckpt: str, as_json: bool, prefix: Optional[str], ema: bool, strict: 
                           health=not no_health, blocks_file=blocks_file)
     emit(report, as_json, finite_json, render_inspect)
     health = report.get("health")
+    if strict and report.get("kind") == "damaged":
+        raise VerificationFailed(f"{ckpt}: damaged MobileOne, convert would refuse it "
+                                 f"(--strict)")
     if strict and health and health["faults"]:
         raise VerificationFailed(f"{ckpt}: {len(health['faults'])} fault(s) found (--strict)")
     return 0

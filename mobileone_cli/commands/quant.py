@@ -62,6 +62,8 @@ __all__ = ["quant"]
 @input_size_option(help_extra=" Synthetic images; with --calib, the centre crop.")
 @preprocessing_options(crop="--input-size")
 @reading_options()
+@click.option("--all-blocks", is_flag=True,
+              help="Show every block's SQNR and the noise picture (as -v does).")
 @plot_option("the per-block int8 noise picture")
 @json_option("the report, every block and every number")
 @fetch_options("ckpt")
@@ -72,6 +74,7 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
           resize: Optional[int], interpolation: Optional[str], mean: Optional[str],
           std: Optional[str], arch_name: Optional[str], config_path: Optional[str],
           bn_eps: Optional[float], prefix: Optional[str], ema: bool, trust_file: bool,
+          all_blocks: bool,
           plot_path: Optional[str], as_json: bool) -> int:
     from ..jobs.quant import QuantOptions, quantize_file
     from ..render.console import emit
@@ -93,6 +96,6 @@ def quant(ckpt: str, calib: Optional[str], synthetic: Optional[int], scheme: str
                            input_size=tuple(input_size), preprocessing=preprocessing)
     settle_heap()
     report = quantize_file(ckpt, options)
-    emit(report, as_json, quant_to_dict, render_quant)
+    emit(report, as_json, quant_to_dict, render_quant, all_blocks=all_blocks)
     write_plot(plot_path, quant_plot(report), force, as_json)
     return 0

@@ -88,7 +88,7 @@ def verify(train_ckpt: str, deploy_ckpt: Optional[str], config_path: Optional[st
     emit(report, as_json, verify_to_dict, render_verify, all_blocks=all_blocks)
     write_plot(plot_path, verify_plot(report), force, as_json)
     if not report.passed:
-        raise VerificationFailed(report.summary())
+        raise _shown(VerificationFailed(report.summary()))
     return 0
 
 
@@ -109,5 +109,11 @@ def _verify_artifact(ckpt: str, artifact: str, config_path: Optional[str],
                              seed=seed, batch=batch, input_size=input_size, rtol=rtol)
     emit(report, as_json, artifact_report_to_dict, render_artifact_report)
     if not report.passed:
-        raise VerificationFailed(report.summary())
+        raise _shown(VerificationFailed(report.summary()))
     return 0
+
+
+def _shown(exc: VerificationFailed) -> VerificationFailed:
+    """The report (its FAIL line, or its JSON) already says the verdict: printed once."""
+    exc.shown = True
+    return exc

@@ -16,7 +16,7 @@ from ..arch.specs import ArchSpec, match_builtin
 from ..errors import BadInput
 from ..rules.dtypes import FLOAT_DTYPES
 
-__all__ = ["Detection", "detect_layout", "find_candidates", "implied_root", "TensorInfo"]
+__all__ = ["Detection", "Damaged", "detect_layout", "find_candidates", "implied_root", "TensorInfo"]
 
 # key -> (dtype name, shape); dtype names as torch prints them without 'torch.' ('float32').
 TensorInfo = Tuple[str, Tuple[int, ...]]
@@ -218,31 +218,63 @@ def _name_spec(spec: ArchSpec, form: str) -> ArchSpec:
     return dataclasses.replace(spec, name=match_builtin(spec) or "custom")
 
 
+class Damaged(BadInput):
+    """A known MobileOne (layout, form and variant read off its keys) whose tensors are not all
+    there or not all right: ``problems`` says what, one short line per kind of damage."""
+
+    def __init__(self, where: str, det: Detection, problems: List[str]) -> None:
+        super().__init__(f"{where}: damaged {det.layout} {det.form}-form MobileOne "
+                         f"{det.arch.name}: " + "; ".join(problems))
+        self.detection = det
+        self.problems = problems
+
+
+def _missing_by_block(missing: Sequence[str], expected: Mapping[str, TensorEntry]) -> str:
+    """'stage3.7: all 29, stage2.3: 1 of 13 (stage2.3.rbr_skip.bias)': where the holes are."""
+    per_block: Dict[str, List[str]] = {}
+    for k in missing:
+        per_block.setdefault(expected[k].block, []).append(k)
+    sizes: Dict[str, int] = {}
+    for e in expected.values():
+        sizes[e.block] = sizes.get(e.block, 0) + 1
+    parts = [f"{b}: all {sizes[b]}" if len(ks) == sizes[b] else
+             f"{b}: {len(ks)} of {sizes[b]} ({_few(ks, 2)})" for b, ks in per_block.items()]
+    return _few(parts, 4, width=200)
+
+
 def _validate(sub: Mapping[str, TensorInfo], det: Detection, where: str) -> List[str]:
-    """Check every expected key and shape; return the keys that are not this MobileOne's."""
+    """Check every expected key, shape and dtype; return the keys that are not this
+    MobileOne's.  Every kind of damage found is named at once (:class:`Damaged`)."""
     lay = get_layout(det.layout)
     expected = {e.key: e for e in det.entries()}
     roots = tuple(f"{lay.block_path(b)}." for b in det.arch.block_specs()) + (f"{lay.head}.",)
     missing = [k for k in expected if k not in sub]
     ours = [k for k in sub if k.startswith(roots)]
     unexpected = [k for k in ours if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s): {_few(missing, 3)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected, 3)}")
-        raise BadInput(f"{where}: not a complete {det.layout} {det.form}-form MobileOne "
-                       f"{det.arch.name}: " + "; ".join(parts))
+    problems: List[str] = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s) ({_missing_by_block(missing, expected)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_few(unexpected, 3)}")
+    not_tensors, shapes, dtypes = [], [], []
     for k, e in expected.items():
+        if k not in sub:
+            continue
         dtype, shape = sub[k]
         if dtype.endswith(NOT_A_TENSOR):
-            raise BadInput(f"{where}: {det.prefix}{k} is {dtype}, expected a tensor")
-        if tuple(shape) != e.shape:
-            raise BadInput(f"{where}: {det.prefix}{k} has shape {list(shape)}, "
-                           f"expected {list(e.shape)}")
-        if e.kind != "counter" and dtype not in FLOAT_DTYPES:
-            raise BadInput(f"{where}: {det.prefix}{k} is {dtype}, expected a floating-point tensor")
+            not_tensors.append(f"{det.prefix}{k} is {dtype}")
+        elif tuple(shape) != e.shape:
+            shapes.append(f"{det.prefix}{k} has shape {list(shape)}, expected {list(e.shape)}")
+        elif e.kind != "counter" and dtype not in FLOAT_DTYPES:
+            dtypes.append(f"{det.prefix}{k} is {dtype}")
+    if not_tensors:
+        problems.append(f"{len(not_tensors)} value(s) not a tensor: {_few(not_tensors, 2)}")
+    if shapes:
+        problems.append(f"{len(shapes)} wrong shape(s): {_few(shapes, 2)}")
+    if dtypes:
+        problems.append(f"{len(dtypes)} tensor(s) not floating-point: {_few(dtypes, 2)}")
+    if problems:
+        raise Damaged(where, det, problems)
     return [k for k in sub if k not in expected]
 
 

@@ -12,13 +12,14 @@ from typing import Any, Dict, List, Optional
 
 from ..arch.layouts import TensorEntry
 from ..arch.specs import ArchSpec, expect_arch
-from ..rules.limits import resolve_eps
+from ..errors import BadInput
+from ..rules.limits import check_bn_eps, resolve_eps
 from ..timing import Steps, step
 from .detect import Detection, TensorInfo, detect_layout, tensor_info
 from .read import Checkpoint, load_checkpoint, loading_notes
 from .sanity import check_finite, preflight
 
-__all__ = ["LoadOptions", "Source", "open_source"]
+__all__ = ["LoadOptions", "Source", "open_source", "recorded_eps"]
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Source:
     notes: List[str] = field(default_factory=list)
     # {key: (dtype, shape)} of the state dict as read (before mixed float dtypes are unified)
     tensors: Dict[str, TensorInfo] = field(default_factory=dict)
+    eps_from: str = "default"  # '--bn-eps', the config, 'metadata' (the file's own) or 'default'
 
     @property
     def entries(self) -> tuple:
@@ -73,10 +75,33 @@ def open_source(path: str, options: Optional[LoadOptions] = None, *,
     arch = options.arch
     eps = resolve_eps(options.eps, arch.bn_eps if arch is not None else None,
                       options.arch_source or "--arch")
+    eps_from = ("--bn-eps" if options.eps is not None else
+                (options.arch_source or "--arch") if arch is not None and arch.bn_eps is not None
+                else "default")
     with step(steps, "load"):
         ck = load_checkpoint(path, ema=options.ema, trust=options.trust)
+    stored = recorded_eps(ck.metadata, path)
+    if eps_from == "default" and stored is not None and stored != eps:
+        eps, eps_from = stored, "metadata"
     with step(steps, "detect"):
-        return _found(path, ck, options, arch, eps, refuse_non_finite)
+        src = _found(path, ck, options, arch, eps, refuse_non_finite)
+    src.eps_from = eps_from
+    if eps_from == "metadata" and src.detection.form == "train":  # a deploy model has no BN
+        src.notes.append(f"BatchNorm eps {eps:g}, as recorded in the file's metadata "
+                         f"(--bn-eps overrides it)")
+    return src
+
+
+def recorded_eps(metadata: Dict[str, str], path: str) -> Optional[float]:
+    """The ``bn_eps`` that ``mobileone convert`` records in a file's metadata, or None (none
+    recorded, or a value that is no valid eps: the default then applies, as for any file)."""
+    value = (metadata or {}).get("bn_eps")
+    if value is None:
+        return None
+    try:
+        return check_bn_eps(value, f"{path}: metadata bn_eps")
+    except BadInput:
+        return None
 
 
 def _found(path: str, ck: Checkpoint, options: LoadOptions, arch: Optional[ArchSpec], eps: float,

@@ -42,6 +42,7 @@ class BatchItem:
     message: str = ""
     result: Any = None  # convert.ConvertResult (without its state dict) when status is 'ok'
     facts: dict = field(default_factory=dict)  # what a failed file revealed (arch, layout, ...)
+    exists: bool = False  # refused because its output exists (a re-run without --force)
 
     @property
     def arch(self) -> Optional[str]:
@@ -221,6 +222,13 @@ def convert_many(pairs: Sequence[Tuple[str, str]], options: Any = None, *, jobs:
             items[i] = skipped
             if on_done:
                 on_done(i, skipped)
+        elif not options.force and os.path.lexists(dst):  # a re-run: say both ways on
+            refused = BatchItem(src, dst, EXIT_STATUS[EXIT_BAD_INPUT], EXIT_BAD_INPUT,
+                                f"{dst}: already exists (use --skip-existing or --force)",
+                                exists=True)
+            items[i] = refused
+            if on_done:
+                on_done(i, refused)
         else:
             todo.append(i)
     if jobs <= 1 or len(todo) <= 1:

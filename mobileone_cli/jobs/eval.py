@@ -28,6 +28,7 @@ from ..errors import BadInput
 from ..io.source import LoadOptions
 from ..rules.limits import MAX_LISTED, MAX_WORKERS, check_batch
 from ..runtimes import Artifact, load_artifact, runtime_for
+from ..timing import Steps, step
 from .verify import Side, pair_sides, read_side
 
 __all__ = ["Model", "ModelResult", "EvalReport", "evaluate_files", "artifact_model"]
@@ -71,6 +72,7 @@ class EvalReport:
     unreadable_listed: List[Tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0  # the pass, from the first image to the last
     forward_seconds: float = 0.0  # of which in the models
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v)
     notes: List[str] = field(default_factory=list)
 
     @property
@@ -105,6 +107,10 @@ def _static(dim: Any) -> Optional[int]:
 def artifact_model(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
     """An exported file opened in its runtime, run in chunks of its fixed batch if it has one."""
     art: Artifact = load_artifact(path)
+    if not art.executes:
+        raise BadInput(f"{path}: eval cannot score it here: {art.runtime} runs only on macOS",
+                       hint=f"`mobileone verify CKPT {path}` reads its weights back here; "
+                            f"eval it on a Mac")
     shape = list(art.input_shape) + [None] * (4 - len(art.input_shape))
     b, c, h, w = (_static(d) for d in shape[:4])
     if c is not None and c != 3:
@@ -137,10 +143,11 @@ def artifact_model(path: str, arch: ArchSpec, p: Preprocessing) -> Model:
 
 
 def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preprocessing,
-            device: str) -> Tuple[ArchSpec, List[Model], List[str]]:
+            device: str, steps: Optional[Steps] = None
+            ) -> Tuple[ArchSpec, List[Model], List[str]]:
     from ..fuse.fusion import fuse_state_dict
 
-    train = read_side(ckpt, options)
+    train = read_side(ckpt, options, steps=steps)
     arch = train.arch
     if arch.in_channels != 3:
         raise BadInput(f"{ckpt}: this MobileOne takes {arch.in_channels}-channel input; "
@@ -152,7 +159,7 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
     for path in files:
         side = read_side(path, LoadOptions(arch=options.arch, arch_source=options.arch_source,
                                            eps=options.eps, ema=options.ema,
-                                           trust=options.trust), deploy=True)
+                                           trust=options.trust), deploy=True, steps=steps)
         if train.form == "deploy" and side.form == "train":
             raise BadInput(f"the files are swapped: {ckpt} is deploy-form and {path} is "
                            f"train-form", hint=f"mobileone eval {path} DATA --deploy {ckpt}")
@@ -160,7 +167,9 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
         sides.append(side)
         notes.extend(side.notes)
     if train.form == "train" and not sides:
-        fused = fuse_state_dict(dict(train.state_dict), arch, eps=train.eps, layout=train.layout)
+        with step(steps, "fuse"):
+            fused = fuse_state_dict(dict(train.state_dict), arch, eps=train.eps,
+                                    layout=train.layout)
         sides.append(Side(path=None, layout=train.layout, form="deploy", arch=arch,
                           dtype=train.dtype, state_dict=fused,
                           source=f"fused in memory (eps {train.eps:g})", eps=train.eps))
@@ -171,7 +180,8 @@ def _models(ckpt: str, deploy: Sequence[str], options: LoadOptions, p: Preproces
                             else "fused in memory", info=side.describe(),
                             run=_torch_model(side, "deploy", device)))
         side.state_dict = {}  # the model holds the tensors now
-    models += [artifact_model(path, arch, p) for path in exported]
+    with step(steps, "runtimes"):
+        models += [artifact_model(path, arch, p) for path in exported]
     return arch, models, notes
 
 
@@ -195,7 +205,8 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
     if not 0 <= workers <= MAX_WORKERS:
         raise BadInput(f"--workers {workers}: must be between 0 and {MAX_WORKERS}")
     pillow()  # say what to install before loading anything
-    arch, models, notes = _models(ckpt, deploy, options or LoadOptions(), p, device)
+    steps = Steps()
+    arch, models, notes = _models(ckpt, deploy, options or LoadOptions(), p, device, steps)
     dataset = open_dataset(data, labels=labels, classes=classes,
                            num_classes=arch.num_classes or None, need_labels=arch.has_head)
     scored = arch.has_head and dataset.labelled
@@ -235,6 +246,7 @@ def evaluate_files(ckpt: str, data: str, *, deploy: Sequence[str] = (),
             if progress is not None:
                 progress(report.images + report.unreadable, selected)
     report.seconds = time.perf_counter() - start
+    report.timings = dict(steps.seconds, images=report.seconds)
     if progress is not None:
         progress(selected, selected)
     if report.images == 0:

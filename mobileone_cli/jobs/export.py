@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ..check.artifact import ShapeCheck, WeightCheck, check_shapes
 from ..errors import BadInput, VerificationFailed
@@ -29,6 +29,7 @@ from ..runtimes import TARGETS, ExportPlan, Runtime, get_runtime, target_for
 from ..runtimes.coreml import DEFAULT_DEPLOYMENT_TARGET
 from ..runtimes.onnx import EXPORTERS, resolve_exporter
 from ..runtimes.onnx import export as export_model
+from ..timing import Steps
 
 __all__ = ["ExportOptions", "ExportResult", "ShapeCheck", "export_file", "export_model",
            "check_onnx", "check_shapes", "require_onnx", "resolve_exporter", "EXPORT_RTOL",
@@ -61,6 +62,7 @@ class ExportResult:
     not_executed: Optional[str] = None
     weights: Optional[WeightCheck] = None  # stored weights read back (Core ML)
     details: Dict[str, Any] = field(default_factory=dict)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v)
 
 
 def require_onnx() -> None:
@@ -196,6 +198,8 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
 
     check_seed(o.seed)
     conv, deploy_sd = _deploy(src, o, input_size)
+    steps = Steps()
+    steps.seconds.update(conv.timings or {})
     det = conv.detection
     shapes = check_shapes(batch, input_size, plan.dynamic_size)
     check_room(det.arch, max(s[1:] for s in shapes), max(s[0] for s in shapes),
@@ -224,8 +228,10 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
                           dtype=o.dtype, input_name="input", output_name=output_name,
                           input_shape=[], output_shape=[], rtol=o.rtol, notes=list(conv.notes),
                           target=target.module, runtime=target.runtime)
-    write = _write_step(result, target, net, sample, o, plan, facts)
-    check = _check_step(result, target, deploy_sd, det.arch, o, plan, facts, input_size)
+    write = _timed(steps, f"export ({target.runtime})",
+                   _write_step(result, target, net, sample, o, plan, facts))
+    check = _timed(steps, f"{target.runtime} check",
+                   _check_step(result, target, deploy_sd, det.arch, o, plan, facts, input_size))
     if target.package:
         from ..io.package import atomic_write_dir
 
@@ -233,7 +239,17 @@ def export_file(src: str, dst: str, options: Optional[ExportOptions] = None,
     else:
         result.size_out = atomic_write(dst, write, force=o.force, check=check)
     result.notes += filter(None, [stale_note(dst)])
+    result.timings = steps.seconds
     return result
+
+
+def _timed(steps: Steps, name: str, fn: Callable[[str], None]) -> Callable[[str], None]:
+    """``fn(tmp)`` run as the step ``name`` (timed for -v, shown as progress)."""
+    def run(tmp: str) -> None:
+        with steps(name):
+            fn(tmp)
+
+    return run
 
 
 def _write_step(result: ExportResult, target: Runtime, net, sample, o: ExportOptions,

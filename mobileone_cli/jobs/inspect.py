@@ -1,7 +1,8 @@
 """What a file holds, and how healthy its numbers are, as plain data: the library side of
 ``mobileone inspect``.
 
-Three kinds of report (``kind``): ``mobileone`` (a MobileOne was found: layout, form, variant ...),
+Four kinds of report (``kind``): ``mobileone`` (a MobileOne was found: layout, form, variant ...),
+``damaged`` (a known MobileOne that convert would refuse: missing keys, wrong shapes or dtypes),
 ``checkpoint`` (any other checkpoint: its structure, tensors, what was not recognised) and ``onnx``
 (an exported graph: opsets, inputs, outputs, initializers; needs the onnx extra).
 
@@ -19,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional
 from ..arch.layouts import param_count
 from ..arch.specs import expect_arch
 from ..errors import BadInput
-from ..io.detect import Detection, TensorInfo, detect_layout, tensor_info
+from ..io.detect import Damaged, Detection, TensorInfo, detect_layout, tensor_info
 
 __all__ = ["inspect_file", "describe"]
 
@@ -195,6 +196,10 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
     wanted = prefix is not None or arch is not None  # the user asked for a MobileOne
     if runtime_for(path) == "onnx":
         return _onnx(path)
+    if runtime_for(path) is not None:
+        from .inspect_artifact import inspect_artifact
+
+        return inspect_artifact(path)
     from ..io.read import sniff_format
 
     if sniff_format(path) == "safetensors":
@@ -204,7 +209,7 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
         facts, infos, values, problem = _torch(path, ema, trust, health, wanted)
         unread = []
     unwrapped = problem is None  # a state dict was found (else: why not, in problem)
-    det = None
+    det = damaged = None
     if problem is None:
         try:
             det = detect_layout(infos, prefix=prefix, where=path)
@@ -212,6 +217,7 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
             if wanted:
                 raise  # not finding what the user asked for is an error
             problem = exc.message
+            damaged = exc if isinstance(exc, Damaged) else None
     if problem is not None and problem.startswith(f"{path}: "):
         problem = problem[len(path) + 2:]
     if det is not None and arch is not None:
@@ -221,6 +227,8 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
         from ..io.contents import tensor_totals
 
         report = describe(infos, det, **facts, **tensor_totals(infos))
+    elif damaged is not None:
+        report = _damaged(infos, damaged, **facts)
     else:
         patterns = None
         if blocks_file is not None:
@@ -234,4 +242,20 @@ def inspect_file(path: str, *, ema: bool = False, trust: bool = False,
         from ..check.health import checkpoint_health
 
         report["health"] = checkpoint_health(values, infos, det, unread=unread)
+        if damaged is not None:  # what convert refuses is a fault of the file, said first
+            h = report["health"]
+            h["faults"] = [f"damaged MobileOne: {p}" for p in damaged.problems] + h["faults"]
+            h["verdict"] = "faults"
     return report
+
+
+def _damaged(infos: Dict[str, TensorInfo], exc: Damaged, **facts: Any) -> Dict[str, Any]:
+    """A known MobileOne that convert would refuse: what it is, and what is damaged (no
+    --generic advice: the network is known, its file is broken)."""
+    from ..io.contents import tensor_totals
+
+    det = exc.detection
+    return {"kind": "damaged", **facts, "layout": det.layout, "form": det.form,
+            "variant": det.arch.name, "num_classes": det.arch.num_classes,
+            "prefix": det.prefix, "damage": list(exc.problems), "keys": len(infos),
+            **tensor_totals(infos), "hint": None}

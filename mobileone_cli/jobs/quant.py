@@ -21,6 +21,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from ..errors import BadInput
 from ..io.source import LoadOptions
 from ..rules.limits import MAX_IMAGES, check_batch, check_seed
+from ..timing import Steps
 
 __all__ = ["QuantOptions", "Calibration", "ExportCheck", "QuantReport", "quantize_file",
            "DEFAULT_SYNTHETIC"]
@@ -95,6 +96,7 @@ class QuantReport:
     fused_here: bool = False
     seconds: float = 0.0
     notes: List[str] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)  # seconds per step (-v)
 
 
 def _validate(o: QuantOptions, ckpt: str) -> None:
@@ -211,55 +213,64 @@ def quantize_file(ckpt: str, options: Optional[QuantOptions] = None,
     from ..quant.measure import measure
     from .verify import read_side
 
-    side = read_side(ckpt, o)
+    steps = Steps()
+    side = read_side(ckpt, o, steps=steps)
     arch = side.arch
     notes = list(side.notes)
     if o.compare_train and side.form != "train":
         raise BadInput(f"--compare-train: {ckpt} is a deploy-form checkpoint; the unfused model "
                        f"is needed to compare", hint="give the train (unfused) checkpoint")
-    images = _images(o, arch, notes)
+    with steps("images"):
+        images = _images(o, arch, notes)
     chunk = per_pass(images.calib.shape[1:])
     check_room(arch, images.calib.shape[1:], min(o.batch, chunk), "the int8 measurement")
     deploy_sd = side.state_dict
     if side.form == "train":
-        deploy_sd = fuse_state_dict(dict(side.state_dict), arch, eps=side.eps,
-                                    layout=side.layout)
+        with steps("fuse"):
+            deploy_sd = fuse_state_dict(dict(side.state_dict), arch, eps=side.eps,
+                                        layout=side.layout)
     deploy = load_model(deploy_sd, arch, "deploy", layout=side.layout, bn_eps=side.eps,
                         dtype=torch.float32)
     kw: Dict[str, Any] = dict(scheme=o.scheme, per_pass=chunk, logits=arch.has_head,
                               num_classes=arch.num_classes)
+    with steps("int8 deploy passes"):
+        measured = measure(deploy, images, form="deploy", **kw)
     report = QuantReport(source=side.describe(), arch=arch, scheme=o.scheme,
                          calibration=images.calib, fused_here=side.form == "train",
-                         deploy=measure(deploy, images, form="deploy", **kw), notes=notes)
+                         deploy=measured, notes=notes)
     if images.calib.images == 0:
         raise BadInput(f"--calib {o.calib}: none of its images could be read")
     if o.compare_train:
         train = load_model(side.state_dict, arch, "train", layout=side.layout, bn_eps=side.eps,
                            dtype=torch.float32)
-        report.train = measure(train, images, form="train", **kw)
+        with steps("int8 train passes"):
+            report.train = measure(train, images, form="train", **kw)
         del train
     program = None
     if o.equalize:
         from ..quant.dfq import bias_corrected_copy
         from .quant_equalize import measure_equalized
 
-        report.equalized, eq = measure_equalized(side, images, report.deploy, kw, deploy)
+        with steps("int8 equalized passes"):
+            report.equalized, eq = measure_equalized(side, images, report.deploy, kw, deploy)
         report.notes += report.equalized.notes
         if o.export is not None:
             program = bias_corrected_copy(eq.model, eq.expected, o.scheme)
         del eq
     if o.export is not None:
-        report.export = _export(deploy, images, o, program)
+        report.export = _export(deploy, images, o, steps, program)
     for form in (report.deploy, report.train):
         if form is not None and form.unmeasurable:
             report.notes.append(f"{form.form} form: activation ranges not finite at "
                                 f"{form.unmeasurable[0]} (fp32 overflow): SQNR not measurable "
                                 f"there")
     report.seconds = time.perf_counter() - start
+    report.timings = steps.seconds
     return report
 
 
-def _export(deploy, images: _Images, o: QuantOptions, program=None) -> ExportCheck:
+def _export(deploy, images: _Images, o: QuantOptions, steps: Steps,
+            program=None) -> ExportCheck:
     """PT2E int8 program of ``program`` (default: ``deploy``; with --equalize the equalized,
     bias-corrected model) -> ``o.export`` (atomically), executed in the ExecuTorch runtime on
     every calibration image against the fp32 deploy model; the numbers are the file's."""
@@ -278,17 +289,23 @@ def _export(deploy, images: _Images, o: QuantOptions, program=None) -> ExportChe
     t0 = time.perf_counter()
     net = MeanPoolHead(deploy if program is None else program).eval()
     sample = torch.zeros(1, *images.calib.shape)
-    converted = quantize_program(net, sample, (x for x, _, _ in images.singles()),
-                                 per_channel=o.scheme == "per-channel")
+    with steps("int8 PT2E quantization"):
+        converted = quantize_program(net, sample, (x for x, _, _ in images.singles()),
+                                     per_channel=o.scheme == "per-channel")
     logits = deploy.arch.has_head
     result = ExportCheck(path=export, size=0, scheme=o.scheme, images=0, output_db=None,
                          top1_agreement=None, top5_agreement=None, max_abs_diff=0.0, scale=0.0,
                          equalized=o.equalize)
 
     def write(tmp: str) -> None:
-        result.outside_delegate = write_program(converted, sample, tmp)["outside_delegate"]
+        with steps("int8 .pte lowering"):
+            result.outside_delegate = write_program(converted, sample, tmp)["outside_delegate"]
 
     def check(tmp: str) -> None:
+        with steps("ExecuTorch int8 check"):
+            run_check(tmp)
+
+    def run_check(tmp: str) -> None:
         art = load_artifact(tmp, kind="executorch")
         noise, agreement, top5 = Noise(), Agreement(logits=logits), 0
         with torch.inference_mode():

@@ -17,7 +17,7 @@ from ..check.harness import check_room, resolve_device, seeded_inputs
 from ..check.localize import StageError, stage_table
 from ..check.verdict import Verdict, judge, non_finite
 from ..errors import BadInput
-from ..io.source import LoadOptions, open_source
+from ..io.source import LoadOptions, open_source, recorded_eps
 from ..rules.limits import DEFAULT_EPS, check_batch, parse_input_size
 from ..rules.tolerances import DEFAULT_ATOL
 from ..timing import Steps
@@ -40,6 +40,8 @@ class Side:
     source: str = "file"  # 'file' or 'fused in memory'
     notes: List[str] = field(default_factory=list)  # how the file was read
     eps: float = DEFAULT_EPS
+    eps_from: str = "default"  # '--bn-eps', a config, 'metadata' or 'default' (Source.eps_from)
+    recorded_eps: Optional[float] = None  # the bn_eps in the file's own metadata
 
     def describe(self) -> Dict[str, object]:
         return {"path": self.path, "source": self.source, "layout": self.layout,
@@ -55,7 +57,9 @@ def read_side(path: str, options: Optional[LoadOptions] = None, *,
     det = src.detection
     return Side(path=src.path, layout=det.layout, form=det.form, arch=det.arch,
                 prefix=det.prefix, dtype=det.dtype, state_dict=src.mobileone(),
-                notes=[f"{src.path}: {n}" for n in src.notes], eps=src.eps)
+                notes=[f"{src.path}: {n}" for n in src.notes], eps=src.eps,
+                eps_from=src.eps_from,
+                recorded_eps=recorded_eps(src.checkpoint.metadata, src.path))
 
 
 def pair_sides(train: Side, deploy: Side) -> None:
@@ -85,8 +89,8 @@ def pair_sides(train: Side, deploy: Side) -> None:
 class ProfileRow:
     """One bar of the error profile: a stage's block closest to its bound, or the output."""
 
-    name: str  # 'stem', 'stage1', ..., 'head', or 'output'
-    block: str  # that block (or what the output is: 'logits', 'feature map')
+    name: str  # 'stem', 'stage1', ..., 'head', or 'output' (as the deploy file names it)
+    block: str  # that block, alike (or what the output is: 'logits', 'feature map')
     rel: float  # its own error, relative to max |train block output| (inf: NaN/Inf)
     bound_rel: Optional[float]  # its bound, relative alike (None: the train output is all 0)
     within: bool
@@ -116,7 +120,7 @@ class VerifyReport:
     @property
     def stages(self) -> List[StageError]:
         stage = self.verdict.decisive
-        return stage_table(stage.blocks, stage.bad_blocks)
+        return stage_table(stage.blocks, stage.bad_blocks, self.verdict.names)
 
     def summary(self) -> str:
         return self.verdict.summary()
@@ -137,7 +141,7 @@ class VerifyReport:
 
             b = max(blocks, key=ratio)
             bound = stage.block_bounds.get(b.name)
-            rows.append(ProfileRow(row.name, b.name, b.own_rel,
+            rows.append(ProfileRow(row.label or row.name, self.verdict.label(b.name), b.own_rel,
                                    bound / b.scale if bound is not None and b.scale > 0
                                    else None, b.name not in stage.bad_blocks))
         out = stage.output
@@ -171,9 +175,15 @@ def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, t
     verdict = judge(train_sd, deploy_sd, arch, x, train_layout=layout,
                     deploy_layout=deploy_layout, bn_eps=bn_eps, rtol=rtol, atol=atol,
                     device=device, referee=reference == "fp64")
-    return VerifyReport(arch=arch, verdict=verdict, device=str(device),
-                        inputs={"kind": "images" if images is not None else "random",
-                                "seed": seed, "shape": list(x.shape)})
+    report = VerifyReport(arch=arch, verdict=verdict, device=str(device),
+                          inputs={"kind": "images" if images is not None else "random",
+                                  "seed": seed, "shape": list(x.shape)})
+    if verdict.fp64 is not None and verdict.fp64.stopped_at is not None:
+        report.notes.append(f"the float64 referee stopped at "
+                            f"{verdict.label(verdict.fp64.stopped_at)}, the first block it "
+                            f"confirms beyond its bound; the blocks after it and the output "
+                            f"are fp32 numbers (--reference fp64 runs it whole)")
+    return report
 
 
 def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
@@ -215,6 +225,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
                                      eps=options.eps, ema=options.ema, trust=options.trust)
         deploy = read_side(deploy_path, deploy_options, deploy=True, steps=steps)
         pair_sides(train, deploy)
+        _eps_from_deploy(train, deploy)
     with steps("check"):
         report = verify_state_dicts(
             train.state_dict, deploy.state_dict, train.arch, layout=train.layout,
@@ -223,7 +234,7 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
             reference=reference)
     report.timings = steps.seconds
     non_finite(report.verdict, train_path, fused_here=deploy_path is None)
-    report.train = train.describe()
+    report.train = dict(train.describe(), bn_eps=train.eps, bn_eps_from=train.eps_from)
     report.deploy = deploy.describe()
     report.notes.extend(train.notes + deploy.notes + image_notes)
     if names is not None:
@@ -234,6 +245,17 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
         report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
                             "file made from another checkpoint?")
     return report
+
+
+def _eps_from_deploy(train: Side, deploy: Side) -> None:
+    """The train model runs with the eps recorded in the deploy file's metadata (``convert``
+    writes the eps it fused with) when nothing stronger (--bn-eps, a config, the train file's
+    own metadata) set it."""
+    if train.eps_from != "default" or deploy.recorded_eps in (None, train.eps):
+        return
+    train.eps, train.eps_from = deploy.recorded_eps, f"metadata of {deploy.path}"
+    train.notes.append(f"BatchNorm eps {train.eps:g} for {train.path}, as recorded in "
+                       f"{deploy.path}'s metadata (--bn-eps overrides it)")
 
 
 def _most_blocks_bad(report: VerifyReport) -> bool:

@@ -3,18 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from .console import (
-    console,
-    fmt_rel,
-    fmt_seconds,
-    line,
-    quiet,
-    safe,
-    shorten_middle,
-    shorten_path,
-    verbose,
-)
+from .console import console, fmt_rel, fmt_seconds, line, quiet, safe, verbose
 from .convert import convert_to_dict
+from .shorten import distinct_cut
 
 __all__ = ["render_batch", "batch_to_dict"]
 
@@ -76,12 +67,15 @@ def render_batch(items) -> None:
     room = max(24, out.width - other - 3 * len(cols) - 1)
     out_room = min(max(len(os.path.basename(it.dst)) for it in items), room // 2)
     src_room = max(12, room - out_room)
-    for it, rest in rows:
+    # Files of one batch share most of their names: what they share is cut, what tells them
+    # apart stays.
+    srcs = distinct_cut([it.src for it in items], src_room)
+    dsts = distinct_cut([os.path.basename(it.dst) for it in items], out_room)
+    for (it, rest), src, dst in zip(rows, srcs, dsts):
         status = it.status
         rest = [safe(v) if v != status else f"[{style.get(status, 'red')}]{safe(v)}[/]"
                 for v in rest]
-        t.add_row(safe(shorten_path(it.src, src_room)),
-                  safe(shorten_middle(os.path.basename(it.dst), out_room)), *rest)
+        t.add_row(safe(src), safe(dst), *rest)
     out.print(t)
     _summary(out, items)
 
@@ -96,6 +90,10 @@ def _summary(out, items) -> None:
         if it.status not in ("ok", "skipped"):
             line(out, f"[bold]{safe(it.status)}[/]:", f"{it.src}: {it.message}"
                  if it.src not in it.message else it.message, whole=True)
+    existing = sum(it.exists for it in items)
+    if existing:
+        line(out, "hint:", f"{existing} output(s) already exist: use --skip-existing to leave "
+                           f"them alone or --force to overwrite them")
 
 
 def _common_dir(items) -> str:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import time
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
-from .console import console, fmt_rel, line, quiet, safe, shorten_path
+from .console import console, fmt_rel, line, quiet, render_timings, safe, shorten_path, timings_json
 from .verdict import finite_json
 
 __all__ = ["eval_to_dict", "render_eval", "progress_bar"]
@@ -55,6 +54,7 @@ def eval_to_dict(r) -> Dict[str, Any]:
                 "seconds": r.seconds, "forward_seconds": r.forward_seconds,
                 "images_per_second": r.images_per_second},
         "reference": r.models[0].name, "models": models, "notes": list(r.notes),
+        **timings_json(r.timings),
     })
 
 
@@ -165,36 +165,15 @@ def render_eval(r) -> None:
             out.print(f"  ... and {r.unreadable - SHOWN} more (listed in --json)")
     for note in r.notes:
         line(out, "note:", note)
+    render_timings(out, r.timings)
 
 
 @contextlib.contextmanager
 def progress_bar(enabled: bool = True) -> Iterator[Optional[Callable[[int, int], None]]]:
     """A callback ``(done, total)`` drawing a bar with images/s on stderr, when stderr is a
-    terminal (else None: logs stay clean)."""
-    err = console(stderr=True)
-    if not enabled or not err.is_terminal:
-        yield None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    terminal (else None: logs stay clean); the tool's one progress display
+    (:mod:`.progress`)."""
+    from .progress import counter
 
-    start: List[float] = []
-    with Progress(TextColumn("eval"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), console=err,
-                  transient=True) as bar:
-        task: List[Any] = []
-
-        def update(done: int, total: int) -> None:
-            if not task:
-                task.append(bar.add_task("eval", total=total, rate=""))
-                start.append(time.perf_counter())
-            elapsed = time.perf_counter() - start[0]
-            rate = f"{done / elapsed:.1f} images/s" if done and elapsed > 0 else ""
-            bar.update(task[0], completed=done, total=total, rate=rate)
-
+    with counter("eval", unit="images", enabled=enabled) as update:
         yield update

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from .console import console, fmt_rel, human_bytes, line, quiet, safe, shorten_path
+from .console import (
+    console,
+    fmt_rel,
+    human_bytes,
+    line,
+    quiet,
+    render_timings,
+    safe,
+    shorten_path,
+    timings_json,
+)
 
 __all__ = ["render_export", "export_to_dict", "checks_to_list", "render_checks"]
 
@@ -33,7 +43,7 @@ def export_to_dict(r) -> Dict[str, Any]:
         "rtol": r.rtol, "fusion_check": _m(r.fusion_metrics), "executed": r.executed,
         "not_executed": r.not_executed, "runtime_checks": checks,
         "weights_check": r.weights.to_dict() if r.weights is not None else None,
-        "details": r.details, "notes": r.notes,
+        "details": r.details, "notes": r.notes, **timings_json(r.timings),
     }
     if r.target == "onnx":
         out["onnxruntime_checks"] = checks
@@ -143,3 +153,4 @@ def render_export(r) -> None:
              "(the weights above are what was checked)")
     for note in r.notes:
         line(out, "note:", note)
+    render_timings(out, r.timings)

@@ -95,6 +95,19 @@ def _mobileone(t, r: Dict[str, Any]) -> None:
               else "none")
 
 
+def _damaged(t, r: Dict[str, Any]) -> None:
+    from .console import safe
+
+    classes = f"{r['num_classes']} classes" if r["num_classes"] else "no head"
+    where = f" under {r['prefix']!r}" if r["prefix"] else ""
+    t.add_row("MobileOne", safe(f"DAMAGED {r['layout']} {r['form']}-form {r['variant']} "
+                                f"({classes}){where}: convert refuses it"))
+    for problem in r["damage"]:
+        t.add_row("damage", safe(problem))
+    t.add_row("keys", f"{r['keys']:,}")
+    _tensor_rows(t, r)
+
+
 def _checkpoint(t, r: Dict[str, Any]) -> None:
     from .console import safe
 
@@ -114,6 +127,26 @@ def _checkpoint(t, r: Dict[str, Any]) -> None:
         if gen["problem"]:
             lines.append("cannot fuse: " + safe(gen["problem"]))
         t.add_row("blocks", "\n".join(lines))
+
+
+def _artifact(t, r: Dict[str, Any]) -> None:
+    from .console import human_bytes, safe
+
+    def io(v: Dict[str, Any]) -> str:
+        name = f"{v['name']}: " if v.get("name") else ""
+        return safe(f"{name}{v['dtype']} [" + ", ".join(map(str, v["shape"])) + "]")
+
+    t.add_row("file", _path(r))
+    t.add_row("format", safe(f"{r['file_format']} for {r['runtime']} "
+                             f"({human_bytes(r['size'])})"))
+    t.add_row("input", io(r["inputs"][0]))
+    t.add_row("output", io(r["outputs"][0]))
+    t.add_row("weights", safe(r["weight_dtype"]))
+    for k, v in sorted(r["details"].items()):
+        t.add_row(safe(k.replace("_", " ")), safe(v))
+    t.add_row("runs here", "yes" if r["executes_here"] else
+              safe(f"no: {r['runtime']} runs only on macOS; verify reads its weights "
+                   f"back"))
 
 
 def _onnx(t, r: Dict[str, Any]) -> None:
@@ -140,9 +173,16 @@ def result_line(r: Dict[str, Any]) -> str:
     if r["kind"] == "onnx":
         return (f"{r['file']}: ONNX, {r['initializers']:,} initializers, {r['nodes']:,} nodes, "
                 f"checker {'passes' if r['checker'] is None else 'FAILS'}")
+    if r["kind"] == "artifact":
+        i, o = r["inputs"][0], r["outputs"][0]
+        return (f"{r['file']}: {r['file_format']} for {r['runtime']}, input {i['name']} "
+                f"{i['dtype']} {i['shape']}, output {o['shape']}, {r['weight_dtype']} weights")
     if r["kind"] == "mobileone":
         what = (f"MobileOne {r['variant']}, {r['layout']} layout, {r['form']} form, "
                 f"{r['keys']:,} keys")
+    elif r["kind"] == "damaged":
+        what = (f"DAMAGED MobileOne {r['variant']}, {r['layout']} layout, {r['form']} form: "
+                + "; ".join(r["damage"]))
     else:
         what = f"not a MobileOne the tool recognises, {r['keys']:,} keys"
     h = r.get("health")
@@ -166,12 +206,12 @@ def render_inspect(r: Dict[str, Any]) -> None:
     t = Table(title="mobileone inspect", show_header=False)
     t.add_column("", style="bold", no_wrap=True)
     t.add_column("", overflow="fold")
-    if r["kind"] == "onnx":
-        _onnx(t, r)
+    if r["kind"] in ("onnx", "artifact"):
+        (_onnx if r["kind"] == "onnx" else _artifact)(t, r)
         out.print(t)
         return
     _file_rows(t, r)
-    (_mobileone if r["kind"] == "mobileone" else _checkpoint)(t, r)
+    {"mobileone": _mobileone, "damaged": _damaged}.get(r["kind"], _checkpoint)(t, r)
     metadata = r.get("metadata") or {}
     # A header may hold a million entries: sorting them all is fine, a row each is not.
     for k in sorted(metadata)[:METADATA_SHOWN]:

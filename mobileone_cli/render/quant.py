@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, List, Optional
 
 from ..rules.tolerances import QUANT_FLAG_DB
-from .console import console, human_bytes, line, quiet, safe
+from .console import console, human_bytes, line, quiet, render_timings, safe, timings_json, verbose
 from .quant_equalize import equalized_line, equalized_to_dict, render_equalized
 from .verdict import finite_json
 
@@ -38,7 +38,7 @@ def quant_to_dict(r) -> Dict[str, Any]:
         "export": asdict(r.export) if r.export is not None else None,
         "equalized": (equalized_to_dict(r.equalized, _form)
                       if getattr(r, "equalized", None) is not None else None),
-        "seconds": r.seconds, "notes": list(r.notes),
+        "seconds": r.seconds, "notes": list(r.notes), **timings_json(r.timings),
     })
 
 
@@ -205,7 +205,12 @@ def quant_plot(r) -> str:
                                f"below the typical block)")
 
 
-def render_quant(r) -> None:
+SHOWN_FLAGGED = 5  # flagged blocks named in the short report
+
+
+def render_quant(r, all_blocks: bool = False) -> None:
+    """The head, the finding and the end-to-end numbers first; every block (table and noise
+    picture) with ``all_blocks`` or ``-v``."""
     from .pictures import error_profile, mark_char
 
     out = console()
@@ -213,17 +218,25 @@ def render_quant(r) -> None:
         line(out, "", result_line(r), whole=True)
         return
     _head(r, out)
-    _blocks(r, out)
-    line(out, "[bold]own ch.[/]", f"per block as relative RMS noise, 10^(-dB/20), log scale; "
-              f"{mark_char(out)} = {QUANT_FLAG_DB:g} dB below the typical block")
-    for row in error_profile(out, profile_rows(r.deploy)):
-        out.print(row)
-    _end_to_end(r, out)
     finding = verdict_text(r)
     if finding.startswith("FLAG: "):
         line(out, "[bold red]FLAG:[/]", finding[len("FLAG: "):], whole=True)
     else:
         line(out, "", finding)
+    _end_to_end(r, out)
+    if all_blocks or verbose():
+        _blocks(r, out)
+        line(out, "[bold]own ch.[/]", f"per block as relative RMS noise, 10^(-dB/20), log "
+                  f"scale; {mark_char(out)} = {QUANT_FLAG_DB:g} dB below the typical block")
+        for row in error_profile(out, profile_rows(r.deploy)):
+            out.print(row)
+    else:
+        flagged = [b for b in r.deploy.blocks if b.flagged]
+        for b in flagged[:SHOWN_FLAGGED]:
+            line(out, "[bold red]flagged:[/]", f"{b.name}: own ch. {_db(b.channel_db)} dB, "
+                                              f"weight spread {_spread(b.spread)}")
+        line(out, "", f"{len(r.deploy.blocks)} blocks measured; every block's SQNR: "
+                      f"--all-blocks or -v")
     if r.train is not None and r.train.output_db is not None and r.deploy.output_db is not None:
         d = r.train.output_db - r.deploy.output_db
         line(out, "", f"fusion under int8: the unfused model's output SQNR is {abs(d):.1f} dB "
@@ -240,3 +253,4 @@ def render_quant(r) -> None:
                       f": executed in the ExecuTorch runtime on {e.images} images{outside}")
     for note in r.notes:
         line(out, "note:", note)
+    render_timings(out, r.timings)

@@ -39,14 +39,41 @@ def _rect(cls: str, name: str, x: float, y: float, w: float, h: float, fill: str
             f"width='{max(0.0, w):.3f}' height='{h:.2f}' fill='{fill}'/>")
 
 
-def _document(height: float, title: str, body: List[str]) -> str:
+CHAR_W = 7.3  # advance of one 12 px monospace character (DejaVu Sans Mono: 0.602 em)
+
+
+def _wrap(text: str, width: float, char_w: float = CHAR_W) -> List[str]:
+    """``text`` in lines that fit ``width`` pixels (a long path stays whole on its line)."""
+    import textwrap
+
+    return textwrap.wrap(text, max(20, int((width - 20) // char_w)), break_long_words=False,
+                         break_on_hyphens=False) or [""]
+
+
+def _head(title: str, subtitle: str, width: float) -> Tuple[List[str], float]:
+    """The title (bold, 14 px) and the subtitle, wrapped to the canvas: (elements, the y
+    where the picture may start)."""
+    out, y = [], 20.0
+    for row in _wrap(title, width, CHAR_W * 14 / 12):
+        out.append(_text(10, y, row, "title", extra=" font-weight='bold' font-size='14'"))
+        y += 17
+    y += 1
+    for row in _wrap(subtitle, width):
+        out.append(_text(10, y, row, "subtitle"))
+        y += 15
+    return out, max(float(TOP), y + 12)
+
+
+def _document(height: float, title: Optional[str], body: List[str],
+              width: float = WIDTH) -> str:
+    head = [] if title is None else \
+        [_text(10, 20, title, "title", extra=" font-weight='bold' font-size='14'")]
     return "\n".join(
         ["<?xml version='1.0' encoding='UTF-8'?>",
-         f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{height:.0f}' "
-         f"viewBox='0 0 {WIDTH} {height:.0f}' {FONT}>",
-         f"<rect x='0' y='0' width='{WIDTH}' height='{height:.0f}' fill='white'/>",
-         _text(10, 20, title, "title", extra=" font-weight='bold' font-size='14'")]
-        + body + ["</svg>", ""])
+         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width:.0f}' height='{height:.0f}' "
+         f"viewBox='0 0 {width:.0f} {height:.0f}' {FONT}>",
+         f"<rect x='0' y='0' width='{width:.0f}' height='{height:.0f}' fill='white'/>"]
+        + head + body + ["</svg>", ""])
 
 
 VERIFY_SUBTITLE = ("own rel diff of the block nearest its bound, per stage; last, the output "
@@ -58,18 +85,25 @@ def verify_svg(rows, title: str, subtitle: str = VERIFY_SUBTITLE) -> str:
     its bound as a vertical line."""
     from .console import fmt_rel
 
-    x0, x1 = LABEL_W, WIDTH - TEXT_W
+    def value(r) -> str:
+        return f"{'0' if r.rel == 0 else fmt_rel(r.rel)} {r.block} {'ok' if r.within else 'BAD'}"
+
+    # Room for the longest name and value (``stages.1.5 (stage2.5)``): the canvas widens.
+    label_w = max(LABEL_W, 20 + CHAR_W * max((len(r.name) for r in rows), default=0))
+    text_w = max(TEXT_W, 16 + CHAR_W * max((len(value(r)) for r in rows), default=0))
+    width = max(WIDTH, label_w + 300 + text_w)
+    x0, x1 = label_w, width - text_w
     span = log_span([r.rel for r in rows] + [r.bound_rel for r in rows])
-    body = [_text(10, 38, subtitle, "subtitle")]
-    bottom = TOP + ROW_H * len(rows)
+    body, top = _head(title, subtitle, width)
+    bottom = top + ROW_H * len(rows)
     lo, hi = span
     for d in range(lo, hi + 1):
         x = x0 + (x1 - x0) * (d - lo) / (hi - lo)
-        body.append(f"<line class='tick' x1='{x:.3f}' y1='{TOP - 4}' x2='{x:.3f}' "
+        body.append(f"<line class='tick' x1='{x:.3f}' y1='{top - 4}' x2='{x:.3f}' "
                     f"y2='{bottom:.2f}' stroke='{COLORS['axis']}' stroke-width='0.5'/>")
         body.append(_text(x, bottom + 14, f"1e{d}", "tick", "middle"))
     for i, r in enumerate(rows):
-        y = TOP + ROW_H * i
+        y = top + ROW_H * i
         pos = log_position(r.rel, span) or 0.0
         body.append(_text(10, y + BAR_H - 2, r.name))
         body.append(_rect("bar", r.name, x0, y, (x1 - x0) * pos, BAR_H,
@@ -80,10 +114,8 @@ def verify_svg(rows, title: str, subtitle: str = VERIFY_SUBTITLE) -> str:
             body.append(f"<line class='bound' data-name={quoteattr(r.name)} x1='{x:.3f}' "
                         f"y1='{y - 3:.2f}' x2='{x:.3f}' y2='{y + BAR_H + 3:.2f}' "
                         f"stroke='{COLORS['bound']}' stroke-width='2'/>")
-        value = "0" if r.rel == 0 else fmt_rel(r.rel)
-        body.append(_text(x1 + 8, y + BAR_H - 2,
-                          f"{value} {r.block} {'ok' if r.within else 'BAD'}", "value"))
-    return _document(bottom + 30, title, body)
+        body.append(_text(x1 + 8, y + BAR_H - 2, value(r), "value"))
+    return _document(bottom + 30, None, body, width)
 
 
 def _panel(body: List[str], top: float, title: str, names: Sequence[str],

@@ -12,7 +12,7 @@ def metrics_to_dict(m) -> Optional[Dict[str, Any]]:
     return m.to_dict() if m is not None else None
 
 
-def _stage(stage) -> Optional[Dict[str, Any]]:
+def _stage(stage, label) -> Optional[Dict[str, Any]]:
     if stage is None:
         return None
     return {
@@ -22,11 +22,14 @@ def _stage(stage) -> Optional[Dict[str, Any]]:
                              if stage.output.scale else None),
         "sensitivity": metrics_to_dict(stage.sensitivity),
         "bad_blocks": list(stage.bad_blocks),
+        "bad_blocks_labels": [label(b) for b in stage.bad_blocks],
     }
 
 
 def verdict_to_dict(v) -> Dict[str, Any]:
-    """Everything the verdict rests on; the network's conditioning included."""
+    """Everything the verdict rests on; the network's conditioning included.  Blocks keep
+    their canonical ``name``; ``label`` names them as the deploy file does (``stages.1.5
+    (stage2.5)``)."""
     first_bad, first_div = v.first_bad, v.first_divergent
     growth = None
     blocks = v.fp32.blocks
@@ -42,9 +45,12 @@ def verdict_to_dict(v) -> Dict[str, Any]:
             "activation_growth": growth,
             "train_fp32_vs_fp64": metrics_to_dict(v.train_fp32_vs_fp64),
             "first_divergent_fp32": first_div.name if first_div is not None else None,
+            "first_divergent_fp32_label": (v.label(first_div.name) if first_div is not None
+                                           else None),
         },
-        "fp32": _stage(v.fp32), "fp64": _stage(v.fp64),
-        "first_bad_block": first_bad.to_dict() if first_bad is not None else None,
+        "fp32": _stage(v.fp32, v.label), "fp64": _stage(v.fp64, v.label),
+        "first_bad_block": (dict(first_bad.to_dict(), label=v.label(first_bad.name))
+                            if first_bad is not None else None),
     }
 
 

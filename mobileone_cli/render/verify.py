@@ -30,7 +30,8 @@ def verify_to_dict(report) -> Dict[str, Any]:
         "train": report.train, "deploy": report.deploy, "inputs": report.inputs,
         "device": report.device,
         "stages": [s.to_dict() for s in report.stages],
-        "blocks": [dict(b.to_dict(), bad=b.name in stage.bad_blocks) for b in stage.blocks],
+        "blocks": [dict(b.to_dict(), label=v.label(b.name), bad=b.name in stage.bad_blocks)
+                   for b in stage.blocks],
         "profile": [r.to_dict() for r in report.profile()],
         "notes": list(report.notes), **timings_json(report.timings),
     })
@@ -64,10 +65,12 @@ def render_blocks(out, v) -> None:
     bad = set(stage.bad_blocks)
     b = Table(title="per block (own: fed the train model's input)", header_style="bold")
     for col in ("block", "end to end", "own", "bound", "min cosine", "scale", ""):
-        b.add_column(col, justify="left" if col in ("block", "") else "right", no_wrap=True)
+        # A long name (``stages.1.5 (stage2.5)``) wraps at its space; numbers never do.
+        b.add_column(col, justify="left" if col in ("block", "") else "right",
+                     no_wrap=col != "block", min_width=None if col == "block" else len(col))
     for e in stage.blocks:
         bound = stage.block_bounds.get(e.name)
-        b.add_row(safe(e.name), fmt_rel(e.max_rel), fmt_rel(e.own_rel),
+        b.add_row(safe(v.label(e.name)), fmt_rel(e.max_rel), fmt_rel(e.own_rel),
                   fmt_rel(bound / e.scale) if bound is not None and e.scale > 0 else "-",
                   f"{e.cosine:.6f}", f"{e.scale:.3g}",
                   "[bold red]BAD[/]" if e.name in bad else "ok")
@@ -101,6 +104,9 @@ def render_verify(report, all_blocks: bool = False) -> None:
     head.add_row("inputs", safe(_inputs(report.inputs)))
     head.add_row("mode", f"eval (running BN statistics), fp32"
                          f"{', float64 referee' if v.fp64 is not None else ''}, {report.device}")
+    if report.train.get("bn_eps_from", "default") != "default":
+        head.add_row("BN eps", safe(f"{report.train['bn_eps']:g} "
+                                    f"(from {report.train['bn_eps_from']})"))
     head.add_row("tolerance", f"{tol} (relative to max |train output|)")
     out.print(head)
 
@@ -127,9 +133,11 @@ def render_verify(report, all_blocks: bool = False) -> None:
     for col, just in (("stage", "left"), ("blocks", "right"), ("at output", "right"),
                       ("worst block", "left"), ("own", "right"), ("", "left")):
         # ``just`` is one of rich's justify names (its Literal type is lost in the tuple).
-        s.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        s.add_column(col, justify=just, no_wrap=just == "right",  # type: ignore[arg-type]
+                     min_width=len(col))
     for row in report.stages:
-        s.add_row(safe(row.name), str(row.blocks), fmt_rel(row.max_rel), safe(row.worst_block),
+        s.add_row(safe(row.label or row.name), str(row.blocks), fmt_rel(row.max_rel),
+                  safe(row.worst_label or row.worst_block),
                   fmt_rel(row.worst_own_rel), "ok" if row.within else "[bold red]BAD[/]")
     out.print(s)
 
@@ -153,5 +161,6 @@ def verify_plot(report) -> str:
     from .svg import verify_svg
 
     train = report.train.get("path") or "train"
+    deploy = report.deploy.get("path") or report.deploy.get("source") or "deploy"
     word = "PASS" if report.passed else "FAIL"
-    return verify_svg(report.profile(), f"mobileone verify {train}: {word}")
+    return verify_svg(report.profile(), f"mobileone verify {train} {deploy}: {word}")

@@ -18,6 +18,7 @@ then per blob a metadata record at the const's ``blobFileValue.offset``: uint32 
 from __future__ import annotations
 
 import math
+import os
 import struct
 import sys
 from typing import Any, Dict, List, Optional, Tuple
@@ -86,11 +87,45 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None, dtype: 
                             minimum_deployment_target=getattr(ct.target, deployment_target),
                             compute_precision=(ct.precision.FLOAT16 if dtype == "fp16"
                                                else ct.precision.FLOAT32))
+            ml.user_defined_metadata.pop("com.github.apple.coremltools.conversion_date", None)
             ml.save(path)
         except Exception as exc:  # coremltools raises many types; the message is what matters
             raise VerificationFailed(f"Core ML conversion failed: {exc.__class__.__name__}: "
                                      f"{first_line(str(exc), 200)}") from None
+    settle_package(path)
     return {"deployment_target": deployment_target}
+
+
+def settle_package(path: str) -> None:
+    """Make a saved package's bytes depend on the model alone: the specification serialized
+    with its maps in sorted order, and the manifest's random item identifiers replaced by ones
+    derived from each item's path (so two identical exports are identical byte for byte)."""
+    import json
+    import uuid
+
+    manifest = os.path.join(path, "Manifest.json")
+    with open(manifest, encoding="utf-8") as fh:
+        doc = json.load(fh)
+    items = doc.get("itemInfoEntries", {})
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "mobileone:" + info.get("path", old)))
+               for old, info in items.items()}
+    doc["itemInfoEntries"] = {renamed[k]: v for k, v in sorted(
+        items.items(), key=lambda kv: renamed[kv[0]])}
+    if doc.get("rootModelIdentifier") in renamed:
+        doc["rootModelIdentifier"] = renamed[doc["rootModelIdentifier"]]
+    with open(manifest, "w", encoding="utf-8") as fh:
+        json.dump(doc, fh, indent=4, sort_keys=True)
+    for info in items.values():
+        if info.get("name") == "model.mlmodel":
+            spec_path = os.path.join(path, "Data", info["path"])
+            with quiet():
+                from coremltools.proto import Model_pb2
+
+            spec = Model_pb2.Model()
+            with open(spec_path, "rb") as fh:
+                spec.ParseFromString(fh.read())
+            with open(spec_path, "wb") as fh:
+                fh.write(spec.SerializeToString(deterministic=True))
 
 
 def _spec(path: str):
