@@ -73,6 +73,9 @@ def test_verify_png_fits_its_canvas(run_cli, write_ckpt, tmp_path):
                       "--plot", str(path))
         assert res.exit_code == 1
     _check_png_matches_svg(png, svg)
+    root, texts = _texts(svg)
+    title = " ".join(t.text for t in texts if t.get("class") == "title")
+    assert "other_deploy_file_with_a_long_name.pth" in title and "train" in title.lower()
 
 
 def test_png_without_pillow_names_the_extra_and_svg_still_works(run_cli, tmp_path, monkeypatch):
