@@ -156,26 +156,32 @@ def reference_int8(train, arch, x, y, equalize, per_channel=False):
     return _sqnr(ref, out), top1, float((ref.argmax(1) == y).double().mean())
 
 
-@pytest.fixture(scope="module")
-def digits_report(tmp_path_factory):
+def heldout_quant(ckpt, root, n):
+    """``quantize_file(ckpt, equalize=True)`` per-tensor on the first ``n`` held-out digits,
+    written as PNGs under ``root`` and read with the digits preprocessing."""
     Image = pytest.importorskip("PIL.Image")
     from mobileone_cli.assets import digits as assets
     from mobileone_cli.data.digits import heldout_pixels
     from mobileone_cli.data.pipeline import make_preprocessing
 
     pixels, labels = heldout_pixels()
-    pixels, labels = pixels[:DIGITS], labels[:DIGITS]
-    root = tmp_path_factory.mktemp("digits")
-    for i, (p, c) in enumerate(zip(pixels, labels)):
+    for i, (p, c) in enumerate(zip(pixels[:n], labels[:n])):
         folder = root / str(int(c))
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(p, "L").save(str(folder / f"{i:03d}.png"))
     opts = dict(zip(assets.EVAL_OPTIONS[::2], assets.EVAL_OPTIONS[1::2]))
     prep = make_preprocessing(int(opts["--resize"]), opts["--crop"], opts["--interpolation"],
                               opts["--mean"], opts["--std"])
-    return quantize_file(assets.checkpoint_path("s0"), arch=assets.arch("s0"),
-                         calib=str(root), preprocessing=prep, equalize=True,
-                         scheme="per-tensor", input_size=(assets.SIZE, assets.SIZE), workers=0)
+    return quantize_file(ckpt, arch=assets.arch("s0"), calib=str(root), preprocessing=prep,
+                         equalize=True, scheme="per-tensor", input_size=(assets.SIZE, assets.SIZE),
+                         workers=0)
+
+
+@pytest.fixture(scope="module")
+def digits_report(tmp_path_factory):
+    from mobileone_cli.assets import digits as assets
+
+    return heldout_quant(assets.checkpoint_path("s0"), tmp_path_factory.mktemp("digits"), DIGITS)
 
 
 @pytest.mark.slow
