@@ -237,8 +237,10 @@ def _render_bench(out, b) -> None:
 
     torch_rt = b.runtime == "torch"
     where = "PyTorch (eager)" if torch_rt else b.runtime
+    # Nine columns of times and sizes whose widths move with the machine: no padding at the
+    # table's edges, so a slow run's wider numbers still leave every header whole at 80 columns.
     t = Table(title=f"measured on this CPU in {where}: batch {b.batch}, {b.threads} thread(s)",
-              header_style="bold")
+              header_style="bold", pad_edge=False)
     t.add_column("form", style="bold", no_wrap=True)
     cols = ["median\nms", "p90\nms", "min\nms", "max\nms"]
     cols += ["peak\ntensors"] if torch_rt else []
