@@ -63,13 +63,17 @@ def files(tmp_path, tiny_sd):
 COMMANDS = {
     "stats": ["stats", "--arch", "s0"],
     "inspect": ["inspect", "{d}/tiny.pth"],
-    "convert": ["convert", "{d}/tiny.pth", "{d}/out.pth"],
+    "convert": ["convert", "{d}/tiny.pth", "{d}/out-{run}.pth"],
     "verify": ["verify", "{d}/tiny.pth", "{d}/deploy.pth"],
-    "export": ["export", "{d}/tiny.pth", "{d}/out.onnx"],
+    "export": ["export", "{d}/tiny.pth", "{d}/out-{run}.onnx"],
     "eval": ["eval", "{d}/tiny.pth", "{d}/imgs"],
     "quant": ["quant", "{d}/tiny.pth"],
-    "demo": ["demo"],
+    "demo": ["demo", "--dir", "{d}/demo-{run}"],
 }
+# What each run of a command leaves (each run writes its own: a second run into the first's
+# outputs would test the refusal to overwrite, not the pipe).
+OUTPUTS = {"convert": "out-{run}.pth", "export": "out-{run}.onnx",
+           "demo": "demo-{run}/digits_s0.pth"}
 
 
 @pytest.mark.slow
@@ -79,23 +83,28 @@ def test_each_command_piped_into_head_ends_quietly(name, files):
     command's own status (0 here), no traceback, no 'error:'; its work (an output file) done."""
     if name == "export":
         pytest.importorskip("onnxruntime")
-    args = [a.format(d=files) for a in COMMANDS[name]]
-    shell = " ".join(map(_quote, _cmd(*args))) + " | head -1"
+
+    def args(run: int):
+        return [a.format(d=files, run=run) for a in COMMANDS[name]]
+
+    shell = " ".join(map(_quote, _cmd(*args(1)))) + " | head -1"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], env=_env(), cwd=files,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "error" not in proc.stderr, proc.stderr
-    for out in ("out.pth", "out.onnx"):
-        (files / out).unlink(missing_ok=True)
-    gone = subprocess.Popen(_cmd(*args), env=_env(), cwd=files, stdout=subprocess.PIPE,
+    gone = subprocess.Popen(_cmd(*args(2)), env=_env(), cwd=files, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     gone.stdout.close()  # the reader is gone before anything is written
     _, err = gone.communicate(timeout=600)
     assert gone.returncode == 0, err
     assert b"Traceback" not in err and b"error" not in err, err
-    if name == "convert":
-        assert deploy_matches_train(torch.load(files / "tiny.pth"), files / "out.pth") < 1e-5
+    for run in (1, 2):
+        if name in OUTPUTS:
+            assert (files / OUTPUTS[name].format(run=run)).is_file(), (name, run)
+        if name == "convert":
+            assert deploy_matches_train(torch.load(files / "tiny.pth"),
+                                        files / f"out-{run}.pth") < 1e-5
 
 
 def _quote(s: str) -> str:

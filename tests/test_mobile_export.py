@@ -163,6 +163,22 @@ def _run_tflite(path, x):
     return torch.from_numpy(interp.get_tensor(interp.get_output_details()[0]["index"]).copy())
 
 
+def test_tflite_input_is_named_input_as_in_onnx(made):
+    """The name the LiteRT interpreter reads back from the file: its signature's input is
+    ``input`` and its output the ONNX output's name; the tensors carry the signature prefix."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    m = made("custom_tflite")
+    interp = Interpreter(model_path=m.dst)
+    assert interp.get_signature_list() == {
+        "serving_default": {"inputs": ["input"], "outputs": ["logits"]}}
+    assert interp.get_input_details()[0]["name"] == "serving_default_input"
+    runner = interp.get_signature_runner("serving_default")
+    x = _images(0, 1)
+    got = runner(input=x.numpy())["logits"]
+    assert torch.equal(torch.from_numpy(got.copy()), _run_tflite(m.dst, x))
+
+
 EXECUTED = ["s0_pte", "s4_pte_fp16", "custom_pte", "s0_tflite_fp16",
             "custom_tflite"]
 # s0/s4 lowerings take 10-60 s each: the quick tier keeps the small custom network.

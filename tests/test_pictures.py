@@ -72,8 +72,8 @@ def _axis(root):
                                                                    NS)]
     assert len(xs) == len(labels) >= 3
     step = (xs[-1] - xs[0]) / (labels[-1] - labels[0])
-    for x, d in zip(xs, labels):  # evenly spaced decades
-        assert abs(x - (xs[0] + (d - labels[0]) * step)) < 1e-6
+    for x, d in zip(xs, labels):  # evenly spaced decades (x written to 3 decimals: +-5e-4 each)
+        assert abs(x - (xs[0] + (d - labels[0]) * step)) < 1.5e-3
     return lambda x: labels[0] + (x - xs[0]) / step, xs[0]
 
 
@@ -164,8 +164,8 @@ def test_plot_files_are_outputs_like_any_other(run_cli, tmp_path, pair):
     assert svg.read_text() == "keep me"
     res = run_cli("stats", "--arch", "s0", "--plot", str(svg), "--force")
     assert res.exit_code == 0 and svg.read_text().startswith("<?xml")
-    res = run_cli("stats", "--arch", "s0", "--plot", str(tmp_path / "p.png"))
-    assert res.exit_code == 2 and ".svg" in res.stderr and "rsvg-convert" in res.stderr
+    res = run_cli("stats", "--arch", "s0", "--plot", str(tmp_path / "p.gif"))
+    assert res.exit_code == 2 and ".svg or .png" in res.stderr
     res = run_cli("verify", pair[0], "--plot", str(tmp_path / "no" / "p.svg"))
     assert res.exit_code == 2 and "does not exist" in res.stderr  # refused before the work
     assert not list(tmp_path.glob(".mobileone-tmp-*"))

@@ -2,7 +2,11 @@
 belong to its own context, so nested runs and runs in other threads do not see each other's."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import mobileone_cli.io.write as write
 import mobileone_cli.render.console as console
@@ -62,3 +66,29 @@ def test_concurrent_runs_see_their_own_settings(tmp_path):
         t.join()
     assert seen == {"q": (True, False, [str(tmp_path / "q")]),
                     "v": (False, True, [str(tmp_path / "v")])}
+
+
+def test_a_stop_hook_records_into_the_run_that_registered_it(tmp_path):
+    """The main thread answers a signal for the work thread: a stop hook it runs (a batch
+    recording what its workers published) must record into the work's run, not into the main
+    thread's context, where no run is open."""
+    script = """if True:
+        import threading
+        from mobileone_cli.io import interrupt
+        from mobileone_cli.io.write import note_published, recording_writes
+        written, ready, never = [], threading.Event(), threading.Event()
+        def work():
+            with recording_writes(into=written):
+                with interrupt.stop_hook(lambda: note_published("by-a-worker.pth")):
+                    ready.set()
+                    never.wait()
+        threading.Thread(target=work, daemon=True).start()
+        ready.wait()
+        interrupt.abort()
+        print(written)
+    """
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, cwd=str(tmp_path),
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['by-a-worker.pth']"

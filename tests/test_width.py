@@ -160,7 +160,25 @@ def test_generic_fits(run_cli_env, files, tmp_path):
     dst = str(files["deep"] / "fastvit_like_network_weights_reparameterized.pth")
     res = run80(run_cli_env, "convert", "--generic", files["fastvit"], dst, "--force")
     assert res.exit_code == 0, res.output
-    assert_fits(res.output, [files["fastvit"], dst], ["mixer.mixer", "mmpretrain", "202 -> 42"])
+    keys = f"{len(torch.load(files['fastvit']))} -> {len(torch.load(dst))}"
+    assert_fits(res.output, [files["fastvit"], dst], ["x+s*(mixer-norm)", "mmpretrain", keys])
+    # RepMixer fuses as one block (mixer.reparam_conv): its row names the block and type whole
+    assert re.search(r"^mixer +RepMixer +x\+s\*\(mixer-norm\) ", res.output, re.M), res.output
+
+
+def test_generic_long_block_paths_break_between_names(run_cli_env, files, tmp_path):
+    """Real FastViT paths and type names do not fit 80 columns: they break after a '.' or
+    between the words of a type, never inside a name."""
+    src = os.path.join(os.path.dirname(__file__), "fixtures", "family",
+                       "apple_fastvit.safetensors")
+    dst = str(tmp_path / "fused.safetensors")
+    res = run80(run_cli_env, "convert", "--generic", src, dst)
+    assert res.exit_code == 0, res.output
+    assert_fits(res.output, [src, dst], ["ReparamLarge", "KernelConv", "token_mixer"])
+    table = res.output.split("────", 1)[1].split("FastViT/MobileCLIP", 1)[0]
+    firsts = [ln.split()[0] for ln in table.splitlines()[1:] if ln.strip()]
+    assert all(re.fullmatch(r"([A-Za-z_]+|\d+)(\.([A-Za-z_]+|\d+))*\.?|[A-Z][a-z]+"
+                            r"([A-Z][a-z]+)*", w) for w in firsts), firsts
 
 
 def test_demo_fits(run_cli_env, tmp_path):

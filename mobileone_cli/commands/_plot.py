@@ -1,5 +1,6 @@
-"""``--plot FILE.svg`` (verify, stats): the terminal picture as an SVG file, written like every
-output (atomically; an existing file only with ``--force``)."""
+"""``--plot FILE.svg|FILE.png`` (verify, stats, quant): the terminal picture as an SVG file, or as
+a PNG drawn by Pillow (the ``images`` extra), written like every output (atomically; an existing
+file only with ``--force``)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -13,8 +14,9 @@ __all__ = ["plot_option", "plot_force_option", "check_plot", "write_plot"]
 
 def plot_option(what: str):
     return click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-                        metavar="FILE.svg",
-                        help=f"Also draw {what} into FILE.svg (a plain SVG picture).")
+                        metavar="FILE.svg|png",
+                        help=f"Also draw {what} into FILE.svg (a plain SVG picture) or FILE.png "
+                             "(needs Pillow: the images extra).")
 
 
 def plot_force_option():
@@ -27,10 +29,15 @@ def check_plot(path: Optional[str], force: bool) -> None:
 
     if path is None:
         return
-    if not path.lower().endswith(".svg"):
-        raise BadInput(f"--plot {path}: the picture is written as SVG; name the file .svg",
-                       hint="for a PNG, convert the SVG afterwards (e.g. rsvg-convert -o "
-                            "plot.png plot.svg)")
+    from ..render import raster
+
+    if not path.lower().endswith((".svg", ".png")):
+        raise BadInput(f"--plot {path}: the picture is written as SVG or PNG; name the file "
+                       ".svg or .png")
+    if path.lower().endswith(".png") and not raster.available():
+        raise BadInput(f"--plot {path}: a PNG is drawn with Pillow (>= 10.1, with FreeType), "
+                       "which is not installed", hint=f"{raster.INSTALL_HINT}; or name the "
+                                                      "file .svg (needs nothing)")
     check_destination(path, force=force)
 
 
@@ -40,10 +47,16 @@ def write_plot(path: Optional[str], svg: str, force: bool, as_json: bool) -> Non
 
     if path is None:
         return
+    if path.lower().endswith(".png"):
+        from ..render.raster import svg_to_png
+
+        data = svg_to_png(svg)
+    else:
+        data = svg.encode("utf-8")
 
     def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(svg)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
 
     atomic_write(path, write, force=force)
     if not as_json and not quiet():

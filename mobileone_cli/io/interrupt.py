@@ -6,19 +6,22 @@ answer.  On a signal the main thread calls :func:`abort`, which, holding the loc
 takes to create or publish a file:
 
 * marks the run interrupted (a write that comes after publishes nothing),
-* runs the stop hooks (a batch stops its worker processes and records what they wrote),
+* runs the stop hooks (a batch stops its worker processes and records what they wrote), each
+  in the context of the code that registered it: the main thread answers for the work thread,
+  and what the work records lives in context variables (:func:`.write.recording_writes`),
 * removes every temp file and folder still registered.
 
-What is published is recorded in :data:`.write.published` under the same lock, so the list an
-interrupt prints is exact.
+What is published is recorded (:func:`.write.note_published`) under the same lock, so the list
+an interrupt prints is exact.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import shutil
 import threading
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Tuple
 
 __all__ = ["lock", "interrupted", "abort", "register_temp", "forget_temp", "stop_hook",
            "wraps_interrupt", "reset"]
@@ -26,7 +29,7 @@ __all__ = ["lock", "interrupted", "abort", "register_temp", "forget_temp", "stop
 _lock = threading.RLock()
 _state = {"interrupted": False}
 _temps: List[str] = []
-_hooks: List[Callable[[], None]] = []
+_hooks: List[Tuple[Callable[[], None], contextvars.Context]] = []
 
 
 @contextlib.contextmanager
@@ -58,15 +61,16 @@ def forget_temp(path: str) -> None:
 
 @contextlib.contextmanager
 def stop_hook(hook: Callable[[], None]) -> Iterator[None]:
-    """While the block runs, an interrupt calls ``hook`` (before the temp files go)."""
+    """While the block runs, an interrupt calls ``hook`` (before the temp files go), in this
+    block's context whichever thread answers the interrupt."""
+    entry = (hook, contextvars.copy_context())
     with _lock:
-        _hooks.append(hook)
+        _hooks.append(entry)
     try:
         yield
     finally:
         with _lock:
-            if hook in _hooks:
-                _hooks.remove(hook)
+            _hooks[:] = [e for e in _hooks if e is not entry]
 
 
 def abort(timeout: float = 5.0) -> None:
@@ -74,9 +78,9 @@ def abort(timeout: float = 5.0) -> None:
     lock held (the process exits next) when it could take it within ``timeout`` seconds."""
     _lock.acquire(timeout=timeout)
     _state["interrupted"] = True
-    for hook in list(_hooks):
+    for hook, context in list(_hooks):
         try:
-            hook()
+            context.copy().run(hook)
         except Exception:  # an interrupt is answered whatever a hook meets
             pass
     for path in list(_temps):

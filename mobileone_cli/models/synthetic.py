@@ -1,7 +1,7 @@
 """Synthetic MobileOne checkpoints for the demo, the tests and the benchmarks, in two kinds.
 
 * ``calibrated`` (the default) behaves like a trained network: BatchNorm running statistics are
-  measured by forward passes in train mode over random images (cumulative average), so every
+  measured by a forward pass in train mode over a batch of random images, so every
   block's output stays O(1) through all stages, as in a real checkpoint.  gamma ~ U(0.5, 1.5) and
   beta ~ U(-0.5, 0.5) stay random, so a fusion that forgets gamma, beta, the mean, the variance or
   eps still shows.
@@ -10,11 +10,15 @@
   (~1e9 at s4's head), SE gates saturate and fp32 rounding is amplified until an exact fusion
   differs from its train model by 1e-3..1e-1 in fp32 (float64 agrees to ~1e-7).
 
-Conv weights are scaled by fan-in and branch count.  The same seed gives the same tensors.
+Conv weights are scaled by fan-in and branch count.  The same seed gives the same tensors, whatever
+the caller's thread count: it all runs on one thread.  That is also what makes it fast:
+its convolutions are small (64 px images), and several threads on a busy machine spend ~10x the
+CPU time waiting for each other (s1: ~0.5 s on one thread, 2.5-26 s on two shared cores).
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Dict, Optional
 
 import torch
@@ -22,11 +26,11 @@ import torch
 from ..arch.layouts import remap, schema
 from ..arch.specs import ArchSpec
 
-__all__ = ["random_state_dict", "STATS", "CALIBRATION_SIZE", "CALIBRATION_BATCHES"]
+__all__ = ["random_state_dict", "STATS", "CALIBRATION_SIZE", "CALIBRATION_IMAGES"]
 
 STATS = ("calibrated", "random")
 CALIBRATION_SIZE = 64  # pixels per side of the calibration images
-CALIBRATION_BATCHES = 4  # forward passes of 8 images each
+CALIBRATION_IMAGES = 32  # in one batch: each BatchNorm is measured on the batch it normalizes
 
 
 def _uniform(g: torch.Generator, shape, lo: float, hi: float) -> torch.Tensor:
@@ -58,10 +62,19 @@ def _raw_train(arch: ArchSpec, g: torch.Generator) -> Dict[str, torch.Tensor]:
     return out
 
 
-@torch.no_grad()
+@contextmanager
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def _calibrate(arch: ArchSpec, sd: Dict[str, torch.Tensor], g: torch.Generator
                ) -> Dict[str, torch.Tensor]:
-    """Replace every running mean/var by what train-mode forward passes over images measure."""
+    """Replace every running mean/var by what a train-mode forward pass over images measures."""
     from .mobileone import MobileOne
 
     with torch.device("meta"):
@@ -71,14 +84,11 @@ def _calibrate(arch: ArchSpec, sd: Dict[str, torch.Tensor], g: torch.Generator
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
-            m.momentum = None  # cumulative average over all calibration batches
+            m.momentum = None  # the running statistics become the batch's own
     model.train()
-    size = CALIBRATION_SIZE
-    while size > 8 and _too_small(arch, size):
-        size //= 2
-    size = max(size, _min_side(arch))
-    for _ in range(CALIBRATION_BATCHES):
-        x = torch.randn(8, arch.in_channels, size, size, generator=g)
+    size = max(CALIBRATION_SIZE, _min_side(arch))
+    x = torch.randn(CALIBRATION_IMAGES, arch.in_channels, size, size, generator=g)
+    with torch.inference_mode():
         model(x)
     return {k: v.to(torch.float64) if v.is_floating_point() else v
             for k, v in model.state_dict().items()}
@@ -86,10 +96,6 @@ def _calibrate(arch: ArchSpec, sd: Dict[str, torch.Tensor], g: torch.Generator
 
 def _min_side(arch: ArchSpec) -> int:
     return 2 ** (arch.num_stages + 1)
-
-
-def _too_small(arch: ArchSpec, size: int) -> bool:
-    return size < _min_side(arch)
 
 
 def random_state_dict(arch: ArchSpec, *, form: str = "train", layout: str = "apple",
@@ -101,12 +107,13 @@ def random_state_dict(arch: ArchSpec, *, form: str = "train", layout: str = "app
     if stats not in STATS:
         raise ValueError(f"stats must be one of {STATS}, not {stats!r}")
     g = generator or torch.Generator().manual_seed(seed)
-    sd = _raw_train(arch, g)
-    if stats == "calibrated":
-        sd = _calibrate(arch, sd, g)
-    if form == "deploy":
-        from ..fuse.fusion import fuse_state_dict
+    with _one_thread():
+        sd = _raw_train(arch, g)
+        if stats == "calibrated":
+            sd = _calibrate(arch, sd, g)
+        if form == "deploy":
+            from ..fuse.fusion import fuse_state_dict
 
-        sd = fuse_state_dict(sd, arch, eps=arch.eps)
-    out = remap(sd, arch, "apple", layout, form)
-    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}
+            sd = fuse_state_dict(sd, arch, eps=arch.eps)
+        out = remap(sd, arch, "apple", layout, form)
+        return {k: v.to(dtype) if v.is_floating_point() else v for k, v in out.items()}

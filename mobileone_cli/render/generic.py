@@ -61,6 +61,41 @@ def _assumed(b) -> str:
     return ", ".join(said)
 
 
+_AFTER_DOT = r"(?<=[._])"  # a block path breaks after a '.' or '_'
+_CAMEL = r"(?<=[a-z])(?=[A-Z])"  # a type name breaks between its words
+
+
+def _name_widths(rows, names, width: int):
+    """Widths of the block and type columns in what the other columns (kept whole) leave: both
+    whole where they fit, else shared, each at least its longest unbreakable piece."""
+    import re
+
+    def longest(i, pattern=None):
+        cells = [c for row in rows for c in ([row[i]] if pattern is None
+                                             else re.split(pattern, row[i]))]
+        return max([len(names[i])] + [len(c) for c in cells])
+
+    rest = width - 2 * (len(names) - 1) - sum(longest(i) for i in range(2, len(names)))
+    path_full, type_full = longest(0), longest(1)
+    if path_full + type_full <= rest:
+        return path_full, type_full
+    type_w = max(longest(1, _CAMEL), min(type_full, 14, rest // 2))
+    return max(longest(0, _AFTER_DOT), rest - type_w), type_w
+
+
+def _wrapped(text: str, width: int, pattern: str) -> str:
+    """``text`` on lines of at most ``width`` characters, broken only where ``pattern`` allows
+    (a piece longer than a line keeps its own line)."""
+    import re
+
+    lines = [""]
+    for piece in re.split(pattern, text):
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append("")
+        lines[-1] += piece
+    return "\n".join(safe(ln) for ln in lines)
+
+
 def render_generic(r) -> None:
     from rich import box
     from rich.table import Table
@@ -74,11 +109,7 @@ def render_generic(r) -> None:
         return
     blocks = Table(title="re-parameterisable blocks fused", header_style="bold", box=box.SIMPLE,
                    pad_edge=False, collapse_padding=True, show_edge=False)
-    for col in ("block", "type", "branches", "kernel", "groups", "channels", "rel diff"):
-        blocks.add_column(col, no_wrap=col not in ("block", "type", "branches"),
-                          overflow="fold", min_width=12 if col == "block" else None,
-                          justify="right" if col == "rel diff" else "left")
-    assumed = []
+    assumed, rows = [], []
     for b in rep.blocks:
         note = _assumed(b)
         if note:
@@ -87,9 +118,16 @@ def render_generic(r) -> None:
         groups = "-" if b.groups is None else (
             f"{b.groups}" + ("" if b.groups_from in ("identity BN", "identity", "nested")
                              else "*"))
-        blocks.add_row(safe(b.path or "(top level)"), safe(b.block_type),
-                       safe(b.summary), kernel, groups, _channels(b),
-                       fmt_rel(r.checks.get(b.path)) if r.checks else "-")
+        rows.append([b.path or "(top level)", b.block_type, b.summary, kernel, groups,
+                     _channels(b), fmt_rel(r.checks.get(b.path)) if r.checks else "-"])
+    names = ("block", "type", "branches", "kernel", "groups", "channels", "rel diff")
+    path_w, type_w = _name_widths(rows, names, out.width)
+    for col in names:
+        blocks.add_column(col, no_wrap=True, overflow="fold",
+                          justify="right" if col == "rel diff" else "left")
+    for row in rows:
+        blocks.add_row(_wrapped(row[0], path_w, _AFTER_DOT), _wrapped(row[1], type_w, _CAMEL),
+                       *(safe(c) for c in row[2:]))
     out.print(blocks)
     for family, naming, types in _families(rep.blocks):
         line(out, "", f"{family} ({naming} names): {types}")

@@ -10,6 +10,12 @@ litert-torch 0.10 this module works around:
   and keeps BIASES in float32; the input and output stay float32.  :func:`stored_weights` says
   exactly that, so the check's reference holds the file's numbers.
 
+* inputs passed positionally are named ``args_0``; passed as a keyword they keep its name, so
+  the module is exported behind :func:`_named` and called with ``input=``: the signature's input
+  is ``input`` (as in ONNX) and its output the ONNX output's name (``logits``/``features``).
+  The flatbuffer's tensors carry the signature's prefix (``serving_default_input``); that
+  prefix is the converter's and stays.
+
 Run: ``ai_edge_litert.interpreter.Interpreter`` (XNNPACK delegate on CPU).
 """
 from __future__ import annotations
@@ -45,8 +51,27 @@ def stored_weights(deploy_sd: Mapping[str, Any], dtype: str) -> Dict[str, Any]:
     return {k: one(v) for k, v in deploy_sd.items()}
 
 
+INPUT_NAME = "input"
+
+
+def _named(model, output_name: str):
+    """``model`` as a module whose one argument is called ``input`` and whose one output is
+    ``{output_name: y}``: the names litert-torch gives the signature."""
+    import torch
+
+    class Named(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+
+        def forward(self, input):  # noqa: A002 -- the name is the file's input name
+            return {output_name: self.net(input)}
+
+    return Named().eval()
+
+
 def export(model, path: str, *, sample, max_batch: Optional[int] = None,
-           dtype: str = "fp32") -> Dict[str, Any]:
+           dtype: str = "fp32", output_name: str = "output") -> Dict[str, Any]:
     """Convert ``model`` (fp32, eval mode) traced on ``sample`` to a ``.tflite`` at ``path``.
     ``max_batch``: a dynamic batch axis up to that size; ``dtype`` 'fp16': float16 weights."""
     import torch
@@ -55,7 +80,8 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None,
     kwargs: Dict[str, Any] = {}
     if max_batch is not None:
         sample = sample[:1].expand(2, *sample.shape[1:]).contiguous()
-        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
+        kwargs["dynamic_shapes"] = {INPUT_NAME: {0: torch.export.Dim("batch", min=1,
+                                                                      max=max_batch)}}
     with quiet(), torch.no_grad():
         try:
             import litert_torch
@@ -66,7 +92,9 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None,
                 kwargs["quant_config"] = quant_recipes.full_fp16_recipe()
             # The bytes, written below: the converter's own file writer ends the process
             # (exit 1, no message) when the disk is full.
-            content = litert_torch.convert(model, (sample,), **kwargs).model_content()
+            content = litert_torch.convert(_named(model, output_name), (),
+                                           sample_kwargs={INPUT_NAME: sample},
+                                           **kwargs).model_content()
         except Exception as exc:  # the converter raises many types; the message is what matters
             raise VerificationFailed(f"LiteRT conversion failed: {exc.__class__.__name__}: "
                                      f"{first_line(str(exc), 200)}") from None
@@ -110,6 +138,10 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
         raise VerificationFailed(f"the LiteRT interpreter cannot load {path}: "
                                  f"{first_line(str(exc))}") from None
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    # The signature's names (``input``) where the file has one signature, else the tensor's.
+    signatures = interp.get_signature_list()
+    sig_inputs = next(iter(signatures.values())).get("inputs", []) if len(signatures) == 1 else []
+    input_name = sig_inputs[0] if len(sig_inputs) == 1 else inp["name"]
     signature = [int(d) for d in inp["shape_signature"]]
     dtype = "float16" if inp["dtype"] == np.float16 else "float32"
     state = {"shape": list(inp["shape"])}
@@ -133,7 +165,7 @@ def load(path: str, threads: Optional[int] = None) -> Artifact:
         return ["batch" if s < 0 and i == 0 else (f"dim{i}" if s < 0 else int(v))
                 for i, (s, v) in enumerate(zip(sig, shape))]
 
-    return Artifact(path=path, runtime="litert", kind="litert", input_name=str(inp["name"]),
+    return Artifact(path=path, runtime="litert", kind="litert", input_name=str(input_name),
                     input_shape=dims(signature, inp["shape"]),
                     output_shape=dims([int(d) for d in out["shape_signature"]], out["shape"]),
                     input_dtype=dtype, run=run, weight_dtype=weight_dtype,
@@ -155,7 +187,8 @@ class LiteRTRuntime(Runtime):
 
     def export(self, net: Any, path: str, *, sample: Any, options: Any, plan: ExportPlan,
                output_name: str, facts: Dict[str, Any], notes: List[str]) -> Dict[str, Any]:
-        return export(net, path, sample=sample, max_batch=plan.max_batch, dtype=plan.dtype)
+        return export(net, path, sample=sample, max_batch=plan.max_batch, dtype=plan.dtype,
+                      output_name=output_name)
 
     def load(self, path: str, threads: Optional[int] = None) -> Artifact:
         return load(path, threads=threads)
