@@ -270,7 +270,10 @@ def test_convert_file_checks_a_foreign_layout(sources, tmp_path):
     r = convert_file(str(src), str(tmp_path / "o.pth"), layout_out="mmpretrain",
                      input_size=(64, 64))
     assert (r.detection.layout, r.layout_out, r.form_out) == ("timm", "mmpretrain", "deploy")
-    assert r.metrics is not None and r.metrics.max_rel < 1e-5
+    from mobileone_cli.rules.tolerances import DEFAULT_RTOL
+
+    # within the rule's base rtol (fp32 rounding of a calibrated s1: ~1e-5, seed-dependent)
+    assert r.metrics is not None and r.metrics.max_rel < DEFAULT_RTOL
     sd = _load(tmp_path / "o.pth")["state_dict"]
     for k, v in sources("s1")["deploy"].items():
         assert torch.equal(sd[translate(k, "mmpretrain")], v)

@@ -98,9 +98,17 @@ class StepProgress:
 
 
 def _stderr():
+    """The stderr console, or None when stderr is not a real terminal: FORCE_COLOR asks for
+    colour, not for a live display drawn into a log or a pipe."""
+    import sys
+
     from .console import console
 
-    return console(stderr=True)
+    try:
+        tty = sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        tty = False
+    return console(stderr=True) if tty else None
 
 
 @contextlib.contextmanager
@@ -110,7 +118,7 @@ def shown(enabled: bool = True, out=None) -> Iterator[Optional[StepProgress]]:
     from ..timing import listening
 
     out = out if out is not None else _stderr()
-    display = StepProgress(out) if enabled and out.is_terminal else None
+    display = StepProgress(out) if enabled and out is not None and out.is_terminal else None
     token = _ACTIVE.set(display)  # None: an outer run's display stays off for this block
     try:
         with listening(display):
