@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, List, Optional, Set, Tuple
 
 from ..errors import printable
+from ..io.text import special_kind
 from ..rules.limits import MAX_LISTED
 
 __all__ = ["Skips", "Walker", "open_inside", "is_image_name", "NotInside", "IMAGE_EXTENSIONS"]
@@ -31,16 +32,6 @@ class NotInside(OSError):
 
 def is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
-
-
-def _what(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 @dataclass
@@ -94,7 +85,7 @@ class Walker:
             return "dir"
         if stat.S_ISREG(st.st_mode):
             return "file"
-        self.skips.add(rel, _what(st.st_mode))
+        self.skips.add(rel, special_kind(st.st_mode))
         return None
 
     def _entries(self, rel: str) -> List[str]:
@@ -162,7 +153,7 @@ def open_inside(path: str, root: Optional[str] = None) -> IO[bytes]:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise NotInside(f"{path}: {_what(mode)}, not an image file")
+            raise NotInside(f"{path}: {special_kind(mode)}, not an image file")
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -18,7 +18,18 @@ from typing import IO, Iterator, Tuple
 from ..errors import BadInput
 from ..rules.limits import MAX_TEXT_BYTES
 
-__all__ = ["open_text", "read_text", "text_lines", "check_regular"]
+__all__ = ["open_text", "read_text", "text_lines", "check_regular", "special_kind"]
+
+
+def special_kind(mode: int) -> str:
+    """What a file that is not a regular file is, for a one-line refusal or a skip note."""
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
 
 
 def _kind(mode: int) -> str:

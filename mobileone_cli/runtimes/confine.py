@@ -18,23 +18,13 @@ import stat
 from typing import Any, Dict
 
 from ..errors import BadInput, printable
-from ..io.text import read_text
+from ..io.text import read_text, special_kind
 from ..rules.limits import MAX_EXTERNAL_BYTES
 
 __all__ = ["inside", "confined_path", "check_package", "map_confined", "MAX_PACKAGE_ENTRIES"]
 
 MAX_PACKAGE_ENTRIES = 10_000  # files and folders of one .mlpackage (an export writes 5)
 MAX_MANIFEST_BYTES = 1 << 20  # Manifest.json (an export writes ~600 bytes)
-
-
-def _what(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
 
 
 def inside(top_real: str, real: str) -> bool:
@@ -62,7 +52,7 @@ def confined_path(top: str, base: str, name: Any, where: str, *, folder: bool = 
                        f"({exc.strerror or exc})") from None
     ok = stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)
     if not ok:
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else _what(st.st_mode)
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else special_kind(st.st_mode)
         raise BadInput(f"{where}: names {shown!r}, which is {kind}, not a "
                        f"{'folder' if folder else 'regular file'}")
     return real
@@ -91,7 +81,8 @@ def check_package(path: str) -> None:
                 raise BadInput(f"{path}: {rel!r} cannot be read ({exc.strerror or exc})") \
                     from None
             if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-                raise BadInput(f"{path}: {rel!r} is {_what(st.st_mode)}; a package holds files")
+                kind = special_kind(st.st_mode)
+                raise BadInput(f"{path}: {rel!r} is {kind}; a package holds files")
     manifest = os.path.join(path, "Manifest.json")
     text = read_text(manifest, "Core ML package manifest", cap=MAX_MANIFEST_BYTES)
     try:
@@ -121,7 +112,7 @@ def map_confined(real: str, where: str, cache: Dict[str, Any]) -> Any:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadInput(f"{where}: {real} is {_what(st.st_mode)}, not a regular file")
+            raise BadInput(f"{where}: {real} is {special_kind(st.st_mode)}, not a regular file")
         if st.st_size > MAX_EXTERNAL_BYTES:
             raise BadInput(f"{where}: {real} is {st.st_size:,} bytes, more than the limit of "
                            f"{MAX_EXTERNAL_BYTES:,} for a file an artifact names")
