@@ -85,6 +85,26 @@ def test_ill_conditioned_network_is_passed_by_the_referee_and_reported():
     assert v.train_fp32_vs_fp64 is None or v.train_fp32_vs_fp64.max_rel > 0
 
 
+def test_a_failing_check_judges_fp32s_bad_blocks_alone_and_names_only_the_wrong_one():
+    """Float64 deploy weights at rtol 1e-9: fp32 arithmetic alone puts many blocks of the exact
+    fusion beyond their bound.  The float64 referee, judging each alone on the train model's
+    input of it, clears them all (the whole float64 pass then decides); with one late block
+    scaled by 1 + 1e-6 it confirms that block and no other, without the whole pass."""
+    arch, sd, exact = network("s0", "calibrated")
+    ok = verdict(sd, exact, arch, rtol=1e-9)
+    assert len(ok.fp32.bad_blocks) > 3, ok.fp32.bad_blocks  # fp32 rounding, not fusion
+    assert ok.passed and ok.rounding_explained and ok.fp64.alone == [], ok.summary()
+    for block in ("stage4.0", "linear"):
+        moved = dict(exact)
+        leaf = "linear.weight" if block == "linear" else f"{block}.reparam_conv.weight"
+        moved[leaf] = moved[leaf] * (1 + 1e-6)
+        wrong = verdict(sd, moved, arch, rtol=1e-9)
+        assert not wrong.passed and wrong.fp64.bad_blocks == [block], wrong.summary()
+        assert block in wrong.fp64.alone and len(wrong.fp64.alone) > 3
+        assert wrong.first_bad.name == block and f"breaks: {block}" in wrong.summary()
+        assert wrong.train_fp32_vs_fp64 is None  # the whole float64 pass did not run
+
+
 def test_sensitivity_is_the_effect_of_one_unit_roundoff_on_the_deploy_weights():
     """The measured sensitivity equals a hand-made perturbed run (independent of the harness)."""
     arch, sd, exact = network("s1", "calibrated")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from ..arch.specs import ArchSpec
 from .harness import perturb_module
 
 __all__ = ["BlockError", "StageError", "compared_modules", "head_input", "lockstep",
-           "stage_table", "stage_label", "HEAD"]
+           "own_errors", "stage_table", "stage_label", "HEAD"]
 
 HEAD = "linear"  # the classifier, compared like a block (stage = number of stages + 1)
 
@@ -151,9 +151,8 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
 @torch.no_grad()
 def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
              errors: Dict[str, Dict[str, BlockError]], *, unit: Optional[float] = None,
-             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None,
-             stop: Optional[Callable[[str], bool]] = None
-             ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+             keep: Optional[Dict[Tuple[str, str], nn.Module]] = None
+             ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Run the train model T, the deploy model D and, with ``unit``, P (D with every weight
     perturbed by ``unit``, :func:`~.harness.perturb_module`) block by block on ``x``, in
     ``x``'s dtype, and accumulate the block errors: ``errors['deploy']`` (D against T) and
@@ -162,8 +161,7 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     Only the current block's activations are alive, and each block exists in ``x``'s dtype only
     while it runs (``keep``: a dict that holds the cast and perturbed blocks for the next chunk
     of images).  Returns the outputs of T, D and P (None without ``unit``): the same tensors
-    the models' own forward gives, since the blocks run in forward order.  ``stop(name)``,
-    asked after each block, ends the run there (all three outputs are then None).
+    the models' own forward gives, since the blocks run in forward order.
     """
     dtype = x.dtype
     t = d = x
@@ -197,9 +195,52 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
                     d_out, p_out, d_own, p_own, t_out, cosine=False)
             p = p_out
         t, d = t_out, d_out
-        if stop is not None and stop(name):
-            return None, None, None
     return t, d, (p if unit is not None else None)
+
+
+@torch.no_grad()
+def own_errors(train: nn.Module, deploy: nn.Module, x: torch.Tensor, names: Sequence[str],
+               dtype: torch.dtype, errors: Dict[str, Dict[str, BlockError]], *,
+               unit: Optional[float] = None,
+               keep: Optional[Dict[Tuple[str, str], nn.Module]] = None) -> None:
+    """The own errors of blocks ``names`` alone, in ``dtype``: the train model runs in ``x``'s
+    dtype up to the last of them, and each named block of T, D (and P, with ``unit``) is fed T's
+    input of that block cast to ``dtype``.  Accumulates ``own_abs`` and ``scale`` into
+    ``errors['deploy']`` (D against T) and ``errors['perturbed']`` (P against D), as
+    :func:`lockstep` does, at the cost of one train pass plus the named blocks."""
+    wanted = set(names)
+    t = x
+
+    def block(role: str, name: str, make) -> nn.Module:
+        if keep is None:
+            return make()
+        if (role, name) not in keep:
+            keep[role, name] = make()
+        return keep[role, name]
+
+    for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
+                                                  compared_modules(deploy)):
+        if not wanted:
+            return
+        if name == HEAD:
+            t = head_input(train, t)
+        t_run = block("train", name, lambda m=t_mod: _in_dtype(m, x.dtype))
+        if name in wanted:
+            wanted.discard(name)
+            ti = t.to(dtype)
+            t_blk = block("train@", name, lambda m=t_mod: _in_dtype(m, dtype))
+            d_blk = block("deploy@", name, lambda m=d_mod: _in_dtype(m, dtype))
+            t_out, d_own = t_blk(ti), d_blk(ti)
+            _update(errors["deploy"].setdefault(name, BlockError(name, stage)),
+                    t_out, d_own, t_out, d_own, t_out, cosine=False)
+            if unit is not None:
+                p_blk = block("perturbed@", name,
+                              lambda m=d_blk, n=name: perturb_module(m, n, unit))
+                p_own = p_blk(ti)
+                _update(errors["perturbed"].setdefault(name, BlockError(name, stage)),
+                        d_own, p_own, d_own, p_own, t_out, cosine=False)
+        if wanted:
+            t = t_run(t)
 
 
 def head_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,14 @@ The comparison runs in fp32 first.  When fp32 cannot decide (D beyond its bound)
 of both models on the same inputs (D's weights upcast exactly) referees: fp32 rounding amplified
 by an ill-conditioned network (activations ~1e9, saturated SE gates) disappears there, while a
 wrong fusion does not.  Only the referee can fail a check, and block localization uses it too,
-so an innocent block is never named.
+so an innocent block is never named.  For a failing check the referee first judges only the blocks
+fp32 put beyond their bound, each alone on the train model's input of it (one fp32 train pass and
+a few float64 blocks, wherever the block lies); the whole float64 pass runs only when none of them
+stays beyond its bound there.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -33,7 +37,7 @@ from ..errors import BadInput
 from ..rules.tolerances import DEFAULT_ATOL, DEFAULT_RTOL, SENSITIVITY_FACTOR, UNIT_ROUNDOFF
 from ..timing import step
 from .harness import CHUNK, Metrics, compare_outputs, float_dtype, load_model, per_pass, strict_fp32
-from .localize import BlockError, lockstep
+from .localize import BlockError, lockstep, own_errors
 
 __all__ = ["Stage", "Verdict", "judge", "non_finite"]
 
@@ -51,9 +55,9 @@ class Stage:
     output_bound: float = 0.0  # absolute bound at the output
     block_bounds: Dict[str, float] = field(default_factory=dict)  # absolute bound of each block
     train_output: Optional[torch.Tensor] = field(default=None, repr=False)
-    # The referee of a failing check stops at the first block it confirms beyond its bound:
-    # that block's name; the blocks after it and the output are then the fp32 stage's numbers.
-    stopped_at: Optional[str] = None
+    # The referee of a failing check that judged only fp32's bad blocks, each alone: their
+    # names; every other number of the stage (other blocks, the output) is then fp32's.
+    alone: List[str] = field(default_factory=list)
 
     @property
     def output_within(self) -> bool:
@@ -202,41 +206,18 @@ def _bound(rtol: float, atol: float, scale: float, sens_abs: float, adaptive: bo
     return atol + rtol * scale + (SENSITIVITY_FACTOR * sens_abs if adaptive else 0.0)
 
 
-def _first_bad(errors: Dict[str, Dict[str, BlockError]], rtol: float, atol: float,
-               adaptive: bool) -> Callable[[str], bool]:
-    """``stop(name)`` for :func:`lockstep`: whether block ``name`` is beyond its bound (the
-    same bound :func:`_stage` applies), so a failing check's referee ends there."""
-    def stop(name: str) -> bool:
-        b = errors["deploy"][name]
-        s = errors["perturbed"].get(name)
-        sens = s.own_abs if s is not None and s.finite else 0.0
-        return not (b.finite and b.own_abs <= _bound(rtol, atol, b.scale, sens, adaptive))
-
-    return stop
-
-
 def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype, device: str,
-           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float],
-           fallback: Optional[Stage] = None) -> Stage:
+           chunk: int, logits: bool, rtol: float, atol: float, unit: Optional[float]) -> Stage:
     """D against T on ``x`` in ``dtype``, ``chunk`` images at a time, and (``unit``: the
-    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images.
-
-    ``fallback`` (the fp32 stage of a failing check, all images in one pass): the run stops at
-    the first block beyond its bound, which decides the check; the rest is ``fallback``'s."""
+    adaptive tolerance) D's sensitivity, the perturbed D against D on the same images."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
     refs, outs, pouts = [], [], []
     # cast/perturbed blocks serve every chunk
     keep: Optional[Dict[Any, Any]] = {} if x.shape[0] > chunk else None
-    stop = (_first_bad(errors, rtol, atol, unit is not None)
-            if fallback is not None and x.shape[0] <= chunk else None)
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             xi = x[i:i + chunk].to(device=device, dtype=dtype)
-            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep,
-                                      stop=stop)
-            if ref is None or out is None:
-                assert fallback is not None  # only a referee given a fallback stops early
-                return _stopped(precision, errors, fallback, rtol, atol, unit is not None)
+            ref, out, pout = lockstep(train, deploy, xi, errors, unit=unit, keep=keep)
             refs.append(ref.cpu())
             outs.append(out.cpu())
             if pout is not None:
@@ -260,25 +241,36 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
     return stage
 
 
-def _stopped(precision: str, errors: Dict[str, Dict[str, BlockError]], fallback: Stage,
-             rtol: float, atol: float, adaptive: bool) -> Stage:
-    """The referee's stage when it stopped at its first bad block: its blocks up to there,
-    the fp32 stage's blocks (and their fp32 verdicts) after it and its output."""
-    blocks = list(errors["deploy"].values())
-    last = blocks[-1].name
-    done = {b.name for b in blocks}
-    stage = Stage(precision=precision, output=fallback.output,
-                  blocks=blocks + [b for b in fallback.blocks if b.name not in done],
-                  sensitivity=fallback.sensitivity, output_bound=fallback.output_bound,
-                  bad_blocks=[last] + [b for b in fallback.bad_blocks if b not in done],
-                  stopped_at=last)
-    stage.block_sensitivity = dict(fallback.block_sensitivity, **errors["perturbed"])
-    stage.block_bounds = dict(fallback.block_bounds)
-    for b in blocks:
-        s = errors["perturbed"].get(b.name)
-        sens = s.own_abs if s is not None and s.finite else 0.0
-        stage.block_bounds[b.name] = _bound(rtol, atol, b.scale, sens, adaptive)
-    return stage
+def _alone(train, deploy, x: torch.Tensor, fp32: Stage, *, device: str, chunk: int,
+           rtol: float, atol: float, unit: Optional[float]) -> Optional[Stage]:
+    """The float64 referee of a failing fp32 check, judging only fp32's bad blocks, each alone
+    on the train model's (fp32) input of it: a wrong block stays beyond its bound in float64,
+    rounding amplified upstream does not.  The stage, with fp32's numbers for every other block
+    and the output; None when no block stays beyond its bound (the whole pass must decide)."""
+    errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
+    keep: Optional[Dict[Any, Any]] = {} if x.shape[0] > chunk else None
+    with strict_fp32(device):
+        for i in range(0, x.shape[0], chunk):
+            own_errors(train, deploy, x[i:i + chunk].to(device=device, dtype=torch.float32),
+                       fp32.bad_blocks, torch.float64, errors, unit=unit, keep=keep)
+    stage = dataclasses.replace(fp32, precision="fp64", blocks=[], bad_blocks=[],
+                                block_bounds=dict(fp32.block_bounds),
+                                block_sensitivity=dict(fp32.block_sensitivity),
+                                train_output=None, alone=list(fp32.bad_blocks))
+    for b in fp32.blocks:
+        own = errors["deploy"].get(b.name)
+        if own is not None:  # fp32's end-to-end numbers, the referee's own error
+            b = dataclasses.replace(b, own_abs=own.own_abs, finite=b.finite and own.finite)
+            s = errors["perturbed"].get(b.name)
+            if s is not None:
+                stage.block_sensitivity[b.name] = s
+            stage.block_bounds[b.name] = _bound(rtol, atol, b.scale,
+                                                s.own_abs if s is not None and s.finite
+                                                else 0.0, unit is not None)
+            if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
+                stage.bad_blocks.append(b.name)
+        stage.blocks.append(b)
+    return stage if stage.bad_blocks else None
 
 
 @torch.no_grad()
@@ -309,10 +301,9 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
                        device=device).eval()
     deploy = load_model(deploy_sd, arch, "deploy", layout=deploy_layout, device=device).eval()
 
-    def run(precision: str, dtype: torch.dtype, fallback: Optional[Stage] = None) -> Stage:
+    def run(precision: str, dtype: torch.dtype) -> Stage:
         return _stage(precision, train, deploy, x, dtype=dtype, device=device, chunk=chunk,
-                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None,
-                      fallback=fallback)
+                      logits=logits, rtol=rtol, atol=atol, unit=unit if adaptive else None)
 
     with step(None, "fp32 pass"):
         fp32 = run("fp32", torch.float32)
@@ -325,13 +316,16 @@ def judge(train_sd: Mapping[str, torch.Tensor], deploy_sd: Mapping[str, torch.Te
     # The referee explains rounding; NaN/Inf in fp32 is never rounding (the model is unusable
     # in fp32, whatever float64 says), so it decides only finite comparisons.
     if referee or (not fp32.passed and fp32.output.finite and fp32.output.scale > 0):
-        # A referee of a failing check ends at the first block it confirms (what makes a
-        # failing check cost about what a passing one does); --reference fp64 runs it whole.
+        # A failing check's referee judges fp32's bad blocks alone first (what makes a failing
+        # check cost about what a passing one does); --reference fp64 runs it whole.
         with step(None, "float64 referee"):
-            verdict.fp64 = run("fp64", torch.float64,
-                               fallback=None if referee or not fp32.bad_blocks else fp32)
+            if not referee and fp32.bad_blocks:
+                verdict.fp64 = _alone(train, deploy, x, fp32, device=device, chunk=chunk,
+                                      rtol=rtol, atol=atol, unit=unit if adaptive else None)
+            if verdict.fp64 is None:
+                verdict.fp64 = run("fp64", torch.float64)
         ref64, ref32 = verdict.fp64.train_output, fp32.train_output
-        if ref64 is not None and ref32 is not None:  # a referee stopped early has no output
+        if ref64 is not None and ref32 is not None:  # a referee of blocks alone has no output
             verdict.train_fp32_vs_fp64 = compare_outputs(ref64, ref32, logits)
     for stage in (verdict.fp32, verdict.fp64):
         if stage is not None:

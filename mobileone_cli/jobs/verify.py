@@ -178,11 +178,12 @@ def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, t
     report = VerifyReport(arch=arch, verdict=verdict, device=str(device),
                           inputs={"kind": "images" if images is not None else "random",
                                   "seed": seed, "shape": list(x.shape)})
-    if verdict.fp64 is not None and verdict.fp64.stopped_at is not None:
-        report.notes.append(f"the float64 referee stopped at "
-                            f"{verdict.label(verdict.fp64.stopped_at)}, the first block it "
-                            f"confirms beyond its bound; the blocks after it and the output "
-                            f"are fp32 numbers (--reference fp64 runs it whole)")
+    alone = verdict.fp64.alone if verdict.fp64 is not None else []
+    if alone:
+        report.notes.append(f"the float64 referee judged the {_blocks(alone, verdict)} beyond "
+                            f"their bound in fp32 alone, each on the train model's input of it; "
+                            f"the other blocks and the output are fp32 numbers "
+                            f"(--reference fp64 runs it whole)")
     return report
 
 
@@ -245,6 +246,15 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
         report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
                             "file made from another checkpoint?")
     return report
+
+
+def _blocks(names: List[str], verdict: Verdict) -> str:
+    """'block stage2.5' or '3 blocks (stage2.5, stage3.0, stage4.0)', in the file's names."""
+    labels = [verdict.label(n) for n in names]
+    if len(labels) == 1:
+        return f"block {labels[0]}"
+    shown = ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
+    return f"{len(labels)} blocks ({shown})"
 
 
 def _eps_from_deploy(train: Side, deploy: Side) -> None:
