@@ -3,7 +3,8 @@
 A fenced block whose info string is ``console`` is a session: lines starting with ``$ `` are
 commands, the lines after one are its output.  A command that exits non-zero ends its output with
 a line ``(exit code N)``; a ``console excerpt`` block shows only some lines of the output and is
-never rewritten.  A ``python`` block is run as a script and must exit 0.  Each document
+never rewritten; a ``console excerpt parse-only`` block is run by the test the document names
+(here only its command lines must parse: a run would cost the documents a minute).  A ``python`` block is run as a script and must exit 0.  Each document
 runs in a fresh folder of its own (where ``examples/`` and ``tests/`` are the repository's,
 so committed fixtures can be used), blocks in order (so
 a block can use files that earlier ones wrote), at ``COLUMNS=80``.
@@ -14,6 +15,10 @@ a block can use files that earlier ones wrote), at ``COLUMNS=80``.
 A document that shows optional runtimes declares them in a comment,
 ``<!-- examples need: executorch litert_torch -->`` (module names): :func:`missing` lists those
 not installed, and tests/test_docs.py skips that document with the reason.
+
+Commands run through bash as written; the ``mobileone`` bash finds is a client of a warm server
+(docs/warm.py: a fork of a process that has imported torch and the exporters), which saves each
+command its start-up.  ``MOBILEONE_DOCS_COLD=1`` runs every command in a fresh interpreter.
 
 Several documents start from the same seeded ``mobileone demo --dir demo ...``: it runs once per
 process and later documents get its files and its output (:data:`REPLAYED`), so the docs tests
@@ -39,7 +44,8 @@ from typing import Dict, List, Optional, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-FENCE = re.compile(r"^```(console|python)([ \t]+excerpt)?[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
+FENCE = re.compile(r"^```(console|python)([ \t]+excerpt)?([ \t]+parse-only)?[ \t]*\n(.*?)^```[ \t]*$",
+                   re.M | re.S)
 EXIT = re.compile(r"^\(exit code (\d+)\)$")
 NUMBER = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?", re.I)
 WIDTH = "80"
@@ -93,16 +99,48 @@ def parse(block: str) -> List[Command]:
 
 
 def _shims(folder: str) -> str:
-    """A bin folder where ``mobileone`` and ``python`` are this checkout's, for bash to find."""
+    """A bin folder where ``mobileone`` and ``python`` are this checkout's, for bash to find:
+    ``mobileone`` is the warm server's client (:mod:`warm`) when one runs, else the module."""
     bin_dir = os.path.join(folder, ".bin")
     os.makedirs(bin_dir, exist_ok=True)
-    for name, target in (("mobileone", f"{shlex.quote(sys.executable)} -m mobileone_cli"),
-                         ("python", shlex.quote(sys.executable))):
+    sock = _warm_server()
+    mobileone = (f"{shlex.quote(sys.executable)} {shlex.quote(os.path.join(HERE, 'warm.py'))} "
+                 f"{shlex.quote(sock)}" if sock else f"{shlex.quote(sys.executable)} -m mobileone_cli")
+    for name, target in (("mobileone", mobileone), ("python", shlex.quote(sys.executable))):
         path = os.path.join(bin_dir, name)
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(f'#!/bin/sh\nexec {target} "$@"\n')
         os.chmod(path, 0o755)
     return bin_dir
+
+
+_warm: List[Optional[str]] = []  # [socket path, or None where no server could start]
+
+
+def _warm_server() -> Optional[str]:
+    """The socket of this process's warm ``mobileone`` server (docs/warm.py), started on first
+    use; None (commands run cold) when MOBILEONE_DOCS_COLD is set or it cannot start."""
+    if _warm:
+        return _warm[0]
+    _warm.append(None)
+    if os.environ.get("MOBILEONE_DOCS_COLD"):
+        return None
+    folder = tempfile.mkdtemp(prefix="mobileone-warm-")
+    atexit.register(shutil.rmtree, folder, True)
+    sock = os.path.join(folder, "s")
+    # One OpenMP thread: a thread pool started by the warm-up would make forking unsafe.
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "warm.py"), "--serve", sock],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    atexit.register(proc.kill)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() == "ready":
+        _warm[0] = sock
+    else:
+        proc.kill()
+    return _warm[0]
 
 
 # Commands whose files and output are the same wherever they run (the demo is seeded and writes
@@ -181,6 +219,30 @@ def mismatch(cmd: Command) -> Optional[str]:
     return None
 
 
+def parses(line: str) -> Optional[str]:
+    """None when ``mobileone ARGS`` parses (the command and every option exist and take the
+    values shown), else click's message.  For a ``console excerpt parse-only`` block, whose
+    command a test runs (a run would cost the documents a minute)."""
+    import click
+
+    from mobileone_cli.cli import cli
+
+    words = shlex.split(line)
+    if words[:1] != ["mobileone"]:
+        return "a parse-only block holds only mobileone commands"
+    try:
+        with cli.make_context("mobileone", words[1:], resilient_parsing=False) as ctx:
+            name, cmd, rest = cli.resolve_command(ctx, [*getattr(ctx, "_protected_args", []),
+                                                        *ctx.args])
+            assert cmd is not None
+            cmd.make_context(name, rest, parent=ctx).close()
+    except click.ClickException as exc:
+        return exc.format_message()
+    except click.exceptions.Exit as exc:  # the group's own usage errors, already printed
+        return f"does not parse (exit code {exc.exit_code})"
+    return None
+
+
 def render(cmds: List[Command]) -> str:
     out: List[str] = []
     for c in cmds:
@@ -202,7 +264,7 @@ def process(path: str, update: bool) -> List[str]:
             os.symlink(os.path.join(ROOT, shared), os.path.join(cwd, shared))
         for m in FENCE.finditer(text):
             where = os.path.relpath(path, ROOT)
-            body = m.group(3)
+            body = m.group(4)
             if m.group(1) == "python":
                 script = Command(f"python -c {shlex.quote(body)}")
                 run(script, cwd)
@@ -212,13 +274,17 @@ def process(path: str, update: bool) -> List[str]:
                 continue
             cmds = parse(body)
             excerpt = bool(m.group(2))
+            if m.group(3):  # shown, run by the test it names: its command line must parse
+                problems += [f"{where}: $ {c.line}: {why}" for c in cmds
+                             for why in [parses(c.line)] if why]
+                continue
             for c in cmds:
                 run(c, cwd)
                 why = mismatch(c)
                 if why and (not update or excerpt):
                     problems.append(f"{where}: $ {c.line}: {why}")
             if not excerpt:
-                pieces.append((m.start(3), m.end(3), render(cmds)))
+                pieces.append((m.start(4), m.end(4), render(cmds)))
     if update:
         for start, end, new in reversed(pieces):
             text = text[:start] + new + text[end:]

@@ -125,7 +125,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         import contextlib
 
-        from .io.write import recording_writes
+        from .io.published import recording_writes
         from .render.console import output_session
 
         debug = bool(ctx.params.get("debug"))
@@ -263,7 +263,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     it at once (:mod:`.commands._run`); stdout and stderr never crash it
     (:mod:`.render.streams`)."""
     from .commands._run import run_interruptibly
-    from .io.write import recording_writes
+    from .io.published import recording_writes
     from .render.streams import guard_standard_streams
 
     guard_standard_streams()

@@ -48,11 +48,13 @@ def test_the_checker_fails_on_a_stale_output(tmp_path):
     doc.write_text("```console\n$ mobileone stats --arch s9\nerror: no such thing\n"
                    "(exit code 2)\n```\n\n```console\n$ mobileone --version\n"
                    "mobileone, version 9.9.9\n(exit code 1)\n```\n\n"
-                   "```python\nraise SystemExit(3)\n```\n")
+                   "```python\nraise SystemExit(3)\n```\n\n"
+                   "```console excerpt parse-only\n$ mobileone stats --arch s0 --runz 5\n```\n")
     problems = examples.process(str(doc), update=False)
     assert any("shown line not in the output" in p for p in problems), problems
     assert any("exit code 0, documented 1" in p for p in problems), problems
     assert any("python block exits 3" in p for p in problems), problems
+    assert any("No such option '--runz'" in p for p in problems), problems
 
 
 def test_ci_runs_the_readme_set_up_commands_as_written():

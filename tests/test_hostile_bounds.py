@@ -126,7 +126,7 @@ def fifo(tmp_path):
 
 @pytest.mark.parametrize("what", ["model config", "labels file", "classes file"])
 def test_devices_and_fifos_are_not_text_files(fifo, what):
-    for path, kind in (("/dev/zero", "a device"), (fifo, "a pipe (FIFO)"),
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a FIFO"),
                        (os.path.dirname(fifo), "a directory")):
         refused(lambda: returns_quickly(lambda: read_text(path, what)), kind, what)
         refused(lambda: returns_quickly(lambda: list(text_lines(path, what, 100))), kind)
@@ -134,7 +134,7 @@ def test_devices_and_fifos_are_not_text_files(fifo, what):
 
 def test_a_link_to_a_device_is_followed_then_refused(tmp_path):
     os.symlink("/dev/zero", tmp_path / "labels.txt")
-    refused(lambda: read_text(str(tmp_path / "labels.txt"), "labels file"), "a device")
+    refused(lambda: read_text(str(tmp_path / "labels.txt"), "labels file"), "a character device")
 
 
 def test_the_cap_holds_while_reading(tmp_path, monkeypatch):
@@ -165,7 +165,7 @@ def test_text_errors_are_one_line(tmp_path):
 def test_cli_config_on_dev_zero_is_refused_in_bounded_memory(tmp_path):
     run = run_bounded("stats", "--config", "/dev/zero", limit_mb=1500, timeout=60, cwd=tmp_path)
     assert run.exit_code == 2 and "Traceback" not in run.output, run.output
-    assert_one_error(run.stderr, "/dev/zero", "a device", "model config")
+    assert_one_error(run.stderr, "/dev/zero", "a character device", "model config")
     assert_bounded(run, mb=400, cpu_s=20)
     assert os.listdir(tmp_path) == []
 
@@ -177,6 +177,6 @@ def test_cli_eval_labels_and_classes_on_devices_and_fifos(tmp_path, tiny_sd, fif
     ckpt = tmp_path / "tiny.pth"
     torch.save(tiny_sd, ckpt)
     (tmp_path / "data" / "c0").mkdir(parents=True)
-    for path, kind in (("/dev/zero", "a device"), (fifo, "a pipe (FIFO)")):
+    for path, kind in (("/dev/zero", "a character device"), (fifo, "a FIFO")):
         res = returns_quickly(lambda: run_cli("eval", ckpt, tmp_path / "data", option, path))
         assert_refused(res, None, path, kind)

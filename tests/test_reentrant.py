@@ -10,7 +10,8 @@ from pathlib import Path
 
 import mobileone_cli.io.write as write
 import mobileone_cli.render.console as console
-from mobileone_cli.io.write import atomic_write, recording_writes
+from mobileone_cli.io.published import recording_writes
+from mobileone_cli.io.write import atomic_write
 from mobileone_cli.render.console import NORMAL, QUIET, VERBOSE, output_session, quiet, verbose
 
 
@@ -75,7 +76,7 @@ def test_a_stop_hook_records_into_the_run_that_registered_it(tmp_path):
     script = """if True:
         import threading
         from mobileone_cli.io import interrupt
-        from mobileone_cli.io.write import note_published, recording_writes
+        from mobileone_cli.io.published import note_published, recording_writes
         written, ready, never = [], threading.Event(), threading.Event()
         def work():
             with recording_writes(into=written):

@@ -99,10 +99,11 @@ def arch_option(default: Optional[str] = None, help_text: Optional[str] = None):
                                           "'auto' (default) detects it from tensor shapes.")
 
 
-def seed_option(help_text: Optional[str] = None):
-    """``--seed``: every command's seed is an integer torch's generators take."""
-    return click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
-                        help=help_text)
+def seed_option(help_text: Optional[str] = None, default: Optional[int] = 0):
+    """``--seed``: every command's seed is an integer torch's generators take (``default``
+    None: the command tells an unset seed apart, its help names the default)."""
+    return click.option("--seed", type=click.IntRange(0, MAX_SEED), default=default,
+                        show_default=default is not None, help=help_text)
 
 
 def prefix_option(help_text: str = "Key prefix of the MobileOne inside the checkpoint (e.g. "

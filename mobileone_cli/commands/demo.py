@@ -5,8 +5,7 @@ from typing import Optional
 
 import click
 
-from ..rules.limits import MAX_SEED
-from ._options import json_option, resolve_arch
+from ._options import json_option, resolve_arch, seed_option
 
 
 @click.command(help="Convert, verify and export a MobileOne trained on the UCI handwritten "
@@ -29,8 +28,7 @@ from ._options import json_option, resolve_arch
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               metavar="FILE", help="Synthesize the network a YAML model config describes "
                                    "(see examples/).")
-@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=None,
-              help="The seed of the random weights [0].")
+@seed_option("The seed of the random weights [0].", default=None)
 @json_option("the report: files, checks, held-out results")
 def demo(folder: str, force: bool, network: str, synthetic: bool, arch_name: Optional[str],
          config_path: Optional[str], seed: Optional[int], as_json: bool) -> int:

@@ -8,10 +8,10 @@ takes to create or publish a file:
 * marks the run interrupted (a write that comes after publishes nothing),
 * runs the stop hooks (a batch stops its worker processes and records what they wrote), each
   in the context of the code that registered it: the main thread answers for the work thread,
-  and what the work records lives in context variables (:func:`.write.recording_writes`),
+  and what the work records lives in context variables (:func:`.published.recording_writes`),
 * removes every temp file and folder still registered.
 
-What is published is recorded (:func:`.write.note_published`) under the same lock, so the list
+What is published is recorded (:func:`.published.note_published`) under the same lock, so the list
 an interrupt prints is exact.
 """
 from __future__ import annotations

@@ -16,7 +16,8 @@ from typing import Callable, Optional
 from ..errors import BadInput
 from . import interrupt
 from .leftovers import TEMP_PREFIX
-from .write import check_destination, is_package, note_published
+from .published import note_published
+from .write import check_destination, is_package
 
 __all__ = ["atomic_write_dir", "is_package", "folder_size"]
 

@@ -23,24 +23,11 @@ __all__ = ["open_text", "read_text", "text_lines", "check_regular", "special_kin
 
 def special_kind(mode: int) -> str:
     """What a file that is not a regular file is, for a one-line refusal or a skip note."""
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISFIFO(mode):
-        return "a pipe (FIFO)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISDIR(mode):
-        return "a directory"
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
     return "not a regular file"
 
 
@@ -53,7 +40,7 @@ def check_regular(path: str, what: str) -> os.stat_result:
     except OSError as exc:
         raise BadInput(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise BadInput(f"{path}: is {_kind(st.st_mode)}, not a {what} (a regular file)")
+        raise BadInput(f"{path}: is {special_kind(st.st_mode)}, not a {what} (a regular file)")
     return st
 
 
@@ -103,7 +90,7 @@ def open_text(path: str, what: str, cap: int = MAX_TEXT_BYTES) -> Iterator[IO[st
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # replaced between the stat and the open
-            raise BadInput(f"{path}: is {_kind(mode)}, not a {what} (a regular file)")
+            raise BadInput(f"{path}: is {special_kind(mode)}, not a {what} (a regular file)")
     except BaseException:
         os.close(fd)
         raise

@@ -8,55 +8,26 @@ then published in one step, so DST is either untouched or complete.
 * Temp files are named ``.mobileone-tmp-<pid>-<random>`` (short, so any legal DST name works) and
   removed on every catchable exit; a later run names stale ones left by a killed process
   (:mod:`.leftovers`).
-* :func:`recording_writes` collects what a run has published, so an interrupt can say so
-  truthfully (a context variable: concurrent or nested runs each keep their own list).
+* Each publish is recorded (:mod:`.published`), so an interrupt can say what was written.
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import stat
 import tempfile
-from contextvars import ContextVar
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..errors import BadInput
 from . import interrupt
 from .leftovers import TEMP_PREFIX
+from .published import note_published
+from .text import special_kind
 
 __all__ = ["atomic_write", "save_checkpoint", "check_destination", "check_checkpoint_name",
-           "output_format", "recording_writes", "note_published", "published_paths",
-           "CHECKPOINT_EXTENSIONS"]
+           "output_format", "CHECKPOINT_EXTENSIONS"]
 
 CHECKPOINT_EXTENSIONS = (".pth.tar", ".pth", ".pt", ".bin", ".ckpt", ".safetensors")
-# The open recordings, outermost first (a run inside a run is recorded by both).
-_WRITTEN: ContextVar[Tuple[List[str], ...]] = ContextVar("mobileone_written", default=())
-
-
-@contextlib.contextmanager
-def recording_writes(into: Optional[List[str]] = None) -> Iterator[List[str]]:
-    """The paths published inside the block, in order, appended to ``into`` (default: a new
-    list).  The CLI opens one per command; a thread that must answer a signal for the work
-    passes its own list."""
-    written: List[str] = [] if into is None else into
-    token = _WRITTEN.set(_WRITTEN.get() + (written,))
-    try:
-        yield written
-    finally:
-        _WRITTEN.reset(token)
-
-
-def published_paths() -> List[str]:
-    """The paths published so far in the innermost :func:`recording_writes` (none outside)."""
-    open_ = _WRITTEN.get()
-    return list(open_[-1]) if open_ else []
-
-
-def note_published(path: str) -> None:
-    """Record ``path`` as published in every open :func:`recording_writes`."""
-    for written in _WRITTEN.get():
-        written.append(path)
 
 
 def output_format(dst: str) -> str:
@@ -83,15 +54,6 @@ def _lstat(path: str) -> Optional[os.stat_result]:
         return None
     except OSError as exc:
         raise BadInput(f"{path}: cannot look at the destination ({exc.strerror or exc})") from None
-
-
-def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "not a regular file"
 
 
 def is_package(path: str) -> bool:
@@ -125,7 +87,7 @@ def check_destination(dst: str, *, force: bool = False, src: Optional[str] = Non
             raise BadInput(f"{dst}: destination is the source file; choose another path")
         target = os.stat(dst) if stat.S_ISLNK(st.st_mode) and os.path.exists(dst) else st
         if not (stat.S_ISREG(target.st_mode) or stat.S_ISLNK(target.st_mode)):
-            raise BadInput(f"{dst}: is {_kind(target.st_mode)}; the tool only ever replaces "
+            raise BadInput(f"{dst}: is {special_kind(target.st_mode)}; the tool only ever replaces "
                            f"regular files")
         if not force:
             dangling = " (a dangling symbolic link)" if not os.path.exists(dst) else ""
@@ -147,7 +109,7 @@ def _publish(tmp: str, dst: str, force: bool) -> None:
     if force:
         st = _lstat(dst)
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            raise BadInput(f"{dst}: is {_kind(st.st_mode)}; the tool only ever replaces regular "
+            raise BadInput(f"{dst}: is {special_kind(st.st_mode)}; the tool only ever replaces regular "
                            f"files; nothing was written")
         os.replace(tmp, dst)
         return

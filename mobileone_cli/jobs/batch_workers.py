@@ -12,7 +12,7 @@ import os
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from ..io import interrupt
-from ..io.write import note_published, published_paths
+from ..io.published import note_published, published_paths
 
 __all__ = ["convert_in_workers"]
 
@@ -71,7 +71,7 @@ def _stop_workers(pool: Any, pairs: Sequence[Tuple[str, str]], before: dict, don
     """Stop a batch's worker processes now (an interrupt, or an error of the batch itself): each
     removes its temp file and exits (SIGTERM; SIGKILL after 2 s, its temp files removed here),
     and every output a worker published whose result had not come back yet is recorded in
-    the current run's written files (:func:`..io.write.recording_writes`).  Idempotent."""
+    the current run's written files (:func:`..io.published.recording_writes`).  Idempotent."""
     import signal
     import time
 

@@ -1,0 +1,151 @@
+"""A warm ``mobileone`` for the documents' commands: fork of a process that has already imported
+torch and the runtimes and exported once to each of them.
+
+Every command of a document runs through bash exactly as written; only the ``mobileone`` it
+finds first on PATH is this module's client, which hands its argument list, working folder,
+environment and its own stdin/stdout/stderr (the file descriptors, so pipes and redirections are
+bash's) to a server.  The server forks, the child becomes the command (``entry_point()`` of the
+package, the console script's own function) and its exit status is the client's.  What this
+saves is the start-up a document pays per command: importing torch and the exporters, and the
+first torch.export of a process (1-5 s a command), paid once per server instead.
+
+    python docs/warm.py SOCKET ARGS...     # the client (imports no torch)
+    python docs/warm.py --serve SOCKET     # the server (prints 'ready' once it listens)
+
+The server forks only from its main thread with no other thread alive (checked after the
+warm-up; with another thread it refuses to start and the documents run commands cold).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+
+HEADER = struct.Struct("!I")
+STATUS = struct.Struct("!i")
+
+
+def client(path: str, argv: list) -> int:
+    """Run ``mobileone ARGV`` in the server at ``path``; its exit status."""
+    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(path)
+        socket.send_fds(conn, [HEADER.pack(len(payload)) + payload], [0, 1, 2])
+        data = b""
+        while len(data) < STATUS.size:
+            chunk = conn.recv(STATUS.size - len(data))
+            if not chunk:
+                print("docs/warm.py: the server went away", file=sys.stderr)
+                return 3
+            data += chunk
+    return STATUS.unpack(data)[0]
+
+
+# Imported before serving: none of them starts a thread (onnxruntime and TensorFlow-based
+# converters do, so they are left to each command).
+WARM_MODULES = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner",
+                "onnx", "onnxscript", "coremltools")
+
+
+def _warm_up() -> None:
+    """Import torch, the CLI and the thread-free parts of the runtimes, and run torch.export
+    once (a process's first export pays for tracing machinery that later ones reuse)."""
+    import importlib
+    import importlib.util
+
+    import torch
+
+    from mobileone_cli.arch.specs import ArchSpec
+    from mobileone_cli.cli import cli  # noqa: F401  (the commands' modules)
+    from mobileone_cli.models.mobileone import MobileOne
+
+    for name in WARM_MODULES:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            importlib.import_module(name)
+    tiny = ArchSpec(name="warm", stem_channels=8, widths=(8, 16), blocks=(1, 1),
+                    conv_branches=(1, 1), se_blocks=(0, 0), num_classes=4)
+    torch.export.export(MobileOne(tiny, deploy=True).eval(), (torch.zeros(1, 3, 32, 32),))
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _child(job: dict, fds: list) -> None:
+    """Become the command: its stdio, folder, environment and arguments, then the console
+    script's function; never returns."""
+    import atexit
+    import traceback
+
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(job["cwd"])
+    os.environ.clear()
+    os.environ.update(job["env"])
+    sys.argv = ["mobileone", *job["argv"]]
+    code = 0
+    try:
+        from mobileone_cli.cli import entry_point
+
+        entry_point()
+    except SystemExit as exc:
+        if isinstance(exc.code, int) or exc.code is None:
+            code = int(exc.code or 0)
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # what the interpreter would print for an uncaught exception
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def serve(path: str) -> int:
+    _warm_up()
+    if _threads() != 1:
+        print(f"not ready: {_threads()} threads after the warm-up", flush=True)
+        return 1
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(4)
+        print("ready", flush=True)
+        while True:
+            conn, _ = server.accept()
+            with conn:
+                msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+                if not msg:
+                    continue
+                size = HEADER.unpack(msg[:HEADER.size])[0]
+                body = msg[HEADER.size:]
+                while len(body) < size:
+                    body += conn.recv(size - len(body))
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    server.close()
+                    conn.close()
+                    _child(json.loads(body), fds)
+                for fd in fds:
+                    os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                code = os.waitstatus_to_exitcode(status)
+                conn.sendall(STATUS.pack(128 - code if code < 0 else code))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--serve"]:
+        sys.exit(serve(sys.argv[2]))
+    sys.exit(client(sys.argv[1], sys.argv[2:]))
