@@ -136,8 +136,8 @@ def test_convert_and_verify_give_the_same_verdict(kind, tmp_path, run_cli):
     src = str(tmp_path / "train.pth")
     save_checkpoint(src, sd)
     out = tmp_path / "deploy.pth"
-    conv = run_cli("convert", src, str(out), "--json", "--input-size", "96")
-    ver = run_cli("verify", src, "--json", "--input-size", "96", "--batch", "1")
+    conv = run_cli("convert", src, str(out), "--json", "--input-size", str(SIZE))
+    ver = run_cli("verify", src, "--json", "--input-size", str(SIZE), "--batch", "1")
     assert conv.exit_code == 0 and ver.exit_code == 0, (conv.output, ver.output)
     c, v = json.loads(conv.stdout)["check"], json.loads(ver.stdout)
     assert c["passed"] and v["passed"]
@@ -145,7 +145,7 @@ def test_convert_and_verify_give_the_same_verdict(kind, tmp_path, run_cli):
                                                            rel=1e-9, abs=1e-12)
     assert c["decided_in"] == v["decided_in"]
     # The written file against the train file: the same numbers again.
-    two = json.loads(run_cli("verify", src, str(out), "--json", "--input-size", "96",
+    two = json.loads(run_cli("verify", src, str(out), "--json", "--input-size", str(SIZE),
                              "--batch", "1").stdout)
     assert two["passed"] and two["fp32"]["output"]["max_abs"] == pytest.approx(
         c["fp32"]["output"]["max_abs"], rel=1e-9, abs=1e-12)
@@ -170,10 +170,10 @@ def test_convert_refuses_what_verify_fails(tmp_path, monkeypatch, run_cli):
 
     monkeypatch.setattr(fusion, "fuse_block", buggy)
     dst = tmp_path / "deploy.pth"
-    res = run_cli("convert", src, str(dst))
+    res = run_cli("convert", src, str(dst), "--input-size", str(SIZE))
     assert res.exit_code == 1 and not dst.exists()
     assert f"first block that breaks: {BLOCK['s1']}" in res.stderr
     assert "nothing was written" in res.stderr
-    res = run_cli("verify", src, "--input-size", "224", "--batch", "1")
+    res = run_cli("verify", src, "--input-size", str(SIZE), "--batch", "1")
     # verify's report says it (once, on stdout), convert's error line above
     assert res.exit_code == 1 and f"first block that breaks: {BLOCK['s1']}" in res.stdout
