@@ -239,7 +239,8 @@ def test_cli_checkpoint_counts_real_tensors(run_cli, write_ckpt):
 def test_cli_deploy_safetensors_with_prefix_and_extra_keys(run_cli, tmp_path):
     from safetensors.torch import save_file
 
-    sd = random_state_dict(get_arch("s4"), form="deploy", layout="timm", seed=3)
+    sd = random_state_dict(get_arch("s4"), form="deploy", layout="timm", seed=3,
+                           stats="random")  # counts only: no calibration needed
     tensors = {"module." + k: v.contiguous() for k, v in sd.items()}
     tensors["module.extra.scale"] = torch.ones(7)
     path = str(tmp_path / "s4.safetensors")
@@ -298,7 +299,7 @@ def test_stats_without_a_file_does_not_import_torch(tmp_path):
     from safetensors.torch import save_file
 
     path = str(tmp_path / "s2.safetensors")
-    save_file(random_state_dict(get_arch("s2"), form="deploy"), path)
+    save_file(random_state_dict(get_arch("s2"), form="deploy", stats="random"), path)
     assert not _imports_torch(["stats", path])
 
 
@@ -336,7 +337,7 @@ def test_bench_structure(run_cli, tmp_path):
     assert b["memory_ratio"] == pytest.approx(1.5)
     # The weights each process held: every tensor of the state dict of its form.
     for form in ("train", "deploy"):
-        sd = random_state_dict(get_arch("s0"), form=form)
+        sd = random_state_dict(get_arch("s0"), form=form, stats="random")
         assert b["forms"][form]["weight_bytes"] == sum(v.numel() * v.element_size()
                                                        for v in sd.values())
 
