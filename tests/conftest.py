@@ -178,7 +178,7 @@ def fold_by_hand(sd, arch, eps=1e-5):
             b_sum += s
         if b.has_identity:
             t, s = bn(f"{p}.rbr_skip.")
-            c = torch.arange(b.out_channels)  # channel c passes itself: input c % cpg of its group
+            c = torch.arange(b.out_channels)  # channel c passes itself: input c % cpg
             w_sum[c, c % cpg, k // 2, k // 2] += t
             b_sum += s
         if b.has_se:

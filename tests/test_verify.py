@@ -26,7 +26,7 @@ from mobileone_cli.check import verdict as J
 from mobileone_cli.jobs import verify as V
 from mobileone_cli.rules.tolerances import DEFAULT_RTOL as RTOL
 
-from .conftest import ARCHS, state_dict_of
+from .conftest import state_dict_of
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
