@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -202,12 +202,14 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
 def own_errors(train: nn.Module, deploy: nn.Module, x: torch.Tensor, names: Sequence[str],
                dtype: torch.dtype, errors: Dict[str, Dict[str, BlockError]], *,
                unit: Optional[float] = None,
-               keep: Optional[Dict[Tuple[str, str], nn.Module]] = None) -> None:
+               keep: Optional[Dict[Tuple[str, str], nn.Module]] = None,
+               stop: Optional[Callable[[str], bool]] = None) -> None:
     """The own errors of blocks ``names`` alone, in ``dtype``: the train model runs in ``x``'s
     dtype up to the last of them, and each named block of T, D (and P, with ``unit``) is fed T's
     input of that block cast to ``dtype``.  Accumulates ``own_abs`` and ``scale`` into
     ``errors['deploy']`` (D against T) and ``errors['perturbed']`` (P against D), as
-    :func:`lockstep` does, at the cost of one train pass plus the named blocks."""
+    :func:`lockstep` does, at the cost of one train pass plus the named blocks.
+    ``stop(name)``, asked after each named block, ends the run there."""
     wanted = set(names)
     t = x
 
@@ -239,6 +241,8 @@ def own_errors(train: nn.Module, deploy: nn.Module, x: torch.Tensor, names: Sequ
                 p_own = p_blk(ti)
                 _update(errors["perturbed"].setdefault(name, BlockError(name, stage)),
                         d_own, p_own, d_own, p_own, t_out, cosine=False)
+            if stop is not None and stop(name):
+                return
         if wanted:
             t = t_run(t)
 
