@@ -148,6 +148,16 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module).to(dtype)
 
 
+def _kept(keep: Optional[Dict[Tuple[str, str], nn.Module]], role: str, name: str,
+          make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()``, made once per (role, block) when ``keep`` holds blocks across chunks."""
+    if keep is None:
+        return make()
+    if (role, name) not in keep:
+        keep[role, name] = make()
+    return keep[role, name]
+
+
 @torch.no_grad()
 def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
              errors: Dict[str, Dict[str, BlockError]], *, unit: Optional[float] = None,
@@ -168,11 +178,7 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     p: Optional[torch.Tensor] = x
 
     def block(role: str, name: str, make) -> nn.Module:
-        if keep is None:
-            return make()
-        if (role, name) not in keep:
-            keep[role, name] = make()
-        return keep[role, name]
+        return _kept(keep, role, name, make)
 
     for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
                                                   compared_modules(deploy)):
@@ -214,11 +220,7 @@ def own_errors(train: nn.Module, deploy: nn.Module, x: torch.Tensor, names: Sequ
     t = x
 
     def block(role: str, name: str, make) -> nn.Module:
-        if keep is None:
-            return make()
-        if (role, name) not in keep:
-            keep[role, name] = make()
-        return keep[role, name]
+        return _kept(keep, role, name, make)
 
     for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
                                                   compared_modules(deploy)):
