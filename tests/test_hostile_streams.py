@@ -21,6 +21,7 @@ import torch
 
 import mobileone_cli
 
+from .conftest import TINY, invoke
 from .hostile import assert_one_error, deploy_matches_train, temp_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,17 +48,17 @@ def _run(*args, cwd=None, **kw):
 
 @pytest.fixture(scope="module")
 def made_once(tmp_path_factory):
-    """The files of :func:`files`, made once for the module (the deploy file by the CLI)."""
+    """The files of :func:`files`, made once for the module (the deploy file by the CLI, run
+    in-process: making it is not what is tested)."""
     from PIL import Image
 
     from mobileone_cli.models.synthetic import random_state_dict
 
-    from .conftest import TINY
-
     folder = tmp_path_factory.mktemp("streams")
     src = folder / "tiny.pth"
     torch.save(random_state_dict(TINY, seed=1), src)
-    assert _run("convert", src, folder / "deploy.pth", "-q").returncode == 0
+    made = invoke("convert", src, folder / "deploy.pth", "-q")
+    assert made.exit_code == 0, made.output
     g = torch.Generator().manual_seed(0)
     for c in ("a", "b"):
         (folder / "imgs" / c).mkdir(parents=True)
@@ -230,8 +231,6 @@ def test_a_dimension_of_2_to_the_64_is_bad_input(tmp_path):
     path = tmp_path / "big.safetensors"
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     assert path.stat().st_size == 91
-    from .conftest import invoke
-
     for args in (["inspect", path], ["stats", path], ["convert", path, tmp_path / "o.pth"]):
         res = invoke(*args)
         assert res.exit_code == 2, res.output
@@ -247,8 +246,6 @@ def test_an_onnx_file_computing_another_shape_than_it_declares(files):
     pytest.importorskip("onnxruntime")
     import numpy as np
     from onnx import helper, numpy_helper
-
-    from .conftest import invoke
 
     made = invoke("export", files / "tiny.pth", files / "t.onnx", "-q")  # in-process: setup
     assert made.exit_code == 0, made.output
