@@ -123,11 +123,11 @@ _warm: List[Optional[str]] = []  # [socket path, or None where no server could s
 def _warm_server() -> Optional[str]:
     """The socket of this process's warm ``mobileone`` server (docs/warm.py), started on first
     use; None (commands run cold) when MOBILEONE_DOCS_COLD is set or it cannot start."""
+    if os.environ.get("MOBILEONE_DOCS_COLD"):
+        return None
     if _warm:
         return _warm[0]
     _warm.append(None)
-    if os.environ.get("MOBILEONE_DOCS_COLD"):
-        return None
     folder = tempfile.mkdtemp(prefix="mobileone-warm-")
     atexit.register(shutil.rmtree, folder, True)
     sock = os.path.join(folder, "s")

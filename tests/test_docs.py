@@ -42,8 +42,10 @@ def test_readme_is_short_and_links_existing_docs():
         assert os.path.exists(os.path.join(ROOT, target)), target
 
 
-def test_the_checker_fails_on_a_stale_output(tmp_path):
-    """The checker is not vacuous: a wrong line, a wrong exit code and a failing script fail."""
+def test_the_checker_fails_on_a_stale_output(tmp_path, monkeypatch):
+    """The checker is not vacuous: a wrong line, a wrong exit code and a failing script fail.
+    Its commands need no torch, so they run cold (no warm server to start for them)."""
+    monkeypatch.setenv("MOBILEONE_DOCS_COLD", "1")
     doc = tmp_path / "doc.md"
     doc.write_text("```console\n$ mobileone stats --arch s9\nerror: no such thing\n"
                    "(exit code 2)\n```\n\n```console\n$ mobileone --version\n"
@@ -70,3 +72,27 @@ def test_ci_runs_the_readme_set_up_commands_as_written():
     assert len(commands) == 2 and "torch==2.13.0" in commands[0]
     for command in commands:
         assert command in ci, command
+
+
+@pytest.mark.slow
+def test_warm_commands_print_and_exit_as_cold_ones(tmp_path, monkeypatch):
+    """The documents' commands run in a fork of a warm server (docs/warm.py): output, exit codes,
+    pipes, a python -c script's argv and path, and an error all as a fresh interpreter gives."""
+    lines = ["mobileone stats --arch s0 | head -3", "mobileone verify missing.pth",
+             "mobileone -q convert missing.pth out.pth; echo status $?",
+             "python -c 'import sys; print(sys.argv, sys.path[0] == \"\"); sys.exit(3)' a b",
+             "python -c 'import torch, mobileone_cli; print(torch.get_num_threads() >= 1)'"]
+    seen = {}
+    for mode in ("warm", "cold"):
+        if mode == "cold":
+            monkeypatch.setenv("MOBILEONE_DOCS_COLD", "1")
+        else:
+            assert examples._warm_server() is not None, "the warm server did not start"
+        runs = []
+        for line in lines:
+            cmd = examples.Command(line)
+            examples.run(cmd, str(tmp_path))
+            runs.append((line, cmd.code, cmd.output))
+        seen[mode] = runs
+    assert seen["warm"] == seen["cold"]
+    assert [code for _, code, _ in seen["warm"]] == [0, 2, 0, 3, 0]
