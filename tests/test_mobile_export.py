@@ -379,15 +379,17 @@ def test_mlpackage_destination_rules(tmp_path):
 @pytest.mark.parametrize("runtime, needed", [("onnxruntime", ("onnx", "onnxruntime")),
                                              ("executorch", ("executorch",)),
                                              ("litert", ("litert_torch", "ai_edge_litert"))])
-def test_bench_in_a_runtime(runtime, needed, run_cli):
+def test_bench_in_a_runtime(runtime, needed, run_cli, tiny_config):
     """Train vs deploy latency measured in the runtime: both forms timed, samples in --json; in
-    ExecuTorch the text report, whose lines docs/export.md shows.  The small custom network:
-    what is tested is the path (export each form, load, time), and s0's train form (k = 4
-    branches, ~300 convolutions) takes a minute to lower."""
+    ExecuTorch the text report, whose lines docs/export.md shows.  Each runtime takes its own
+    path (ONNX: its exporter's options; ExecuTorch and LiteRT: the pooled head, each runtime's
+    thread setting).  The tiny network (every kind of block): what is tested is the path
+    (export each form, load, time), and s0's train form (k = 4 branches, ~300 convolutions)
+    takes a minute to lower."""
     if not _have(*needed):
         pytest.skip(f"{runtime} not installed")
-    args = ["stats", "--config", CUSTOM, "--input-size", "32", "--bench", "--runtime", runtime,
-            "--runs", "3", "--warmup", "1", "--threads", "1"]
+    args = ["stats", "--config", tiny_config, "--input-size", "32", "--bench", "--runtime",
+            runtime, "--runs", "3", "--warmup", "1", "--threads", "1"]
     if runtime == "executorch":
         res = run_cli(*args)
         assert res.exit_code == 0, res.output
