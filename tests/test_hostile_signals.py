@@ -94,25 +94,30 @@ def test_a_signal_is_answered_within_a_second(stage, sig, tmp_path, tiny_sd):
     assert not dst.exists() and temp_files(tmp_path) == [] and digest(src) == before
 
 
-def _s0_files(folder, n):
+@pytest.fixture(scope="module")
+def s0_batch():
+    """Eight calibrated s0 train state dicts (calibrating them is most of their cost), made
+    once for the module; each test writes its own files."""
     from mobileone_cli.arch.specs import get_arch
     from mobileone_cli.models.synthetic import random_state_dict
 
+    return {f"m{i}": random_state_dict(get_arch("s0"), seed=i) for i in range(8)}
+
+
+def _s0_files(folder, sds):
     folder.mkdir()
-    sds = {}
-    for i in range(n):
-        sds[f"m{i}"] = random_state_dict(get_arch("s0"), seed=i)
-        torch.save(sds[f"m{i}"], folder / f"m{i}.pth")
+    for name, sd in sds.items():
+        torch.save(sd, folder / f"{name}.pth")
     return sds
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupted_parallel_batch_lists_exactly_what_was_written(sig, tmp_path):
+def test_an_interrupted_parallel_batch_lists_exactly_what_was_written(sig, tmp_path, s0_batch):
     """`convert DIR OUT --jobs 2`, Ctrl-C to the whole process group (as a terminal sends it)
     or SIGTERM to the tool once outputs exist: exit 130, no worker traceback, and the files
     named 'already written' are exactly the files in OUT, each whole; no temp file."""
-    sds = _s0_files(tmp_path / "runs", 8)
+    sds = _s0_files(tmp_path / "runs", s0_batch)
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [
         ROOT, os.environ.get("PYTHONPATH")])))
