@@ -1,7 +1,7 @@
 """Every format export writes is accepted by inspect, verify CKPT ARTIFACT and eval --deploy,
 and two identical exports (and conversions) are identical byte for byte.  The exports are of
 the tiny network (every kind of block; a format's writer and readers take the same path for
-any size, and s0 takes several times as long)."""
+any size, and s0 takes half as long again)."""
 from __future__ import annotations
 
 import importlib.util

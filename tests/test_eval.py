@@ -266,7 +266,7 @@ def test_tampered_deploy_block_lowers_agreement_and_names_the_images(s0, tmp_pat
 
 @pytest.mark.slow  # the export itself takes most of it
 def test_exported_onnx_in_the_same_pass(tmp_path, run_cli):
-    """The custom network (its export costs a fraction of s0's; eval runs any file alike)."""
+    """The custom network (its export costs less than s0's; eval runs any file alike)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     tree = class_tree(str(tmp_path / "data"), [2] * 8, SIZES)

@@ -55,7 +55,7 @@ SIZE = 64
 
 # name -> (arch source, layout, seed, target extension, extra export arguments).  One released
 # variant per executed format (fp16, where the size of the network matters); the rest on the
-# custom network, whose export costs a fraction: a dynamic batch takes the same path at any size.
+# custom network, whose export costs less: a dynamic batch takes the same path at any size.
 CASES = {
     "s4_pte_fp16": ("s4", "mmpretrain", 32, ".pte", ["--dtype", "fp16"]),
     "custom_pte": ("custom", "mmpretrain", 33, ".pte", ["--batch", "dynamic", "--max-batch",

@@ -202,7 +202,7 @@ def _execute_pte(path, xs):
 @needs_et
 def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(tmp_path):
     """The custom network (SE, k = 2, 10 classes): the program is prepared, calibrated and
-    lowered the same way for any network, and s0's costs 2-3x as long (the detection of a
+    lowered the same way for any network, and s0's takes seconds longer (the detection of a
     released variant is the other tests' subject, on the outlier s0)."""
     from mobileone_cli.io.configfile import load_config
 
