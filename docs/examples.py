@@ -100,16 +100,19 @@ def parse(block: str) -> List[Command]:
 
 def _shims(folder: str) -> str:
     """A bin folder where ``mobileone`` and ``python`` are this checkout's, for bash to find:
-    ``mobileone`` is the warm server's client (:mod:`warm`) when one runs, else the module."""
+    ``mobileone`` and ``python -c`` are the warm server's clients (:mod:`warm`) when one runs."""
     bin_dir = os.path.join(folder, ".bin")
     os.makedirs(bin_dir, exist_ok=True)
     sock = _warm_server()
-    mobileone = (f"{shlex.quote(sys.executable)} {shlex.quote(os.path.join(HERE, 'warm.py'))} "
-                 f"{shlex.quote(sock)}" if sock else f"{shlex.quote(sys.executable)} -m mobileone_cli")
-    for name, target in (("mobileone", mobileone), ("python", shlex.quote(sys.executable))):
+    py = shlex.quote(sys.executable)
+    warm = f"{py} {shlex.quote(os.path.join(HERE, 'warm.py'))} {shlex.quote(sock or '')}"
+    shims = {"mobileone": f'exec {warm} "$@"' if sock else f'exec {py} -m mobileone_cli "$@"',
+             "python": (f'[ "$1" = -c ] && exec {warm} --python "$@"\n' if sock else "")
+             + f'exec {py} "$@"'}
+    for name, body in shims.items():
         path = os.path.join(bin_dir, name)
         with open(path, "w", encoding="utf-8") as fh:
-            fh.write(f'#!/bin/sh\nexec {target} "$@"\n')
+            fh.write(f"#!/bin/sh\n{body}\n")
         os.chmod(path, 0o755)
     return bin_dir
 

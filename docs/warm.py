@@ -10,6 +10,7 @@ saves is the start-up a document pays per command: importing torch and the expor
 first torch.export of a process (1-5 s a command), paid once per server instead.
 
     python docs/warm.py SOCKET ARGS...     # the client (imports no torch)
+    python docs/warm.py SOCKET --python -c CODE ARGS...   # ``python -c`` alike
     python docs/warm.py --serve SOCKET     # the server (prints 'ready' once it listens)
 
 The server forks only from its main thread with no other thread alive (checked after the
@@ -28,8 +29,11 @@ STATUS = struct.Struct("!i")
 
 
 def client(path: str, argv: list) -> int:
-    """Run ``mobileone ARGV`` in the server at ``path``; its exit status."""
-    payload = json.dumps({"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
+    """Run ``mobileone ARGV`` (``--python -c CODE ...``: that script) in the server at
+    ``path``; its exit status."""
+    python = argv[:1] == ["--python"]
+    payload = json.dumps({"argv": argv[1:] if python else argv, "python": python,
+                          "cwd": os.getcwd(), "env": dict(os.environ)}).encode()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
         conn.connect(path)
         socket.send_fds(conn, [HEADER.pack(len(payload)) + payload], [0, 1, 2])
@@ -78,7 +82,7 @@ def _threads() -> int:
 
 def _child(job: dict, fds: list) -> None:
     """Become the command: its stdio, folder, environment and arguments, then the console
-    script's function; never returns."""
+    script's function (or the ``python -c`` script); never returns."""
     import atexit
     import traceback
 
@@ -88,12 +92,21 @@ def _child(job: dict, fds: list) -> None:
     os.chdir(job["cwd"])
     os.environ.clear()
     os.environ.update(job["env"])
-    sys.argv = ["mobileone", *job["argv"]]
     code = 0
     try:
-        from mobileone_cli.cli import entry_point
+        if job.get("python"):  # python -c CODE ARGS: CODE as __main__, argv and path as python's
+            import types
 
-        entry_point()
+            sys.argv = ["-c", *job["argv"][2:]]
+            sys.path[0] = ""
+            main = types.ModuleType("__main__")
+            sys.modules["__main__"] = main
+            exec(compile(job["argv"][1], "<string>", "exec"), main.__dict__)
+        else:
+            from mobileone_cli.cli import entry_point
+
+            sys.argv = ["mobileone", *job["argv"]]
+            entry_point()
     except SystemExit as exc:
         if isinstance(exc.code, int) or exc.code is None:
             code = int(exc.code or 0)

@@ -2,6 +2,7 @@
 synthetic checkpoints with random weights AND random BN statistics."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -53,14 +54,21 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@functools.lru_cache(maxsize=8)
+def state_dict_of(arch, form, layout, seed, dtype, num_classes):
+    """random_state_dict is deterministic and costs up to a second (calibration passes): a
+    process makes each one once.  Callers get a copy of the dict and only read the tensors."""
+    return random_state_dict(get_arch(arch, num_classes), form=form, layout=layout, seed=seed,
+                             dtype=dtype)
+
+
 @pytest.fixture
 def write_ckpt(tmp_path):
     """write_ckpt(arch, form='train', layout='apple', name=None, seed=0, **kw) -> path."""
 
     def _write(arch="s0", form="train", layout="apple", name=None, seed=0, wrap=None,
                dtype=torch.float32, num_classes=None):
-        spec = get_arch(arch, num_classes)
-        sd = random_state_dict(spec, form=form, layout=layout, seed=seed, dtype=dtype)
+        sd = dict(state_dict_of(arch, form, layout, seed, dtype, num_classes))
         path = os.path.join(tmp_path, name or f"{arch}_{layout}_{form}.pth")
         if wrap is not None:
             obj = wrap(sd)
@@ -170,8 +178,8 @@ def fold_by_hand(sd, arch, eps=1e-5):
             b_sum += s
         if b.has_identity:
             t, s = bn(f"{p}.rbr_skip.")
-            for c in range(b.out_channels):
-                w_sum[c, c % cpg, k // 2, k // 2] += t[c]
+            c = torch.arange(b.out_channels)  # channel c passes itself: input c % cpg
+            w_sum[c, c % cpg, k // 2, k // 2] += t
             b_sum += s
         if b.has_se:
             for part in ("reduce", "expand"):

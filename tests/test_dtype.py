@@ -73,9 +73,9 @@ def test_fp16_and_bf16_outputs_and_reported_rounding_cost(tmp_path):
 
 
 def test_cli_dtype_summary_and_json(write_ckpt, run_cli, tmp_path):
-    src = write_ckpt("s0", seed=32)
+    src = write_ckpt("s0")
     dst = str(tmp_path / "s0_fp16.pth")
-    res = run_cli("convert", src, dst, "--dtype", "fp16", "--json")
+    res = run_cli("convert", src, dst, "--dtype", "fp16", "--json", "--input-size", "64")
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert info["dtype_out"] == "float16"
@@ -84,7 +84,8 @@ def test_cli_dtype_summary_and_json(write_ckpt, run_cli, tmp_path):
     assert check["unit_roundoff"] == 2.0 ** -11
     assert 0 < info["rounding"]["max_rel"] < 1e-1
     assert all(v.dtype == torch.float16 for v in load_checkpoint(dst).state_dict.values())
-    res = run_cli("convert", src, str(tmp_path / "s0_bf16.pth"), "--dtype", "bf16")
+    res = run_cli("convert", src, str(tmp_path / "s0_bf16.pth"), "--dtype", "bf16",
+                  "--input-size", "64")
     assert res.exit_code == 0, res.output
     assert "to bfloat16" in res.stdout and "vs unrounded" in res.stdout
 
@@ -126,7 +127,7 @@ def test_fusion_error_still_fails_with_dtype(run_cli, tmp_path, monkeypatch):
 
 
 def test_no_verify_still_rounds(write_ckpt, run_cli, tmp_path):
-    src = write_ckpt("s0", seed=35)
+    src = write_ckpt("s0")
     dst = str(tmp_path / "o.safetensors")
     res = run_cli("convert", src, dst, "--dtype", "bf16", "--no-verify", "--json")
     assert res.exit_code == 0, res.output

@@ -29,6 +29,9 @@ S0 = APPLE + "mobileone_s0_unfused.pth.tar"
 S0_FUSED = APPLE + "mobileone_s0.pth.tar"
 MM_S0 = MMPRETRAIN + "mobileone-s0_8xb32_in1k_20221110-0bc94952.pth"
 TIMM = "timm/mobileone_s0.apple_in1k"
+# The check images of a fetched file's convert/verify: the whole check, at a size that keeps the
+# loopback tests about fetching (the numbers are checked again by deploy_matches_train).
+SMALL = ("--input-size", "64")
 
 
 def _torch_bytes(obj) -> bytes:
@@ -148,7 +151,7 @@ def test_convert_apple_name_end_to_end(net, files, tmp_path):
     train model in eval mode as the reference).  The second run reads only the cache."""
     net.files[S0] = files["apple"]
     dst = tmp_path / "s0.safetensors"
-    res = invoke("convert", "apple:s0", dst)
+    res = invoke("convert", "apple:s0", dst, *SMALL)
     assert res.exit_code == 0, res.output
     assert deploy_matches_train(files["sd"], dst) < 1e-6
     cached = tmp_path / "cache" / "apple" / "mobileone_s0_unfused.pth.tar"
@@ -159,7 +162,7 @@ def test_convert_apple_name_end_to_end(net, files, tmp_path):
     assert _cache_files(tmp_path) == ["apple/mobileone_s0_unfused.pth.tar",
                                       "apple/mobileone_s0_unfused.pth.tar.json"]
     requests = len(net.log)
-    res = invoke("convert", "apple:s0", tmp_path / "again.pth", "--offline")
+    res = invoke("convert", "apple:s0", tmp_path / "again.pth", "--offline", *SMALL)
     assert res.exit_code == 0, res.output
     assert len(net.log) == requests and "downloaded" not in res.stderr
     import mobileone_cli as mo
@@ -172,7 +175,7 @@ def test_convert_apple_name_end_to_end(net, files, tmp_path):
 def test_verify_two_names_fused_against_unfused(net, files):
     net.files[S0] = files["apple"]
     net.files[S0_FUSED] = files["apple_fused"]
-    res = invoke("verify", "apple:s0", "apple:s0-fused")
+    res = invoke("verify", "apple:s0", "apple:s0-fused", *SMALL)
     assert res.exit_code == 0, res.output
     assert "PASS" in res.stdout
 
@@ -221,7 +224,7 @@ def test_mmpretrain_prefix_match_converts(net, files, tmp_path, monkeypatch):
     monkeypatch.setitem(sources.KNOWN, "mmpretrain:s0", known)
     net.files[MM_S0] = data
     dst = tmp_path / "out.pth"
-    res = invoke("convert", "mmpretrain:s0", dst)
+    res = invoke("convert", "mmpretrain:s0", dst, *SMALL)
     assert res.exit_code == 0, res.output
     out = torch.load(dst, weights_only=True)
     assert out["meta"]["epoch"] == 300
@@ -300,7 +303,7 @@ def test_resume_in_a_later_command(net, files, tmp_path):
     assert _cache_files(tmp_path) == ["apple/mobileone_s0_unfused.pth.tar.part",
                                       "apple/mobileone_s0_unfused.pth.tar.part.json"]
     assert os.path.getsize(tmp_path / "cache/apple/mobileone_s0_unfused.pth.tar.part") == 3 * step
-    res = invoke("convert", "apple:s0", tmp_path / "out.pth")
+    res = invoke("convert", "apple:s0", tmp_path / "out.pth", *SMALL)
     assert res.exit_code == 0, res.output
     assert net.gets(S0)[-1][0] == f"bytes={3 * step}-"
     assert _cache_files(tmp_path) == ["apple/mobileone_s0_unfused.pth.tar",
@@ -375,7 +378,7 @@ def test_response_larger_than_the_bound(net, files, tmp_path, monkeypatch, annou
 def test_plain_url(net, files, tmp_path):
     net.files["/any/where/epoch_3.pth"] = files["apple"]
     url = net.url + "/any/where/epoch_3.pth"
-    res = invoke("convert", url, tmp_path / "out.pth")
+    res = invoke("convert", url, tmp_path / "out.pth", *SMALL)
     assert res.exit_code == 0, res.output
     assert deploy_matches_train(files["sd"], tmp_path / "out.pth") < 1e-6
     assert [p for p in _cache_files(tmp_path) if p.endswith("epoch_3.pth")]
@@ -403,7 +406,7 @@ def test_hub_repo_with_two_files(hub, files, tmp_path):
     assert [g["sha256"] for g in got] == [_sha(files["timm_st"]), _sha(files["timm_bin"])]
     assert got[0]["url"] == f"hf-hub:{TIMM}@{COMMIT}/model.safetensors"
     dst = tmp_path / "out.safetensors"
-    res = invoke("convert", "timm:s0", dst, "--offline")
+    res = invoke("convert", "timm:s0", dst, "--offline", *SMALL)
     assert res.exit_code == 0, res.output
     assert deploy_matches_train(timm_sd, dst, layout="timm") < 1e-6
     res = invoke("fetch", f"hf-hub:{TIMM}/pytorch_model.bin", "--json")
@@ -412,7 +415,7 @@ def test_hub_repo_with_two_files(hub, files, tmp_path):
 
 def test_hub_falls_back_to_the_bin_file(hub, files, tmp_path):
     hub.hub_file("me/other", "pytorch_model.bin", files["timm_bin"])
-    res = invoke("convert", "hf-hub:me/other", tmp_path / "out.pth")
+    res = invoke("convert", "hf-hub:me/other", tmp_path / "out.pth", *SMALL)
     assert res.exit_code == 0, res.output
     _refused(invoke("fetch", "hf-hub:me/nothing"), "no model.safetensors or pytorch_model.bin")
     hub.hub_file("me/other", "sub/w.bin", files["timm_bin"], revision="v1")

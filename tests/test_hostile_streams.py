@@ -1,8 +1,9 @@
 """Hostile environments and inputs that once reached exit 3 ('a bug'), and what stdout may be.
 
-Each runs the CLI in its own process, as a user would: a pipe into ``head``, stdout on
-``/dev/full`` or closed, ``COLUMNS=²``, ``PYTHONIOENCODING=ascii`` with a non-ASCII file name,
-``--json`` with file names that are not UTF-8, a 91-byte safetensors file with a dimension of
+What is about the process runs the CLI in its own process, as a user would: a pipe into
+``head``, stdout on ``/dev/full`` or closed, ``COLUMNS=²``, ``PYTHONIOENCODING=ascii`` with a
+non-ASCII file name, ``--json`` with file names that are not UTF-8.  Hostile files run in-process
+(the same error handling decides the exit code): a 91-byte safetensors file with a dimension of
 2^64-1, an ONNX file that computes another shape than the checkpoint.  The convention for a
 reader that stops reading: output is dropped quietly and the command ends with its own status.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -19,6 +21,7 @@ import torch
 
 import mobileone_cli
 
+from .conftest import TINY, invoke
 from .hostile import assert_one_error, deploy_matches_train, temp_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,20 +46,33 @@ def _run(*args, cwd=None, **kw):
                           **kw)
 
 
-@pytest.fixture
-def files(tmp_path, tiny_sd):
-    """A train checkpoint, its deploy file, and two class folders of images."""
+@pytest.fixture(scope="module")
+def made_once(tmp_path_factory):
+    """The files of :func:`files`, made once for the module (the deploy file by the CLI, run
+    in-process: making it is not what is tested)."""
     from PIL import Image
 
-    src = tmp_path / "tiny.pth"
-    torch.save(tiny_sd, src)
-    assert _run("convert", src, tmp_path / "deploy.pth", "-q").returncode == 0
+    from mobileone_cli.models.synthetic import random_state_dict
+
+    folder = tmp_path_factory.mktemp("streams")
+    src = folder / "tiny.pth"
+    torch.save(random_state_dict(TINY, seed=1), src)
+    made = invoke("convert", src, folder / "deploy.pth", "-q")
+    assert made.exit_code == 0, made.output
     g = torch.Generator().manual_seed(0)
     for c in ("a", "b"):
-        (tmp_path / "imgs" / c).mkdir(parents=True)
+        (folder / "imgs" / c).mkdir(parents=True)
         for i in range(2):
             pixels = (torch.rand(40, 40, 3, generator=g) * 255).to(torch.uint8).numpy()
-            Image.fromarray(pixels).save(tmp_path / "imgs" / c / f"{i}.png")
+            Image.fromarray(pixels).save(folder / "imgs" / c / f"{i}.png")
+    return folder
+
+
+@pytest.fixture
+def files(tmp_path, made_once):
+    """A train checkpoint, its deploy file, and two class folders of images: a fresh copy in
+    the test's own folder (tests write outputs next to them)."""
+    shutil.copytree(made_once, tmp_path, dirs_exist_ok=True)
     return tmp_path
 
 
@@ -67,13 +83,15 @@ COMMANDS = {
     "verify": ["verify", "{d}/tiny.pth", "{d}/deploy.pth"],
     "export": ["export", "{d}/tiny.pth", "{d}/out-{run}.onnx"],
     "eval": ["eval", "{d}/tiny.pth", "{d}/imgs"],
-    "quant": ["quant", "{d}/tiny.pth"],
-    "demo": ["demo", "--dir", "{d}/demo-{run}"],
+    "quant": ["quant", "{d}/tiny.pth", "--input-size", "64"],  # half the time of 224 px
+    # the demo's report goes out through the same emit whichever network it shows: the small
+    # synthesized one of a config, not the trained demo's three exports and seven evaluations
+    "demo": ["demo", "--dir", "{d}/demo-{run}", "--config", "{examples}/custom_3stage.yaml"],
 }
 # What each run of a command leaves (each run writes its own: a second run into the first's
 # outputs would test the refusal to overwrite, not the pipe).
 OUTPUTS = {"convert": "out-{run}.pth", "export": "out-{run}.onnx",
-           "demo": "demo-{run}/digits_s0.pth"}
+           "demo": "demo-{run}/mobileone_custom_3stage.pth"}
 
 
 @pytest.mark.slow
@@ -85,7 +103,8 @@ def test_each_command_piped_into_head_ends_quietly(name, files):
         pytest.importorskip("onnxruntime")
 
     def args(run: int):
-        return [a.format(d=files, run=run) for a in COMMANDS[name]]
+        return [a.format(d=files, run=run, examples=os.path.join(ROOT, "examples"))
+                for a in COMMANDS[name]]
 
     shell = " ".join(map(_quote, _cmd(*args(1)))) + " | head -1"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], env=_env(), cwd=files,
@@ -213,9 +232,9 @@ def test_a_dimension_of_2_to_the_64_is_bad_input(tmp_path):
     path.write_bytes(struct.pack("<Q", len(header)) + header)
     assert path.stat().st_size == 91
     for args in (["inspect", path], ["stats", path], ["convert", path, tmp_path / "o.pth"]):
-        proc = _run(*args, text=True)
-        assert proc.returncode == 2, proc.stderr
-        assert_one_error(proc.stderr, "2^63")
+        res = invoke(*args)
+        assert res.exit_code == 2, res.output
+        assert_one_error(res.stderr, "2^63")
     assert temp_files(tmp_path) == [] and not (tmp_path / "o.pth").exists()
 
 
@@ -228,7 +247,8 @@ def test_an_onnx_file_computing_another_shape_than_it_declares(files):
     import numpy as np
     from onnx import helper, numpy_helper
 
-    assert _run("export", files / "tiny.pth", files / "t.onnx", "-q").returncode == 0
+    made = invoke("export", files / "tiny.pth", files / "t.onnx", "-q")  # in-process: setup
+    assert made.exit_code == 0, made.output
     model = onnx.load(files / "t.onnx")
     g = model.graph
     out = g.output[0].name
@@ -240,9 +260,8 @@ def test_an_onnx_file_computing_another_shape_than_it_declares(files):
                           for n, v in (("s0", 0), ("s1", 7), ("ax", 1))])
     g.node.append(helper.make_node("Slice", ["before_slice", "s0", "s1", "ax"], [out]))
     onnx.save(model, files / "lies.onnx")
-    proc = _run("eval", files / "tiny.pth", files / "imgs", "--deploy", files / "lies.onnx",
-                text=True)
-    assert proc.returncode == 2, proc.stderr
-    assert_one_error(proc.stderr, "lies.onnx", "[4, 7]", "[4, 10]")
-    proc = _run("verify", files / "tiny.pth", files / "lies.onnx", text=True)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    res = invoke("eval", files / "tiny.pth", files / "imgs", "--deploy", files / "lies.onnx")
+    assert res.exit_code == 2, res.output
+    assert_one_error(res.stderr, "lies.onnx", "[4, 7]", "[4, 10]")
+    res = invoke("verify", files / "tiny.pth", files / "lies.onnx")
+    assert res.exit_code == 1 and "Traceback" not in res.output, res.output

@@ -482,7 +482,7 @@ def test_ctrl_c_during_interpreter_exit_changes_nothing(tmp_path, tiny_sd):
         def late_ctrl_c():
             {restore}
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.5)
+            time.sleep(0.1)  # the handler runs here, before atexit returns
         atexit.register(late_ctrl_c)
     """
     runs = {}

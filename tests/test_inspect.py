@@ -55,7 +55,8 @@ def test_param_counts_match_reference(arch, tmp_path):
     spec = get_arch(arch)
     for form in ("train", "deploy"):
         path = tmp_path / f"{arch}_{form}.safetensors"
-        save_checkpoint(str(path), random_state_dict(spec, form=form, layout="timm", seed=1))
+        save_checkpoint(str(path), random_state_dict(spec, form=form, layout="timm", seed=1,
+                                                         stats="random"))
         r = inspect_file(str(path), health=False)
         assert (r["variant"], r["form"], r["params"]) == (arch, form, PARAMS[arch][form == "deploy"])
         assert r["keys"] == COUNTS[arch][form == "deploy"]

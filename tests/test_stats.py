@@ -239,7 +239,8 @@ def test_cli_checkpoint_counts_real_tensors(run_cli, write_ckpt):
 def test_cli_deploy_safetensors_with_prefix_and_extra_keys(run_cli, tmp_path):
     from safetensors.torch import save_file
 
-    sd = random_state_dict(get_arch("s4"), form="deploy", layout="timm", seed=3)
+    sd = random_state_dict(get_arch("s4"), form="deploy", layout="timm", seed=3,
+                           stats="random")  # counts only: no calibration needed
     tensors = {"module." + k: v.contiguous() for k, v in sd.items()}
     tensors["module.extra.scale"] = torch.ones(7)
     path = str(tmp_path / "s4.safetensors")
@@ -298,15 +299,16 @@ def test_stats_without_a_file_does_not_import_torch(tmp_path):
     from safetensors.torch import save_file
 
     path = str(tmp_path / "s2.safetensors")
-    save_file(random_state_dict(get_arch("s2"), form="deploy"), path)
+    save_file(random_state_dict(get_arch("s2"), form="deploy", stats="random"), path)
     assert not _imports_torch(["stats", path])
 
 
 # --- --bench: structure only, never timings ------------------------------------------------------
 
-def test_bench_structure(run_cli):
+def test_bench_structure(run_cli, tmp_path):
+    svg = str(tmp_path / "stats.svg")
     res = run_cli("stats", "--arch", "s0", "--bench", "--input-size", "32", "--runs", "2",
-                  "--warmup", "1", "--threads", "1", "--json")
+                  "--warmup", "1", "--threads", "1", "--json", "--plot", svg)
     assert res.exit_code == 0, res.output
     b = json.loads(res.stdout)["bench"]
     assert (b["batch"], b["threads"], b["runs"], b["input_size"]) == (1, 1, 2, [32, 32])
@@ -317,6 +319,14 @@ def test_bench_structure(run_cli):
         assert f["memory_method"] in ("clear_refs", "ru_maxrss") and f["peak_delta"] >= 0
     assert b["speedup"] == pytest.approx(b["forms"]["train"]["median_ms"]
                                          / b["forms"]["deploy"]["median_ms"])
+    # The picture's latency bars stand in the ratio of the medians (its other bars:
+    # test_pictures.py; one bench run serves both).
+    from .test_pictures import latency_bars
+
+    lat = latency_bars(svg)
+    medians = [b["forms"][f]["median_ms"] for f in ("train", "deploy")]
+    assert [n for n, _ in lat] == ["train", "deploy"]
+    assert abs(lat[1][1] / lat[0][1] - medians[1] / medians[0]) < 1e-4
     # Peak tensor memory, worked out by hand for s0 at 32x32 (the stem's 48 x 16 x 16 fp32
     # output, S = 49,152 bytes, is the largest activation; later ones are 4x smaller or less):
     # deploy: conv output and ReLU output alive together = 2S; train: the running sum, the
@@ -327,7 +337,7 @@ def test_bench_structure(run_cli):
     assert b["memory_ratio"] == pytest.approx(1.5)
     # The weights each process held: every tensor of the state dict of its form.
     for form in ("train", "deploy"):
-        sd = random_state_dict(get_arch("s0"), form=form)
+        sd = random_state_dict(get_arch("s0"), form=form, stats="random")
         assert b["forms"][form]["weight_bytes"] == sum(v.numel() * v.element_size()
                                                        for v in sd.values())
 

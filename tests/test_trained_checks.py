@@ -79,13 +79,20 @@ def test_demo_reports_real_heldout_accuracy_for_every_model(demo, heldout):
     assert sum(len(fs) for _, _, fs in os.walk(report["heldout_pngs"])) == len(y)
 
 
-@pytest.mark.slow
-def test_demo_refuses_to_overwrite_its_files(demo, run_cli):
-    _, folder = demo
-    before = os.path.getmtime(os.path.join(folder, "digits_s0.pth"))
+def test_demo_refuses_to_overwrite_its_files(tmp_path, run_cli):
+    """A folder an earlier demo wrote into (its train and deploy files there): the demo refuses
+    before any work, says --force, and leaves every byte and no new file.  The refusal is
+    decided on the paths alone, so the earlier run's files need not be a real demo's."""
+    folder = tmp_path / "mobileone-demo"
+    folder.mkdir()
+    before = {"digits_s0_unfused.pth.tar": b"an earlier train file",
+              "digits_s0.pth": b"an earlier deploy file"}
+    for name, data in before.items():
+        (folder / name).write_bytes(data)
     res = run_cli("demo", "--dir", folder)
-    assert res.exit_code == 2 and "--force" in res.stderr
-    assert os.path.getmtime(os.path.join(folder, "digits_s0.pth")) == before
+    assert res.exit_code == 2 and "--force" in res.stderr, res.output
+    assert "not overwriting" in res.stderr and "1 more" in res.stderr, res.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 @pytest.mark.slow

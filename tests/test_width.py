@@ -143,6 +143,7 @@ def test_stats_fits(run_cli_env, files, extra, numbers):
     assert_fits(res.output, [files["train"]], numbers)
 
 
+@pytest.mark.slow  # two fresh benchmark processes; the quick tier benches in test_stats.py
 def test_stats_bench_fits(run_cli_env):
     res = run80(run_cli_env, "stats", "--arch", "s0", "--bench", "--runs", "1", "--warmup", "1",
                 "--input-size", "32")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -148,6 +148,16 @@ def _in_dtype(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module).to(dtype)
 
 
+def _kept(keep: Optional[Dict[Tuple[str, str], nn.Module]], role: str, name: str,
+          make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()``, made once per (role, block) when ``keep`` holds blocks across chunks."""
+    if keep is None:
+        return make()
+    if (role, name) not in keep:
+        keep[role, name] = make()
+    return keep[role, name]
+
+
 @torch.no_grad()
 def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
              errors: Dict[str, Dict[str, BlockError]], *, unit: Optional[float] = None,
@@ -168,11 +178,7 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
     p: Optional[torch.Tensor] = x
 
     def block(role: str, name: str, make) -> nn.Module:
-        if keep is None:
-            return make()
-        if (role, name) not in keep:
-            keep[role, name] = make()
-        return keep[role, name]
+        return _kept(keep, role, name, make)
 
     for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
                                                   compared_modules(deploy)):
@@ -202,21 +208,19 @@ def lockstep(train: nn.Module, deploy: nn.Module, x: torch.Tensor,
 def own_errors(train: nn.Module, deploy: nn.Module, x: torch.Tensor, names: Sequence[str],
                dtype: torch.dtype, errors: Dict[str, Dict[str, BlockError]], *,
                unit: Optional[float] = None,
-               keep: Optional[Dict[Tuple[str, str], nn.Module]] = None) -> None:
+               keep: Optional[Dict[Tuple[str, str], nn.Module]] = None,
+               stop: Optional[Callable[[str], bool]] = None) -> None:
     """The own errors of blocks ``names`` alone, in ``dtype``: the train model runs in ``x``'s
     dtype up to the last of them, and each named block of T, D (and P, with ``unit``) is fed T's
     input of that block cast to ``dtype``.  Accumulates ``own_abs`` and ``scale`` into
     ``errors['deploy']`` (D against T) and ``errors['perturbed']`` (P against D), as
-    :func:`lockstep` does, at the cost of one train pass plus the named blocks."""
+    :func:`lockstep` does, at the cost of one train pass plus the named blocks.
+    ``stop(name)``, asked after each named block, ends the run there."""
     wanted = set(names)
     t = x
 
     def block(role: str, name: str, make) -> nn.Module:
-        if keep is None:
-            return make()
-        if (role, name) not in keep:
-            keep[role, name] = make()
-        return keep[role, name]
+        return _kept(keep, role, name, make)
 
     for (name, stage, t_mod), (_, _, d_mod) in zip(compared_modules(train),
                                                   compared_modules(deploy)):
@@ -239,6 +243,8 @@ def own_errors(train: nn.Module, deploy: nn.Module, x: torch.Tensor, names: Sequ
                 p_own = p_blk(ti)
                 _update(errors["perturbed"].setdefault(name, BlockError(name, stage)),
                         d_own, p_own, d_own, p_own, t_out, cosine=False)
+            if stop is not None and stop(name):
+                return
         if wanted:
             t = t_run(t)
 

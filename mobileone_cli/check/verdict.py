@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 
@@ -243,34 +243,49 @@ def _stage(precision: str, train, deploy, x: torch.Tensor, *, dtype: torch.dtype
 
 def _alone(train, deploy, x: torch.Tensor, fp32: Stage, *, device: str, chunk: int,
            rtol: float, atol: float, unit: Optional[float]) -> Optional[Stage]:
-    """The float64 referee of a failing fp32 check, judging only fp32's bad blocks, each alone
-    on the train model's (fp32) input of it: a wrong block stays beyond its bound in float64,
-    rounding amplified upstream does not.  The stage, with fp32's numbers for every other block
-    and the output; None when no block stays beyond its bound (the whole pass must decide)."""
+    """The float64 referee of a failing fp32 check, judging fp32's bad blocks alone, in forward
+    order, each on the train model's (fp32) input of it: a wrong block stays beyond its bound in
+    float64, rounding amplified upstream does not.  With one chunk of images it ends at the
+    first block it confirms; fp32's bad blocks after it keep fp32's verdict, and every other
+    number (blocks, output) is fp32's.  None when no block stays beyond its bound (the whole
+    float64 pass must decide)."""
     errors: Dict[str, Dict[str, BlockError]] = {"deploy": {}, "perturbed": {}}
-    keep: Optional[Dict[Any, Any]] = {} if x.shape[0] > chunk else None
+    adaptive = unit is not None
+
+    def bound(name: str) -> float:
+        s = errors["perturbed"].get(name)
+        return _bound(rtol, atol, errors["deploy"][name].scale,
+                      s.own_abs if s is not None and s.finite else 0.0, adaptive)
+
+    def beyond(name: str) -> bool:
+        b = errors["deploy"][name]
+        return not (b.finite and b.own_abs <= bound(name))
+
+    one_chunk = x.shape[0] <= chunk
+    keep: Optional[Dict[Any, Any]] = None if one_chunk else {}
     with strict_fp32(device):
         for i in range(0, x.shape[0], chunk):
             own_errors(train, deploy, x[i:i + chunk].to(device=device, dtype=torch.float32),
-                       fp32.bad_blocks, torch.float64, errors, unit=unit, keep=keep)
-    stage = dataclasses.replace(fp32, precision="fp64", blocks=[], bad_blocks=[],
+                       fp32.bad_blocks, torch.float64, errors, unit=unit, keep=keep,
+                       stop=beyond if one_chunk else None)
+    judged = list(errors["deploy"])
+    confirmed = [n for n in judged if beyond(n)]
+    if not confirmed:
+        return None
+    stage = dataclasses.replace(fp32, precision="fp64", blocks=[], train_output=None,
+                                bad_blocks=confirmed + [n for n in fp32.bad_blocks
+                                                        if n not in judged],
                                 block_bounds=dict(fp32.block_bounds),
-                                block_sensitivity=dict(fp32.block_sensitivity),
-                                train_output=None, alone=list(fp32.bad_blocks))
+                                block_sensitivity=dict(fp32.block_sensitivity), alone=judged)
     for b in fp32.blocks:
-        own = errors["deploy"].get(b.name)
-        if own is not None:  # fp32's end-to-end numbers, the referee's own error
+        if b.name in judged:  # fp32's end-to-end numbers, the referee's own error
+            own = errors["deploy"][b.name]
             b = dataclasses.replace(b, own_abs=own.own_abs, finite=b.finite and own.finite)
-            s = errors["perturbed"].get(b.name)
-            if s is not None:
-                stage.block_sensitivity[b.name] = s
-            stage.block_bounds[b.name] = _bound(rtol, atol, b.scale,
-                                                s.own_abs if s is not None and s.finite
-                                                else 0.0, unit is not None)
-            if not (b.finite and b.own_abs <= stage.block_bounds[b.name]):
-                stage.bad_blocks.append(b.name)
+            stage.block_bounds[b.name] = bound(b.name)
+            if b.name in errors["perturbed"]:
+                stage.block_sensitivity[b.name] = errors["perturbed"][b.name]
         stage.blocks.append(b)
-    return stage if stage.bad_blocks else None
+    return stage
 
 
 @torch.no_grad()

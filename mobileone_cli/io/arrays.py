@@ -9,10 +9,10 @@ to float32, exactly.
 from __future__ import annotations
 
 import os
-import struct
-from typing import Any, Dict, Iterator, List, Mapping, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from ..rules.dtypes import DTYPE_BYTES, tensor_bytes
+from .header import Layout
 
 __all__ = ["safetensors_arrays", "as_array", "ArrayView", "tensor_bytes", "DTYPE_BYTES"]
 
@@ -29,38 +29,33 @@ def _widen_bf16(raw: Any) -> Any:
     return (raw.astype(np.uint32) << 16).view(np.float32)
 
 
-def safetensors_arrays(path: str) -> Tuple[Dict[str, Any], List[str]]:
+def safetensors_arrays(path: str, layout: Optional[Layout] = None
+                       ) -> Tuple[Dict[str, Any], List[str]]:
     """({key: numpy array}, keys whose dtype numpy cannot hold) of a safetensors file.
 
     The payload is memory-mapped, not read: arrays are read-only views (bfloat16 is widened to
-    float32 in a copy).  The header is validated by :func:`read.read_safetensors_header` first.
+    float32 in a copy).  ``layout``: the file's header as :func:`read.read_safetensors_layout`
+    checked it (read here when not given; a large header is parsed once).
     """
-    import json
-
     import numpy as np
 
-    from .read import read_safetensors_header
+    from .read import read_safetensors_layout
 
-    read_safetensors_header(path)  # every offset and size checked against the file
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(n).decode("utf-8"))
-    header.pop("__metadata__", None)
-    start = 8 + n
-    if os.path.getsize(path) <= start:  # nothing but empty tensors: nothing to map
+    if layout is None:
+        layout = read_safetensors_layout(path)  # every offset and size checked against the file
+    if os.path.getsize(path) <= layout.start:  # nothing but empty tensors: nothing to map
         payload = np.zeros(0, dtype=np.uint8)
     else:
-        payload = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
+        payload = np.memmap(path, dtype=np.uint8, mode="r", offset=layout.start)
     out: Dict[str, Any] = {}
     skipped: List[str] = []
-    for key, info in header.items():
-        kind = _NUMPY.get(info["dtype"])
+    for key, (dtype, shape, lo, hi) in layout.entries.items():
+        kind = _NUMPY.get(dtype)
         if kind is None:
             skipped.append(key)
             continue
-        lo, hi = (int(x) for x in info["data_offsets"])
-        arr = payload[lo:hi].view(kind).reshape(tuple(int(d) for d in info["shape"]))
-        out[key] = _widen_bf16(arr) if info["dtype"] == "BF16" else arr
+        arr = payload[lo:hi].view(kind).reshape(shape)
+        out[key] = _widen_bf16(arr) if dtype == "BF16" else arr
     return out, skipped
 
 

@@ -21,13 +21,27 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, NamedTuple, Tuple
 
 from ..errors import BadInput
 from ..rules.dtypes import DTYPE_BITS, SAFETENSORS_DTYPES
 from ..rules.limits import MAX_HEADER, MAX_INT_DIGITS, MAX_TENSORS
 
-__all__ = ["read_header", "SAFETENSORS_DTYPES", "DTYPE_BITS", "MAX_HEADER"]
+__all__ = ["read_header", "read_layout", "Layout", "SAFETENSORS_DTYPES", "DTYPE_BITS",
+           "MAX_HEADER"]
+
+
+class Layout(NamedTuple):
+    """A checked header: {key: (safetensors dtype, shape, first byte, end byte)} with bytes
+    counted from ``start``, where the payload begins in the file; and the metadata."""
+    entries: Dict[str, Tuple[str, Tuple[int, ...], int, int]]
+    metadata: Dict[str, str]
+    start: int
+
+    def tensors(self) -> Dict[str, Tuple[str, Tuple[int, ...]]]:
+        """{key: (dtype, shape)}, the dtype by torch's name where it has one."""
+        return {k: (SAFETENSORS_DTYPES.get(d, d.lower()), s)
+                for k, (d, s, _, _) in self.entries.items()}
 
 
 class _Refused(ValueError):
@@ -57,6 +71,13 @@ def _is_count(x: Any) -> bool:
 def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, ...]]],
                                                Dict[str, str]]:
     """({key: (dtype, shape)}, metadata) of the safetensors file ``path`` of ``size`` bytes."""
+    layout = read_layout(path, size)
+    return layout.tensors(), layout.metadata
+
+
+def read_layout(path: str, size: int) -> Layout:
+    """The checked :class:`Layout` of the safetensors file ``path`` of ``size`` bytes: what
+    reading the values needs, from one parse of a header that may be 100 MB."""
     def corrupt(why: str) -> BadInput:
         return BadInput(f"{path}: corrupt safetensors header ({why})")
 
@@ -94,7 +115,7 @@ def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, .
         raise BadInput(f"{path}: {len(header):,} tensors in the safetensors header; a checkpoint "
                        f"holds at most {MAX_TENSORS:,}")
     payload = size - 8 - n
-    out: Dict[str, Tuple[str, Tuple[int, ...]]] = {}
+    out: Dict[str, Tuple[str, Tuple[int, ...], int, int]] = {}
     spans: List[Tuple[int, int, str]] = []
     for key, info in header.items():
         if not isinstance(info, dict):
@@ -122,7 +143,7 @@ def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, .
         if count * DTYPE_BITS[dtype] != (end - start) * 8:
             raise corrupt(f"{_name(key)}: shape {_name(shape, 40)} of {dtype} does not fill its "
                           f"{end - start} bytes")
-        out[key] = (SAFETENSORS_DTYPES.get(dtype, dtype.lower()), tuple(shape))
+        out[key] = (dtype, tuple(shape), start, end)
         spans.append((start, end, key))
     at = 0
     for start, end, key in sorted(spans):
@@ -132,4 +153,4 @@ def read_header(path: str, size: int) -> Tuple[Dict[str, Tuple[str, Tuple[int, .
         at = end
     if at != payload:
         raise corrupt(f"the tensors cover {at} of the {payload} payload bytes")
-    return out, meta
+    return Layout(out, meta, 8 + n)

@@ -18,12 +18,13 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..errors import BadInput, first_line
 from .bounds import check_claims, tensors_in
-from .header import MAX_HEADER, SAFETENSORS_DTYPES, read_header
+from .header import MAX_HEADER, SAFETENSORS_DTYPES, Layout, read_header, read_layout
 from .pickle_guard import load_torch
 from .sanity import check_tensor_storage
 from .trust import TrustList, open_trusted
 
-__all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "load_checkpoint",
+__all__ = ["Checkpoint", "sniff_format", "read_safetensors_header", "read_safetensors_layout",
+           "load_checkpoint",
            "load_object", "as_checkpoint", "unwrap", "swapped_ema", "strip_prefix",
            "loading_notes", "WRAPPER_KEYS", "EMA_KEYS", "STRIP_PREFIXES", "SAFETENSORS_DTYPES"]
 
@@ -89,6 +90,11 @@ def read_safetensors_header(path: str) -> Tuple[Dict[str, Tuple[str, Tuple[int, 
     """({key: (dtype, shape)}, metadata) of a safetensors file, without torch or the payload:
     the one header parser (:mod:`.header`), so inspect and convert refuse the same files."""
     return read_header(path, _check_readable(path))
+
+
+def read_safetensors_layout(path: str) -> Layout:
+    """The checked header of a safetensors file with each tensor's bytes (see :mod:`.header`)."""
+    return read_layout(path, _check_readable(path))
 
 
 def _is_tensor(x: Any) -> bool:

@@ -109,8 +109,8 @@ def _publish(tmp: str, dst: str, force: bool) -> None:
     if force:
         st = _lstat(dst)
         if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            raise BadInput(f"{dst}: is {special_kind(st.st_mode)}; the tool only ever replaces regular "
-                           f"files; nothing was written")
+            raise BadInput(f"{dst}: is {special_kind(st.st_mode)}; the tool only ever replaces "
+                           f"regular files; nothing was written")
         os.replace(tmp, dst)
         return
     try:

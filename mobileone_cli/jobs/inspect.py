@@ -130,12 +130,13 @@ def _onnx(path: str) -> Dict[str, Any]:
 def _safetensors(path: str, ema: bool, health: bool):
     """(facts, tensor listing, values or None, unread keys) of a safetensors file."""
     from ..io.arrays import tensor_bytes
-    from ..io.read import read_safetensors_header, strip_prefix
+    from ..io.read import read_safetensors_layout, strip_prefix
 
     if ema:
         raise BadInput(f"{path}: --ema given but a safetensors file holds one flat state dict")
-    header, metadata = read_safetensors_header(path)
-    infos, stripped = strip_prefix(dict(header))
+    layout = read_safetensors_layout(path)
+    metadata = layout.metadata
+    infos, stripped = strip_prefix(layout.tensors())
     facts = {"file": path, "file_format": "safetensors", "size": os.path.getsize(path),
              "wrapper": None, "other_entries": [], "stripped_prefix": stripped,
              "stubbed_globals": [], "trusted": False, "metadata": metadata,
@@ -147,7 +148,7 @@ def _safetensors(path: str, ema: bool, health: bool):
     if health:
         from ..io.arrays import safetensors_arrays
 
-        raw, unread = safetensors_arrays(path)
+        raw, unread = safetensors_arrays(path, layout)
         values = {k[len(stripped):]: v for k, v in raw.items()}
         unread = [k[len(stripped):] for k in unread]
     return facts, infos, values, unread

@@ -180,9 +180,13 @@ def verify_state_dicts(train_sd: Dict[str, torch.Tensor], deploy_sd: Dict[str, t
                                   "seed": seed, "shape": list(x.shape)})
     alone = verdict.fp64.alone if verdict.fp64 is not None else []
     if alone:
-        report.notes.append(f"the float64 referee judged the {_blocks(alone, verdict)} beyond "
-                            f"their bound in fp32 alone, each on the train model's input of it; "
-                            f"the other blocks and the output are fp32 numbers "
+        labels = [verdict.label(n) for n in alone]
+        which = (f"{labels[0]} (beyond its bound in fp32) alone, on" if len(labels) == 1 else
+                 f"the {len(labels)} blocks beyond their bound in fp32 ("
+                 + ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
+                 + ") alone, each on")
+        report.notes.append(f"the float64 referee judged {which} the train model's input of "
+                            f"it; the other blocks and the output are fp32 numbers "
                             f"(--reference fp64 runs it whole)")
     return report
 
@@ -246,15 +250,6 @@ def verify_files(train_path: str, deploy_path: Optional[str] = None, *,
         report.notes.append("most blocks differ on their own: a wrong --bn-eps, or a deploy "
                             "file made from another checkpoint?")
     return report
-
-
-def _blocks(names: List[str], verdict: Verdict) -> str:
-    """'block stage2.5' or '3 blocks (stage2.5, stage3.0, stage4.0)', in the file's names."""
-    labels = [verdict.label(n) for n in names]
-    if len(labels) == 1:
-        return f"block {labels[0]}"
-    shown = ", ".join(labels[:4]) + (", ..." if len(labels) > 4 else "")
-    return f"{len(labels)} blocks ({shown})"
 
 
 def _eps_from_deploy(train: Side, deploy: Side) -> None:
