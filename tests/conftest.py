@@ -236,3 +236,28 @@ def runner_file(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-3000:]
     return work / "run" / "epoch_1.pth", torch.load(work / "run" / "live.pth",
                                                      weights_only=True)
+
+
+# TINY as a model config file, for commands and subprocesses that take --config.
+TINY_YAML = """\
+model:
+  type: ImageClassifier
+  backbone:
+    type: MobileOne
+    arch:
+      stem_channels: 8
+      widths: [8, 16, 24]
+      blocks: [1, 2, 1]
+      conv_branches: [2, 1, 3]
+      se_blocks: [0, 1, 1]
+  neck: {type: GlobalAveragePooling}
+  head: {type: LinearClsHead, num_classes: 10, in_channels: 24}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory):
+    """Path of a config file that describes TINY."""
+    path = tmp_path_factory.mktemp("tiny_config") / "tiny.yaml"
+    path.write_text(TINY_YAML)
+    return str(path)

@@ -265,18 +265,20 @@ def test_tampered_deploy_block_lowers_agreement_and_names_the_images(s0, tmp_pat
 
 
 @pytest.mark.slow  # the export itself takes most of it
-def test_exported_onnx_in_the_same_pass(s0, tmp_path, run_cli):
+def test_exported_onnx_in_the_same_pass(tmp_path, run_cli):
+    """The custom network (its export costs less than s0's; eval runs any file alike)."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     tree = class_tree(str(tmp_path / "data"), [2] * 8, SIZES)
-    spec = get_arch("s0", 8)
-    sd = make_ckpt(tmp_path / "m.pth", spec, s0, seed=7)
+    config = os.path.join(ROOT, "examples", "custom_3stage.yaml")
+    spec = load_config(config)
+    sd = make_ckpt(tmp_path / "m.pth", spec, backbone_of(spec, seed=2), seed=7)
     # a fixed batch of 3 and a fixed size: eval feeds it in padded chunks of 3
     res = run_cli("export", tmp_path / "m.pth", tmp_path / "m.onnx", "--input-size", "32",
-                  "--batch", "3", "--fixed-size")
+                  "--batch", "3", "--fixed-size", "--config", config)
     assert res.exit_code == 0, res.output
     res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", *SMALL, "--batch", "8",
-                  "--deploy", tmp_path / "m.onnx", "--json")
+                  "--deploy", tmp_path / "m.onnx", "--json", "--config", config)
     assert res.exit_code == 0, res.output
     rep = loads(res.stdout)
     assert [m["role"] for m in rep["models"]] == ["train", "deploy", "exported"]
@@ -290,7 +292,8 @@ def test_exported_onnx_in_the_same_pass(s0, tmp_path, run_cli):
     assert onnx["vs_reference"]["images"] == 16
     assert onnx["vs_reference"]["max_rel_diff"] < 1e-4
     # the graph's fixed size must match the crop
-    res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", "--deploy", tmp_path / "m.onnx")
+    res = run_cli("eval", tmp_path / "m.pth", tmp_path / "data", "--deploy", tmp_path / "m.onnx",
+                  "--config", config)
     assert res.exit_code == 2 and "--crop 32x32" in res.stderr
 
 

@@ -200,23 +200,18 @@ def _execute_pte(path, xs):
 
 
 @needs_et
-@pytest.mark.parametrize("arch_source", [
-    "custom", pytest.param("s0", marks=pytest.mark.slow)])
-def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(
-        arch_source, tmp_path, write_ckpt):
-    if arch_source == "custom":
-        from mobileone_cli.io.configfile import load_config
+def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(tmp_path):
+    """The custom network (SE, k = 2, 10 classes): the program is prepared, calibrated and
+    lowered the same way for any network, and s0's takes seconds longer (the detection of a
+    released variant is the other tests' subject, on the outlier s0)."""
+    from mobileone_cli.io.configfile import load_config
 
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        arch = load_config(os.path.join(root, "examples", "custom_3stage.yaml"))
-        sd = random_state_dict(arch, seed=5)
-        ckpt = str(tmp_path / "custom.pth")
-        save_checkpoint(ckpt, sd, force=True)
-        kw = {"arch": arch}
-    else:
-        arch = get_arch("s0")
-        ckpt, sd, kw = write_ckpt("s0"), None, {}
-        sd = torch.load(ckpt)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    arch = load_config(os.path.join(root, "examples", "custom_3stage.yaml"))
+    sd = random_state_dict(arch, seed=5)
+    ckpt = str(tmp_path / "custom.pth")
+    save_checkpoint(ckpt, sd, force=True)
+    kw = {"arch": arch}
     out = str(tmp_path / "q.pte")
     r = _run(ckpt, synthetic=4, export=out, **kw)
     assert os.path.isfile(out) and r.export.size == os.path.getsize(out)
