@@ -27,6 +27,16 @@ FOUR_STAGE = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64),
                       num_classes=10)
 
 
+def first_quick(*values):
+    """Parametrize values: the first in the quick tier, the others marked slow (the full suite
+    runs them all; daily work keeps one case of the path).  A tuple is one case's values for
+    several names."""
+    def slow(v):
+        return pytest.param(*(v if isinstance(v, tuple) else (v,)), marks=pytest.mark.slow)
+
+    return [values[0], *(slow(v) for v in values[1:])]
+
+
 def invoke(*args: str):
     """Run the CLI in-process; the result has exit_code, stdout, stderr, output."""
     runner = CliRunner()

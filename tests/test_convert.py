@@ -15,13 +15,13 @@ from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.arch.specs import get_arch
 
-from .conftest import expected_deploy_keys, fold_by_hand
+from .conftest import expected_deploy_keys, first_quick, fold_by_hand
 
 
 # s0 with convert's default check (224 px); the larger variants check at 64 px, where their last
 # stage still sees 2x2 pixels: fusion does not depend on the input size, borders and padding do.
-@pytest.mark.parametrize("arch,size", [("s0", 224), ("s1", 64), ("s2", 64), ("s3", 64),
-                                       ("s4", 64)])
+@pytest.mark.parametrize("arch,size", first_quick(("s0", 224), ("s1", 64), ("s2", 64),
+                                                   ("s3", 64), ("s4", 64)))
 def test_convert_apple_train_checkpoint(arch, size, write_ckpt, run_cli, tmp_path):
     src = write_ckpt(arch, seed=31)  # test_verify.py's networks: made once per process
     dst = str(tmp_path / f"{arch}_deploy.pth")

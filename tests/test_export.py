@@ -82,6 +82,7 @@ def exported(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the shared s0/s4 dynamic exports (module fixture)
 @needs_ort
 @pytest.mark.parametrize("arch", ["s0", "s4"])
 def test_dynamic_export_matches_independent_train_model(exported, arch):
@@ -105,6 +106,7 @@ def test_dynamic_export_matches_independent_train_model(exported, arch):
         assert torch.equal(got.argmax(1), ref.argmax(1))
 
 
+@pytest.mark.slow  # the shared s0/s4 dynamic exports (module fixture)
 @needs_ort
 @pytest.mark.parametrize("arch", ["s0", "s4"])
 def test_export_reports_its_own_onnxruntime_check(exported, arch):
@@ -117,6 +119,7 @@ def test_export_reports_its_own_onnxruntime_check(exported, arch):
     assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")]
 
 
+@pytest.mark.slow  # the shared s0/s4 dynamic exports (module fixture)
 @needs_ort
 def test_onnx_check_catches_a_different_model(exported):
     """The check can fail: the s0 file against weights with one bias moved by 1e-2."""

@@ -64,6 +64,7 @@ def mm_sd():
     return random_state_dict(TINY, layout="mmpretrain", seed=4)
 
 
+@pytest.mark.slow  # a memory-capped subprocess per case
 @pytest.mark.parametrize("generic", [False, True], ids=["convert", "generic"])
 def test_shared_and_cyclic_meta_is_copied_as_the_same_graph(generic, mm_sd, tmp_path):
     src = tmp_path / "epoch_3.pth"

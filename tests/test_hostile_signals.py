@@ -18,6 +18,7 @@ import torch
 
 import mobileone_cli
 
+from .conftest import first_quick
 from .hostile import deploy_matches_train, digest, finish_cli, start_cli, temp_files
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,7 +65,7 @@ m.open = slow_open
 """
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
+@pytest.mark.parametrize("sig", first_quick(signal.SIGINT, signal.SIGTERM, signal.SIGHUP),
                          ids=["SIGINT", "SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("stage", ["native", "writing"])
 def test_a_signal_is_answered_within_a_second(stage, sig, tmp_path, tiny_sd):

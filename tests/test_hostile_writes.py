@@ -17,6 +17,7 @@ import textwrap
 import pytest
 import torch
 
+from .conftest import first_quick
 from .hostile import (assert_refused, deploy_matches_train, digest, finish_cli, start_cli,
                       temp_files)
 
@@ -380,6 +381,7 @@ def test_read_only_folder_is_refused_before_any_work(command, tmp_path, tiny_sd)
 _start, _finish = start_cli, finish_cli
 
 
+@pytest.mark.slow  # two writer processes per case
 @pytest.mark.parametrize("force", [False, True], ids=["exclusive", "force"])
 def test_two_writers_racing_for_one_new_dst(force, tmp_path, tiny_sd):
     """Both runs pass every check, then publish at the same moment (held at a gate just before
@@ -443,7 +445,8 @@ STAGES = {
 }
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("sig", first_quick(signal.SIGTERM, signal.SIGINT),
+                         ids=["SIGTERM", "SIGINT"])
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_interrupt_at_each_stage(stage, sig, tmp_path, tiny_sd):
     """Ctrl-C or kill during load, fusion, write, or just after DST was published: exit 130,

@@ -71,6 +71,7 @@ def test_bn_eps_is_a_parameter():
         assert float((wrong(x) - ref).abs().max() / ref.abs().max()) > 1e-6
 
 
+@pytest.mark.slow  # torch.jit.trace with its own check, and a training step
 def test_switch_to_deploy_in_place_scriptable_and_trainable():
     spec = get_arch("s4")
     model = build_model(spec).double()  # float64: the comparison is of structure, not rounding

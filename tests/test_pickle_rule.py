@@ -176,6 +176,7 @@ def real_mmengine_dict(runner_file):
     return torch.load(runner_file[0], map_location="cpu", weights_only=False)
 
 
+@pytest.mark.slow  # the mmengine Runner's file (session fixture)
 @pytest.mark.parametrize("glob", list(PAYLOADS) + ["importlib.import_module"])
 def test_payload_inside_a_real_mmengine_file_is_refused(glob, real_mmengine_dict, tmp_path,
                                                         run_cli):

@@ -199,6 +199,7 @@ def _execute_pte(path, xs):
     return torch.cat([method.execute([x])[0] for x in xs])
 
 
+@pytest.mark.slow  # PT2E calibration, XNNPACK lowering and an ExecuTorch run
 @needs_et
 def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(tmp_path):
     """The custom network (SE, k = 2, 10 classes): the program is prepared, calibrated and

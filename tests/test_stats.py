@@ -305,6 +305,7 @@ def test_stats_without_a_file_does_not_import_torch(tmp_path):
 
 # --- --bench: structure only, never timings ------------------------------------------------------
 
+@pytest.mark.slow  # two fresh benchmark processes
 def test_bench_structure(run_cli, tmp_path):
     svg = str(tmp_path / "stats.svg")
     res = run_cli("stats", "--arch", "s0", "--bench", "--input-size", "32", "--runs", "2",

@@ -140,6 +140,7 @@ def test_mmpretrain_file_in_mmpretrain_itself(tmp_path, run_cli):
 
 # ------------------------------------------------- files the installed mmengine writes
 
+@pytest.mark.slow  # an mmengine Runner trains an epoch in a subprocess (session fixture)
 def test_runner_file_is_what_mmengine_writes(runner_file):
     """The file really needs what weights-only loading refuses: HistoryBuffer, getattr, numpy."""
     path, _ = runner_file
@@ -162,6 +163,7 @@ def test_runner_file_is_what_mmengine_writes(runner_file):
     assert ck.extras["optimizer"]["param_groups"][0]["momentum"] == 0.9
 
 
+@pytest.mark.slow  # the mmengine Runner's file (session fixture)
 @pytest.mark.parametrize("ema", [False, True], ids=["state_dict", "ema"])
 def test_runner_file_converts_to_the_ema_weights(ema, runner_file, tmp_path, run_cli):
     path, live = runner_file
@@ -181,6 +183,7 @@ def test_runner_file_converts_to_the_ema_weights(ema, runner_file, tmp_path, run
         assert (rel(got, ref) < 1e-6) == close, (name, rel(got, ref))
 
 
+@pytest.mark.slow  # the mmengine Runner's file (session fixture)
 def test_runner_file_with_trust_needs_mmengine(runner_file, tmp_path):
     """--trust-file runs the real unpickler: without mmengine it fails, and says what works."""
     path, _ = runner_file

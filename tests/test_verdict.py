@@ -22,7 +22,7 @@ from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.arch.specs import get_arch
 from mobileone_cli.rules.tolerances import DEFAULT_RTOL, SENSITIVITY_FACTOR
 
-from .conftest import ARCHS, fold_by_hand
+from .conftest import ARCHS, first_quick, fold_by_hand
 
 SIZE = 64  # pixels: every stage sees more than one pixel (the last 2x2), and a check is quick
 KINDS = ("calibrated", "random")
@@ -53,7 +53,7 @@ def verdict(sd, deploy, arch, **kw):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("arch_name", ARCHS)
+@pytest.mark.parametrize("arch_name", first_quick(*ARCHS))
 def test_exact_fusions_pass_wrong_ones_fail_and_are_named(arch_name, kind):
     arch, sd, exact = network(arch_name, kind)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
@@ -131,6 +131,7 @@ def test_sensitivity_is_the_effect_of_one_unit_roundoff_on_the_deploy_weights():
     assert v.fp32.output_bound == pytest.approx(bound)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_convert_and_verify_give_the_same_verdict(kind, tmp_path, run_cli):
     """Same file, same verdict: the single-file verify judges exactly what convert writes, and

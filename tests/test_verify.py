@@ -26,7 +26,7 @@ from mobileone_cli.check import verdict as J
 from mobileone_cli.jobs import verify as V
 from mobileone_cli.rules.tolerances import DEFAULT_RTOL as RTOL
 
-from .conftest import state_dict_of
+from .conftest import first_quick, state_dict_of
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -87,8 +87,8 @@ def save(path, sd):
 
 # s0 at the size users check at; the larger variants at 64 px, where their last stage still sees
 # 2x2 pixels (borders and padding everywhere) at a fifth of the work.
-@pytest.mark.parametrize("arch,size", [("s0", 224), ("s1", 64), ("s2", 64), ("s3", 64),
-                                       ("s4", 64)])
+@pytest.mark.parametrize("arch,size", first_quick(("s0", 224), ("s1", 64), ("s2", 64),
+                                                   ("s3", 64), ("s4", 64)))
 def test_verify_passes_on_our_conversion(arch, size, write_ckpt, run_cli, tmp_path):
     src = write_ckpt(arch, seed=SEED)
     dst = str(tmp_path / "deploy.pth")
