@@ -209,6 +209,7 @@ def _strict_json(text: str):
     return doc
 
 
+@pytest.mark.slow  # three subprocesses
 def test_json_is_valid_for_names_that_are_not_utf8(tmp_path, tiny_sd):
     folder = os.fsencode(str(tmp_path))
     src, dst = folder + b"/\xff.pth", folder + b"/\xfe_deploy.pth"

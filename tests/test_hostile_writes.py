@@ -475,6 +475,7 @@ def test_interrupt_at_each_stage(stage, sig, tmp_path, tiny_sd):
     assert temp_files(tmp_path) == [] and digest(src) == before
 
 
+@pytest.mark.slow  # a subprocess interrupted at exit
 def test_ctrl_c_during_interpreter_exit_changes_nothing(tmp_path, tiny_sd):
     """A Ctrl-C that arrives once the command has finished (during interpreter exit) prints no
     traceback and leaves the exit code alone; the control run (SIGINT handled again at that

@@ -166,6 +166,7 @@ def _run_tflite(path, x):
     return torch.from_numpy(interp.get_tensor(interp.get_output_details()[0]["index"]).copy())
 
 
+@pytest.mark.slow  # a LiteRT conversion
 def test_tflite_input_is_named_input_as_in_onnx(made):
     """The name the LiteRT interpreter reads back from the file: its signature's input is
     ``input`` and its output the ONNX output's name; the tensors carry the signature prefix."""
