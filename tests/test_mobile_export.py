@@ -375,39 +375,55 @@ def test_mlpackage_destination_rules(tmp_path):
     check_destination(str(plain), force=True, package=True)
 
 
-@pytest.mark.slow  # two processes, each importing torch and a toolchain and exporting: 15-25 s
+@pytest.mark.slow  # two processes, each importing torch and ExecuTorch and lowering: ~20 s
+def test_bench_in_executorch_as_docs_export_shows_it(run_cli, tiny_config):
+    """`stats --bench --runtime executorch` whole: each form exported and timed in its own
+    process, the text report whose lines docs/export.md shows.  The tiny network (every kind of
+    block): what is tested is the path, and s0's train form (k = 4 branches, ~300
+    convolutions) takes a minute to lower.  The JSON of a bench is runtime-independent
+    (tests/test_stats.py); each runtime's own part is the runner below."""
+    if not _have("executorch"):
+        pytest.skip("executorch not installed")
+    res = run_cli("stats", "--config", tiny_config, "--input-size", "32", "--bench", "--runtime",
+                  "executorch", "--runs", "3", "--warmup", "1", "--threads", "1")
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.stdout.split())
+    for shown in ("measured on this CPU in executorch: batch 1, 1 thread(s)",
+                  "speed-up from fusion:", "x (median latency, train / deploy)",
+                  "each form exported to executorch first (untimed); timed: the"):
+        assert shown in text, (shown, res.stdout)
+
+
+@pytest.mark.slow  # an export and a runtime session per form
 @pytest.mark.parametrize("runtime, needed", [("onnxruntime", ("onnx", "onnxruntime")),
-                                             ("executorch", ("executorch",)),
                                              ("litert", ("litert_torch", "ai_edge_litert"))])
-def test_bench_in_a_runtime(runtime, needed, run_cli, tiny_config):
-    """Train vs deploy latency measured in the runtime: both forms timed, samples in --json; in
-    ExecuTorch the text report, whose lines docs/export.md shows.  Each runtime takes its own
-    path (ONNX: its exporter's options; ExecuTorch and LiteRT: the pooled head, each runtime's
-    thread setting).  The tiny network (every kind of block): what is tested is the path
-    (export each form, load, time), and s0's train form (k = 4 branches, ~300 convolutions)
-    takes a minute to lower."""
+def test_bench_runner_computes_each_form_in_the_runtime(runtime, needed, tmp_path):
+    """What a bench process times (jobs.stats_bench._runner): the form exported to the runtime
+    (ONNX with its exporter's options; ExecuTorch and LiteRT with the pooled head), loaded with
+    the thread count asked, and its run computing that form's logits (fp32, 1e-4 of max |logit|
+    from our model in float64), in this process."""
     if not _have(*needed):
         pytest.skip(f"{runtime} not installed")
-    args = ["stats", "--config", tiny_config, "--input-size", "32", "--bench", "--runtime",
-            runtime, "--runs", "3", "--warmup", "1", "--threads", "1"]
-    if runtime == "executorch":
-        res = run_cli(*args)
-        assert res.exit_code == 0, res.output
-        text = " ".join(res.stdout.split())
-        for shown in ("measured on this CPU in executorch: batch 1, 1 thread(s)",
-                      "speed-up from fusion:", "x (median latency, train / deploy)",
-                      "each form exported to executorch first (untimed); timed: the"):
-            assert shown in text, (shown, res.stdout)
-        return
-    res = run_cli(*args, "--json")
-    assert res.exit_code == 0, res.output
-    bench = json.loads(res.stdout)["bench"]
-    assert bench["runtime"] == runtime and bench["threads"] == 1
-    for form in ("train", "deploy"):
-        f = bench["forms"][form]
-        assert f["runtime"] == runtime and len(f["times_ms"]) == 3
-        assert min(f["times_ms"]) <= f["median_ms"] <= f["p90_ms"] <= max(f["times_ms"])
-    assert bench["speedup"] > 0
+    from mobileone_cli.fuse.fusion import fuse_state_dict
+    from mobileone_cli.jobs.stats_bench import _runner
+    from mobileone_cli.models.mobileone import build_model
+
+    from .conftest import TINY
+
+    train_sd = random_state_dict(TINY, seed=2)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    for form, sd in (("train", train_sd), ("deploy", fuse_state_dict(train_sd, TINY))):
+        model = build_model(TINY, form)
+        model.load_state_dict(sd, strict=True)
+        model.eval()
+        (tmp_path / form).mkdir()
+        forward, used = _runner(model, x, runtime, 1, str(tmp_path / form))
+        assert used == 1, (form, used)
+        with torch.no_grad():
+            ref = model.double()(x.double())
+        got = forward().double()
+        assert got.shape == ref.shape
+        assert float((got - ref).abs().max()) <= 1e-4 * float(ref.abs().max()), form
 
 
 def test_bench_runtime_needs_bench_and_its_extra(run_cli, monkeypatch):
