@@ -126,29 +126,38 @@ def _child(job: dict, fds: list) -> None:
 
 
 def serve(path: str) -> int:
+    """Accept clients until killed.  Each connection gets a waiter (a fork of this process)
+    that forks the command and reports its exit status, so commands run concurrently: the two
+    ends of ``mobileone ... | python -c ...`` are both clients, and the reader must not wait
+    for a writer queued behind it."""
+    import signal
+
     _warm_up()
     if _threads() != 1:
         print(f"not ready: {_threads()} threads after the warm-up", flush=True)
         return 1
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # waiters are reaped by the kernel
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(path)
-        server.listen(4)
+        server.listen(16)
         print("ready", flush=True)
         while True:
             conn, _ = server.accept()
-            with conn:
-                msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
-                if not msg:
-                    continue
-                size = HEADER.unpack(msg[:HEADER.size])[0]
-                body = msg[HEADER.size:]
-                while len(body) < size:
-                    body += conn.recv(size - len(body))
-                sys.stdout.flush()
-                sys.stderr.flush()
+            msg, fds, _, _ = socket.recv_fds(conn, 1 << 16, 3)
+            if not msg:
+                conn.close()
+                continue
+            size = HEADER.unpack(msg[:HEADER.size])[0]
+            body = msg[HEADER.size:]
+            while len(body) < size:
+                body += conn.recv(size - len(body))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            if os.fork() == 0:  # the waiter
+                server.close()
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 pid = os.fork()
                 if pid == 0:
-                    server.close()
                     conn.close()
                     _child(json.loads(body), fds)
                 for fd in fds:
@@ -156,6 +165,10 @@ def serve(path: str) -> int:
                 _, status = os.waitpid(pid, 0)
                 code = os.waitstatus_to_exitcode(status)
                 conn.sendall(STATUS.pack(128 - code if code < 0 else code))
+                os._exit(0)
+            for fd in fds:
+                os.close(fd)
+            conn.close()
 
 
 if __name__ == "__main__":

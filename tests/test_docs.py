@@ -77,11 +77,14 @@ def test_ci_runs_the_readme_set_up_commands_as_written():
 @pytest.mark.slow
 def test_warm_commands_print_and_exit_as_cold_ones(tmp_path, monkeypatch):
     """The documents' commands run in a fork of a warm server (docs/warm.py): output, exit codes,
-    pipes, a python -c script's argv and path, and an error all as a fresh interpreter gives."""
+    pipes (between two of its clients too), a python -c script's argv and path, and an error
+    all as a fresh interpreter gives."""
     lines = ["mobileone stats --arch s0 | head -3", "mobileone verify missing.pth",
              "mobileone -q convert missing.pth out.pth; echo status $?",
              "python -c 'import sys; print(sys.argv, sys.path[0] == \"\"); sys.exit(3)' a b",
-             "python -c 'import torch, mobileone_cli; print(torch.get_num_threads() >= 1)'"]
+             "python -c 'import torch, mobileone_cli; print(torch.get_num_threads() >= 1)'",
+             "mobileone stats --arch s0 --json | python -c 'import json, sys; "
+             "print(sorted(json.load(sys.stdin))[:2])'"]
     seen = {}
     for mode in ("warm", "cold"):
         if mode == "cold":
@@ -95,4 +98,4 @@ def test_warm_commands_print_and_exit_as_cold_ones(tmp_path, monkeypatch):
             runs.append((line, cmd.code, cmd.output))
         seen[mode] = runs
     assert seen["warm"] == seen["cold"]
-    assert [code for _, code, _ in seen["warm"]] == [0, 2, 0, 3, 0]
+    assert [code for _, code, _ in seen["warm"]] == [0, 2, 0, 3, 0, 0]
