@@ -31,15 +31,17 @@ def run(report: Report, folder: str, runs: int, quick: bool = False) -> None:
 
 
 def failing(report: Report, ck, runs: int) -> None:
-    """A failing s0 verify against a passing one: the float64 referee of a failing check stops
-    at the first block it confirms (a late block is the dearest case, measured too)."""
+    """A failing s0 verify against a passing one: the float64 referee of a failing check judges
+    fp32's bad blocks alone, so a late block costs what an early one does (measured both)."""
     train = ck["s0.pth"]
     ok = report.case("s0 verify, passing", measure(MOBILEONE + ["verify", train,
                                                                 ck["s0_deploy.pth"]], runs))
     bad = report.case("s0 verify, failing (stage2.5 bias tampered)",
                       measure(MOBILEONE + ["verify", train, ck["s0_tampered.pth"]], runs,
                               codes=(1,)))
-    report.case("s0 verify, failing (stage4.0 bias tampered)",
-                measure(MOBILEONE + ["verify", train, ck["s0_tampered_late.pth"]], runs,
-                        codes=(1,)))
+    late = report.case("s0 verify, failing (stage4.0 bias tampered)",
+                       measure(MOBILEONE + ["verify", train, ck["s0_tampered_late.pth"]], runs,
+                               codes=(1,)))
     report.target("verify failing/passing s0 wall <= 2x", bad["wall"] / ok["wall"], 2.0)
+    report.target("verify failing (late block)/passing s0 wall <= 2x",
+                  late["wall"] / ok["wall"], 2.0)
