@@ -1,4 +1,5 @@
-"""The JSON header of a ``.safetensors`` file, read and checked without torch or the payload.
+"""The JSON header of a ``.safetensors`` file, read and checked without torch or the payload
+(:func:`sort_metadata` puts the metadata of a file just written in a stable order).
 
 This is the one parser of that header: ``inspect`` lists a file from it alone and ``convert``
 runs it before the safetensors library, so both refuse the same files.  It accepts what the
@@ -27,8 +28,8 @@ from ..errors import BadInput
 from ..rules.dtypes import DTYPE_BITS, SAFETENSORS_DTYPES
 from ..rules.limits import MAX_HEADER, MAX_INT_DIGITS, MAX_TENSORS
 
-__all__ = ["read_header", "read_layout", "Layout", "SAFETENSORS_DTYPES", "DTYPE_BITS",
-           "MAX_HEADER"]
+__all__ = ["read_header", "read_layout", "sort_metadata", "Layout", "SAFETENSORS_DTYPES",
+           "DTYPE_BITS", "MAX_HEADER"]
 
 
 class Layout(NamedTuple):
@@ -154,3 +155,25 @@ def read_layout(path: str, size: int) -> Layout:
     if at != payload:
         raise corrupt(f"the tensors cover {at} of the {payload} payload bytes")
     return Layout(out, meta, 8 + n)
+
+
+def sort_metadata(path: str) -> None:
+    """Put the ``__metadata__`` keys of a safetensors header in sorted order, in place.
+
+    safetensors writes them in its hash map's order, which changes from run to run; sorted, two
+    identical conversions give identical bytes.  Only the order changes, so the header keeps
+    its length and the tensor data stays where it is."""
+    with open(path, "r+b") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(n)
+        header = json.loads(raw)
+        meta = header.get("__metadata__")
+        if not meta:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        ordered = {"__metadata__": header.pop("__metadata__"), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > n:  # never expected: the header would need rewriting around the data
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (n - len(text)))

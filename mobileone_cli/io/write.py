@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..errors import BadInput
 from . import interrupt
+from .header import sort_metadata
 from .leftovers import TEMP_PREFIX
 from .published import note_published
 from .text import special_kind
@@ -218,7 +219,7 @@ def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = Fa
 
             save_file(_safetensors_ready(tensors, dst), tmp,
                       metadata={str(k): str(v) for k, v in (metadata or {}).items()})
-            _sort_metadata(tmp)
+            sort_metadata(tmp)
     else:
         def write(tmp: str) -> None:
             import torch
@@ -231,31 +232,6 @@ def save_checkpoint(dst: str, state_dict: Mapping[str, Any], *, force: bool = Fa
                 torch.save(obj, fh)
     return atomic_write(dst, write, force=force, check=lambda tmp: _check_written(tmp, dst),
                         need_bytes=_tensor_bytes(tensors))
-
-
-def _sort_metadata(path: str) -> None:
-    """Put the ``__metadata__`` keys of a safetensors header in sorted order, in place.
-
-    safetensors writes them in its hash map's order, which changes from run to run; sorted, two
-    identical conversions give identical bytes.  Only the order changes, so the header keeps
-    its length and the tensor data stays where it is."""
-    import json
-    import struct
-
-    with open(path, "r+b") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        raw = fh.read(n)
-        header = json.loads(raw)
-        meta = header.get("__metadata__")
-        if not meta:
-            return
-        header["__metadata__"] = dict(sorted(meta.items()))
-        ordered = {"__metadata__": header.pop("__metadata__"), **header}
-        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(text) > n:  # never expected: the header would need rewriting around the data
-            return
-        fh.seek(8)
-        fh.write(text + b" " * (n - len(text)))
 
 
 def _own_storage(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
