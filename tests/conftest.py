@@ -27,6 +27,25 @@ FOUR_STAGE = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64),
                       num_classes=10)
 
 
+def recalibrated(arch, sd, seed, size):
+    """``sd`` with its running statistics measured again by train-mode passes (4 batches of 8
+    seeded size x size images), as training would leave them after a change of its weights."""
+    from mobileone_cli.models.mobileone import MobileOne
+
+    m = MobileOne(arch)
+    m.load_state_dict(sd)
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.reset_running_stats()
+            mod.momentum = None
+    m.train()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(4):
+            m(torch.randn(8, 3, size, size, generator=g))
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
 def first_quick(*values):
     """Parametrize values: the first in the quick tier, the others marked slow (the full suite
     runs them all; daily work keeps one case of the path).  A tuple is one case's values for

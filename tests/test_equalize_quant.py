@@ -17,9 +17,8 @@ import torch.nn.functional as F
 
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.jobs.quant import quantize_file
-from mobileone_cli.models.mobileone import MobileOne
 
-from .conftest import fold_by_hand
+from .conftest import fold_by_hand, recalibrated
 from .test_equalize import TINY, _train, reference_equalize, relu_mean_numeric
 from .test_quant import _aq, _sqnr, _wq
 
@@ -35,18 +34,7 @@ def _outlier_train(seed=0):
         k = f"{OUTLIER}.rbr_conv.0.{leaf}"
         sd[k] = sd[k].clone()
         sd[k][3] *= 100
-    m = MobileOne(TINY)
-    m.load_state_dict(sd)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.reset_running_stats()
-            mod.momentum = None
-    m.train()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(4):
-            m(torch.randn(8, 3, 32, 32, generator=g))
-    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+    return recalibrated(TINY, sd, seed, 32)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 
 from mobileone_cli.check.harness import load_model, seeded_inputs
 from mobileone_cli.io.write import save_checkpoint
-from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.jobs.quant import quantize_file
 from mobileone_cli.arch.specs import get_arch
 
-from .conftest import fold_by_hand, invoke
+from .conftest import fold_by_hand, invoke, recalibrated
 
 HAVE_ET = all(importlib.util.find_spec(m) is not None for m in ("executorch", "torchao"))
 needs_et = pytest.mark.skipif(not HAVE_ET, reason="executorch not installed (pip install "
@@ -34,23 +33,6 @@ OUTLIER = "stage2.8"  # a depthwise block; its first conv branch gets a 100x out
 N = 6  # synthetic calibration images
 
 
-def _recalibrate(arch, sd, seed):
-    """Running statistics measured again by train-mode passes, as training would leave them:
-    the outlier channel's BatchNorm keeps its 100x gamma/beta, the blocks after it see it."""
-    m = MobileOne(arch)
-    m.load_state_dict(sd)
-    for mod in m.modules():
-        if isinstance(mod, torch.nn.BatchNorm2d):
-            mod.reset_running_stats()
-            mod.momentum = None
-    m.train()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _ in range(4):
-            m(torch.randn(8, 3, SIZE, SIZE, generator=g))
-    return {k: v.detach().clone() for k, v in m.state_dict().items()}
-
-
 def outlier_state_dict(seed=0, block=OUTLIER):
     arch = get_arch("s0")
     sd = random_state_dict(arch, stats="calibrated", seed=seed)
@@ -58,7 +40,8 @@ def outlier_state_dict(seed=0, block=OUTLIER):
         k = f"{block}.rbr_conv.0.{leaf}"
         sd[k] = sd[k].clone()
         sd[k][3] *= 100
-    return _recalibrate(arch, sd, seed)
+    # the outlier channel's BatchNorm keeps its 100x gamma/beta, the blocks after it see it
+    return recalibrated(arch, sd, seed, SIZE)
 
 
 @pytest.fixture(scope="module")
