@@ -230,6 +230,32 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
+# Modules whose tests take longest, in the order they start under pytest-xdist (the rest follow
+# in collection order): a worker that starts the documents last would run alone at the end.
+LONGEST_FIRST = ("test_docs.py", "test_trained.py", "test_mobile_export.py",
+                 "test_hostile_signals.py", "test_hostile_streams.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a module, the collection order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Each test module runs whole on one worker (xdist's --dist loadfile, longest modules
+    first): a module's fixtures (networks, exports, a warm server for the documents) are then
+    made once, not once per worker that runs some of its tests."""
+    from xdist.scheduler import LoadFileScheduling
+
+    if config.getvalue("dist") != "load":  # another --dist asked for on the command line
+        return None
+    config.option.loadscopereorder = False
+    return LoadFileScheduling(config, log)
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-n", type=int, default=None, metavar="N",
                      help="number of mutated checkpoints for tests/test_fuzz.py "
