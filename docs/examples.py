@@ -20,9 +20,9 @@ Commands run through bash as written; the ``mobileone`` bash finds is a client o
 (docs/warm.py: a fork of a process that has imported torch and the exporters), which saves each
 command its start-up.  ``MOBILEONE_DOCS_COLD=1`` runs every command in a fresh interpreter.
 
-Several documents start from the same seeded ``mobileone demo --dir demo ...``: it runs once per
-process and later documents get its files and its output (:data:`REPLAYED`), so the docs tests
-pay for each demo once.
+Several documents start from the same demo (``mobileone demo``, or a seeded ``mobileone demo
+--dir demo ...``): it runs once per process and later documents get its files and its output
+(:data:`REPLAYED`), so the docs tests pay for each demo once.
 
 ``--check`` compares with numbers masked (timings, sizes and low digits of errors vary from one
 machine to the next): every shown line must appear in the real output, in order, and the exit
@@ -146,37 +146,48 @@ def _warm_server() -> Optional[str]:
     return _warm[0]
 
 
-# Commands whose files and output are the same wherever they run (the demo is seeded and writes
-# only into demo/): command line -> (a copy of demo/, output, exit code).
-REPLAYED = re.compile(r"^mobileone (-q )?demo --dir demo( --arch s[0-4])?$")
+# Commands whose files and output are the same wherever they run (the trained demo and the
+# seeded synthetic ones write only into their folder, named here), command line -> (a copy of
+# that folder, output, exit code).
+REPLAYED = re.compile(r"^mobileone (-q )?demo( --synthetic)?(?: --dir (?P<dir>demo))?"
+                      r"( --arch s[0-4])?( -q)?$")
 _replays: Dict[str, Tuple[str, List[str], int]] = {}
 _replay_root: List[str] = []
 
 
-def _replay(cmd: Command, cwd: str) -> bool:
+def _demo_folder(line: str) -> Optional[str]:
+    """The folder a replayable demo writes (None: the line is no such demo)."""
+    m = REPLAYED.match(line)
+    if m is None:
+        return None
+    return m.group("dir") or "mobileone-demo"
+
+
+def _replay(cmd: Command, cwd: str, folder: str) -> bool:
     """Give ``cmd`` the files and output of its earlier run, if it had one."""
     done = _replays.get(cmd.line)
     if done is None:
         return False
-    shutil.copytree(done[0], os.path.join(cwd, "demo"), dirs_exist_ok=True)
+    shutil.copytree(done[0], os.path.join(cwd, folder), dirs_exist_ok=True)
     cmd.output, cmd.code = list(done[1]), done[2]
     return True
 
 
-def _remember(cmd: Command, cwd: str) -> None:
+def _remember(cmd: Command, cwd: str, folder: str) -> None:
     if not _replay_root:
         _replay_root.append(tempfile.mkdtemp(prefix="mobileone-docs-demo-"))
         atexit.register(shutil.rmtree, _replay_root[0], True)
     copy = os.path.join(_replay_root[0], str(len(_replays)))
-    shutil.copytree(os.path.join(cwd, "demo"), copy)
+    shutil.copytree(os.path.join(cwd, folder), copy)
     _replays[cmd.line] = (copy, list(cmd.output), cmd.code)
 
 
 def run(cmd: Command, cwd: str) -> None:
-    """One command line, through bash as a user would type it (pipes and $? work); a seeded demo
+    """One command line, through bash as a user would type it (pipes and $? work); a demo
     shown before is replayed (:data:`REPLAYED`)."""
-    replayable = bool(REPLAYED.match(cmd.line)) and not os.path.exists(os.path.join(cwd, "demo"))
-    if replayable and _replay(cmd, cwd):
+    folder = _demo_folder(cmd.line)
+    replayable = folder is not None and not os.path.exists(os.path.join(cwd, folder))
+    if replayable and _replay(cmd, cwd, folder):
         return
     env = dict(os.environ, COLUMNS=WIDTH, LINES="50", TERM="dumb", NO_COLOR="1",
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -187,7 +198,7 @@ def run(cmd: Command, cwd: str) -> None:
     cmd.output = [ln.rstrip() for ln in text.rstrip("\n").splitlines()]
     cmd.code = proc.returncode
     if replayable and cmd.code == 0:
-        _remember(cmd, cwd)
+        _remember(cmd, cwd, folder)
 
 
 BORDER = re.compile(r"^[\s\u2500-\u257f]*$")  # table rules: their width follows the numbers
