@@ -184,10 +184,12 @@ def _execute_pte(path, xs):
 
 @pytest.mark.slow  # PT2E calibration, XNNPACK lowering and an ExecuTorch run
 @needs_et
-def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(tmp_path):
+def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(tmp_path, capsys,
+                                                                        monkeypatch):
     """The custom network (SE, k = 2, 10 classes): the program is prepared, calibrated and
     lowered the same way for any network, and s0's takes seconds longer (the detection of a
-    released variant is the other tests' subject, on the outlier s0)."""
+    released variant is the other tests' subject, on the outlier s0).  The report's text is
+    what docs/quant.md shows of its s0 export (there the command line is only parsed)."""
     from mobileone_cli.io.configfile import load_config
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -210,6 +212,17 @@ def test_the_int8_program_runs_and_its_agreement_is_what_the_report_says(tmp_pat
                                            abs=1e-4 * float(ref.abs().max()))
     assert e.top1_agreement == (ref.argmax(1) == got.argmax(1)).double().mean().item()
     assert torch.isfinite(got).all() and e.output_db > 0  # int8, but the same function
+    from mobileone_cli.render.quant import render_quant
+
+    monkeypatch.setenv("COLUMNS", "80")
+    render_quant(r)
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("end to end, against fp32 on the 4 calibration images", ".pte (run)",
+                  f"SQNR logits dB {r.deploy.output_db:.1f} {e.output_db:.1f}",
+                  "top-1 agreement", "top-5 agreement", "max |diff|", f"wrote {out} (",
+                  "int8 per-channel, PT2E + XNNPACK): executed in the ExecuTorch runtime on 4 "
+                  "images; outside the XNNPACK delegate: aten.mean.dim"):
+        assert shown in text, (shown, text)
 
 
 # ---------------------------------------------------------------- the command
