@@ -54,10 +54,12 @@ WARM_MODULES = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpac
 
 
 def _warm_up() -> None:
-    """Import torch, the CLI and the thread-free parts of the runtimes, and run torch.export
-    once (a process's first export pays for tracing machinery that later ones reuse)."""
+    """Import torch, the CLI and the thread-free parts of the runtimes, and export a tiny network
+    once and lower it to ExecuTorch (a process's first export pays for tracing machinery and
+    XNNPACK's pattern graphs, which later ones reuse)."""
     import importlib
     import importlib.util
+    import tempfile
 
     import torch
 
@@ -70,7 +72,17 @@ def _warm_up() -> None:
             importlib.import_module(name)
     tiny = ArchSpec(name="warm", stem_channels=8, widths=(8, 16), blocks=(1, 1),
                     conv_branches=(1, 1), se_blocks=(0, 0), num_classes=4)
-    torch.export.export(MobileOne(tiny, deploy=True).eval(), (torch.zeros(1, 3, 32, 32),))
+    model, sample = MobileOne(tiny, deploy=True).eval(), torch.zeros(1, 3, 32, 32)
+    program = torch.export.export(model, (sample,))
+    if importlib.util.find_spec("tqdm") is not None:  # ExecuTorch's progress bars: no monitor
+        import tqdm  # thread (it would make forking unsafe)
+
+        tqdm.tqdm.monitor_interval = 0
+    with tempfile.TemporaryDirectory() as folder:
+        if importlib.util.find_spec("executorch") is not None:
+            from mobileone_cli.runtimes import executorch
+
+            executorch.lower(program, os.path.join(folder, "warm.pte"))
 
 
 def _threads() -> int:
