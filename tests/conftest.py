@@ -231,8 +231,8 @@ def pytest_configure(config):
 
 
 # The modules that take longest (measured: 9-100 s each on 2 cores), longest first: under
-# pytest-xdist they start first and the short modules (under 8 s) fill in at the end, so the
-# workers finish together.  The order changes no result, only the wall time.
+# pytest-xdist each runs whole on one worker and they start first; the short modules (under
+# 8 s) fill in at the end.  The order changes no result, only the wall time.
 LONGEST_FIRST = ("test_docs.py", "test_mobile_export.py", "test_hostile_signals.py",
                  "test_hostile_streams.py", "test_trained.py", "test_verdict.py",
                  "test_verify.py", "test_hostile_writes.py", "test_quant.py",
@@ -250,15 +250,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_xdist_make_scheduler(config, log):
-    """Each test module runs whole on one worker (xdist's --dist loadfile, longest modules
-    first): a module's fixtures (networks, exports, a warm server for the documents) are then
-    made once, not once per worker that runs some of its tests."""
-    from xdist.scheduler import LoadFileScheduling
+    """Each of the long modules runs whole on one worker, longest first: its fixtures
+    (networks, exports, the documents' warm server) are made once, not once per worker that
+    runs some of its tests.  The short modules' tests are handed out one by one at the end, so
+    both workers finish together."""
+    from xdist.scheduler import LoadScopeScheduling
 
     if config.getvalue("dist") != "load":  # another --dist asked for on the command line
         return None
-    config.option.loadscopereorder = False
-    return LoadFileScheduling(config, log)
+
+    class LongModulesWhole(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if os.path.basename(module) in LONGEST_FIRST else nodeid
+
+    config.option.loadscopereorder = False  # the collection order (longest modules first)
+    return LongModulesWhole(config, log)
 
 
 def pytest_addoption(parser):
