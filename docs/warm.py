@@ -145,6 +145,10 @@ def serve(path: str) -> int:
     import signal
 
     _warm_up()
+    import gc
+
+    gc.collect()
+    gc.freeze()  # a child's collections skip the warm-up's objects: their pages stay shared
     if _threads() != 1:
         print(f"not ready: {_threads()} threads after the warm-up", flush=True)
         return 1
