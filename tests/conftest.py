@@ -259,6 +259,7 @@ def pytest_collection_finish(session):
     gc.freeze()
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest runs without it too
 def pytest_xdist_make_scheduler(config, log):
     """Each of the long modules runs whole on one worker, longest first: its fixtures
     (networks, exports, the documents' warm server) are made once, not once per worker that
