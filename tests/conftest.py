@@ -230,23 +230,37 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-# The modules that take longest (measured: 9-100 s each on 2 cores), longest first: under
-# pytest-xdist each runs whole on one worker and they start first; the short modules (under
-# 8 s) fill in at the end.  The order changes no result, only the wall time.
-LONGEST_FIRST = ("test_docs.py", "test_mobile_export.py", "test_hostile_signals.py",
-                 "test_hostile_streams.py", "test_trained.py", "test_verdict.py",
-                 "test_verify.py", "test_hostile_writes.py", "test_quant.py",
-                 "test_artifact_roundtrip.py", "test_eval.py", "test_export.py", "test_width.py",
-                 "test_trained_checks.py", "test_stats.py", "test_convert.py",
-                 "test_hostile_rendering.py")
+# What runs whole on one worker under pytest-xdist, longest first (measured: 9-100 s each on 2
+# cores): a long module, or modules that share a cost a process pays once (ExecuTorch's and
+# LiteRT's first export in a process, 3-4 s each; the mmengine Runner's file, 4 s).  Each unit
+# starts as a worker frees up; the short modules' tests (under 8 s a module) are handed out one
+# by one at the end.  The order changes no result, only the wall time.
+RUN_TOGETHER = (
+    ("test_docs.py",),
+    ("test_mobile_export.py", "test_quant.py", "test_artifact_roundtrip.py",
+     "test_trained_checks.py", "test_equalize_quant.py"),  # in-process ExecuTorch and LiteRT
+    ("test_hostile_signals.py",), ("test_hostile_streams.py",), ("test_trained.py",),
+    ("test_verdict.py",), ("test_hostile_writes.py",), ("test_verify.py",),
+    ("test_pickle_rule.py", "test_training_files.py"),  # the mmengine Runner's file
+    ("test_export.py",), ("test_eval.py",), ("test_hostile_rendering.py",),
+    ("test_convert.py",), ("test_width.py",), ("test_stats.py",),
+)
+_UNIT = {module: index for index, unit in enumerate(RUN_TOGETHER) for module in unit}
+
+
+def _unit_of(nodeid: str):
+    """(index of the unit in RUN_TOGETHER, the unit's name) of a test, or None."""
+    module = os.path.basename(nodeid.split("::", 1)[0])
+    index = _UNIT.get(module)
+    return None if index is None else (index, RUN_TOGETHER[index][0])
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item):
-        name = os.path.basename(str(item.fspath))
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+        unit = _unit_of(item.nodeid)
+        return len(RUN_TOGETHER) if unit is None else unit[0]
 
-    items.sort(key=rank)  # stable: within a module, the collection order
+    items.sort(key=rank)  # stable: within a unit, the collection order
 
 
 def pytest_collection_finish(session):
@@ -261,22 +275,22 @@ def pytest_collection_finish(session):
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest runs without it too
 def pytest_xdist_make_scheduler(config, log):
-    """Each of the long modules runs whole on one worker, longest first: its fixtures
-    (networks, exports, the documents' warm server) are made once, not once per worker that
-    runs some of its tests.  The short modules' tests are handed out one by one at the end, so
+    """Each unit of RUN_TOGETHER runs whole on one worker, longest first: its fixtures
+    (networks, exports, the documents' warm server) and its runtimes' first exports are made
+    once, not once per worker that runs some of its tests.  The short modules' tests are handed out one by one at the end, so
     both workers finish together."""
     from xdist.scheduler import LoadScopeScheduling
 
     if config.getvalue("dist") != "load":  # another --dist asked for on the command line
         return None
 
-    class LongModulesWhole(LoadScopeScheduling):
+    class UnitsWhole(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::", 1)[0]
-            return module if os.path.basename(module) in LONGEST_FIRST else nodeid
+            unit = _unit_of(nodeid)
+            return nodeid if unit is None else unit[1]
 
-    config.option.loadscopereorder = False  # the collection order (longest modules first)
-    return LongModulesWhole(config, log)
+    config.option.loadscopereorder = False  # the collection order (longest units first)
+    return UnitsWhole(config, log)
 
 
 def pytest_addoption(parser):
