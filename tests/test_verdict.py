@@ -52,8 +52,11 @@ def verdict(sd, deploy, arch, **kw):
     return judge(sd, deploy, arch, seeded_inputs(0, 1, (SIZE, SIZE)), **kw)
 
 
+# s0 (k = 4), s1 (k = 1, the narrowest) and s4 (the widest, squeeze-excitation): s2 and s3 are
+# s1's blocks at widths between s1's and s4's, and tests/test_convert.py passes their exact
+# fusions through convert's check.
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("arch_name", first_quick(*ARCHS))
+@pytest.mark.parametrize("arch_name", first_quick("s0", "s1", "s4"))
 def test_exact_fusions_pass_wrong_ones_fail_and_are_named(arch_name, kind):
     arch, sd, exact = network(arch_name, kind)
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
