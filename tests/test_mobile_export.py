@@ -57,7 +57,9 @@ SIZE = 64
 # variant per executed format (fp16, where the size of the network matters); the rest on the
 # custom network, whose export costs less: a dynamic batch takes the same path at any size.
 CASES = {
-    "s4_pte_fp16": ("s4", "mmpretrain", 32, ".pte", ["--dtype", "fp16"]),
+    # a released variant in fp16 (s4 costs ExecuTorch's lowering ~4 s more; the custom network
+    # covers SE on ExecuTorch, in fp32)
+    "s0_pte_fp16": ("s0", "mmpretrain", 32, ".pte", ["--dtype", "fp16"]),
     "custom_pte": ("custom", "mmpretrain", 33, ".pte", ["--batch", "dynamic", "--max-batch",
                                                         "17"]),
     # fp16 and a dynamic batch in one s0 conversion (s4 costs LiteRT's converter ~20 s; the
@@ -183,9 +185,9 @@ def test_tflite_input_is_named_input_as_in_onnx(made):
     assert torch.equal(torch.from_numpy(got.copy()), _run_tflite(m.dst, x))
 
 
-EXECUTED = ["s4_pte_fp16", "custom_pte", "s0_tflite_fp16", "custom_tflite"]
-# s0/s4 lowerings take 10-60 s each: the quick tier keeps the small custom network.
-SLOW = {"s4_pte_fp16", "s0_tflite_fp16", "custom_mlpackage_fp16"}
+EXECUTED = ["s0_pte_fp16", "custom_pte", "s0_tflite_fp16", "custom_tflite"]
+# s0 lowerings take seconds each: the quick tier keeps the small custom network.
+SLOW = {"s0_pte_fp16", "s0_tflite_fp16", "custom_mlpackage_fp16"}
 
 
 def _cases(names):
