@@ -173,9 +173,12 @@ def _mounted_tmpfs(tmp_path, size_kib: int):
     return disk, f"mount -t tmpfs -o size={size_kib}k tmpfs {disk} && "
 
 
+# Each writer once: the checkpoint writers, the ONNX exporter's own file writer, and a mobile
+# program's bytes (runtimes._common.write_program: .tflite here; .pte's bytes take the same
+# function, and its lowering costs ExecuTorch seconds more in a fresh process).
 FORMATS = {".pth": "convert", ".safetensors": "convert", ".onnx": "export",
-           ".pte": "export", ".tflite": "export"}
-RUNTIMES = {".onnx": "onnxruntime", ".pte": "executorch", ".tflite": "litert_torch"}
+           ".tflite": "export"}
+RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert_torch"}
 
 
 @pytest.mark.slow

@@ -16,7 +16,8 @@ from typing import Iterator, Sequence
 
 from ..errors import BadInput
 
-__all__ = ["importable", "require", "quiet", "no_fd2", "disk_full", "NOISY_LOGGERS"]
+__all__ = ["importable", "require", "quiet", "no_fd2", "disk_full", "write_program",
+           "NOISY_LOGGERS"]
 
 NOISY_LOGGERS = ("torch", "torch.onnx", "torch.utils._pytree", "torch._export", "onnxscript",
                  "onnx_ir", "torchao", "executorch", "coremltools", "litert_torch", "absl",
@@ -43,6 +44,14 @@ def require(packages: Sequence[str], hint: str) -> None:
         verb = "is" if len(missing) == 1 else "are"
         raise BadInput(f"this needs {' and '.join(missing)}, which {verb} not installed",
                        hint=hint)
+
+
+def write_program(path: str, content: bytes) -> None:
+    """A program's bytes, made in memory, written by us rather than by the toolchain's own file
+    writer (LiteRT's ends the process, exit 1 and no message, on a full disk): an OSError reaches
+    the caller's atomic_write, which reports it and leaves nothing."""
+    with open(path, "wb") as fh:
+        fh.write(content)
 
 
 def disk_full(exc: BaseException) -> None:

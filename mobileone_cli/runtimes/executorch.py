@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from ..errors import BadInput, VerificationFailed, first_line
-from ._common import no_fd2, quiet
+from ._common import no_fd2, quiet, write_program
 from ._common import require as _require
 from .base import Artifact, ExportPlan, Runtime
 
@@ -94,8 +94,7 @@ def lower(program, path: str, *, max_batch: Optional[int] = None) -> Dict[str, A
         except Exception as exc:  # the lowering raises many types; the message is what matters
             raise VerificationFailed(f"ExecuTorch lowering failed: {exc.__class__.__name__}: "
                                      f"{first_line(str(exc), 200)}") from None
-    with open(path, "wb") as fh:
-        fh.write(buffer)
+    write_program(path, buffer)
     return {"outside_delegate": [_op_name(o) for o in ops]}
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..errors import VerificationFailed, first_line
-from ._common import no_fd2, quiet, quiet_env
+from ._common import no_fd2, quiet, quiet_env, write_program
 from ._common import require as _require
 from .base import Artifact, ExportPlan, Runtime
 
@@ -90,16 +90,14 @@ def export(model, path: str, *, sample, max_batch: Optional[int] = None,
                 from litert_torch.generative.quantize import quant_recipes
 
                 kwargs["quant_config"] = quant_recipes.full_fp16_recipe()
-            # The bytes, written below: the converter's own file writer ends the process
-            # (exit 1, no message) when the disk is full.
+            # The bytes, written below (write_program): not the converter's own writer.
             content = litert_torch.convert(_named(model, output_name), (),
                                            sample_kwargs={INPUT_NAME: sample},
                                            **kwargs).model_content()
         except Exception as exc:  # the converter raises many types; the message is what matters
             raise VerificationFailed(f"LiteRT conversion failed: {exc.__class__.__name__}: "
                                      f"{first_line(str(exc), 200)}") from None
-    with open(path, "wb") as fh:  # an OSError (disk full) is reported by atomic_write
-        fh.write(content)
+    write_program(path, content)
     return {}
 
 
