@@ -83,6 +83,37 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def bench_in_this_process(monkeypatch):
+    """``stats --bench`` with its per-form children (``python -m mobileone_cli.jobs.stats_bench
+    FORM``) run in this process: the job and the result cross as JSON on stdin/stdout as they
+    would, only without a fresh interpreter (~2.5 s each).  For tests of what a bench reports;
+    tests/test_stats.py runs the real processes."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    from mobileone_cli.jobs import stats_bench
+
+    assert stats_bench.subprocess is subprocess
+    real_run = subprocess.run
+
+    def run(argv, *args, input=None, **kwargs):
+        if list(argv[1:3]) != ["-m", "mobileone_cli.jobs.stats_bench"]:
+            return real_run(argv, *args, input=input, **kwargs)
+        out, threads = io.StringIO(), torch.get_num_threads()
+        monkeypatch.setattr(sys, "stdin", io.StringIO(input))
+        try:
+            with contextlib.redirect_stdout(out):
+                code = stats_bench._main(argv[3:])
+        finally:
+            torch.set_num_threads(threads)
+        return subprocess.CompletedProcess(argv, code, out.getvalue(), "")
+
+    monkeypatch.setattr(subprocess, "run", run)  # the module stats_bench calls it from
+
+
 @functools.lru_cache(maxsize=8)
 def state_dict_of(arch, form, layout, seed, dtype, num_classes):
     """random_state_dict is deterministic and costs up to a second (calibration passes): a

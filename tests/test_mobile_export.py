@@ -378,13 +378,15 @@ def test_mlpackage_destination_rules(tmp_path):
 
 
 @pytest.mark.slow  # two processes, each importing torch and exporting: ~7 s
-def test_bench_in_a_runtime_as_docs_export_shows_it(run_cli, tiny_config):
-    """`stats --bench --runtime R` whole: each form exported and timed in its own process, the
-    text report whose lines docs/export.md shows for ExecuTorch (there the command is only
-    parsed: s0's train form takes ExecuTorch a minute to lower).  The path and the lines are
-    the same for every runtime (the JSON of a bench is runtime-independent, tests/test_stats.py);
-    here with onnxruntime, whose processes start in seconds where ExecuTorch's take ~10 s.  Each
-    runtime's own part (export, load, run) is the runner test below, ExecuTorch's included."""
+def test_bench_in_a_runtime_as_docs_export_shows_it(run_cli, tiny_config, bench_in_this_process):
+    """`stats --bench --runtime R` whole but for the fresh process per form (its children run
+    in this process, the job and result crossing as JSON as they would; tests/test_stats.py
+    starts real ones): each form exported to R and timed there, and the text report whose lines
+    docs/export.md shows for ExecuTorch (there the command is only parsed: s0's train form
+    takes ExecuTorch a minute to lower).  The path and the lines are the same for every
+    runtime (the JSON of a bench is runtime-independent, tests/test_stats.py); here with
+    onnxruntime.  Each runtime's own part (export, load, run) is the runner test below,
+    ExecuTorch's included."""
     if not _have("onnx", "onnxruntime"):
         pytest.skip("onnxruntime not installed")
     res = run_cli("stats", "--config", tiny_config, "--input-size", "32", "--bench", "--runtime",

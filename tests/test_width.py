@@ -143,22 +143,9 @@ def test_stats_fits(run_cli_env, files, extra, numbers):
     assert_fits(res.output, [files["train"]], numbers)
 
 
-def test_stats_bench_fits(run_cli_env, monkeypatch):
-    """The bench report at 80 columns.  Its numbers are measured by the bench's own code
-    (measure_form), here in this process: what is checked is their layout, and the fresh
-    process per form that --bench starts is tests/test_stats.py's subject."""
-    from mobileone_cli.jobs import stats_bench
-
-    def in_this_process(arch, *, runtime="torch", **kw):
-        result = stats_bench.BenchResult(
-            arch=arch.name, input_size=tuple(kw["input_size"]), batch=kw["batch"],
-            threads=kw["threads"] or 0, warmup=kw["warmup"], runs=kw["runs"], runtime=runtime)
-        for form in ("train", "deploy"):
-            result.forms[form] = stats_bench.measure_form(arch, form, runtime=runtime, **kw)
-        result.threads = result.forms["train"].threads
-        return result
-
-    monkeypatch.setattr(stats_bench, "run_bench", in_this_process)
+def test_stats_bench_fits(run_cli_env, bench_in_this_process):
+    """The bench report at 80 columns (its children run in this process: the layout is what
+    is checked here; tests/test_stats.py starts the real ones)."""
     res = run80(run_cli_env, "stats", "--arch", "s0", "--bench", "--runs", "1", "--warmup", "1",
                 "--input-size", "32")
     assert res.exit_code == 0, res.output
