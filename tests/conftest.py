@@ -328,6 +328,9 @@ def pytest_addoption(parser):
     parser.addoption("--fuzz-n", type=int, default=None, metavar="N",
                      help="number of mutated checkpoints for tests/test_fuzz.py "
                           "(default: a small bounded run; env MOBILEONE_FUZZ_N works too)")
+    parser.addoption("--full-retrain", action="store_true",
+                     help="tests/test_trained.py retrains the shipped digits_s4 to the end of "
+                          "its schedule (~25 s) instead of comparing its first epochs")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
