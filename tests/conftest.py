@@ -261,7 +261,7 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-# What runs whole on one worker under pytest-xdist, longest first (measured: 9-100 s each on 2
+# What runs whole on one worker under pytest-xdist, longest first (measured: 6-95 s each on 2
 # cores): a long module, or modules that share a cost a process pays once (ExecuTorch's and
 # LiteRT's first export in a process, 3-4 s each; the mmengine Runner's file, 4 s).  Each unit
 # starts as a worker frees up; the short modules' tests (under 8 s a module) are handed out one
@@ -270,11 +270,11 @@ RUN_TOGETHER = (
     ("test_docs.py",),
     ("test_mobile_export.py", "test_quant.py", "test_artifact_roundtrip.py",
      "test_trained_checks.py", "test_equalize_quant.py"),  # in-process ExecuTorch and LiteRT
-    ("test_hostile_signals.py",), ("test_hostile_streams.py",), ("test_trained.py",),
-    ("test_verdict.py",), ("test_hostile_writes.py",), ("test_verify.py",),
-    ("test_pickle_rule.py", "test_training_files.py"),  # the mmengine Runner's file
-    ("test_export.py",), ("test_eval.py",), ("test_hostile_rendering.py",),
-    ("test_convert.py",), ("test_width.py",), ("test_stats.py",),
+    ("test_hostile_signals.py",), ("test_hostile_streams.py",), ("test_hostile_writes.py",),
+    ("test_verdict.py",), ("test_verify.py",), ("test_eval.py",), ("test_export.py",),
+    ("test_stats.py",), ("test_trained.py",), ("test_hostile_rendering.py",),
+    ("test_convert.py",), ("test_pickle_rule.py", "test_training_files.py"),  # mmengine's file
+    ("test_width.py",),
 )
 _UNIT = {module: index for index, unit in enumerate(RUN_TOGETHER) for module in unit}
 
