@@ -53,10 +53,32 @@ WARM_MODULES = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpac
                 "onnx", "onnxscript", "coremltools", "jax")
 
 
+def _package_modules() -> list:
+    """mobileone_cli's modules, and the rich and Pillow modules it imports inside functions
+    (each command imports what it needs when it runs: ~0.1 s a command, paid here once)."""
+    import pkgutil
+    import re
+
+    import mobileone_cli
+
+    names = [m.name for m in pkgutil.walk_packages(mobileone_cli.__path__, "mobileone_cli.")]
+    lazy = re.compile(r"^[ \t]+(?:import|from) ((?:rich|PIL)(?:\.\w+)*)(?: import ([\w, ]+))?",
+                      re.M)
+    for folder, _, files in os.walk(mobileone_cli.__path__[0]):
+        for name in sorted(files):
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                    for module, items in lazy.findall(fh.read()):
+                        # 'from PIL import Image': PIL.Image is a module (a class is skipped)
+                        names += [module] + [f"{module}.{i.strip()}" for i in items.split(",")
+                                             if i.strip()]
+    return list(dict.fromkeys(names))
+
+
 def _warm_up() -> None:
-    """Import torch, the CLI and the thread-free parts of the runtimes, and export a tiny network
-    once and lower it to ExecuTorch (a process's first export pays for tracing machinery and
-    XNNPACK's pattern graphs, which later ones reuse)."""
+    """Import torch, the whole CLI and the thread-free parts of the runtimes, and export a tiny
+    network once and lower it to ExecuTorch (a process's first export pays for tracing machinery
+    and XNNPACK's pattern graphs, which later ones reuse)."""
     import importlib
     import importlib.util
     import tempfile
@@ -70,6 +92,11 @@ def _warm_up() -> None:
     for name in WARM_MODULES:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             importlib.import_module(name)
+    for name in _package_modules():
+        try:
+            importlib.import_module(name)
+        except ImportError:  # an optional dependency that is not installed
+            pass
     tiny = ArchSpec(name="warm", stem_channels=8, widths=(8, 16), blocks=(1, 1),
                     conv_branches=(1, 1), se_blocks=(0, 0), num_classes=4)
     model, sample = MobileOne(tiny, deploy=True).eval(), torch.zeros(1, 3, 32, 32)

@@ -308,8 +308,8 @@ def pytest_collection_finish(session):
 def pytest_xdist_make_scheduler(config, log):
     """Each unit of RUN_TOGETHER runs whole on one worker, longest first: its fixtures
     (networks, exports, the documents' warm server) and its runtimes' first exports are made
-    once, not once per worker that runs some of its tests.  The short modules' tests are handed out one by one at the end, so
-    both workers finish together."""
+    once, not once per worker that runs some of its tests.  The short modules' tests are
+    handed out one by one at the end, so both workers finish together."""
     from xdist.scheduler import LoadScopeScheduling
 
     if config.getvalue("dist") != "load":  # another --dist asked for on the command line
