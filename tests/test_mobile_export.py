@@ -377,8 +377,9 @@ def test_mlpackage_destination_rules(tmp_path):
     check_destination(str(plain), force=True, package=True)
 
 
-@pytest.mark.slow  # two processes, each importing torch and exporting: ~7 s
-def test_bench_in_a_runtime_as_docs_export_shows_it(run_cli, tiny_config, bench_in_this_process):
+@pytest.mark.slow  # each form exported to onnxruntime and timed there
+def test_bench_in_a_runtime_as_docs_export_shows_it(run_cli, tiny_config,
+                                                    bench_in_this_process):
     """`stats --bench --runtime R` whole but for the fresh process per form (its children run
     in this process, the job and result crossing as JSON as they would; tests/test_stats.py
     starts real ones): each form exported to R and timed there, and the text report whose lines

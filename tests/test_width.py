@@ -143,6 +143,7 @@ def test_stats_fits(run_cli_env, files, extra, numbers):
     assert_fits(res.output, [files["train"]], numbers)
 
 
+@pytest.mark.slow  # a bench: both forms built and timed
 def test_stats_bench_fits(run_cli_env, bench_in_this_process):
     """The bench report at 80 columns (its children run in this process: the layout is what
     is checked here; tests/test_stats.py starts the real ones)."""
