@@ -48,31 +48,13 @@ def client(path: str, argv: list) -> int:
 
 
 # Imported before serving: none of them starts a thread (onnxruntime and litert_torch do, so
-# they are left to each command; jax, 0.8 s of LiteRT's import, does not).
+# they are left to each command; jax, 0.8 s of LiteRT's import, does not).  The rich and Pillow
+# modules are the ones the package imports inside functions, as it does its own job and render
+# modules: each command would import them again (~0.1 s a command).
 WARM_MODULES = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner",
-                "onnx", "onnxscript", "coremltools", "jax")
-
-
-def _package_modules() -> list:
-    """mobileone_cli's modules, and the rich and Pillow modules it imports inside functions
-    (each command imports what it needs when it runs: ~0.1 s a command, paid here once)."""
-    import pkgutil
-    import re
-
-    import mobileone_cli
-
-    names = [m.name for m in pkgutil.walk_packages(mobileone_cli.__path__, "mobileone_cli.")]
-    lazy = re.compile(r"^[ \t]+(?:import|from) ((?:rich|PIL)(?:\.\w+)*)(?: import ([\w, ]+))?",
-                      re.M)
-    for folder, _, files in os.walk(mobileone_cli.__path__[0]):
-        for name in sorted(files):
-            if name.endswith(".py"):
-                with open(os.path.join(folder, name), encoding="utf-8") as fh:
-                    for module, items in lazy.findall(fh.read()):
-                        # 'from PIL import Image': PIL.Image is a module (a class is skipped)
-                        names += [module] + [f"{module}.{i.strip()}" for i in items.split(",")
-                                             if i.strip()]
-    return list(dict.fromkeys(names))
+                "onnx", "onnxscript", "coremltools", "jax", "rich.box", "rich.console",
+                "rich.markup", "rich.progress", "rich.table", "rich.text", "PIL.Image",
+                "PIL.ImageDraw", "PIL.ImageFont", "PIL.ImageOps", "PIL.features")
 
 
 def _warm_up() -> None:
@@ -81,10 +63,12 @@ def _warm_up() -> None:
     and XNNPACK's pattern graphs, which later ones reuse)."""
     import importlib
     import importlib.util
+    import pkgutil
     import tempfile
 
     import torch
 
+    import mobileone_cli
     from mobileone_cli.arch.specs import ArchSpec
     from mobileone_cli.cli import cli  # noqa: F401  (the commands' modules)
     from mobileone_cli.models.mobileone import MobileOne
@@ -92,10 +76,10 @@ def _warm_up() -> None:
     for name in WARM_MODULES:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             importlib.import_module(name)
-    for name in _package_modules():
-        try:
-            importlib.import_module(name)
-        except ImportError:  # an optional dependency that is not installed
+    for module in pkgutil.walk_packages(mobileone_cli.__path__, "mobileone_cli."):
+        try:  # the whole package: commands import their job and render modules when they run
+            importlib.import_module(module.name)
+        except ImportError:  # a module of an optional dependency that is not installed
             pass
     tiny = ArchSpec(name="warm", stem_channels=8, widths=(8, 16), blocks=(1, 1),
                     conv_branches=(1, 1), se_blocks=(0, 0), num_classes=4)
