@@ -415,12 +415,12 @@ def test_bench_runner_computes_each_form_in_the_runtime(runtime, needed, tmp_pat
     from mobileone_cli.jobs.stats_bench import _runner
     from mobileone_cli.models.mobileone import build_model
 
-    from .conftest import TINY
+    from .conftest import TWO_STAGE
 
-    train_sd = random_state_dict(TINY, seed=2)
+    train_sd = random_state_dict(TWO_STAGE, seed=2)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    for form, sd in (("train", train_sd), ("deploy", fuse_state_dict(train_sd, TINY))):
-        model = build_model(TINY, form)
+    for form, sd in (("train", train_sd), ("deploy", fuse_state_dict(train_sd, TWO_STAGE))):
+        model = build_model(TWO_STAGE, form)
         model.load_state_dict(sd, strict=True)
         model.eval()
         (tmp_path / form).mkdir()
