@@ -102,6 +102,7 @@ def test_inspect_of_a_broadcast_file_is_bounded(tmp_path):
     assert_bounded(run, mb=600, cpu_s=30)
 
 
+@pytest.mark.slow  # a fresh process (the quick tier: inspect of a broadcast file's)
 def test_convert_with_one_huge_view_is_bounded(tmp_path, tiny_sd):
     """A MobileOne plus one 2**40-element key (a neck tensor, copied through unchanged)."""
     sd = dict(tiny_sd, **{"neck.big": broadcast(2 ** 40)})

@@ -86,6 +86,7 @@ def test_every_run_is_stopped_by_the_watchdog(tmp_path, monkeypatch):
         returns_quickly(lambda: art.run(torch.eye(256)), 30)
 
 
+@pytest.mark.slow  # a fresh process (the quick tier: the hostile package's below)
 def test_cli_verify_of_a_2_62_loop_is_refused_quickly(tmp_path, tiny_sd):
     torch.save(tiny_sd, tmp_path / "m.pth")
     path = save(loop_model(2 ** 62), tmp_path / "loop.onnx")

@@ -93,6 +93,7 @@ def test_oversized_config_file_is_not_read(tmp_path, run_cli):
     assert_refused(run_cli("stats", "--config", path), None, "a model config is at most")
 
 
+@pytest.mark.slow  # three fresh processes under a memory cap
 def test_config_too_large_to_build_is_refused_before_building(tmp_path):
     """Within every per-field bound, yet 1.7e12 weights (building it would grow until the
     kernel kills the process): `stats` only counts it, `demo` and `stats --bench` refuse it from
@@ -183,6 +184,7 @@ def test_allocation_failure_is_bad_input_naming_what_was_asked(exc, tmp_path, ti
         assert "an allocation of 2.1 GB failed" in res.stderr
 
 
+@pytest.mark.slow  # a fresh process under a memory cap (the quick tier: the elongated PNG's)
 def test_real_allocation_failure_under_a_memory_cap(tmp_path, tiny_sd):
     """Not simulated: the check's allocations fail under an address-space cap the estimate
     does not know about; the run still exits 2 with one line."""

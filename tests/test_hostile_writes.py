@@ -347,7 +347,7 @@ def _unprivileged(tmp_path):
     return folder, prefix, env
 
 
-@pytest.mark.parametrize("command", ["convert", "export"])
+@pytest.mark.parametrize("command", first_quick("convert", "export"))  # fresh processes
 def test_read_only_folder_is_refused_before_any_work(command, tmp_path, tiny_sd):
     import shutil
 

@@ -186,8 +186,9 @@ def test_tflite_input_is_named_input_as_in_onnx(made):
 
 
 EXECUTED = ["s0_pte_fp16", "custom_pte", "s0_tflite_fp16", "custom_tflite"]
-# s0 lowerings take seconds each: the quick tier keeps the small custom network.
-SLOW = {"s0_pte_fp16", "s0_tflite_fp16", "custom_mlpackage_fp16"}
+# s0 lowerings take seconds each: the quick tier keeps the small custom network, but for
+# ExecuTorch, whose import and first lowering in a process alone take ~8 s.
+SLOW = {"s0_pte_fp16", "custom_pte", "s0_tflite_fp16", "custom_mlpackage_fp16"}
 
 
 def _cases(names):
@@ -263,7 +264,7 @@ def _tamper(path, tensor):
         fh.write(changed)
 
 
-@pytest.mark.parametrize("case", ["custom_pte", "custom_tflite", "custom_mlpackage"])
+@pytest.mark.parametrize("case", _cases(["custom_pte", "custom_tflite", "custom_mlpackage"]))
 def test_verify_passes_then_fails_on_a_tampered_artifact(made, case, tmp_path):
     from mobileone_cli.fuse.fusion import fuse_state_dict
 
@@ -301,6 +302,7 @@ def test_verify_passes_then_fails_on_a_tampered_artifact(made, case, tmp_path):
         assert not info["runtime_checks"][0]["passed"]
 
 
+@pytest.mark.slow  # an ExecuTorch lowering
 @needs_et
 def test_check_fails_on_other_weights(made):
     """The runtime check can fail: the custom network's program against deploy weights with one

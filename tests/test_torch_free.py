@@ -33,6 +33,7 @@ def test_help_does_not_import_torch(args):
     assert state == "TORCH_FREE", out.stdout
 
 
+@pytest.mark.slow  # a fresh process that imports torch
 def test_probe_detects_torch_when_it_is_imported(write_ckpt, tmp_path):
     """The probe itself can fail: a real conversion does load torch."""
     src = write_ckpt("s1")
@@ -62,6 +63,7 @@ def test_stats_and_safetensors_inspect_do_not_import_torch(write_ckpt):
         assert state == "TORCH_FREE", (args, out.stdout)
 
 
+@pytest.mark.slow  # a fresh process that imports torch
 def test_eps_sensitivity_of_a_train_file_uses_the_torch_fusion(write_ckpt):
     """The one documented exception: measuring the eps sensitivity runs the tool's fusion."""
     state, code, out = run_probe(["inspect", write_ckpt("s1", name="s1.safetensors")])
