@@ -59,8 +59,8 @@ WARM_MODULES = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpac
 
 def _warm_up() -> None:
     """Import torch, the whole CLI and the thread-free parts of the runtimes, and export a tiny
-    network once and lower it to ExecuTorch (a process's first export pays for tracing machinery
-    and XNNPACK's pattern graphs, which later ones reuse)."""
+    network once to ONNX and ExecuTorch (a process's first export pays for tracing machinery,
+    the ONNX function registry and XNNPACK's pattern graphs, which later ones reuse)."""
     import importlib
     import importlib.util
     import pkgutil
@@ -94,6 +94,12 @@ def _warm_up() -> None:
             from mobileone_cli.runtimes import executorch
 
             executorch.lower(program, os.path.join(folder, "warm.pte"))
+        if importlib.util.find_spec("onnxscript") is not None:
+            from mobileone_cli.runtimes import onnx
+
+            onnx.export(model, os.path.join(folder, "warm.onnx"), sample=sample,
+                        dynamic_batch=True, dynamic_size=False, opset=None,
+                        exporter="dynamo", output_name="logits")
 
 
 def _threads() -> int:
