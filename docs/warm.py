@@ -12,6 +12,7 @@ first torch.export of a process (1-5 s a command), paid once per server instead.
     python docs/warm.py SOCKET ARGS...     # the client (imports no torch)
     python docs/warm.py SOCKET --python -c CODE ARGS...   # ``python -c`` alike
     python docs/warm.py --serve SOCKET     # the server (prints 'ready' once it listens)
+    python docs/warm.py --serve SOCKET --imports-only   # torch and the package only (tests)
 
 The server forks only from its main thread with no other thread alive (checked after the
 warm-up; with another thread it refuses to start and the documents run commands cold).
@@ -51,16 +52,19 @@ def client(path: str, argv: list) -> int:
 # they are left to each command; jax, 0.8 s of LiteRT's import, does not).  The rich and Pillow
 # modules are the ones the package imports inside functions, as it does its own job and render
 # modules: each command would import them again (~0.1 s a command).
-WARM_MODULES = ("executorch.exir", "executorch.backends.xnnpack.partition.xnnpack_partitioner",
-                "onnx", "onnxscript", "coremltools", "jax", "rich.box", "rich.console",
-                "rich.markup", "rich.progress", "rich.table", "rich.text", "PIL.Image",
-                "PIL.ImageDraw", "PIL.ImageFont", "PIL.ImageOps", "PIL.features")
+RUNTIME_MODULES = ("executorch.exir",
+                   "executorch.backends.xnnpack.partition.xnnpack_partitioner", "onnx",
+                   "onnxscript", "coremltools", "jax")
+WARM_MODULES = ("rich.box", "rich.console", "rich.markup", "rich.progress", "rich.table",
+                "rich.text", "PIL.Image", "PIL.ImageDraw", "PIL.ImageFont", "PIL.ImageOps",
+                "PIL.features")
 
 
-def _warm_up() -> None:
-    """Import torch, the whole CLI and the thread-free parts of the runtimes, and export a tiny
-    network once to ONNX and ExecuTorch (a process's first export pays for tracing machinery,
-    the ONNX function registry and XNNPACK's pattern graphs, which later ones reuse)."""
+def _warm_up(runtimes: bool = True) -> None:
+    """Import torch and the whole CLI; with ``runtimes``, also the thread-free parts of the
+    runtimes, and export a tiny network once to ONNX and ExecuTorch (a process's first export
+    pays for tracing machinery, the ONNX function registry and XNNPACK's pattern graphs, which
+    later ones reuse)."""
     import importlib
     import importlib.util
     import pkgutil
@@ -73,7 +77,7 @@ def _warm_up() -> None:
     from mobileone_cli.cli import cli  # noqa: F401  (the commands' modules)
     from mobileone_cli.models.mobileone import MobileOne
 
-    for name in WARM_MODULES:
+    for name in WARM_MODULES + (RUNTIME_MODULES if runtimes else ()):
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             importlib.import_module(name)
     for module in pkgutil.walk_packages(mobileone_cli.__path__, "mobileone_cli."):
@@ -81,6 +85,8 @@ def _warm_up() -> None:
             importlib.import_module(module.name)
         except ImportError:  # a module of an optional dependency that is not installed
             pass
+    if not runtimes:
+        return
     tiny = ArchSpec(name="warm", stem_channels=8, widths=(8, 16), blocks=(1, 1),
                     conv_branches=(1, 1), se_blocks=(0, 0), num_classes=4)
     model, sample = MobileOne(tiny, deploy=True).eval(), torch.zeros(1, 3, 32, 32)
@@ -154,14 +160,14 @@ def _child(job: dict, fds: list) -> None:
     os._exit(code)
 
 
-def serve(path: str) -> int:
+def serve(path: str, runtimes: bool = True) -> int:
     """Accept clients until killed.  Each connection gets a waiter (a fork of this process)
     that forks the command and reports its exit status, so commands run concurrently: the two
     ends of ``mobileone ... | python -c ...`` are both clients, and the reader must not wait
     for a writer queued behind it."""
     import signal
 
-    _warm_up()
+    _warm_up(runtimes)
     import gc
 
     gc.collect()
@@ -206,5 +212,5 @@ def serve(path: str) -> int:
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--serve"]:
-        sys.exit(serve(sys.argv[2]))
+        sys.exit(serve(sys.argv[2], runtimes="--imports-only" not in sys.argv[3:]))
     sys.exit(client(sys.argv[1], sys.argv[2:]))

@@ -118,6 +118,37 @@ def bench_in_this_process(monkeypatch):
     monkeypatch.setattr(subprocess, "run", run)  # the module stats_bench calls it from
 
 
+@pytest.fixture(scope="module")
+def warm_cli():
+    """The argv prefix that runs ``mobileone ARGS`` as a fork of a server that has imported
+    torch and the package (docs/warm.py --imports-only): a process of its own with the
+    caller's stdin/stdout/stderr, folder and environment, whose exit status is the client's,
+    without a fresh interpreter's ~1.3 s start.  For tests of what a command does with its
+    streams; a test about a fresh interpreter (imports, memory, signals to its pid) starts one."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    warm = os.path.join(root, "docs", "warm.py")
+    folder = tempfile.mkdtemp(prefix="mobileone-warm-")  # a short path: a socket's is bounded
+    sock = os.path.join(folder, "s")
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    server = subprocess.Popen([sys.executable, warm, "--serve", sock, "--imports-only"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout is not None
+        ready = server.stdout.readline().strip()
+        assert ready == "ready", f"docs/warm.py did not start: {ready!r}"
+        yield [sys.executable, warm, sock]
+    finally:
+        server.kill()
+        server.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @functools.lru_cache(maxsize=8)
 def state_dict_of(arch, form, layout, seed, dtype, num_classes):
     """random_state_dict is deterministic and costs up to a second (calibration passes): a

@@ -1,11 +1,14 @@
-"""Hostile environments and inputs that once reached exit 3 ('a bug'), and what stdout may be.
+"""Hostile environments and inputs must never end in exit 3 ('a bug'), and what stdout may be.
 
 What is about the process runs the CLI in its own process, as a user would: a pipe into
 ``head``, stdout on ``/dev/full`` or closed, ``COLUMNS=²``, ``PYTHONIOENCODING=ascii`` with a
-non-ASCII file name, ``--json`` with file names that are not UTF-8.  Hostile files run in-process
-(the same error handling decides the exit code): a 91-byte safetensors file with a dimension of
-2^64-1, an ONNX file that computes another shape than the checkpoint.  The convention for a
-reader that stops reading: output is dropped quietly and the command ends with its own status.
+non-ASCII file name, ``--json`` with file names that are not UTF-8.  The pipes' commands are
+forks of a warm server (conftest.warm_cli: the command's own process, with the pipe as its
+stdout), the environments' fresh interpreters, which read them at start-up.  Hostile files run
+in-process (the same error handling decides the exit code): a 91-byte safetensors file with a
+dimension of 2^64-1, an ONNX file that computes another shape than the checkpoint.  The
+convention for a reader that stops reading: output is dropped quietly and the command ends with
+its own status.
 """
 from __future__ import annotations
 
@@ -39,11 +42,12 @@ def _cmd(*args):
     return [sys.executable, "-m", "mobileone_cli", *map(str, args)]
 
 
-def _run(*args, cwd=None, **kw):
+def _run(*args, cwd=None, warm=None, **kw):
+    """``mobileone ARGS`` in a fresh interpreter, or forked from the ``warm`` server."""
     env = _env(**kw.pop("env", {}))
     kw.setdefault("stdout", subprocess.PIPE)
-    return subprocess.run(_cmd(*args), cwd=cwd, env=env, stderr=subprocess.PIPE, timeout=600,
-                          **kw)
+    argv = [*warm, *map(str, args)] if warm else _cmd(*args)
+    return subprocess.run(argv, cwd=cwd, env=env, stderr=subprocess.PIPE, timeout=600, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -98,23 +102,23 @@ OUTPUTS = {"convert": "out-{run}.pth", "export": "out-{run}.onnx",
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_each_command_piped_into_head_ends_quietly(name, files):
+def test_each_command_piped_into_head_ends_quietly(name, files, warm_cli):
     """`mobileone X | head -1` (and a reader that has gone before the first line): the
     command's own status (0 here), no traceback, no 'error:'; its work (an output file) done."""
     if name == "export":
         pytest.importorskip("onnxruntime")
 
-    def args(run: int):
-        return [a.format(d=files, run=run, examples=os.path.join(ROOT, "examples"))
-                for a in COMMANDS[name]]
+    def cmd(run: int):
+        return [*warm_cli, *(a.format(d=files, run=run, examples=os.path.join(ROOT, "examples"))
+                             for a in COMMANDS[name])]
 
-    shell = " ".join(map(_quote, _cmd(*args(1)))) + " | head -1"
+    shell = " ".join(map(_quote, cmd(1))) + " | head -1"
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], env=_env(), cwd=files,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "error" not in proc.stderr, proc.stderr
-    gone = subprocess.Popen(_cmd(*args(2)), env=_env(), cwd=files, stdout=subprocess.PIPE,
+    gone = subprocess.Popen(cmd(2), env=_env(), cwd=files, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     gone.stdout.close()  # the reader is gone before anything is written
     _, err = gone.communicate(timeout=600)
@@ -134,29 +138,30 @@ def _quote(s: str) -> str:
     return shlex.quote(str(s))
 
 
-def test_a_failed_verification_keeps_its_status_through_a_pipe(files):
+def test_a_failed_verification_keeps_its_status_through_a_pipe(files, warm_cli):
     """verify of a wrong deploy file into `head -1`: exit 1 still (not 0, not a crash)."""
     sd = torch.load(files / "deploy.pth")
     key = next(k for k in sd if k.endswith("weight"))
     sd[key] = sd[key] * 1.5
     torch.save(sd, files / "wrong.pth")
-    shell = " ".join(map(_quote, _cmd("verify", files / "tiny.pth", files / "wrong.pth")))
+    shell = " ".join(map(_quote, [*warm_cli, "verify", files / "tiny.pth", files / "wrong.pth"]))
     proc = subprocess.run(["bash", "-c", shell + " | head -1; exit ${PIPESTATUS[0]}"],
                           env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_stdout_on_a_full_device_is_an_error(files):
+def test_stdout_on_a_full_device_is_an_error(files, warm_cli):
     """`> /dev/full`: exit 2, one line that says so and what was written (DST is whole)."""
     with open("/dev/full", "w") as full:
-        proc = _run("convert", files / "tiny.pth", files / "out.pth", stdout=full, text=True)
+        proc = _run("convert", files / "tiny.pth", files / "out.pth", stdout=full, text=True,
+                    warm=warm_cli)
     assert proc.returncode == 2, proc.stderr
     assert_one_error(proc.stderr, "cannot write the output to stdout",
                      "no space left on device", "already written:", "out.pth")
     assert deploy_matches_train(torch.load(files / "tiny.pth"), files / "out.pth") < 1e-5
     with open("/dev/full", "w") as full:
-        proc = _run("stats", "--arch", "s0", "--json", stdout=full, text=True)
+        proc = _run("stats", "--arch", "s0", "--json", stdout=full, text=True, warm=warm_cli)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert_one_error(proc.stderr, "no space left on device", "nothing was written")
 
@@ -181,7 +186,7 @@ def test_odd_columns_are_ignored(columns):
 
 
 def test_ascii_output_with_a_non_ascii_file_name(tmp_path, tiny_sd):
-    """PYTHONIOENCODING=ascii and a file named é.pth: escaped, exit 0 (it was exit 3)."""
+    """PYTHONIOENCODING=ascii and a file named é.pth: escaped, exit 0 (not 3)."""
     src = tmp_path / "é.pth"
     torch.save(tiny_sd, src)
     proc = _run("convert", src, tmp_path / "dé.pth", env={"PYTHONIOENCODING": "ascii"},
@@ -244,7 +249,7 @@ def test_a_dimension_of_2_to_the_64_is_bad_input(tmp_path):
 @pytest.mark.slow
 def test_an_onnx_file_computing_another_shape_than_it_declares(files):
     """Declared [batch, 10], computed [batch, 7] (a Slice at the end): eval says which file,
-    exit 2; verify finds the mismatch, exit 1 (it was exit 3)."""
+    exit 2; verify finds the mismatch, exit 1 (never 3)."""
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     import numpy as np
