@@ -11,6 +11,8 @@ from mobileone_cli.models.mobileone import MobileOne, build_model, deploy_copy
 from mobileone_cli.models.synthetic import random_state_dict
 from mobileone_cli.arch.specs import get_arch
 
+from .conftest import FOUR_STAGE
+
 
 def _functional_block(x, sd, pre, stride, groups, eps, se):
     """One train-form block written directly with torch.nn.functional, float64."""
@@ -73,7 +75,7 @@ def test_bn_eps_is_a_parameter():
 
 @pytest.mark.slow  # torch.jit.trace with its own check, and a training step
 def test_switch_to_deploy_in_place_scriptable_and_trainable():
-    spec = get_arch("s4")
+    spec = FOUR_STAGE  # four stages with SE blocks, as s4, in fewer and narrower blocks
     model = build_model(spec).double()  # float64: the comparison is of structure, not rounding
     model.load_state_dict(random_state_dict(spec, seed=9))
     model.eval()
