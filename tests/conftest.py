@@ -7,13 +7,14 @@ import os
 import re
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from mobileone_cli.arch.specs import ArchSpec, get_arch
 from mobileone_cli.io.write import save_checkpoint
 from mobileone_cli.cli import cli
-from mobileone_cli.models.synthetic import random_state_dict
+
+# torch is imported where it is used: pytest's main process under xdist loads this module
+# before it starts the workers and needs none of it (~1.2 s off every run's start).
 
 ARCHS = ("s0", "s1", "s2", "s3", "s4")
 # Three stages, small enough to fuse and check in milliseconds, with every kind of block: k = 1..3,
@@ -34,6 +35,8 @@ FOUR_STAGE = ArchSpec(name="custom", stem_channels=16, widths=(16, 32, 32, 64),
 def recalibrated(arch, sd, seed, size):
     """``sd`` with its running statistics measured again by train-mode passes (4 batches of 8
     seeded size x size images), as training would leave them after a change of its weights."""
+    import torch
+
     from mobileone_cli.models.mobileone import MobileOne
 
     m = MobileOne(arch)
@@ -74,6 +77,8 @@ def run_cli():
 @pytest.fixture
 def tiny_sd():
     """A train-form Apple-layout state dict of TINY."""
+    from mobileone_cli.models.synthetic import random_state_dict
+
     return random_state_dict(TINY, seed=1)
 
 
@@ -81,6 +86,8 @@ def tiny_sd():
 def one_thread():
     """Tiny convolutions run faster on one thread than on several busy ones (modules that check
     many tiny networks use it: ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -97,6 +104,8 @@ def bench_in_this_process(monkeypatch):
     import io
     import subprocess
     import sys
+
+    import torch
 
     from mobileone_cli.jobs import stats_bench
 
@@ -153,6 +162,8 @@ def warm_cli():
 def state_dict_of(arch, form, layout, seed, dtype, num_classes):
     """random_state_dict is deterministic and costs up to a second (calibration passes): a
     process makes each one once.  Callers get a copy of the dict and only read the tensors."""
+    from mobileone_cli.models.synthetic import random_state_dict
+
     return random_state_dict(get_arch(arch, num_classes), form=form, layout=layout, seed=seed,
                              dtype=dtype)
 
@@ -160,6 +171,8 @@ def state_dict_of(arch, form, layout, seed, dtype, num_classes):
 @pytest.fixture
 def write_ckpt(tmp_path):
     """write_ckpt(arch, form='train', layout='apple', name=None, seed=0, **kw) -> path."""
+
+    import torch
 
     def _write(arch="s0", form="train", layout="apple", name=None, seed=0, wrap=None,
                dtype=torch.float32, num_classes=None):
@@ -249,6 +262,8 @@ def expected_deploy_keys(arch: str):
 def fold_by_hand(sd, arch, eps=1e-5):
     """Apple-layout deploy tensors in float64 by the paper's formulas, written here from scratch
     (an independent reference for the tool's fusion)."""
+    import torch
+
     out = {}
     for b in arch.block_specs():
         p = b.name
@@ -292,6 +307,8 @@ def pytest_configure(config):
     threads each on two cores spin against each other and run convolutions up to 100x slower.
     Subprocesses that tests start inherit the setting."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
         os.environ["OMP_NUM_THREADS"] = "1"
         torch.set_num_threads(1)
 
@@ -331,12 +348,17 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_collection_finish(session):
     """What importing torch and the test modules made lives until the end: frozen out of the
-    cyclic GC, it is not traversed again by every full collection (~3% of in-process time),
-    as the CLI's own settle_heap() does for a command."""
+    cyclic GC, it is not traversed again by every full collection, as the CLI's own
+    settle_heap() does for a command.  The runtimes' imports come later (millions of objects
+    that also live until the end): a full collection, which traverses them all, runs after
+    1000 middle-generation collections instead of 10 (full collections took ~8 s of a suite
+    on two workers, now ~3; a worker's peak memory stays ~3 GB)."""
     import gc
 
     gc.collect()
     gc.freeze()
+    gen0, gen1, _ = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, 1000)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: pytest runs without it too
@@ -381,6 +403,8 @@ def runner_file(tmp_path_factory):
     process-wide settings (seeds, thread and multiprocessing options)."""
     import subprocess
     import sys
+
+    import torch
 
     from mobileone_cli.io.read import load_checkpoint
 
