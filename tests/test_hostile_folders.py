@@ -194,8 +194,8 @@ assert n == ds.total, n
 
 @pytest.mark.slow
 def test_decode_memory_does_not_grow_with_workers(tmp_path):
-    """Four images at the pixel limit: eight workers peak like one (once 0.87 GB for one
-    worker, 3.1 GB for eight)."""
+    """Four images at the pixel limit: eight workers peak like one (without the shared decode
+    budget: 0.87 GB for one worker, 3.1 GB for eight)."""
     from PIL import Image
 
     from mobileone_cli.rules.limits import MAX_IMAGE_PIXELS

@@ -80,8 +80,8 @@ def test_yaml_alias_bomb_is_bounded(levels, fan, field, needle, tmp_path):
      "must be LinearClsHead"),
 ])
 def test_hostile_configs_are_bad_input(text, needle, tmp_path, run_cli):
-    """Each of these was an internal error (exit 3) or minutes of counting; now one line
-    naming the field and the limit."""
+    """Each of these is one line naming the field and the limit (exit 2), never an internal
+    error (exit 3) or minutes of counting."""
     path = _config(tmp_path, text)
     res = run_cli("stats", "--config", path)
     assert_refused(res, None, needle)

@@ -3,7 +3,7 @@ output as the same object graph in bounded time and memory; metadata beyond the 
 refused (exit 2, one line), never expanded.
 
 A 64-level DAG of shared lists names its leaf 2**64 times; copied naively it never finishes
-(the failure seen before: memory grows until the machine runs out).  Each run is measured in a
+(memory grows until the machine runs out).  Each run is measured in a
 subprocess against limits far below that failure (60 s, 2 GiB peak RSS).
 """
 from __future__ import annotations

@@ -81,7 +81,7 @@ def test_a_file_name_never_turns_on_trust(forged, tmp_path, tiny_sd):
 
 def test_the_trust_flag_after_the_command_is_refused(tmp_path, tiny_sd):
     """Typed by the user or not, --trust-file after the command cannot open a file: the error
-    says where trust is named now."""
+    says where trust is named instead."""
     folder, marker = _folder(tmp_path, tiny_sd)
     res = _cli("inspect", "evil.pth", "--trust-file", cwd=folder)
     assert res.returncode == 2 and not marker.exists(), res.stderr

@@ -184,8 +184,8 @@ def test_metadata_rows_are_capped_and_json_keeps_all(tmp_path, tiny_sd):
 
 @pytest.mark.slow
 def test_a_million_metadata_entries_are_summarised(tmp_path, tiny_sd):
-    """inspect printed one row per entry (> 120 s for a million); now the first few and a
-    count, torch-free, in seconds; --json keeps every entry."""
+    """inspect shows the first few entries and a count (a row per entry takes > 120 s for a
+    million), torch-free, in seconds; --json keeps every entry."""
     src = tmp_path / "meta.safetensors"
     _with_metadata(src, tiny_sd, 1_000_000)
     res = run_bounded("inspect", src, limit_mb=2048)

@@ -70,8 +70,8 @@ m.open = slow_open
 @pytest.mark.parametrize("stage", ["native", "writing"])
 def test_a_signal_is_answered_within_a_second(stage, sig, tmp_path, tiny_sd):
     """In a long native call (eigvals on 2000x2000: several seconds per call), or inside torch.save's
-    own writes: exit 130 within ~1 s, 'interrupted; nothing was written', no temp file (a signal
-    during a .pth write used to be exit 2 'cannot write ([enforce fail ...])')."""
+    own writes: exit 130 within ~1 s, 'interrupted; nothing was written', no temp file (not
+    torch's own 'cannot write ([enforce fail ...])' of an interrupted .pth write)."""
     src = tmp_path / "ok.pth"
     torch.save(tiny_sd, src)
     before = digest(src)
@@ -185,9 +185,8 @@ RUNTIMES = {".onnx": "onnxruntime", ".tflite": "litert_torch"}
 @pytest.mark.parametrize("ext", list(FORMATS))
 def test_disk_full_is_said_and_leaves_nothing(ext, tmp_path):
     """A disk that fills during the write (a tmpfs with room for less than the output; else a
-    file size limit): exit 2, 'no space left on device' (or the limit), no temp file, no DST.
-    Before: a .tflite left a 4 MB temp file with exit 1 and no message; a .pth showed a torch
-    internal error.  Checkpoints are s0's (8.3 MB); artifacts are of the small custom network
+    file size limit): exit 2, 'no space left on device' (or the limit), no temp file, no DST;
+    never exit 1 without a message, never a torch internal error.  Checkpoints are s0's (8.3 MB); artifacts are of the small custom network
     (168 kB of weights, the room left is half of that): an exporter's write meets the full disk
     the same way at any size, and s0 takes seconds longer to export."""
     if ext in RUNTIMES:
