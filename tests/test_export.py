@@ -24,6 +24,8 @@ from mobileone_cli.arch.layouts import remap
 from mobileone_cli.models.mobileone import MobileOne
 from mobileone_cli.models.synthetic import random_state_dict
 
+from .conftest import FOUR_STAGE
+
 HAVE_ORT = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
 HAVE_ONNXSCRIPT = importlib.util.find_spec("onnxscript") is not None
 needs_ort = pytest.mark.skipif(not HAVE_ORT, reason="onnx/onnxruntime not installed "
@@ -62,29 +64,31 @@ def _ort_run(path, x):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """s0 (Apple layout) and s4 (timm layout, SE blocks) train checkpoints, exported once each
-    with the default (dynamo) exporter, dynamic batch and dynamic height/width."""
+    """s0 (Apple layout) and the four-stage custom network (timm layout, SE blocks as in s4,
+    given as the expected architecture) train checkpoints, exported once each with the
+    default (dynamo) exporter, dynamic batch and dynamic height/width."""
     from mobileone_cli.io.write import save_checkpoint
 
     if not HAVE_ORT:
         pytest.skip("onnxruntime not installed")
     root = tmp_path_factory.mktemp("export")
     out = {}
-    for arch, layout, seed in (("s0", "apple", 21), ("s4", "timm", 22)):
-        spec = get_arch(arch)
+    for arch, layout, seed in (("s0", "apple", 21), ("custom", "timm", 22)):
+        spec = FOUR_STAGE if arch == "custom" else get_arch(arch)
         sd = random_state_dict(spec, layout=layout, seed=seed)
         src = str(root / f"{arch}_{layout}_train.pth")
         save_checkpoint(src, sd, force=True)
         dst = str(root / f"{arch}.onnx")
-        res = export_file(src, dst, input_size=(64, 64))
+        res = export_file(src, dst, input_size=(64, 64),
+                          arch=spec if arch == "custom" else None)
         apple = remap(sd, spec, layout, "apple", "train")  # the same tensors under Apple keys
         out[arch] = (res, dst, apple, spec)
     return out
 
 
-@pytest.mark.slow  # the shared s0/s4 dynamic exports (module fixture)
+@pytest.mark.slow  # the shared dynamic exports (module fixture)
 @needs_ort
-@pytest.mark.parametrize("arch", ["s0", "s4"])
+@pytest.mark.parametrize("arch", ["s0", "custom"])
 def test_dynamic_export_matches_independent_train_model(exported, arch):
     import onnx
 
@@ -101,14 +105,14 @@ def test_dynamic_export_matches_independent_train_model(exported, arch):
         with torch.no_grad():
             ref = train(x)
         got = _ort_run(path, x)
-        assert got.shape == (b, 1000)
+        assert got.shape == (b, spec.num_classes)
         assert _rel(ref, got) < 1e-3, (arch, b, h, w)
         assert torch.equal(got.argmax(1), ref.argmax(1))
 
 
-@pytest.mark.slow  # the shared s0/s4 dynamic exports (module fixture)
+@pytest.mark.slow  # the shared dynamic exports (module fixture)
 @needs_ort
-@pytest.mark.parametrize("arch", ["s0", "s4"])
+@pytest.mark.parametrize("arch", ["s0", "custom"])
 def test_export_reports_its_own_onnxruntime_check(exported, arch):
     res, path, _, _ = exported[arch]
     assert [(c.batch, c.height, c.width) for c in res.checks] == [
@@ -119,7 +123,7 @@ def test_export_reports_its_own_onnxruntime_check(exported, arch):
     assert not [f for f in os.listdir(os.path.dirname(path)) if f.endswith(".tmp")]
 
 
-@pytest.mark.slow  # the shared s0/s4 dynamic exports (module fixture)
+@pytest.mark.slow  # the shared dynamic exports (module fixture)
 @needs_ort
 def test_onnx_check_catches_a_different_model(exported):
     """The check can fail: the s0 file against weights with one bias moved by 1e-2."""
