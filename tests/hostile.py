@@ -157,16 +157,19 @@ def _measured(code: str, args, peak_file: str, timeout: float, cwd, env) -> Run:
                    peak_mb, wall)
 
 
-def start_cli(args, prelude: str = "", **popen) -> subprocess.Popen:
+def start_cli(args, prelude: str = "", warm=None, **popen) -> subprocess.Popen:
     """``mobileone ARGS`` in a subprocess after ``prelude``, with Ctrl-C delivered as at a
-    terminal (a shell may start background jobs with SIGINT ignored)."""
+    terminal (a shell may start background jobs with SIGINT ignored): a fresh interpreter, or
+    a fork of the ``warm`` server (conftest.warm_cli; its pid is the client's, not the
+    command's: no signals to it)."""
     code = "\n".join(["import os, signal, sys, time",
                       "signal.signal(signal.SIGINT, signal.default_int_handler)",
                       textwrap.dedent(prelude),
                       "from mobileone_cli.cli import main",
                       "main(sys.argv[1:])"])
     popen = dict(dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), **popen)
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], **popen)
+    python = [*warm, "--python"] if warm else [sys.executable]
+    return subprocess.Popen([*python, "-c", code, *map(str, args)], **popen)
 
 
 def finish_cli(proc: subprocess.Popen, timeout: float = 120):

@@ -383,9 +383,9 @@ _start, _finish = start_cli, finish_cli
 
 @pytest.mark.slow  # two writer processes per case
 @pytest.mark.parametrize("force", [False, True], ids=["exclusive", "force"])
-def test_two_writers_racing_for_one_new_dst(force, tmp_path, tiny_sd):
-    """Both runs pass every check, then publish at the same moment (held at a gate just before
-    publishing).  Without --force exactly one wins and the other exits 2 saying nothing was
+def test_two_writers_racing_for_one_new_dst(force, tmp_path, tiny_sd, warm_cli):
+    """Both runs (two forks of the warm server: two processes racing for one name) pass every
+    check, then publish at the same moment (held at a gate just before publishing).  Without --force exactly one wins and the other exits 2 saying nothing was
     written (check-then-rename let both 'succeed', one output silently lost); with --force both
     succeed.  Either way DST is one whole file and no temp file is left."""
     src = _src(tmp_path, tiny_sd)
@@ -403,7 +403,7 @@ def test_two_writers_racing_for_one_new_dst(force, tmp_path, tiny_sd):
         w._publish = gated
     """
     args = ["convert", src, dst, "--no-verify"] + (["--force"] if force else [])
-    procs = [_start(args, prelude) for _ in range(2)]
+    procs = [_start(args, prelude, warm=warm_cli) for _ in range(2)]
     try:
         for p in procs:
             assert p.stdout.readline().strip() == "ready"
