@@ -131,19 +131,25 @@ def _warm_server() -> Optional[str]:
     folder = tempfile.mkdtemp(prefix="mobileone-warm-")
     atexit.register(shutil.rmtree, folder, True)
     sock = os.path.join(folder, "s")
-    # One OpenMP thread: a thread pool started by the warm-up would make forking unsafe.
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, os.path.join(HERE, "warm.py"), "--serve", sock],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
-    atexit.register(proc.kill)
-    assert proc.stdout is not None
-    if proc.stdout.readline().strip() == "ready":
+    proc = warm_module().start_server(sock)
+    if proc is not None:
+        atexit.register(proc.kill)
         _warm[0] = sock
-    else:
-        proc.kill()
     return _warm[0]
+
+
+def warm_module():
+    """docs/warm.py as a module (this folder is not a package)."""
+    import importlib.util
+
+    module = sys.modules.get("docs_warm")
+    if module is None:
+        spec = importlib.util.spec_from_file_location("docs_warm", os.path.join(HERE, "warm.py"))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules["docs_warm"] = module
+    return module
 
 
 # Commands whose files and output are the same wherever they run (the trained demo and the

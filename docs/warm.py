@@ -160,6 +160,26 @@ def _child(job: dict, fds: list) -> None:
     os._exit(code)
 
 
+def start_server(path: str, *, runtimes: bool = True):
+    """``--serve path`` in a subprocess, started and listening: its Popen, or None (killed)
+    when it did not come up.  One OpenMP thread (a thread pool started by the warm-up would
+    make forking unsafe); this checkout first on PYTHONPATH."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    argv = [sys.executable, os.path.abspath(__file__), "--serve", path]
+    proc = subprocess.Popen(argv + ([] if runtimes else ["--imports-only"]), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() == "ready":
+        return proc
+    proc.kill()
+    proc.wait()
+    return None
+
+
 def serve(path: str, runtimes: bool = True) -> int:
     """Accept clients until killed.  Each connection gets a waiter (a fork of this process)
     that forks the command and reports its exit status, so commands run concurrently: the two

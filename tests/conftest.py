@@ -134,27 +134,27 @@ def warm_cli():
     caller's stdin/stdout/stderr, folder and environment, whose exit status is the client's,
     without a fresh interpreter's ~1.3 s start.  For tests of what a command does with its
     streams; a test about a fresh interpreter (imports, memory, signals to its pid) starts one."""
+    import importlib.util
     import shutil
-    import subprocess
     import sys
     import tempfile
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    warm = os.path.join(root, "docs", "warm.py")
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                        "warm.py")
+    spec = importlib.util.spec_from_file_location("docs_warm", path)
+    assert spec is not None and spec.loader is not None
+    warm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(warm)
     folder = tempfile.mkdtemp(prefix="mobileone-warm-")  # a short path: a socket's is bounded
     sock = os.path.join(folder, "s")
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    server = subprocess.Popen([sys.executable, warm, "--serve", sock, "--imports-only"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = warm.start_server(sock, runtimes=False)
     try:
-        assert server.stdout is not None
-        ready = server.stdout.readline().strip()
-        assert ready == "ready", f"docs/warm.py did not start: {ready!r}"
-        yield [sys.executable, warm, sock]
+        assert server is not None, "docs/warm.py --imports-only did not start"
+        yield [sys.executable, path, sock]
     finally:
-        server.kill()
-        server.wait()
+        if server is not None:
+            server.kill()
+            server.wait()
         shutil.rmtree(folder, ignore_errors=True)
 
 
