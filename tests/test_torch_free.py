@@ -33,15 +33,6 @@ def test_help_does_not_import_torch(args):
     assert state == "TORCH_FREE", out.stdout
 
 
-@pytest.mark.slow  # a fresh process that imports torch
-def test_probe_detects_torch_when_it_is_imported(write_ckpt, tmp_path):
-    """The probe itself can fail: a real conversion does load torch."""
-    src = write_ckpt("s1")
-    state, code, out = run_probe(["convert", "--no-verify", src, str(tmp_path / "o.pth")])
-    assert code == 0, out.stderr
-    assert state == "TORCH_LOADED"
-
-
 def test_public_api_names_resolve_and_import_lazily():
     """Every name in mobileone_cli.__all__ resolves; importing the package loads no torch."""
     code = ("import sys, mobileone_cli as m; assert 'torch' not in sys.modules; "
@@ -65,7 +56,8 @@ def test_stats_and_safetensors_inspect_do_not_import_torch(write_ckpt):
 
 @pytest.mark.slow  # a fresh process that imports torch
 def test_eps_sensitivity_of_a_train_file_uses_the_torch_fusion(write_ckpt):
-    """The one documented exception: measuring the eps sensitivity runs the tool's fusion."""
+    """The one documented exception: measuring the eps sensitivity runs the tool's fusion (and
+    the probe can fail: it sees torch loaded)."""
     state, code, out = run_probe(["inspect", write_ckpt("s1", name="s1.safetensors")])
     assert code == 0, out.stderr
     assert state == "TORCH_LOADED"
