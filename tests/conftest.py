@@ -127,7 +127,7 @@ def bench_in_this_process(monkeypatch):
     monkeypatch.setattr(subprocess, "run", run)  # the module stats_bench calls it from
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one server per worker, whichever modules it runs
 def warm_cli():
     """The argv prefix that runs ``mobileone ARGS`` as a fork of a server that has imported
     torch and the package (docs/warm.py --imports-only): a process of its own with the
