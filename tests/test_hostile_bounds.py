@@ -2,11 +2,11 @@
 inputs that are not regular files.
 
 A torch tensor is a view over a storage: a 1.6 KB file can hold a stride-0 tensor of 2**40
-elements (``inspect`` once peaked at 2.85 GB for 2**29 and ran out of memory at 2**31;
-``convert`` of s0 plus one such key computed for 12 minutes).  ``--config``, ``--labels`` and
-``--classes`` on ``/dev/zero`` once read gigabytes (``st_size`` is 0 for a device) and a FIFO
-hung.  Each case is refused in one line, exit 2, before the work: the library-level checks are
-exercised directly, and the CLI runs that matter for the process (peak memory, CPU time,
+elements, which a reader that materialises it holds in full (2 GiB of float32 for 2**29) and
+a fusion computes on for minutes.  ``--config``, ``--labels`` and ``--classes`` on
+``/dev/zero`` would read without end (``st_size`` is 0 for a device), and on a FIFO wait for a
+writer.  Each case is refused in one line, exit 2, before the work: the library-level checks
+are exercised directly, and the CLI runs that matter for the process (peak memory, CPU time,
 nothing left behind) run in a measured subprocess.
 """
 from __future__ import annotations

@@ -233,7 +233,8 @@ def test_json_is_valid_for_names_that_are_not_utf8(tmp_path, tiny_sd):
 
 
 def test_a_dimension_of_2_to_the_64_is_bad_input(tmp_path):
-    """91 bytes: a zero-element tensor whose other dimension is 2^64-1 (exit 3 before)."""
+    """91 bytes: a zero-element tensor whose other dimension is 2^64-1: bad input (exit 2),
+    not an internal error."""
     header = json.dumps({"w": {"dtype": "F32", "shape": [0, 2 ** 64 - 1],
                                "data_offsets": [0, 0]}}).encode()
     path = tmp_path / "big.safetensors"

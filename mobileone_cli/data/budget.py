@@ -1,8 +1,8 @@
 """Decoded pixels in flight, bounded across every decoding thread.
 
 Each worker of ``eval`` decodes one image at a time, but an image at the pixel limit
-(``MAX_IMAGE_PIXELS``) needs about 13 bytes per pixel while it is decoded, converted and
-resized (0.87 GB), so eight workers on such images once peaked at 3.1 GB.  A worker takes
+(``MAX_IMAGE_PIXELS``, 64 Mpx) holds hundreds of MB while it is decoded, converted and resized,
+and eight workers on such images would hold eight of them at once.  A worker takes
 an image's pixels from :data:`DECODE` before decoding and gives them back when its tensor is
 made: at most ``MAX_DECODE_PIXELS`` are in flight, whatever ``--workers`` says.  Ordinary
 photos (0.1 to 12 Mpx) never wait for each other.
