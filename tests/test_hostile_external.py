@@ -2,10 +2,11 @@
 ``eval --deploy``).
 
 * Files an artifact names stay inside it: an ``.mlpackage`` whose manifest or constants name
-  ``/dev/zero`` (once read to 3.2 GB), ``/etc/passwd`` or a FIFO (once hung), an ONNX model
-  whose external data ``location`` does the same, are refused before any library opens them.
-* ONNX loops: a ``Loop`` of 2**62 iterations once ran for 14 minutes; a loop runs only with a
-  small constant trip count, and every run is stopped by a watchdog after a time limit.
+  ``/dev/zero`` (read without end), ``/etc/passwd`` or a FIFO (a read that waits for a writer),
+  an ONNX model whose external data ``location`` does the same, are refused before any library
+  opens them.
+* ONNX loops: a ``Loop`` of 2**62 iterations runs for as long as it is let; a loop runs only
+  with a small constant trip count, and every run is stopped by a watchdog after a time limit.
 
 Graphs are made with onnx's own helpers; packages by hand where only their folder structure
 matters (the checks run before coremltools reads anything), by coremltools where it does.

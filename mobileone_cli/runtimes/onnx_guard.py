@@ -7,7 +7,7 @@
 * Loops: a MobileOne deploy graph has none.  A ``Loop`` runs only when its trip count is a
   constant of at most ``MAX_LOOP_TRIPS`` (counting the loops around it), ``Scan`` (whose count
   is the length of a runtime tensor) never; subgraphs (``If`` branches, loop bodies) are
-  checked the same way.  A ``Loop`` of 2**62 iterations once ran for 14 minutes.
+  checked the same way (onnxruntime runs a ``Loop`` of 2**62 iterations for as long as it is let).
 * Time: each run is stopped after ``ONNX_RUN_SECONDS`` through onnxruntime's
   ``RunOptions.terminate``, set by a watchdog timer (:func:`run_bounded`).
 """
