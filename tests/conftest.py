@@ -315,14 +315,16 @@ def pytest_configure(config):
 
 # What runs whole on one worker under pytest-xdist, longest first (measured: 6-95 s each on 2
 # cores): a long module, or modules that share a cost a process pays once (ExecuTorch's and
-# LiteRT's first export in a process, 3-4 s each; the mmengine Runner's file, 4 s).  Each unit
-# starts as a worker frees up; the short modules' tests (under 8 s a module) are handed out one
-# by one at the end.  The order changes no result, only the wall time.
+# LiteRT's first export in a process, 3-4 s each; the mmengine Runner's file, 4 s; the warm
+# CLI server, 1.3 s).  Each unit starts as a worker frees up; the short modules' tests (under
+# 8 s a module) are handed out one by one at the end.  The order changes no result, only the
+# wall time.
 RUN_TOGETHER = (
     ("test_docs.py",),
     ("test_mobile_export.py", "test_quant.py", "test_artifact_roundtrip.py",
      "test_trained_checks.py", "test_equalize_quant.py"),  # in-process ExecuTorch and LiteRT
-    ("test_hostile_signals.py",), ("test_hostile_streams.py",), ("test_hostile_writes.py",),
+    ("test_hostile_signals.py",),
+    ("test_hostile_streams.py", "test_hostile_writes.py"),  # the warm CLI server (warm_cli)
     ("test_verdict.py",), ("test_verify.py",), ("test_eval.py",), ("test_export.py",),
     ("test_stats.py",), ("test_trained.py",), ("test_hostile_rendering.py",),
     ("test_convert.py",), ("test_pickle_rule.py", "test_training_files.py"),  # mmengine's file
