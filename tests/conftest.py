@@ -127,6 +127,24 @@ def bench_in_this_process(monkeypatch):
     monkeypatch.setattr(subprocess, "run", run)  # the module stats_bench calls it from
 
 
+def docs_module(name: str):
+    """docs/NAME.py as the module ``docs_NAME`` (docs/ is no package), loaded once per process:
+    docs/examples.py finds its docs_warm there too."""
+    import importlib.util
+    import sys
+
+    module = sys.modules.get(f"docs_{name}")
+    if module is None:
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
+                            f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"docs_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"docs_{name}"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")  # one server per worker, whichever modules it runs
 def warm_cli():
     """The argv prefix that runs ``mobileone ARGS`` as a fork of a server that has imported
@@ -134,23 +152,17 @@ def warm_cli():
     caller's stdin/stdout/stderr, folder and environment, whose exit status is the client's,
     without a fresh interpreter's ~1.3 s start.  For tests of what a command does with its
     streams; a test about a fresh interpreter (imports, memory, signals to its pid) starts one."""
-    import importlib.util
     import shutil
     import sys
     import tempfile
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs",
-                        "warm.py")
-    spec = importlib.util.spec_from_file_location("docs_warm", path)
-    assert spec is not None and spec.loader is not None
-    warm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(warm)
+    warm = docs_module("warm")
     folder = tempfile.mkdtemp(prefix="mobileone-warm-")  # a short path: a socket's is bounded
     sock = os.path.join(folder, "s")
     server = warm.start_server(sock, runtimes=False)
     try:
         assert server is not None, "docs/warm.py --imports-only did not start"
-        yield [sys.executable, path, sock]
+        yield [sys.executable, warm.__file__, sock]
     finally:
         if server is not None:
             server.kill()

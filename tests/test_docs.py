@@ -6,18 +6,14 @@ or a changed exit code, fails here.  `python docs/examples.py --update` refreshe
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 
 import pytest
 
+from .conftest import docs_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("docs_examples",
-                                               os.path.join(ROOT, "docs", "examples.py"))
-examples = importlib.util.module_from_spec(_spec)
-sys.modules["docs_examples"] = examples  # dataclasses look their module up there
-_spec.loader.exec_module(examples)
+examples = docs_module("examples")
 
 
 @pytest.mark.slow
